@@ -41,7 +41,7 @@ def solve_qp(gram: np.ndarray, solver: str = "CLARABEL") -> np.ndarray:
     factor.value = psd_factor(gram)
     options: dict[str, Any] = {}
     if solver == "CLARABEL":
-        options = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12}
+        options = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
     problem.solve(solver=solver, **options)
     if weights.value is None or problem.status not in ("optimal", "optimal_inaccurate"):
         raise SolverError(f"cvxpy ({solver}) returned status {problem.status!r} for a {k}x{k} Gram matrix")

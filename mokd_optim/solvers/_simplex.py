@@ -92,7 +92,7 @@ def polish_on_support(
     kept only where it is not worse than the input.
     Shapes: gram ``(B, K, K)`` with unit scale, w ``(B, K)`` on the simplex -> ``(B, K)``.
     """
-    batch, k = w.shape
+    _batch, k = w.shape
     rounds = 2 * k + 2 if rounds is None else rounds
     tol = 1e-13
     support = w > threshold
