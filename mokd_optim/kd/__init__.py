@@ -15,6 +15,13 @@ Read like mmrazor's distillers:
 See ``docs/kd.md``.
 """
 
+from mokd_optim.kd.hooks import (
+    CAPTURE_MODES,
+    FeatureRecorder,
+    ModulePathError,
+    resolve_module,
+    unwrap_model,
+)
 from mokd_optim.kd.losses import (
     FEATURE_LOSSES,
     TEACHER_NORMS,
@@ -35,12 +42,15 @@ from mokd_optim.kd.losses import (
 )
 
 __all__ = [
+    "CAPTURE_MODES",
     "FEATURE_LOSSES",
     "TEACHER_NORMS",
     "DISTLoss",
     "DKDLoss",
     "FeatureLoss",
+    "FeatureRecorder",
     "KDLoss",
+    "ModulePathError",
     "cosine_feature_loss",
     "dist_loss",
     "dkd_loss",
@@ -50,5 +60,7 @@ __all__ = [
     "kl_divergence_rows",
     "layer_norm_features",
     "mse_feature_loss",
+    "resolve_module",
     "smooth_l1_feature_loss",
+    "unwrap_model",
 ]
