@@ -15,6 +15,16 @@ Read like mmrazor's distillers:
 See ``docs/kd.md``.
 """
 
+from mokd_optim.kd.heads import (
+    ALIGN_MODES,
+    HEAD_KINDS,
+    TEACHER_PROJECTORS,
+    PointwiseLinear,
+    SubspaceHead,
+    align_features,
+    build_heads,
+    feature_channels,
+)
 from mokd_optim.kd.hooks import (
     CAPTURE_MODES,
     FeatureRecorder,
@@ -42,19 +52,27 @@ from mokd_optim.kd.losses import (
 )
 
 __all__ = [
+    "ALIGN_MODES",
     "CAPTURE_MODES",
     "FEATURE_LOSSES",
+    "HEAD_KINDS",
     "TEACHER_NORMS",
+    "TEACHER_PROJECTORS",
     "DISTLoss",
     "DKDLoss",
     "FeatureLoss",
     "FeatureRecorder",
     "KDLoss",
     "ModulePathError",
+    "PointwiseLinear",
+    "SubspaceHead",
+    "align_features",
+    "build_heads",
     "cosine_feature_loss",
     "dist_loss",
     "dkd_loss",
     "dkd_terms",
+    "feature_channels",
     "feature_loss",
     "kd_loss",
     "kl_divergence_rows",
