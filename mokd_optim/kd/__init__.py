@@ -15,6 +15,7 @@ Read like mmrazor's distillers:
 See ``docs/kd.md``.
 """
 
+from mokd_optim.kd.distiller import FEATURE_REDUCTIONS, LOGIT_LOSSES, Distiller, DistillerOutput
 from mokd_optim.kd.heads import (
     ALIGN_MODES,
     HEAD_KINDS,
@@ -55,11 +56,15 @@ __all__ = [
     "ALIGN_MODES",
     "CAPTURE_MODES",
     "FEATURE_LOSSES",
+    "FEATURE_REDUCTIONS",
     "HEAD_KINDS",
+    "LOGIT_LOSSES",
     "TEACHER_NORMS",
     "TEACHER_PROJECTORS",
     "DISTLoss",
     "DKDLoss",
+    "Distiller",
+    "DistillerOutput",
     "FeatureLoss",
     "FeatureRecorder",
     "KDLoss",
