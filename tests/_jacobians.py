@@ -73,7 +73,9 @@ def losses_for(k: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
     return rng.uniform(0.2, 3.0, size=k)
 
 
-def make_method(name: str, k: int, names: Optional[list[str]] = None, **options: Any) -> methods.Method:
+def make_method(
+    name: str, k: int, names: Optional[list[str]] = None, **options: Any
+) -> methods.Method:
     """A fresh method with its defaults, bound to objectives named ``names`` (default "0".."K-1").
 
     Options a method requires are filled in, and options that designate objectives refer to
@@ -99,13 +101,19 @@ def solver_failed(method: methods.Method) -> bool:
 
 def weights_of(method: methods.Method, jacobian: np.ndarray, losses: np.ndarray) -> np.ndarray:
     """Call the method the way the optimizer does (float64 Gram, or None) and return numpy weights."""
-    gram = torch.as_tensor(jacobian @ jacobian.T, dtype=torch.float64) if method.needs_gradients else None
+    gram = (
+        torch.as_tensor(jacobian @ jacobian.T, dtype=torch.float64)
+        if method.needs_gradients
+        else None
+    )
     w = method.weights(gram, torch.as_tensor(losses, dtype=torch.float64))
     assert isinstance(w, torch.Tensor)
     return w.detach().cpu().numpy()
 
 
-def update_of(method: methods.Method, jacobian: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def update_of(
+    method: methods.Method, jacobian: np.ndarray, losses: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """``(d, w)``: the update ``J^T w`` and the weights."""
     w = weights_of(method, jacobian, losses)
     return jacobian.T @ w, w

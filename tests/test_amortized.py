@@ -69,7 +69,9 @@ def digits() -> Digits:
             optimizer.step()
         with torch.no_grad():
             teacher_train = teacher(x[train])
-        return Digits(x[train], y[train], x[test], y[test], teacher_train, accuracy(teacher, x[test], y[test]))
+        return Digits(
+            x[train], y[train], x[test], y[test], teacher_train, accuracy(teacher, x[test], y[test])
+        )
     finally:
         torch.set_num_threads(previous)
 
@@ -93,15 +95,16 @@ class Run:
         generator = torch.Generator().manual_seed(2)
         n = len(data.x_train)
         self.batches = [
-            batch
-            for _ in range(8)
-            for batch in torch.randperm(n, generator=generator).split(64)
+            batch for _ in range(8) for batch in torch.randperm(n, generator=generator).split(64)
         ]
         self.position = 0
 
     def losses(self, batch: Tensor) -> dict[str, Tensor]:
         logits = self.student(self.data.x_train[batch])
-        return {"task": F.cross_entropy(logits, self.data.y_train[batch]), "distill": kd_loss(logits, self.data.teacher_train[batch])}
+        return {
+            "task": F.cross_entropy(logits, self.data.y_train[batch]),
+            "distill": kd_loss(logits, self.data.teacher_train[batch]),
+        }
 
     def train(self, steps: Optional[int] = None) -> None:
         end = len(self.batches) if steps is None else self.position + steps
@@ -109,7 +112,9 @@ class Run:
             batch = self.batches[self.position]
             self.optimizer.zero_grad()
             self.optimizer.backward(self.losses(batch))
-            closure: Optional[Callable[[], dict[str, Tensor]]] = (lambda b=batch: self.losses(b)) if self.use_closure else None
+            closure: Optional[Callable[[], dict[str, Tensor]]] = (
+                (lambda b=batch: self.losses(b)) if self.use_closure else None
+            )
             self.optimizer.step(closure)
             self.position += 1
 
@@ -118,7 +123,14 @@ class Run:
 
     def checkpoint(self) -> bytes:
         buffer = io.BytesIO()
-        torch.save({"model": self.student.state_dict(), "optimizer": self.optimizer.state_dict(), "position": self.position}, buffer)
+        torch.save(
+            {
+                "model": self.student.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "position": self.position,
+            },
+            buffer,
+        )
         return buffer.getvalue()
 
     def restore(self, blob: bytes) -> None:
@@ -156,15 +168,23 @@ def test_amortized_methods_reach_exact_mokd_accuracy(digits: Digits) -> None:
         torch.testing.assert_close(pi.sum(), torch.tensor(1.0, dtype=pi.dtype))
 
 
-@pytest.mark.parametrize(("method", "options", "use_closure"), VARIANTS, ids=[f"{m}-{o.get('observe', 'same_batch')}" for m, o, _ in VARIANTS])
-def test_resumed_run_equals_uninterrupted_run(digits: Digits, method: str, options: dict[str, Any], use_closure: bool) -> None:
+@pytest.mark.parametrize(
+    ("method", "options", "use_closure"),
+    VARIANTS,
+    ids=[f"{m}-{o.get('observe', 'same_batch')}" for m, o, _ in VARIANTS],
+)
+def test_resumed_run_equals_uninterrupted_run(
+    digits: Digits, method: str, options: dict[str, Any], use_closure: bool
+) -> None:
     uninterrupted = Run(digits, method, use_closure=use_closure, **options)
     uninterrupted.train(steps=60)
 
     first_half = Run(digits, method, use_closure=use_closure, **options)
     first_half.train(steps=30)
     blob = first_half.checkpoint()
-    resumed = Run(digits, method, use_closure=use_closure, **options)  # fresh model, optimizer, method
+    resumed = Run(
+        digits, method, use_closure=use_closure, **options
+    )  # fresh model, optimizer, method
     resumed.restore(blob)
     resumed.train(steps=30)
 
@@ -214,8 +234,12 @@ def test_closure_and_explicit_observe_are_the_same_update() -> None:
 
 def test_next_batch_mode_learns_from_the_next_losses() -> None:
     model, losses = _tiny_problem()
-    optimizer = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "mokd-amortized", observe="next_batch")
-    reference = MultiObjectiveOptimizer(torch.optim.SGD(nn.Linear(3, 1).parameters(), lr=0.05), "mokd-amortized")
+    optimizer = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05), "mokd-amortized", observe="next_batch"
+    )
+    reference = MultiObjectiveOptimizer(
+        torch.optim.SGD(nn.Linear(3, 1).parameters(), lr=0.05), "mokd-amortized"
+    )
     before = {name: value.detach() for name, value in losses().items()}
     optimizer.zero_grad()
     optimizer.backward(losses())
@@ -226,13 +250,22 @@ def test_next_batch_mode_learns_from_the_next_losses() -> None:
     optimizer.backward(losses())  # these losses serve as "after" of the first step
     # The same logits as an explicit observe(before, after) on a same-batch instance.
     reference.method.weights(None, torch.stack(list(before.values())).double())
-    reference.method.observe(torch.stack(list(before.values())).double(), torch.stack(list(after.values())).double())
-    torch.testing.assert_close(optimizer.method.state_dict()["logits"], reference.method.state_dict()["logits"], rtol=0, atol=0)
+    reference.method.observe(
+        torch.stack(list(before.values())).double(), torch.stack(list(after.values())).double()
+    )
+    torch.testing.assert_close(
+        optimizer.method.state_dict()["logits"],
+        reference.method.state_dict()["logits"],
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_explicit_observe_overrides_the_pending_next_batch_update() -> None:
     model, losses = _tiny_problem()
-    optimizer = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "famo", observe="next_batch")
+    optimizer = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05), "famo", observe="next_batch"
+    )
     optimizer.zero_grad()
     optimizer.backward(losses())
     optimizer.step(losses)  # same-batch information given explicitly

@@ -30,12 +30,17 @@ def gram_of(jacobian: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(jacobian @ jacobian.T, dtype=torch.float64)
 
 
-def assert_same_update(jacobian: np.ndarray, w_closed: torch.Tensor, w_general: torch.Tensor, rtol: float = 1e-9) -> None:
+def assert_same_update(
+    jacobian: np.ndarray, w_closed: torch.Tensor, w_general: torch.Tensor, rtol: float = 1e-9
+) -> None:
     d_closed = jacobian.T @ w_closed.numpy()
     d_general = jacobian.T @ w_general.numpy()
     # The floor: a general path that inverts a nearly singular K x K matrix (nearly opposite
     # gradients) resolves a cancelling update to ~1e-9 of the gradient norms.
-    allowed = rtol * max(np.linalg.norm(d_closed), np.linalg.norm(d_general)) + 1e-9 * np.linalg.norm(jacobian, axis=1).max()
+    allowed = (
+        rtol * max(np.linalg.norm(d_closed), np.linalg.norm(d_general))
+        + 1e-9 * np.linalg.norm(jacobian, axis=1).max()
+    )
     assert np.linalg.norm(d_closed - d_general) <= allowed, (d_closed, d_general)
 
 
@@ -84,8 +89,16 @@ def test_imtl_g_and_config(case: str, jacobian: np.ndarray) -> None:
             d2 = jacobian.T @ function(gram, closed_form=False).numpy()
             np.testing.assert_allclose(d1 / np.linalg.norm(d1), d2 / np.linalg.norm(d2), rtol=1e-9)
         return
-    assert_same_update(jacobian, methods.imtl_g_weights(gram, closed_form=True), methods.imtl_g_weights(gram, closed_form=False))
-    assert_same_update(jacobian, methods.config_weights(gram, closed_form=True), methods.config_weights(gram, closed_form=False))
+    assert_same_update(
+        jacobian,
+        methods.imtl_g_weights(gram, closed_form=True),
+        methods.imtl_g_weights(gram, closed_form=False),
+    )
+    assert_same_update(
+        jacobian,
+        methods.config_weights(gram, closed_form=True),
+        methods.config_weights(gram, closed_form=False),
+    )
 
 
 @pytest.mark.parametrize("mode", methods.SCALE_MODES)
@@ -105,7 +118,9 @@ def test_upgrad_and_dualproj(case: str, jacobian: np.ndarray) -> None:
         general = function(gram, backend="projected_gradient")
         assert_same_update(jacobian, closed, general)
     # For two objectives UPGrad is PCGrad's mean.
-    assert_same_update(jacobian, methods.upgrad_weights(gram), methods.pcgrad_weights(gram, reduction="mean"))
+    assert_same_update(
+        jacobian, methods.upgrad_weights(gram), methods.pcgrad_weights(gram, reduction="mean")
+    )
 
 
 def test_dual_cone_closed_form_handles_every_active_set() -> None:

@@ -18,7 +18,9 @@ def test_every_method_has_a_section(name: str) -> None:
     text = DOC.read_text()
     assert f"## `{name}`" in text, f"docs/methods.md has no section for {name!r}"
     table_rows = [line for line in text.splitlines() if line.startswith("| `")]
-    assert any(f"`{name}`" in row.split("|")[1] for row in table_rows), f"{name!r} is missing from the tables"
+    assert any(f"`{name}`" in row.split("|")[1] for row in table_rows), (
+        f"{name!r} is missing from the tables"
+    )
 
 
 def test_there_are_code_blocks() -> None:

@@ -45,7 +45,9 @@ def promising(predicate: Callable[[methods.Method], bool]) -> list[str]:
     return [name for name in NAMES if predicate(make_method(name, 2))]
 
 
-def tolerance(jacobian: np.ndarray, *weights: np.ndarray, rtol: float = 1e-7, floor: float = 1e-12) -> float:
+def tolerance(
+    jacobian: np.ndarray, *weights: np.ndarray, rtol: float = 1e-7, floor: float = 1e-12
+) -> float:
     """Rounding scale of an update: ``rtol`` times the triangle bound, plus ``floor`` times the largest gradient norm.
 
     The floor covers updates that are 0 in exact arithmetic (Pareto-stationary inputs), where
@@ -53,6 +55,7 @@ def tolerance(jacobian: np.ndarray, *weights: np.ndarray, rtol: float = 1e-7, fl
     """
     bound = max(update_scale(jacobian, w) for w in weights)
     return rtol * bound + floor * float(np.linalg.norm(jacobian, axis=1).max())
+
 
 # The promises each method is documented to keep (docs/methods.md). A method missing here is
 # still checked against what it declares; this table guards the declarations themselves.
@@ -95,7 +98,9 @@ def test_declared_promises_match_documentation(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize(("case", "jacobian"), RANDOM + ADVERSARIAL, ids=[c for c, _ in RANDOM + ADVERSARIAL])
+@pytest.mark.parametrize(
+    ("case", "jacobian"), RANDOM + ADVERSARIAL, ids=[c for c, _ in RANDOM + ADVERSARIAL]
+)
 @_quiet
 def test_finite_weights_of_the_right_shape(name: str, case: str, jacobian: np.ndarray) -> None:
     k = jacobian.shape[0]
@@ -109,16 +114,22 @@ def test_finite_weights_of_the_right_shape(name: str, case: str, jacobian: np.nd
 
 
 @pytest.mark.parametrize("name", promising(lambda m: m.conflict_free))
-@pytest.mark.parametrize(("case", "jacobian"), RANDOM + ADVERSARIAL, ids=[c for c, _ in RANDOM + ADVERSARIAL])
+@pytest.mark.parametrize(
+    ("case", "jacobian"), RANDOM + ADVERSARIAL, ids=[c for c, _ in RANDOM + ADVERSARIAL]
+)
 def test_conflict_free_methods_never_conflict(name: str, case: str, jacobian: np.ndarray) -> None:
     k = jacobian.shape[0]
     d, w = update_of(make_method(name, k), jacobian, losses_for(k))
     norms = np.linalg.norm(jacobian, axis=1)
     inner = jacobian @ d
-    assert np.all(inner >= -norms * tolerance(jacobian, w, rtol=CONFLICT_RTOL, floor=1e-10)), f"{name} on {case}: {inner}"
+    assert np.all(inner >= -norms * tolerance(jacobian, w, rtol=CONFLICT_RTOL, floor=1e-10)), (
+        f"{name} on {case}: {inner}"
+    )
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(
     data=st.data(),
     k=st.integers(min_value=2, max_value=4),
@@ -140,7 +151,9 @@ def test_conflict_free_on_generated_matrices(data: st.DataObject, k: int, n: int
             continue
         d, w = update_of(method, jacobian, losses_for(k))
         assert np.all(np.isfinite(w))
-        assert np.all(jacobian @ d >= -norms * tolerance(jacobian, w, rtol=CONFLICT_RTOL, floor=1e-10)), name
+        assert np.all(
+            jacobian @ d >= -norms * tolerance(jacobian, w, rtol=CONFLICT_RTOL, floor=1e-10)
+        ), name
 
 
 @pytest.mark.parametrize("name", promising(lambda m: m.permutation_equivariant))
@@ -160,7 +173,9 @@ def test_permuting_objectives_permutes_weights(name: str) -> None:
             for _ in range(3):
                 after = losses * rng.uniform(0.5, 1.0, size=k)
                 method.observe(torch.as_tensor(losses), torch.as_tensor(after))
-                permuted_method.observe(torch.as_tensor(losses[permutation]), torch.as_tensor(after[permutation]))
+                permuted_method.observe(
+                    torch.as_tensor(losses[permutation]), torch.as_tensor(after[permutation])
+                )
                 d, w = update_of(method, jacobian, after)
                 d_p, w_p = update_of(permuted_method, jacobian[permutation], after[permutation])
                 assert np.linalg.norm(d_p - d) <= tolerance(jacobian, w, w_p, rtol=1e-12)
@@ -182,7 +197,9 @@ def test_global_gradient_scale(name: str) -> None:
         for s in (1e-3, 37.0):
             d_s, w_s = update_of(make_method(name, k), s * jacobian, losses)
             expected = s**power * d
-            assert np.linalg.norm(d_s - expected) <= s**power * tolerance(jacobian, w, w_s * s ** (1 - power)), f"{name} on {case}, s={s}"
+            assert np.linalg.norm(d_s - expected) <= s**power * tolerance(
+                jacobian, w, w_s * s ** (1 - power)
+            ), f"{name} on {case}, s={s}"
 
 
 @pytest.mark.parametrize("name", promising(lambda m: m.scale_invariance != "none"))
@@ -205,7 +222,9 @@ def test_rescaling_one_loss(name: str) -> None:
             factor[index] = c
             d_c, _ = update_of(make_method(name, k), factor[:, None] * jacobian, factor * losses)
             if invariance == "update":
-                assert np.linalg.norm(d_c - d) <= 1e-6 * np.linalg.norm(d), f"{name} on {case}, c={c}"
+                assert np.linalg.norm(d_c - d) <= 1e-6 * np.linalg.norm(d), (
+                    f"{name} on {case}, c={c}"
+                )
             else:
                 unit, unit_c = d / np.linalg.norm(d), d_c / np.linalg.norm(d_c)
                 assert np.linalg.norm(unit_c - unit) <= 1e-6, f"{name} on {case}, c={c}"
@@ -219,7 +238,9 @@ def test_zero_update_at_pareto_stationary_points(name: str) -> None:
             jacobian = stationary_case(rng, k, n) * np.exp(rng.uniform(-2, 2, size=(k, 1)))
             d, _ = update_of(make_method(name, k), jacobian, losses_for(k, rng))
             largest = np.linalg.norm(jacobian, axis=1).max()
-            assert np.linalg.norm(d) <= 1e-6 * largest, f"{name}, K={k}, n={n}: |d| = {np.linalg.norm(d)}"
+            assert np.linalg.norm(d) <= 1e-6 * largest, (
+                f"{name}, K={k}, n={n}: |d| = {np.linalg.norm(d)}"
+            )
 
 
 @pytest.mark.parametrize("name", NAMES)

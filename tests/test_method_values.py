@@ -39,15 +39,22 @@ IDS = [name for name, _ in CASES]
 ZERO_RTOL = 1e-12  # documented: gradients below 1e-12 of the largest norm count as zero
 
 
-def assert_same_update(d: np.ndarray, reference: np.ndarray, jacobian: np.ndarray, rtol: float) -> None:
+def assert_same_update(
+    d: np.ndarray, reference: np.ndarray, jacobian: np.ndarray, rtol: float
+) -> None:
     """``d`` equals ``reference`` up to ``rtol`` of their norms, plus 1e-10 of the largest gradient norm.
 
     The floor is the resolution of a Gram matrix: an update that nearly cancels (``||d||`` far
     below the gradient norms, e.g. nearly opposite gradients) is known to ``eps ||g||^2 / ||d||``.
     """
-    allowed = rtol * max(np.linalg.norm(reference), np.linalg.norm(d)) + 1e-10 * np.linalg.norm(jacobian, axis=1).max()
+    allowed = (
+        rtol * max(np.linalg.norm(reference), np.linalg.norm(d))
+        + 1e-10 * np.linalg.norm(jacobian, axis=1).max()
+    )
     error = np.linalg.norm(d - reference)
-    assert error <= allowed, f"|d - ref| = {error:.3e} > {allowed:.3e} (|ref| = {np.linalg.norm(reference):.3e})"
+    assert error <= allowed, (
+        f"|d - ref| = {error:.3e} > {allowed:.3e} (|ref| = {np.linalg.norm(reference):.3e})"
+    )
 
 
 def nonzero_rows(jacobian: np.ndarray) -> np.ndarray:
@@ -155,7 +162,9 @@ def test_pcgrad(case: str, jacobian: np.ndarray, reduction: str) -> None:
     assert orders is not None
     assert_same_update(d, pcgrad_reference(jacobian, orders, reduction), jacobian, rtol=1e-9)
     if k == 2:  # for two objectives the order does not matter
-        assert_same_update(d, pcgrad_reference(jacobian, [[1, 0], [0, 1]], reduction), jacobian, rtol=1e-9)
+        assert_same_update(
+            d, pcgrad_reference(jacobian, [[1, 0], [0, 1]], reduction), jacobian, rtol=1e-9
+        )
 
 
 def test_pcgrad_orders_follow_the_seed_and_the_state() -> None:
@@ -233,7 +242,10 @@ def test_cagrad(case: str, jacobian: np.ndarray) -> None:
     # Optimality: our dual weights are at least as good as the cone solver's (which is accurate
     # to ~1e-6 in the weights because the objective is a norm) ...
     scale = np.linalg.norm(jacobian, axis=1).max() ** 2
-    assert cagrad_dual_value(jacobian, ours, 0.4) <= cagrad_dual_value(jacobian, reference_dual, 0.4) + 1e-10 * scale
+    assert (
+        cagrad_dual_value(jacobian, ours, 0.4)
+        <= cagrad_dual_value(jacobian, reference_dual, 0.4) + 1e-10 * scale
+    )
     # ... and the update follows the published formula from them, close to the reference's.
     assert_same_update(d, cagrad_update(jacobian, ours, 0.4), jacobian, rtol=1e-9)
     assert_same_update(d, cagrad_update(jacobian, reference_dual, 0.4), jacobian, rtol=1e-3)
@@ -332,7 +344,9 @@ def test_nash_mtl_update_every_reuses_weights() -> None:
     clone = make_method("nash-mtl", 3, update_every=3)
     clone.load_state_dict(state)
     extra = rng.standard_normal((3, 6))
-    np.testing.assert_array_equal(update_of(clone, extra, losses_for(3))[1], update_of(method, extra, losses_for(3))[1])
+    np.testing.assert_array_equal(
+        update_of(clone, extra, losses_for(3))[1], update_of(method, extra, losses_for(3))[1]
+    )
 
 
 # IMTL-G and ConFIG -------------------------------------------------------------------------
@@ -357,7 +371,19 @@ def imtl_g_reference(jacobian: np.ndarray) -> np.ndarray:
 
 
 # The published formula needs linearly independent gradients (it inverts D U^T).
-IMTL_CASES = FULL_RANK + [c for c in ADVERSARIAL if c[0] in ("opposite-unequal", "one-zero-K2", "one-zero-K3", "ratio-1e6-K2", "ratio-1e6-K3", "ratio-1e6-conflict-K2")]
+IMTL_CASES = FULL_RANK + [
+    c
+    for c in ADVERSARIAL
+    if c[0]
+    in (
+        "opposite-unequal",
+        "one-zero-K2",
+        "one-zero-K3",
+        "ratio-1e6-K2",
+        "ratio-1e6-K3",
+        "ratio-1e6-conflict-K2",
+    )
+]
 
 
 @pytest.mark.parametrize(("case", "jacobian"), IMTL_CASES, ids=[n for n, _ in IMTL_CASES])
@@ -374,7 +400,9 @@ def test_imtl_g(case: str, jacobian: np.ndarray, fix_sign: bool) -> None:
     assert_same_update(d, reference, jacobian, rtol=1e-7)
     # The defining property: equal projections on the unit gradients.
     if np.linalg.norm(d) > 1e-9 * np.linalg.norm(jacobian, axis=1).max():
-        np.testing.assert_allclose(units @ d, (units @ d)[0], rtol=1e-6, atol=1e-9 * np.linalg.norm(d))
+        np.testing.assert_allclose(
+            units @ d, (units @ d)[0], rtol=1e-6, atol=1e-9 * np.linalg.norm(d)
+        )
 
 
 def test_imtl_g_published_sign_can_increase_every_loss() -> None:
@@ -383,9 +411,13 @@ def test_imtl_g_published_sign_can_increase_every_loss() -> None:
     found = 0
     for _ in range(300):
         jacobian = rng.standard_normal((4, 6)) * np.exp(rng.uniform(-3, 3, size=(4, 1)))
-        d_published, _ = update_of(make_method("imtl-g", 4, fix_sign=False), jacobian, losses_for(4))
+        d_published, _ = update_of(
+            make_method("imtl-g", 4, fix_sign=False), jacobian, losses_for(4)
+        )
         d_fixed, _ = update_of(make_method("imtl-g", 4), jacobian, losses_for(4))
-        assert np.all(jacobian @ d_fixed >= -1e-9 * np.linalg.norm(jacobian, axis=1) * np.linalg.norm(d_fixed))
+        assert np.all(
+            jacobian @ d_fixed >= -1e-9 * np.linalg.norm(jacobian, axis=1) * np.linalg.norm(d_fixed)
+        )
         if np.all(jacobian @ d_published < 0):
             found += 1
             np.testing.assert_allclose(d_fixed, -d_published, rtol=1e-9)
@@ -415,7 +447,9 @@ def test_config(case: str, jacobian: np.ndarray) -> None:
 
 @pytest.mark.parametrize(("case", "jacobian"), FULL_RANK, ids=[n for n, _ in FULL_RANK])
 @pytest.mark.parametrize("name", ["config", "imtl-g"])
-def test_equal_projection_methods_do_not_conflict_on_independent_gradients(case: str, jacobian: np.ndarray, name: str) -> None:
+def test_equal_projection_methods_do_not_conflict_on_independent_gradients(
+    case: str, jacobian: np.ndarray, name: str
+) -> None:
     k = jacobian.shape[0]
     d, _ = update_of(make_method(name, k), jacobian, losses_for(k))
     units = jacobian / np.linalg.norm(jacobian, axis=1, keepdims=True)
@@ -594,3 +628,10 @@ def test_nash_mtl_failure_flag_is_logged_as_one_number() -> None:
     assert record["weights_reused"] == 0.0
     assert record["weight/a"] == 1.0 and record["weight/b"] == 1.0  # uniform: no previous weights
     torch.testing.assert_close(shared.grad, torch.tensor([2.0, 2.0]))
+
+
+def test_famo_loss_below_its_minimum_counts_as_at_the_minimum() -> None:
+    method = make_method("famo", 2, min_losses=[0.5, 0.0])
+    w = method.weights(None, torch.tensor([0.4, 1.0], dtype=torch.float64)).numpy()
+    assert np.all(np.isfinite(w))
+    np.testing.assert_allclose(w, [1.0 / (1.0 + 1e-8), 1e-8 / (1.0 + 1e-8)], rtol=1e-6)

@@ -23,7 +23,9 @@ def _scale(kept: Tensor, eigenvalues: Tensor, mode: str) -> Tensor:
     values = torch.where(kept, eigenvalues, torch.zeros_like(eigenvalues))
     rank = kept.sum(dim=-1)
     if mode == "min":
-        smallest = torch.where(kept, eigenvalues, torch.full_like(eigenvalues, float("inf"))).amin(dim=-1)
+        smallest = torch.where(kept, eigenvalues, torch.full_like(eigenvalues, float("inf"))).amin(
+            dim=-1
+        )
         return torch.where(rank > 0, smallest, torch.zeros_like(smallest)).clamp_min(0.0).sqrt()
     if mode == "median":
         # torch.median's lower median of r values: index r // 2 in descending order.
@@ -67,7 +69,11 @@ def _closed_form_two(gram: PSDMatrix, mode: str, rtol: float) -> Weights:
 
 
 def aligned_mtl_weights(
-    gram: PSDMatrix, *, scale_mode: str = "min", rtol: Optional[float] = None, closed_form: bool = True
+    gram: PSDMatrix,
+    *,
+    scale_mode: str = "min",
+    rtol: Optional[float] = None,
+    closed_form: bool = True,
 ) -> Weights:
     """Aligned-MTL's weights on the raw gradients, ``w = B 1``.
 
@@ -80,7 +86,9 @@ def aligned_mtl_weights(
     ``torch.linalg.eigh``. ``(K, K)`` -> ``(K,)`` float64.
     """
     if scale_mode not in SCALE_MODES:
-        raise ValueError(f"aligned-mtl: unknown scale_mode {scale_mode!r}; choose one of {SCALE_MODES}")
+        raise ValueError(
+            f"aligned-mtl: unknown scale_mode {scale_mode!r}; choose one of {SCALE_MODES}"
+        )
     work = normalize(as_work(gram))  # B is invariant to the scale of G
     k = work.shape[-1]
     tolerance = k * _FLOAT32_EPS if rtol is None else float(rtol)
@@ -91,7 +99,11 @@ def aligned_mtl_weights(
     largest = eigenvalues[..., :1]
     kept = (eigenvalues > tolerance * largest) & (largest > 0)
     sigma = _scale(kept, eigenvalues, scale_mode)
-    inverse_root = torch.where(kept, torch.rsqrt(torch.where(kept, eigenvalues, torch.ones_like(eigenvalues))), torch.zeros_like(eigenvalues))
+    inverse_root = torch.where(
+        kept,
+        torch.rsqrt(torch.where(kept, eigenvalues, torch.ones_like(eigenvalues))),
+        torch.zeros_like(eigenvalues),
+    )
     # w = sigma V diag(1 / sqrt(lambda)) V^T 1
     return sigma * (vectors * inverse_root).matmul(vectors.sum(dim=0))
 
@@ -120,7 +132,9 @@ class AlignedMTL(Method):
     def __init__(self, scale_mode: str = "min", rtol: Optional[float] = None) -> None:
         super().__init__()
         if scale_mode not in SCALE_MODES:
-            raise ValueError(f"aligned-mtl: unknown scale_mode {scale_mode!r}; choose one of {SCALE_MODES}")
+            raise ValueError(
+                f"aligned-mtl: unknown scale_mode {scale_mode!r}; choose one of {SCALE_MODES}"
+            )
         if rtol is not None and not 0 <= rtol < 1:
             raise ValueError(f"aligned-mtl: rtol must be in [0, 1), got {rtol}")
         self.scale_mode = scale_mode

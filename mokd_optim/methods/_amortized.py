@@ -60,7 +60,9 @@ class AmortizedLogits(Method):
         if not weight_decay >= 0:
             raise ValueError(f"{self.name}: weight_decay must be >= 0, got {weight_decay}")
         if observe not in OBSERVE_MODES:
-            raise ValueError(f"{self.name}: unknown observe mode {observe!r}; choose one of {OBSERVE_MODES}")
+            raise ValueError(
+                f"{self.name}: unknown observe mode {observe!r}; choose one of {OBSERVE_MODES}"
+            )
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"{self.name}: betas must be in [0, 1), got {betas}")
         self.lr = float(lr)
@@ -100,7 +102,9 @@ class AmortizedLogits(Method):
             self._exp_avg = torch.zeros_like(self._logits)
             self._exp_avg_sq = torch.zeros_like(self._logits)
         elif self._logits.shape[0] != k:
-            raise ValueError(f"{self.name}: the method state has {self._logits.shape[0]} logits but got {k} objectives")
+            raise ValueError(
+                f"{self.name}: the method state has {self._logits.shape[0]} logits but got {k} objectives"
+            )
         elif self._logits.device != like.device:
             self._move_state(like.device)
 
@@ -131,7 +135,9 @@ class AmortizedLogits(Method):
         return pi * (delta - (pi * delta).sum())
 
     def _update(self, losses_before: Tensor, losses_after: Tensor) -> None:
-        assert self._logits is not None and self._exp_avg is not None and self._exp_avg_sq is not None
+        assert (
+            self._logits is not None and self._exp_avg is not None and self._exp_avg_sq is not None
+        )
         grad = self.logit_gradient(losses_before, losses_after)
         if self.weight_decay:
             grad = grad + self.weight_decay * self._logits
@@ -197,9 +203,19 @@ class AmortizedLogits(Method):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        expected = {"logits", "exp_avg", "exp_avg_sq", "steps", "pending", "awaiting_observe", *self.extra_state()}
+        expected = {
+            "logits",
+            "exp_avg",
+            "exp_avg_sq",
+            "steps",
+            "pending",
+            "awaiting_observe",
+            *self.extra_state(),
+        }
         if set(state) != expected:
-            raise ValueError(f"{self.name}: expected state keys {sorted(expected)}, got {sorted(state)}")
+            raise ValueError(
+                f"{self.name}: expected state keys {sorted(expected)}, got {sorted(state)}"
+            )
         clone = lambda t: None if t is None else t.detach().clone()  # noqa: E731
         self._logits = clone(state["logits"])
         self._exp_avg = clone(state["exp_avg"])

@@ -63,10 +63,14 @@ def _closed_form_two(gram: PSDMatrix, radius: Tensor) -> Weights:
     safe_a = torch.where(a > 0, a, torch.ones_like(a))
     discriminant = (4.0 * a * c - b * b).clamp_min(0.0)
     gap = torch.where(interior, a - kappa * kappa, torch.ones_like(a))
-    offset = torch.sign(kappa) * torch.sqrt(kappa * kappa * discriminant / (4.0 * safe_a * safe_a * gap))
+    offset = torch.sign(kappa) * torch.sqrt(
+        kappa * kappa * discriminant / (4.0 * safe_a * safe_a * gap)
+    )
     t_interior = offset - b / (2.0 * safe_a)
     half = torch.full_like(beta, 0.5)
-    t_edge = torch.where(beta > 0, torch.zeros_like(beta), torch.where(beta < 0, torch.ones_like(beta), half))
+    t_edge = torch.where(
+        beta > 0, torch.zeros_like(beta), torch.where(beta < 0, torch.ones_like(beta), half)
+    )
     t = torch.where(interior, t_interior, t_edge)
     t = torch.where(positive_radius, t, half).clamp(0.0, 1.0)
     return torch.stack([t, 1.0 - t], dim=-1)
@@ -120,7 +124,11 @@ def _enumerate(gram: PSDMatrix, radius: Tensor) -> Weights:
     vertices = torch.eye(k, dtype=gram.dtype, device=gram.device)
     candidates = torch.cat([stationary, affine, vertices], dim=0)
     feasible = torch.cat([valid, torch.ones(count + k, dtype=torch.bool, device=gram.device)])
-    feasible = feasible & (candidates >= -_FEASIBILITY_TOL).all(dim=-1) & torch.isfinite(candidates).all(dim=-1)
+    feasible = (
+        feasible
+        & (candidates >= -_FEASIBILITY_TOL).all(dim=-1)
+        & torch.isfinite(candidates).all(dim=-1)
+    )
     candidates = candidates.clamp_min(0.0)
     total = candidates.sum(dim=-1, keepdim=True)
     feasible = feasible & (total[:, 0] > 0)
@@ -155,7 +163,9 @@ def _cvxpy(gram: PSDMatrix, radius: Tensor) -> Weights:
     except cp.error.SolverError as error:
         raise SolverError(f"cagrad: cvxpy failed on a {k}x{k} Gram matrix: {error}") from error
     if w.value is None or problem.status not in ("optimal", "optimal_inaccurate"):
-        raise SolverError(f"cagrad: cvxpy returned status {problem.status!r} for a {k}x{k} Gram matrix")
+        raise SolverError(
+            f"cagrad: cvxpy returned status {problem.status!r} for a {k}x{k} Gram matrix"
+        )
     solution = np.clip(np.asarray(w.value, dtype=np.float64), 0.0, None)
     return torch.as_tensor(solution / solution.sum(), dtype=gram.dtype, device=gram.device)
 
@@ -260,7 +270,9 @@ class CAGrad(Method):
 
     name = "cagrad"
 
-    def __init__(self, c: float = 0.4, rescale: int = 1, reduction: str = "sum", solver: str = "auto") -> None:
+    def __init__(
+        self, c: float = 0.4, rescale: int = 1, reduction: str = "sum", solver: str = "auto"
+    ) -> None:
         super().__init__()
         if not c >= 0:
             raise ValueError(f"cagrad: c must be >= 0, got {c}")
@@ -278,9 +290,16 @@ class CAGrad(Method):
     def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:
         if gram is None:
             raise ValueError("cagrad needs the Gram matrix of the per-objective gradients")
-        w, dual = cagrad_weights(gram, self.c, rescale=self.rescale, reduction=self.reduction, solver=self.solver)
+        w, dual = cagrad_weights(
+            gram, self.c, rescale=self.rescale, reduction=self.reduction, solver=self.solver
+        )
         self.info = {"simplex_weights": dual}
         return w
 
     def options(self) -> dict[str, Any]:
-        return {"c": self.c, "rescale": self.rescale, "reduction": self.reduction, "solver": self.solver}
+        return {
+            "c": self.c,
+            "rescale": self.rescale,
+            "reduction": self.reduction,
+            "solver": self.solver,
+        }

@@ -48,7 +48,9 @@ class DualProj(Method):
     def __init__(self, backend: str = "auto") -> None:
         super().__init__()
         if backend not in DUAL_CONE_BACKENDS:
-            raise ValueError(f"dualproj: unknown backend {backend!r}; choose one of {DUAL_CONE_BACKENDS}")
+            raise ValueError(
+                f"dualproj: unknown backend {backend!r}; choose one of {DUAL_CONE_BACKENDS}"
+            )
         self.backend = backend
 
     def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:

@@ -36,7 +36,8 @@ class FAMO(AmortizedLogits):
 
     Cost: one backward of the weighted sum per step (no per-objective gradients), plus one
     no-grad forward with ``"same_batch"``. The reference code also clips the gradient norm
-    (``max_norm=1.0`` on the optimizer). Needs ``L_i > m_i``.
+    (``max_norm=1.0`` on the optimizer). A loss below its minimum counts as at the minimum
+    (``D_i = eps``).
     """
 
     name = "famo"
@@ -53,7 +54,9 @@ class FAMO(AmortizedLogits):
         if not eps >= 0:
             raise ValueError(f"famo: eps must be >= 0, got {eps}")
         if min_losses is not None and not isinstance(min_losses, (Mapping, Sequence)):
-            raise TypeError(f"famo: min_losses must be a mapping or a sequence, got {type(min_losses).__name__}")
+            raise TypeError(
+                f"famo: min_losses must be a mapping or a sequence, got {type(min_losses).__name__}"
+            )
         self.min_losses = min_losses
         self.log_eps = float(eps)
         self._minima: Optional[tuple[float, ...]] = None
@@ -66,18 +69,23 @@ class FAMO(AmortizedLogits):
         elif isinstance(self.min_losses, Mapping):
             unknown = sorted(set(self.min_losses) - set(names))
             if unknown:
-                raise ValueError(f"famo: min_losses given for {unknown}, which are not objectives {list(names)}")
+                raise ValueError(
+                    f"famo: min_losses given for {unknown}, which are not objectives {list(names)}"
+                )
             self._minima = tuple(float(self.min_losses.get(name, 0.0)) for name in names)
         else:
             if len(self.min_losses) != len(names):
-                raise ValueError(f"famo: {len(self.min_losses)} min_losses for {len(names)} objectives {list(names)}")
+                raise ValueError(
+                    f"famo: {len(self.min_losses)} min_losses for {len(names)} objectives {list(names)}"
+                )
             self._minima = tuple(float(value) for value in self.min_losses)
 
     def _shifted(self, losses: Tensor) -> Tensor:
+        """``D = max(L - m, 0) + eps``: a loss below its stated minimum counts as at the minimum."""
         if self._minima is None or len(self._minima) != losses.shape[0]:
-            return losses + self.log_eps
+            return losses.clamp_min(0.0) + self.log_eps
         minima = torch.tensor(self._minima, dtype=losses.dtype, device=losses.device)
-        return losses - minima + self.log_eps
+        return (losses - minima).clamp_min(0.0) + self.log_eps
 
     def log_values(self, losses: Tensor) -> Tensor:
         return self._shifted(losses).log()

@@ -58,8 +58,12 @@ def imtl_g_weights(gram: PSDMatrix, *, fix_sign: bool = True, closed_form: bool 
     v = inverse * unit_weights
     total = v.sum()
     scale = total.abs() if fix_sign else total
-    degenerate = (unit_weights.sum() <= _NULL_TOL) | (total.abs() <= _DEGENERATE_RTOL * v.abs().sum())
-    return torch.where(degenerate, torch.zeros_like(v), v / torch.where(degenerate, torch.ones_like(scale), scale))
+    degenerate = (unit_weights.sum() <= _NULL_TOL) | (
+        total.abs() <= _DEGENERATE_RTOL * v.abs().sum()
+    )
+    return torch.where(
+        degenerate, torch.zeros_like(v), v / torch.where(degenerate, torch.ones_like(scale), scale)
+    )
 
 
 @register

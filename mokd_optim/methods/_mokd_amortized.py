@@ -62,7 +62,9 @@ class MoKDAmortized(AmortizedLogits):
         if not 0 <= floor < 1:
             raise ValueError(f"mokd-amortized: floor must be in [0, 1), got {floor}")
         if step not in STEP_RULES:
-            raise ValueError(f"mokd-amortized: unknown step rule {step!r}; choose one of {STEP_RULES}")
+            raise ValueError(
+                f"mokd-amortized: unknown step rule {step!r}; choose one of {STEP_RULES}"
+            )
         self.floor = float(floor)
         self.step = step
         self._reference: Optional[Tensor] = None

@@ -62,7 +62,9 @@ class _CCPProblem:
         self.grad_phi = cp.Parameter(k)
         utilities = self.cosine @ self.beta
         constraints = [-cp.log(self.beta) - cp.log(utilities) <= 0]
-        self.problem = cp.Problem(cp.Minimize(cp.sum(utilities) + self.grad_phi @ self.beta), constraints)
+        self.problem = cp.Problem(
+            cp.Minimize(cp.sum(utilities) + self.grad_phi @ self.beta), constraints
+        )
 
     def solve(self, cosine: np.ndarray, start: np.ndarray) -> np.ndarray:
         """One subproblem linearised at ``start``; raises ``cvxpy.error.SolverError``."""
@@ -73,11 +75,20 @@ class _CCPProblem:
         self.beta.value = start  # warm start where the solver supports it
         with warnings.catch_warnings():
             # "Solution may be inaccurate": the caller checks every iterate itself.
-            warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
-            self.problem.solve(
-                solver="CLARABEL", warm_start=True, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10
+            warnings.filterwarnings(
+                "ignore", message="Solution may be inaccurate", category=UserWarning
             )
-        if self.beta.value is None or self.problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+            self.problem.solve(
+                solver="CLARABEL",
+                warm_start=True,
+                tol_gap_abs=1e-10,
+                tol_gap_rel=1e-10,
+                tol_feas=1e-10,
+            )
+        if self.beta.value is None or self.problem.status not in (
+            cp.OPTIMAL,
+            cp.OPTIMAL_INACCURATE,
+        ):
             raise cp.error.SolverError(f"Nash-MTL subproblem status {self.problem.status!r}")
         return np.asarray(self.beta.value, dtype=np.float64)
 
@@ -151,7 +162,9 @@ class NashMTL(Method):
     scale_invariance = "update"
     homogeneity = 0
 
-    def __init__(self, update_every: int = 1, max_iter: int = 20, tol: float = 1e-6, solver: str = "auto") -> None:
+    def __init__(
+        self, update_every: int = 1, max_iter: int = 20, tol: float = 1e-6, solver: str = "auto"
+    ) -> None:
         super().__init__()
         if not isinstance(update_every, int) or isinstance(update_every, bool) or update_every < 1:
             raise ValueError(f"nash-mtl: update_every must be a positive int, got {update_every!r}")
@@ -196,11 +209,17 @@ class NashMTL(Method):
             assert self._previous is not None
             self.info = {"solver_failed": zero, "weights_reused": torch.ones_like(zero)}
             return self._previous
-        fallback = self._previous if self._previous is not None else torch.ones(k, dtype=work.dtype, device=work.device)
+        fallback = (
+            self._previous
+            if self._previous is not None
+            else torch.ones(k, dtype=work.dtype, device=work.device)
+        )
         use_closed_form = self.solver == "closed_form" or (self.solver == "auto" and k == 2)
         if use_closed_form:
             if k != 2:
-                raise ValueError(f"nash-mtl: the closed_form solver handles K = 2 only, got K = {k}")
+                raise ValueError(
+                    f"nash-mtl: the closed_form solver handles K = 2 only, got K = {k}"
+                )
             w, failed = nash_two(work)
             w = torch.where(failed, fallback, w)
             failed = failed.to(work.dtype)
@@ -232,7 +251,9 @@ class NashMTL(Method):
             return None  # opposite unit gradients, the same test as the K = 2 closed form
         else:
             previous = None if self._beta is None else self._beta.cpu().numpy()[active]
-            start = next((c for c in (previous, np.ones(active.size)) if _valid_start(sub, c)), None)
+            start = next(
+                (c for c in (previous, np.ones(active.size)) if _valid_start(sub, c)), None
+            )
             if start is None:
                 start = _common_descent_start(sub)
             if start is None:
@@ -257,16 +278,28 @@ class NashMTL(Method):
 
     def state_dict(self) -> dict[str, Any]:
         clone = lambda t: None if t is None else t.detach().clone()  # noqa: E731
-        return {"calls": self._calls, "previous": clone(self._previous), "beta": clone(self._beta), "failures": clone(self._failures)}
+        return {
+            "calls": self._calls,
+            "previous": clone(self._previous),
+            "beta": clone(self._beta),
+            "failures": clone(self._failures),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         expected = {"calls", "previous", "beta", "failures"}
         if set(state) != expected:
-            raise ValueError(f"nash-mtl: expected state keys {sorted(expected)}, got {sorted(state)}")
+            raise ValueError(
+                f"nash-mtl: expected state keys {sorted(expected)}, got {sorted(state)}"
+            )
         self._calls = int(state["calls"])
         self._previous = None if state["previous"] is None else state["previous"].clone()
         self._beta = None if state["beta"] is None else state["beta"].clone()
         self._failures = None if state["failures"] is None else state["failures"].clone()
 
     def options(self) -> dict[str, Any]:
-        return {"update_every": self.update_every, "max_iter": self.max_iter, "tol": self.tol, "solver": self.solver}
+        return {
+            "update_every": self.update_every,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "solver": self.solver,
+        }

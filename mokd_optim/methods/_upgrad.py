@@ -53,7 +53,9 @@ class UPGrad(Method):
     def __init__(self, backend: str = "auto") -> None:
         super().__init__()
         if backend not in DUAL_CONE_BACKENDS:
-            raise ValueError(f"upgrad: unknown backend {backend!r}; choose one of {DUAL_CONE_BACKENDS}")
+            raise ValueError(
+                f"upgrad: unknown backend {backend!r}; choose one of {DUAL_CONE_BACKENDS}"
+            )
         self.backend = backend
 
     def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:

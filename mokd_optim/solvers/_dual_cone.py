@@ -47,7 +47,9 @@ def project_to_dual_cone(
     """
     check_gram(gram)
     if backend not in DUAL_CONE_BACKENDS:
-        raise ValueError(f"unknown dual-cone backend {backend!r}; choose one of {DUAL_CONE_BACKENDS}")
+        raise ValueError(
+            f"unknown dual-cone backend {backend!r}; choose one of {DUAL_CONE_BACKENDS}"
+        )
     k = gram.shape[-1]
     if u.shape[-1] != k:
         raise ValueError(f"u has {u.shape[-1]} entries for a {k}x{k} Gram matrix")
@@ -59,7 +61,11 @@ def project_to_dual_cone(
     # nu = N^-1 mu with N = diag(1 / ||g_i||) turns G into the unit-diagonal cosine matrix, so a
     # norm ratio of 1e8 (1e16 in G) does not reach the solver; zero gradients keep a scale of 1.
     norms = torch.diagonal(work, dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
-    scales = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.ones_like(norms))
+    scales = torch.where(
+        norms > 0,
+        1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)),
+        torch.ones_like(norms),
+    )
     cosine = normalize(work * scales[:, :, None] * scales[:, None, :])
     scaled_target = target / scales
     if backend == "auto":
@@ -194,5 +200,7 @@ def _polish(gram: PSDMatrix, u: Tensor, mu: Tensor, *, rounds: int | None = None
         current = torch.where(infeasible, moved, accepted)
         free = torch.where(infeasible, free & ~drop, free | add)
     finite = torch.isfinite(current).all(dim=-1)
-    better = dual_objective(gram, u, current) <= dual_objective(gram, u, mu) + 1e-15 * scale[:, 0] ** 2
+    better = (
+        dual_objective(gram, u, current) <= dual_objective(gram, u, mu) + 1e-15 * scale[:, 0] ** 2
+    )
     return torch.where((finite & better)[:, None], current, mu)
