@@ -109,8 +109,9 @@ class StepStats:
         """Flat ``name -> float`` record for logging (synchronises with the host).
 
         Keys: ``loss/<name>``, ``weight/<name>``, ``grad_norm/<name>``, ``cosine/<a>|<b>``,
-        ``conflict``, ``dominance``, ``combined_norm`` and ``<info key>/<name>``; per-group
-        statistics get a ``group<g>/`` prefix. Missing statistics are NaN.
+        ``conflict``, ``dominance``, ``combined_norm`` and ``<info key>/<name>`` (``<info key>``
+        alone for a per-step scalar such as ``solver_failed``); per-group statistics get a
+        ``group<g>/`` prefix. Missing statistics are NaN.
         """
         record: dict[str, float] = {}
         losses = self.losses.detach().double().cpu().tolist()
@@ -127,6 +128,10 @@ class StepStats:
             for name, value in zip(self.names, w.tolist()):
                 record[f"{prefix}weight/{name}"] = value
             for key, tensor in infos.items():
+                if tensor.dim() == (1 if grouped else 0):
+                    # One number per step (e.g. Nash-MTL's solver_failed), not one per objective.
+                    record[f"{prefix}{key}"] = float(tensor[g] if grouped else tensor)
+                    continue
                 row = tensor[g] if grouped and tensor.dim() == 2 else tensor
                 for name, value in zip(self.names, row.reshape(-1).tolist()):
                     record[f"{prefix}{key}/{name}"] = value

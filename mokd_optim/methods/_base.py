@@ -37,6 +37,22 @@ class Method(abc.ABC):
     log_losses: ClassVar[bool] = False
     needs_losses_after: ClassVar[bool] = False
 
+    # Documented promises about the update ``d = sum_i w_i g_i``. They are part of each
+    # method's contract: tests/test_method_properties.py checks them for every registered
+    # method on random and adversarial Gram matrices, and docs/methods.md tabulates them.
+    #: ``<g_i, d> >= 0`` for every objective, whatever the gradients.
+    conflict_free: ClassVar[bool] = False
+    #: ``d = 0`` whenever a strictly positive combination of the gradients is 0.
+    pareto_stationary: ClassVar[bool] = False
+    #: Permuting the objectives permutes the weights the same way.
+    permutation_equivariant: ClassVar[bool] = True
+    #: What stays unchanged when one loss (hence its gradient) is multiplied by ``c > 0``:
+    #: ``"update"`` (all of ``d``), ``"direction"`` (``d / ||d||``) or ``"none"``.
+    scale_invariance: ClassVar[str] = "none"
+    #: ``p`` such that scaling every gradient by ``s > 0`` (losses unchanged) scales ``d`` by
+    #: ``s ** p``: 1 for a linear rule, 0 for a rule that ignores gradient magnitudes.
+    homogeneity: ClassVar[int] = 1
+
     def __init__(self) -> None:
         self.objective_names: tuple[str, ...] = ()
         #: Method-specific tensors from the last call (e.g. MoKD's simplex weights), for stats.
@@ -104,3 +120,34 @@ class Method(abc.ABC):
 def as_work(x: Tensor) -> Tensor:
     """``x`` in float64 (float32 on MPS), the precision of all ``K x K`` arithmetic."""
     return x.to(torch.float32 if x.device.type == "mps" else torch.float64)
+
+
+# A gradient whose norm is below this fraction of the largest norm is treated as zero by the
+# methods that normalise gradients to unit length (IMTL-G, ConFIG, Nash-MTL): its direction is
+# rounding noise, and normalising it would give that noise the weight of a real objective.
+ZERO_NORM_RTOL = 1e-12
+
+
+def inverse_norms(gram: PSDMatrix) -> tuple[Tensor, Tensor]:
+    """Gradient norms ``n_i = sqrt(G_ii)`` and ``1 / n_i`` (0 for a zero gradient).
+
+    A gradient is zero when ``n_i <= ZERO_NORM_RTOL * max_j n_j`` (all of them when the
+    matrix is 0). Shapes: ``(..., K, K)`` -> ``(..., K)`` twice. No host synchronisation.
+    """
+    norms = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+    largest = norms.amax(dim=-1, keepdim=True)
+    nonzero = (norms > ZERO_NORM_RTOL * largest) & (norms > 0)
+    safe = torch.where(nonzero, norms, torch.ones_like(norms))
+    return norms, torch.where(nonzero, 1.0 / safe, torch.zeros_like(norms))
+
+
+def cosine_gram(gram: PSDMatrix) -> tuple[PSDMatrix, Tensor]:
+    """Gram matrix of the unit gradients ``u_i = g_i / ||g_i||`` and the ``1 / n_i``.
+
+    Rows and columns of zero gradients (see :func:`inverse_norms`) are 0. Working with this
+    matrix makes the norm ratio of the gradients irrelevant to the conditioning.
+    Shapes: ``(..., K, K)`` -> ``(..., K, K)``, ``(..., K)``.
+    """
+    _, inverse = inverse_norms(gram)
+    sym = 0.5 * (gram + gram.transpose(-1, -2))
+    return sym * inverse[..., :, None] * inverse[..., None, :], inverse

@@ -56,6 +56,8 @@ class MGDA(Method):
     """
 
     name = "mgda"
+    conflict_free = True
+    pareto_stationary = True
 
     def __init__(self, normalizer: str = "none", backend: str = "auto") -> None:
         super().__init__()
@@ -67,6 +69,16 @@ class MGDA(Method):
     @property
     def log_losses(self) -> bool:  # type: ignore[override]
         return self.normalizer in ("loss", "loss+")
+
+    @property
+    def scale_invariance(self) -> str:  # type: ignore[override]
+        # Every normalizer but "none" divides each gradient by a quantity proportional to it.
+        return "none" if self.normalizer == "none" else "update"
+
+    @property
+    def homogeneity(self) -> int:  # type: ignore[override]
+        # "l2" and "loss+" divide by the gradient norm, so the update ignores magnitudes.
+        return 0 if self.normalizer in ("l2", "loss+") else 1
 
     def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:
         if gram is None:

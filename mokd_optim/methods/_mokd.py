@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
-from mokd_optim.methods._base import Method, as_work
+from mokd_optim.methods._base import Method, as_work, inverse_norms
 from mokd_optim.methods._registry import register
 from mokd_optim.solvers import line_weights, min_norm
 
@@ -55,7 +55,8 @@ def mokd_weights(
     - ``"log"``: ``w = q`` (the log-gradient combination itself);
     - ``"convex"``: ``w = q / sum(q)`` (a convex combination of the raw gradients);
     - ``"anchor"``: ``w = q * ||g_anchor|| / ||d||``, so ``||d|| = ||g_anchor||``; a
-      Pareto-stationary point (``||d||`` below ``STATIONARY_RTOL`` of its bound) gives 0.
+      Pareto-stationary point (``||d||`` below ``STATIONARY_RTOL`` of its bound, or a zero
+      gradient) gives 0.
 
     Args: gram ``(K, K)``, losses ``(K,)`` positive, both float64. Returns ``(w, pi)``.
     """
@@ -71,7 +72,10 @@ def mokd_weights(
     combined_sq = (q @ gram @ q).clamp_min(0.0)
     norms = torch.diagonal(gram).clamp_min(0.0).sqrt()
     bound = (q.abs() * norms).sum()
-    stationary = combined_sq <= (STATIONARY_RTOL * bound) ** 2
+    # A zero gradient puts 0 in the convex hull: the point is Pareto-stationary, and the
+    # min-norm weights on the other gradients are solver noise that the rescaling would amplify.
+    has_zero_gradient = (inverse_norms(gram)[1] == 0).any()
+    stationary = (combined_sq <= (STATIONARY_RTOL * bound) ** 2) | has_zero_gradient
     safe = torch.where(stationary, torch.ones_like(combined_sq), combined_sq)
     scale = torch.where(stationary, torch.zeros_like(combined_sq), norms[anchor] / safe.sqrt())
     return q * scale, pi
@@ -97,6 +101,7 @@ class MoKD(Method):
 
     name = "mokd"
     log_losses = True
+    scale_invariance = "direction"
 
     def __init__(self, step: str = "anchor", anchor: Union[int, str] = 0, simplex: bool = True, backend: str = "auto") -> None:
         super().__init__()
@@ -109,6 +114,15 @@ class MoKD(Method):
         self.simplex = simplex
         self.backend = backend
         self._anchor_index = 0
+
+    @property
+    def conflict_free(self) -> bool:  # type: ignore[override]
+        # The unclipped formula can give an objective a negative weight.
+        return self.simplex
+
+    @property
+    def pareto_stationary(self) -> bool:  # type: ignore[override]
+        return self.simplex
 
     def bind(self, names: Any) -> None:
         super().bind(names)

@@ -14,6 +14,9 @@ Backends:
   solve, any K, batched, no host synchronisation.
 - ``"cvxpy"`` -- a quadratic programme solved by Clarabel, any K; the reference (syncs).
 - ``"auto"`` -- ``closed_form`` for K = 2, ``projected_gradient`` otherwise (K = 1 gives 1).
+
+``project_to_dual_cone(gram, u)`` solves the other small QP the methods need: the projection
+of ``J^T u`` onto the cone of directions that conflict with no objective (UPGrad, DualProj).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from mokd_optim._typing import PSDMatrix, Weights
 from mokd_optim.solvers._closed_form import line_weights, min_norm_two
 from mokd_optim.solvers._cvxpy import SolverError, cvxpy_min_norm, psd_factor, solve_qp
+from mokd_optim.solvers._dual_cone import DUAL_CONE_BACKENDS, project_to_dual_cone
 from mokd_optim.solvers._projected_gradient import frank_wolfe, projected_gradient
 from mokd_optim.solvers._simplex import (
     check_gram,
@@ -36,12 +40,14 @@ BACKENDS = ("auto", "closed_form", "projected_gradient", "frank_wolfe", "cvxpy")
 
 __all__ = [
     "BACKENDS",
+    "DUAL_CONE_BACKENDS",
     "SolverError",
     "kkt_residual",
     "line_weights",
     "min_norm",
     "min_norm_two",
     "normalize",
+    "project_to_dual_cone",
     "project_to_simplex",
     "psd_factor",
     "quadratic",

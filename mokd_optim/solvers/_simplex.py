@@ -92,7 +92,7 @@ def polish_on_support(
     kept only where it is not worse than the input.
     Shapes: gram ``(B, K, K)`` with unit scale, w ``(B, K)`` on the simplex -> ``(B, K)``.
     """
-    _batch, k = w.shape
+    _, k = w.shape
     rounds = 2 * k + 2 if rounds is None else rounds
     tol = 1e-13
     support = w > threshold
@@ -106,7 +106,10 @@ def polish_on_support(
         # (a) ratio test along current -> target
         gap = (current - target).clamp_min(1e-300)
         ratios = torch.where(negative, current / gap, torch.full_like(current, float("inf")))
-        alpha, blocking = ratios.min(dim=-1, keepdim=True)
+        # amin + argmin rather than min(dim): the fused values-and-indices reduction wakes the
+        # CPU thread pool, which costs milliseconds on these tiny tensors.
+        alpha = ratios.amin(dim=-1, keepdim=True)
+        blocking = ratios.argmin(dim=-1, keepdim=True)
         alpha = alpha.clamp(0.0, 1.0)
         moved = (current + alpha * (target - current)).clamp_min(0.0)
         drop = torch.zeros_like(support).scatter_(-1, blocking, True)
@@ -119,7 +122,8 @@ def polish_on_support(
         gw = torch.einsum("bij,bj->bi", gram, accepted)
         lam = (accepted * gw).sum(dim=-1, keepdim=True)
         violation = torch.where(support, torch.full_like(gw, -float("inf")), lam - gw)
-        worst, worst_index = violation.max(dim=-1, keepdim=True)
+        worst = violation.amax(dim=-1, keepdim=True)
+        worst_index = violation.argmax(dim=-1, keepdim=True)
         add = torch.zeros_like(support).scatter_(-1, worst_index, True) & (worst > 1e-12)
         support_b = support | add
         current = torch.where(infeasible, moved, accepted)
