@@ -6,11 +6,9 @@ gradients; methods see ``G = J J^T``, the references in the tests work on ``J`` 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Optional
 
 import numpy as np
-import pytest
 import torch
 
 from mokd_optim import methods
@@ -124,17 +122,3 @@ def update_scale(jacobian: np.ndarray, w: np.ndarray) -> float:
     return float(np.sum(np.abs(w) * np.linalg.norm(jacobian, axis=1))) + 1e-300
 
 
-@pytest.fixture
-def single_threaded() -> Iterator[None]:
-    """Run a test with one intra-op thread (restored afterwards).
-
-    The ``K x K`` work and the small models of these tests are latency-bound; on this project's
-    2-core CI machines waking the intra-op thread pool for each tiny kernel costs more than the
-    arithmetic (milliseconds per call).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

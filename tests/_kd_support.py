@@ -2,59 +2,28 @@
 
 from __future__ import annotations
 
-import gzip
 import socket
-from pathlib import Path
 
-import numpy as np
-import pytest
 import torch
 from torch import nn
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+from mokd_optim.datasets import load_fashion_mnist, to_float_images
 
 
-def fashion_mnist(count: int, *, split: str = "t10k", size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def fashion_mnist(count: int, *, split: str = "test", size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``count`` Fashion-MNIST images as ``(count, 3, size, size)`` float32 in [0, 1]
     (grey replicated to 3 channels, zero-padded from 28 px when ``size > 28``) and their labels.
 
-    Reads the IDX files of the Debian package ``dataset-fashion-mnist`` (``make data``); a
+    Reads the local files of the Debian package ``dataset-fashion-mnist`` (``make data``); a
     missing file fails the test with that hint rather than skipping it.
     """
-    images_path = FASHION_MNIST_DIR / f"{split}-images-idx3-ubyte.gz"
-    labels_path = FASHION_MNIST_DIR / f"{split}-labels-idx1-ubyte.gz"
-    if not images_path.exists():
-        raise FileNotFoundError(f"{images_path} is missing: run `make data` (Debian package dataset-fashion-mnist)")
-    with gzip.open(images_path, "rb") as handle:
-        header = np.frombuffer(handle.read(16), dtype=">u4")
-        assert header[0] == 2051, "not an IDX image file"
-        rows, cols = int(header[2]), int(header[3])
-        pixels = np.frombuffer(handle.read(count * rows * cols), dtype=np.uint8).reshape(count, rows, cols)
-    with gzip.open(labels_path, "rb") as handle:
-        header = np.frombuffer(handle.read(8), dtype=">u4")
-        assert header[0] == 2049, "not an IDX label file"
-        labels = np.frombuffer(handle.read(count), dtype=np.uint8)
-    images = torch.from_numpy(pixels.astype(np.float32) / 255.0)[:, None].repeat(1, 3, 1, 1)
+    pixels, labels = load_fashion_mnist(split, limit=count)
+    images = to_float_images(pixels, normalize=False).repeat(1, 3, 1, 1)
+    rows = images.shape[-1]
     if size > rows:
         pad = size - rows
         images = nn.functional.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
-    return images, torch.from_numpy(labels.astype(np.int64))
-
-
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """Run a test with one intra-op thread, restoring the previous count afterwards.
-
-    Autouse in every ``test_kd_*`` module that imports it. The models are tiny, so threads buy
-    nothing, and on a busy 2-core machine OpenMP threads competing with other processes slowed
-    the ResNet end-to-end test from 4 s to 107 s (measured).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    return images, labels
 
 
 def free_port() -> int:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# One intra-op thread for the whole suite: the models and K x K computations here are tiny, so
+# threads buy nothing, and on a busy 2-core machine competing OpenMP threads made single tests
+# 20-100x slower (measured: the ResNet end-to-end KD test went from 4 s to 107 s).
+# MOKD_TEST_THREADS overrides it.
+torch.set_num_threads(int(os.environ.get("MOKD_TEST_THREADS", "1")))
 
 
 @pytest.fixture(autouse=True)

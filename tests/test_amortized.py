@@ -21,10 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mokd_optim import MultiObjectiveOptimizer
-from tests._jacobians import single_threaded
-
-__all__ = ["single_threaded"]
-pytestmark = pytest.mark.usefixtures("single_threaded")
 
 TEMPERATURE = 4.0
 
@@ -52,28 +48,23 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 def digits() -> Digits:
     from sklearn.datasets import load_digits
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        images, labels = load_digits(return_X_y=True)
-        x = torch.tensor(images / 16.0, dtype=torch.float32)
-        y = torch.tensor(labels)
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-        train, test = order[:1300], order[1300:]
-        torch.manual_seed(0)
-        teacher = mlp(128)
-        optimizer = torch.optim.Adam(teacher.parameters(), lr=1e-2)
-        for _ in range(150):
-            optimizer.zero_grad()
-            F.cross_entropy(teacher(x[train]), y[train]).backward()
-            optimizer.step()
-        with torch.no_grad():
-            teacher_train = teacher(x[train])
-        return Digits(
-            x[train], y[train], x[test], y[test], teacher_train, accuracy(teacher, x[test], y[test])
-        )
-    finally:
-        torch.set_num_threads(previous)
+    images, labels = load_digits(return_X_y=True)
+    x = torch.tensor(images / 16.0, dtype=torch.float32)
+    y = torch.tensor(labels)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    train, test = order[:1300], order[1300:]
+    torch.manual_seed(0)
+    teacher = mlp(128)
+    optimizer = torch.optim.Adam(teacher.parameters(), lr=1e-2)
+    for _ in range(150):
+        optimizer.zero_grad()
+        F.cross_entropy(teacher(x[train]), y[train]).backward()
+        optimizer.step()
+    with torch.no_grad():
+        teacher_train = teacher(x[train])
+    return Digits(
+        x[train], y[train], x[test], y[test], teacher_train, accuracy(teacher, x[test], y[test])
+    )
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:

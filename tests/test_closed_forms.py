@@ -16,10 +16,7 @@ import torch
 from mokd_optim import methods
 from mokd_optim.methods._cagrad import cagrad_weights
 from mokd_optim.solvers import project_to_dual_cone
-from tests._jacobians import adversarial_cases, random_cases, single_threaded
-
-__all__ = ["single_threaded"]
-pytestmark = pytest.mark.usefixtures("single_threaded")
+from tests._jacobians import adversarial_cases, random_cases
 
 TWO = [case for case in random_cases(seed=21, count=40) if case[1].shape[0] == 2]
 TWO += [case for case in adversarial_cases() if case[1].shape[0] == 2]

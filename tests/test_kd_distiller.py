@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from _kd_support import TinyNet, free_port, one_cpu_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -22,6 +21,7 @@ from mokd_optim.kd import (
     dkd_loss,
     kd_loss,
 )
+from tests._kd_support import TinyNet, free_port
 
 PAIRS = [("layer1", "layer1"), ("layer2", "layer2")]
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from _kd_support import one_cpu_thread  # noqa: F401 (autouse fixture)
 from torchvision.models import resnet18
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "kd.md"

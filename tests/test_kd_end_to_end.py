@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 
 import torch
-from _kd_support import fashion_mnist, one_cpu_thread  # noqa: F401 (autouse fixture)
 from torchvision.models import resnet18, resnet34
 
 from mokd_optim import MultiObjectiveOptimizer
 from mokd_optim.kd import Distiller, build_heads
+from tests._kd_support import fashion_mnist
 
 STEPS = 10
 

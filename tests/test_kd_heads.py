@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _kd_support import TinyNet, one_cpu_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 
 from mokd_optim.kd import (
@@ -15,6 +14,7 @@ from mokd_optim.kd import (
     align_features,
     build_heads,
 )
+from tests._kd_support import TinyNet
 
 
 def test_width_defaults_to_teacher_and_expansion_needs_a_teacher_projector() -> None:

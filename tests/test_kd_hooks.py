@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-from _kd_support import TinyNet, free_port, one_cpu_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mokd_optim.kd import FeatureRecorder, ModulePathError, resolve_module, unwrap_model
+from tests._kd_support import TinyNet, free_port
 
 
 def eager_reference(model: TinyNet, x: torch.Tensor) -> dict[str, torch.Tensor]:

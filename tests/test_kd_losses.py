@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _kd_support import one_cpu_thread  # noqa: F401 (autouse fixture)
 
 from mokd_optim.kd import (
     DISTLoss,

@@ -23,15 +23,11 @@ from tests._jacobians import (
     losses_for,
     make_method,
     random_cases,
-    single_threaded,
     solver_failed,
     stationary_case,
     update_of,
     update_scale,
 )
-
-__all__ = ["single_threaded"]  # the fixture, imported to be used by every test here
-pytestmark = pytest.mark.usefixtures("single_threaded")
 
 NAMES = methods.available()
 RANDOM = random_cases(seed=0, count=16)

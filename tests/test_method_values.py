@@ -24,12 +24,8 @@ from tests._jacobians import (
     losses_for,
     make_method,
     random_cases,
-    single_threaded,
     update_of,
 )
-
-__all__ = ["single_threaded"]  # the fixture, imported to be used by every test here
-pytestmark = pytest.mark.usefixtures("single_threaded")
 
 RANDOM = random_cases(seed=5, count=10)
 FULL_RANK = random_cases(seed=6, count=8, full_rank=True)

@@ -16,10 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mokd_optim import MultiObjectiveOptimizer, methods
-from tests._jacobians import single_threaded
-
-__all__ = ["single_threaded"]
-pytestmark = pytest.mark.usefixtures("single_threaded")
 
 NAMES = methods.available()
 OPTIONS = {"weighted": {"weights": {"task": 1.0, "aux": 0.3, "reg": 0.1}}, "pcgrad": {"seed": 5}}
