@@ -5,10 +5,11 @@ Public names:
 - :class:`MultiObjectiveOptimizer` -- wraps any ``torch.optim`` optimizer.
 - :class:`StepStats` -- what one ``backward`` did (weights, norms, cosine, conflict, ...).
 - :class:`ObjectiveError` -- raised for a loss that cannot be used, naming it.
-- subpackages ``methods`` (registry), ``solvers`` (min-norm), ``diagnostics``, ``gradients``.
+- subpackages ``methods`` (registry), ``solvers`` (min-norm), ``diagnostics``, ``gradients``
+  and ``distributed`` (DDP collectives).
 """
 
-from mokd_optim import diagnostics, gradients, methods, solvers
+from mokd_optim import diagnostics, distributed, gradients, methods, solvers
 from mokd_optim._validation import ObjectiveError
 from mokd_optim.diagnostics import StepStats
 from mokd_optim.optimizer import MultiObjectiveOptimizer
@@ -21,6 +22,7 @@ __all__ = [
     "StepStats",
     "__version__",
     "diagnostics",
+    "distributed",
     "gradients",
     "methods",
     "solvers",

@@ -36,3 +36,18 @@ def forbid_host_sync() -> Iterator[None]:
     finally:
         for name, value in saved.items():
             setattr(torch.Tensor, name, value)
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    """Run with ``count`` intra-op threads, restoring the previous setting afterwards.
+
+    The stack tests train tiny models, for which one thread is faster than two and immune to
+    OpenMP oversubscription when the machine is busy.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
