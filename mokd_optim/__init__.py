@@ -5,11 +5,12 @@ Public names:
 - :class:`MultiObjectiveOptimizer` -- wraps any ``torch.optim`` optimizer.
 - :class:`StepStats` -- what one ``backward`` did (weights, norms, cosine, conflict, ...).
 - :class:`ObjectiveError` -- raised for a loss that cannot be used, naming it.
-- subpackages ``methods`` (registry), ``solvers`` (min-norm), ``diagnostics``, ``gradients``
-  and ``distributed`` (DDP collectives).
+- subpackages ``methods`` (registry), ``solvers`` (min-norm), ``diagnostics`` (statistics,
+  ``StatsLogger``, ``plot_log``), ``gradients``, ``distributed`` (DDP collectives) and
+  ``checkpoint`` (atomic ``save_checkpoint`` / ``load_checkpoint``).
 """
 
-from mokd_optim import diagnostics, distributed, gradients, methods, solvers
+from mokd_optim import checkpoint, diagnostics, distributed, gradients, methods, solvers
 from mokd_optim._validation import ObjectiveError
 from mokd_optim.diagnostics import StepStats
 from mokd_optim.optimizer import MultiObjectiveOptimizer
@@ -21,6 +22,7 @@ __all__ = [
     "ObjectiveError",
     "StepStats",
     "__version__",
+    "checkpoint",
     "diagnostics",
     "distributed",
     "gradients",
