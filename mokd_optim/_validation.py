@@ -74,8 +74,9 @@ def check_losses(
     if not check_values:
         return
     values = torch.stack([loss.detach().reshape(()).float() for loss in tensors])
-    bad_value = ~torch.isfinite(values) if not allow_nonfinite else torch.zeros_like(values, dtype=torch.bool)
-    bad_sign = values <= 0 if positive else torch.zeros_like(bad_value)
+    finite = torch.isfinite(values)
+    bad_value = ~finite if not allow_nonfinite else torch.zeros_like(finite)
+    bad_sign = (values <= 0) & finite if positive else torch.zeros_like(bad_value)
     flags = torch.stack([bad_value, bad_sign]).cpu().tolist()
     for index, name in enumerate(names):
         if flags[0][index]:

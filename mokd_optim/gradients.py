@@ -402,7 +402,7 @@ def representation_backward(
     handles = []
     for feature, block in zip(features, blocks):
         w = weights.to(dtype=block.dtype, device=block.device)
-        replacement = torch.tensordot(w, block, dims=1)
+        replacement = torch.tensordot(w, block, dims=1).to(feature.dtype)
         handles.append(feature.register_hook(lambda _grad, value=replacement: value))
     try:
         total = torch.stack([loss.reshape(()) for loss in losses]).sum()

@@ -490,8 +490,9 @@ class MultiObjectiveOptimizer(Optimizer):
                 raise ObjectiveError(name, "the loss does not depend on the tensors passed as features=")
         blocks = grad_strategies.stack_feature_blocks(per_objective)  # type: ignore[arg-type]
         if scale is not None:
+            # Unscale in float32 at least: 1/scale times a half-precision gradient could underflow.
             inverse = scale.double().reciprocal().float()
-            blocks = [block * inverse.to(block.dtype) for block in blocks]
+            blocks = [block.to(torch.promote_types(block.dtype, torch.float32)) * inverse for block in blocks]
         k_total = len(tensors)
         gram = grad_strategies.gram_matrix(blocks, [0] * len(blocks), 1, k_total, loss_values.device)[0]
         if sync == "exact":

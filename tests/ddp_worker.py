@@ -63,6 +63,7 @@ def run(
     params = list(model.parameters())
     wrapped = DDP(model) if distributed else model
     base = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    options = {"weights": [1.0, 0.5, 2.0]} if scenario["method"] == "weighted" else {}
     opt = MultiObjectiveOptimizer(
         base,
         scenario["method"],
@@ -70,6 +71,7 @@ def run(
         sync=scenario["sync"] if distributed else "none",
         bucket_bytes=scenario.get("bucket_bytes", 25 * 2**20),
         max_norm=5.0,
+        **options,
     )
     micro = scenario.get("micro", 1)
     weights, communication = [], []
@@ -103,6 +105,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "exact_representation": {"method": "mokd", "strategy": "representation", "sync": "exact"},
     "weights_representation": {"method": "mokd", "strategy": "representation", "sync": "weights"},
     "sum_amortized": {"method": "sum", "strategy": "amortized", "sync": "exact"},
+    "weighted_amortized_accumulate": {"method": "weighted", "strategy": "amortized", "sync": "exact", "micro": 2},
 }
 
 

@@ -114,14 +114,14 @@ def test_forced_overflow_skips_the_step_and_changes_nothing(strategy: str) -> No
     assert any(not torch.equal(a, b) for a, b in zip(params, model.parameters()))
 
 
-@pytest.mark.parametrize("method", ["mokd", "mgda"])
-def test_non_finite_loss_under_amp_skips_instead_of_raising(method: str) -> None:
+@pytest.mark.parametrize(("method", "bad"), [("mokd", "nan"), ("mokd", "-inf"), ("mgda", "nan"), ("mgda", "inf")])
+def test_non_finite_loss_under_amp_skips_instead_of_raising(method: str, bad: str) -> None:
     scaler = torch.amp.GradScaler("cpu")
     model, opt = _make(scaler=scaler, method=method)
     params = [p.detach().clone() for p in model.parameters()]
     losses, _ = _losses(model, 0, torch.float16)
-    # Adding a NaN constant leaves every gradient finite: only the loss value is bad.
-    losses["kd"] = losses["kd"] + torch.tensor(float("nan"))
+    # Adding a non-finite constant leaves every gradient finite: only the loss value is bad.
+    losses["kd"] = losses["kd"] + torch.tensor(float(bad))
     opt.zero_grad()
     opt.backward(losses)
     scaler.step(opt)
@@ -139,7 +139,8 @@ def test_non_finite_loss_under_amp_skips_instead_of_raising(method: str) -> None
 
 def test_bf16_autocast_matches_fp32() -> None:
     """bfloat16 keeps 8 significand bits (relative rounding 2^-9 = 0.2%); after 5 SGD steps
-    the parameters differ from the fp32 run by under 5% of the distance travelled."""
+    the parameters differ from the fp32 run by under 2% of the distance travelled (observed
+    0.4%)."""
     model, opt = _make()
     start = [p.detach().clone() for p in model.parameters()]
     _train(model, opt, None, 5)
@@ -147,20 +148,21 @@ def test_bf16_autocast_matches_fp32() -> None:
     stats = _train(bf16_model, bf16_opt, None, 5, dtype=torch.bfloat16)
     assert torch.isfinite(stats.weights).all() and torch.isfinite(stats.gram).all()
     assert all(torch.isfinite(p).all() for p in bf16_model.parameters())
-    assert _relative_distance(list(bf16_model.parameters()), list(model.parameters()), start) < 0.05
+    assert _relative_distance(list(bf16_model.parameters()), list(model.parameters()), start) < 0.02
 
 
-def test_fp16_with_grad_scaler_matches_fp32() -> None:
+@pytest.mark.parametrize("strategy", ["loop", "representation"])
+def test_fp16_with_grad_scaler_matches_fp32(strategy: str) -> None:
     """float16 keeps 11 significand bits (relative rounding 2^-12); after 5 steps the
-    parameters differ from fp32 by under 1% of the distance travelled."""
-    model, opt = _make()
+    parameters differ from fp32 by under 0.5% of the distance travelled (observed 0.05%)."""
+    model, opt = _make(strategy)
     start = [p.detach().clone() for p in model.parameters()]
-    _train(model, opt, None, 5)
+    _train(model, opt, None, 5, strategy=strategy)
     scaler = torch.amp.GradScaler("cpu")
-    fp16_model, fp16_opt = _make(scaler=scaler)
-    _train(fp16_model, fp16_opt, scaler, 5, dtype=torch.float16)
+    fp16_model, fp16_opt = _make(strategy, scaler=scaler)
+    _train(fp16_model, fp16_opt, scaler, 5, strategy=strategy, dtype=torch.float16)
     assert scaler.get_scale() == 2.0**16  # no step was skipped
-    assert _relative_distance(list(fp16_model.parameters()), list(model.parameters()), start) < 0.01
+    assert _relative_distance(list(fp16_model.parameters()), list(model.parameters()), start) < 0.005
 
 
 def test_max_norm_clips_the_unscaled_gradient() -> None:

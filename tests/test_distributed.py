@@ -28,7 +28,7 @@ from mokd_optim.distributed import (
 from tests.models import TwoHeadMLP
 
 ROOT = Path(__file__).resolve().parents[1]
-EXACT_SCENARIOS = ["exact_loop", "exact_vmap_accumulate", "exact_representation", "sum_amortized"]
+EXACT_SCENARIOS = ["exact_loop", "exact_vmap_accumulate", "exact_representation", "sum_amortized", "weighted_amortized_accumulate"]
 ALL_SCENARIOS = [*EXACT_SCENARIOS, "weights_loop", "weights_representation"]
 # float32 training for 4 steps: DDP averages two half-batch means where the reference takes one
 # mean over the whole batch, so sums are rounded in a different order (observed: <= 3e-8).
