@@ -376,9 +376,11 @@ class MultiObjectiveOptimizer(Optimizer):
                 without ``features`` or with ``accumulate``, objectives that differ from the
                 open accumulation window, or method options naming unknown objectives.
             RuntimeError: with ``validate=True`` under ``torch.distributed``, ranks whose
-                objectives reach different parameters.
-            In every case parameters, ``.grad``, the accumulation window and the optimizer
-            state are unchanged.
+                objectives reach different parameters (a configuration error: parameters,
+                ``.grad`` and the optimizer state are unchanged, an open accumulation window
+                is dropped).
+            For the other errors parameters, ``.grad``, the accumulation window and the
+            optimizer state are unchanged.
         """
         names, tensors = normalize_losses(losses)
         amp = self.scaler is not None and self.scaler.is_enabled()
