@@ -5,11 +5,13 @@ Public names:
 - :class:`MultiObjectiveOptimizer` -- wraps any ``torch.optim`` optimizer.
 - :class:`StepStats` -- what one ``backward`` did (weights, norms, cosine, conflict, ...).
 - :class:`ObjectiveError` -- raised for a loss that cannot be used, naming it.
-- subpackages ``methods`` (registry), ``solvers`` (min-norm), ``diagnostics``, ``gradients``,
-  ``kd`` (distillation losses, feature recorders, projection heads, ``Distiller``).
+- subpackages ``methods`` (registry), ``solvers`` (min-norm), ``diagnostics`` (statistics,
+  ``StatsLogger``, ``plot_log``), ``gradients``, ``distributed`` (DDP collectives),
+  ``checkpoint`` (atomic ``save_checkpoint`` / ``load_checkpoint``) and ``kd`` (distillation
+  losses, feature recorders, projection heads, ``Distiller``).
 """
 
-from mokd_optim import diagnostics, gradients, kd, methods, solvers
+from mokd_optim import checkpoint, diagnostics, distributed, gradients, kd, methods, solvers
 from mokd_optim._validation import ObjectiveError
 from mokd_optim.diagnostics import StepStats
 from mokd_optim.optimizer import MultiObjectiveOptimizer
@@ -21,7 +23,9 @@ __all__ = [
     "ObjectiveError",
     "StepStats",
     "__version__",
+    "checkpoint",
     "diagnostics",
+    "distributed",
     "gradients",
     "kd",
     "methods",

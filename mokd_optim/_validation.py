@@ -44,11 +44,16 @@ def normalize_losses(losses: Losses) -> tuple[tuple[str, ...], list[Tensor]]:
     return names, tensors
 
 
-def check_losses(names: Sequence[str], tensors: Sequence[Tensor], *, positive: bool, check_values: bool) -> None:
+def check_losses(
+    names: Sequence[str], tensors: Sequence[Tensor], *, positive: bool, check_values: bool, allow_nonfinite: bool = False
+) -> None:
     """Raise :class:`ObjectiveError` for a loss that is not a finite scalar requiring grad.
 
     ``positive``: the method takes logarithms, so every loss must be > 0. ``check_values``
     enables the finiteness/positivity checks, which cost one device-to-host synchronisation.
+    ``allow_nonfinite``: inf/NaN losses pass (under AMP they are the ``GradScaler``'s business:
+    the optimizer turns the update into NaN so that the scaler skips the step); a finite loss
+    that is not positive is still refused for log-based methods.
     Also raises ``ValueError`` when the losses live on different devices.
     """
     for name, loss in zip(names, tensors):
@@ -69,8 +74,9 @@ def check_losses(names: Sequence[str], tensors: Sequence[Tensor], *, positive: b
     if not check_values:
         return
     values = torch.stack([loss.detach().reshape(()).float() for loss in tensors])
-    bad_value = ~torch.isfinite(values)
-    bad_sign = values <= 0 if positive else torch.zeros_like(bad_value)
+    finite = torch.isfinite(values)
+    bad_value = ~finite if not allow_nonfinite else torch.zeros_like(finite)
+    bad_sign = (values <= 0) & finite if positive else torch.zeros_like(bad_value)
     flags = torch.stack([bad_value, bad_sign]).cpu().tolist()
     for index, name in enumerate(names):
         if flags[0][index]:

@@ -1,14 +1,19 @@
-"""Conflict and dominance statistics of per-objective gradients, and the per-step record.
+"""Conflict and dominance statistics of per-objective gradients, the per-step record, and
+logging of those records (CSV, TensorBoard) with a plotting helper.
 
-Everything here is computed from the ``K x K`` Gram matrix, on the device, without host
-synchronisation; :meth:`StepStats.to_dict` is the one place that moves numbers to the host.
+The statistics are computed from the ``K x K`` Gram matrix, on the device, without host
+synchronisation; :meth:`StepStats.to_dict` is the one place that moves numbers to the host,
+and :class:`StatsLogger` calls it only on the steps it logs (docs/logging.md).
 """
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -149,3 +154,270 @@ class StepStats:
             record[f"{prefix}dominance"] = nan if gram is None else float(dominance_ratio(gram))
             record[f"{prefix}combined_norm"] = nan if gram is None else float(combined_norm(gram, w))
         return record
+
+
+# Logging ---------------------------------------------------------------------------------
+
+
+def _scalar(value: Union[float, int, Tensor]) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"logged scalars must have one element, got shape {tuple(value.shape)}")
+        return float(value.detach().reshape(()).cpu())
+    return float(value)
+
+
+class StatsLogger:
+    """Write :class:`StepStats` and user scalars to a CSV file and/or TensorBoard.
+
+    Values are moved to the host only on logged steps (``step % log_every == 0``); on the other
+    steps :meth:`log` returns at once without reading any tensor. Under ``torch.distributed``
+    only rank 0 writes (``main_process_only``).
+
+    The CSV has one row per logged step: ``step`` first, then the keys of
+    :meth:`StepStats.to_dict` (``loss/<name>``, ``weight/<name>``, ``grad_norm/<name>``,
+    ``cosine/<a>|<b>``, ``conflict``, ``dominance``, ``combined_norm``, method info), then the
+    user scalars (e.g. ``lr``, ``accuracy``). A key first seen on a later row adds a column
+    (the file is rewritten once with the wider header; earlier rows leave it empty).
+    TensorBoard receives every value with ``add_scalar(key, value, step)``.
+
+    Args:
+        csv_path: CSV file to write, or ``None``.
+        tensorboard: a log directory for a new ``SummaryWriter``, an existing writer, or ``None``.
+        log_every: log on steps that are multiples of this.
+        append: keep the rows of an existing CSV file (resuming a run) instead of starting over.
+        main_process_only: write only on rank 0 under ``torch.distributed``.
+
+    Raises:
+        ValueError: ``log_every < 1``, or neither ``csv_path`` nor ``tensorboard`` given.
+        ImportError: ``tensorboard`` requested but the ``tensorboard`` package is not installed.
+    """
+
+    def __init__(
+        self,
+        csv_path: Optional[Union[str, os.PathLike[str]]] = None,
+        *,
+        tensorboard: Optional[Any] = None,
+        log_every: int = 1,
+        append: bool = False,
+        main_process_only: bool = True,
+    ) -> None:
+        if log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {log_every}")
+        if csv_path is None and tensorboard is None:
+            raise ValueError("give csv_path, tensorboard, or both")
+        from mokd_optim import distributed
+
+        self.log_every = int(log_every)
+        self.active = not main_process_only or distributed.is_main_process()
+        self.csv_path = Path(csv_path) if csv_path is not None else None
+        self._columns: list[str] = []
+        self._stream: Optional[Any] = None
+        self._writer: Optional[Any] = None
+        self._owns_writer = False
+        if not self.active:
+            return
+        if self.csv_path is not None:
+            self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+            if append and self.csv_path.exists() and self.csv_path.stat().st_size > 0:
+                with open(self.csv_path, newline="") as existing:
+                    self._columns = next(csv.reader(existing), [])
+                self._stream = open(self.csv_path, "a", newline="")
+            else:
+                self._stream = open(self.csv_path, "w", newline="")
+        if tensorboard is not None:
+            if isinstance(tensorboard, (str, os.PathLike)):
+                self._writer = _summary_writer(tensorboard)
+                self._owns_writer = True
+            else:
+                self._writer = tensorboard
+
+    def should_log(self, step: int) -> bool:
+        """Whether :meth:`log` writes at ``step`` (a pure function of the step number)."""
+        return self.active and step % self.log_every == 0
+
+    def log(
+        self, step: int, stats: Optional[StepStats] = None, **scalars: Union[float, int, Tensor]
+    ) -> Optional[dict[str, float]]:
+        """Record ``stats`` and ``scalars`` at ``step`` if it is a logged step.
+
+        Args:
+            step: the global step (x axis).
+            stats: what :meth:`MultiObjectiveOptimizer.backward` returned (``None`` is allowed,
+                e.g. for an accumulating micro-batch, and logs only the scalars).
+            **scalars: extra values (numbers or one-element tensors), e.g. ``lr=...``.
+
+        Returns:
+            The record written (``step`` and every value as a float), or ``None`` when the step
+            is not logged.
+        """
+        if not self.should_log(step):
+            return None
+        record: dict[str, float] = {"step": float(step)}
+        if stats is not None:
+            record.update(stats.to_dict())
+        for key, value in scalars.items():
+            record[key] = _scalar(value)
+        if self._stream is not None:
+            self._write_row(record)
+        if self._writer is not None:
+            for key, value in record.items():
+                if key != "step":
+                    self._writer.add_scalar(key, value, step)
+        return record
+
+    def _write_row(self, record: dict[str, float]) -> None:
+        assert self._stream is not None and self.csv_path is not None
+        new = [key for key in record if key not in self._columns]
+        if new:
+            had_rows = bool(self._columns)
+            self._columns = self._columns + new
+            if had_rows:
+                self._rewrite_header()
+            else:
+                csv.writer(self._stream).writerow(self._columns)
+        row = ["" if key not in record else _format(record[key], key) for key in self._columns]
+        csv.writer(self._stream).writerow(row)
+        self._stream.flush()
+
+    def _rewrite_header(self) -> None:
+        assert self._stream is not None and self.csv_path is not None
+        self._stream.close()
+        with open(self.csv_path, newline="") as existing:
+            rows = list(csv.reader(existing))[1:]
+        width = len(self._columns)
+        temporary = self.csv_path.with_name(f".{self.csv_path.name}.tmp")
+        with open(temporary, "w", newline="") as rewritten:
+            writer = csv.writer(rewritten)
+            writer.writerow(self._columns)
+            for row in rows:
+                writer.writerow(row + [""] * (width - len(row)))
+        os.replace(temporary, self.csv_path)
+        self._stream = open(self.csv_path, "a", newline="")
+
+    def flush(self) -> None:
+        """Flush the CSV file and the TensorBoard writer."""
+        if self._stream is not None:
+            self._stream.flush()
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Close the CSV file and a TensorBoard writer this logger created."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        if self._writer is not None and self._owns_writer:
+            self._writer.close()
+        self._writer = None
+
+    def __enter__(self) -> StatsLogger:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def _format(value: float, key: str) -> str:
+    if key == "step" and math.isfinite(value) and value == int(value):
+        return str(int(value))
+    return repr(float(value))
+
+
+def _summary_writer(log_dir: Union[str, os.PathLike[str]]) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise ImportError(
+            "TensorBoard logging needs the 'tensorboard' package: pip install tensorboard "
+            "(or pip install 'mokd-optim[logging]'), or log to CSV only with StatsLogger(csv_path)"
+        ) from error
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def read_log(csv_path: Union[str, os.PathLike[str]]) -> dict[str, list[float]]:
+    """Columns of a :class:`StatsLogger` CSV file as float lists (empty cells are NaN).
+
+    Raises:
+        FileNotFoundError: no file at ``csv_path``.
+        ValueError: the file is empty or has no ``step`` column.
+    """
+    with open(csv_path, newline="") as stream:
+        rows = list(csv.reader(stream))
+    if not rows or "step" not in rows[0]:
+        raise ValueError(f"{csv_path} is not a StatsLogger CSV file (no 'step' column)")
+    header = rows[0]
+    columns: dict[str, list[float]] = {key: [] for key in header}
+    for row in rows[1:]:
+        for index, key in enumerate(header):
+            cell = row[index] if index < len(row) else ""
+            columns[key].append(float(cell) if cell != "" else math.nan)
+    return columns
+
+
+def plot_log(
+    csv_path: Union[str, os.PathLike[str]], png_path: Optional[Union[str, os.PathLike[str]]] = None, *, dpi: int = 100
+) -> Any:
+    """Curves of a :class:`StatsLogger` CSV over training: weights, cosines, dominance.
+
+    Three stacked panels sharing the step axis: the weight of each objective (``weight/*``),
+    the pairwise cosine similarities (``cosine/*``, with the conflict line at 0) and the
+    dominance ratio ``max_i ||g_i|| / min_i ||g_i||`` on a log scale. Per-group columns
+    (``group<g>/...``) are drawn as separate curves. Uses the Agg renderer, no display needed.
+
+    Args:
+        csv_path: a file written by :class:`StatsLogger`.
+        png_path: where to save the PNG (``None``: only return the figure).
+        dpi: resolution of the PNG.
+
+    Returns:
+        The ``matplotlib.figure.Figure`` (three axes).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+        ValueError: the file is not a StatsLogger CSV.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError("plot_log needs matplotlib: pip install matplotlib") from error
+    columns = read_log(csv_path)
+    steps = columns["step"]
+    figure = Figure(figsize=(8, 9), layout="constrained")
+    FigureCanvasAgg(figure)
+    weights_axis, cosine_axis, dominance_axis = figure.subplots(3, 1, sharex=True)
+
+    def draw(axis: Any, pattern: str, *, positive: bool = False) -> int:
+        drawn = 0
+        for key, values in columns.items():
+            tail = key.split("/", 1)[1] if key.startswith("group") and "/" in key else key
+            if not (tail.startswith(pattern) if pattern.endswith("/") else tail == pattern):
+                continue
+            points = [(s, v) for s, v in zip(steps, values) if math.isfinite(v) and (v > 0 or not positive)]
+            if points:
+                axis.plot([p[0] for p in points], [p[1] for p in points], label=key)
+                drawn += 1
+        if drawn:
+            axis.legend(loc="best", fontsize="small")
+        else:
+            axis.text(0.5, 0.5, "no data", transform=axis.transAxes, ha="center", va="center")
+        return drawn
+
+    draw(weights_axis, "weight/")
+    weights_axis.set_ylabel("weight")
+    weights_axis.set_title("weights on the raw gradients")
+    draw(cosine_axis, "cosine/")
+    cosine_axis.axhline(0.0, color="gray", linewidth=0.8, linestyle="--")
+    cosine_axis.set_ylim(-1.05, 1.05)
+    cosine_axis.set_ylabel("cosine")
+    cosine_axis.set_title("gradient cosine similarity (< 0: conflict)")
+    if draw(dominance_axis, "dominance", positive=True):
+        dominance_axis.set_yscale("log")
+    dominance_axis.set_ylabel("max ||g|| / min ||g||")
+    dominance_axis.set_title("gradient dominance ratio")
+    dominance_axis.set_xlabel("step")
+    if png_path is not None:
+        Path(png_path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(png_path, dpi=dpi)
+    return figure

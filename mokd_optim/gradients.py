@@ -21,9 +21,9 @@ Strategies (see docs/strategies.md for costs and measurements):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -42,6 +42,8 @@ class ObjectiveGradients:
         groups: optimizer parameter-group index of each balanced parameter.
         exclusive: ``(param, grad, objective)`` for parameters reached by exactly one objective.
         reached: per objective, whether it reached any parameter.
+        combined: ``(param, grad)`` pairs that already hold a weighted gradient (the amortized
+            strategy under gradient accumulation); written as they are.
     """
 
     params: list[Tensor] = field(default_factory=list)
@@ -49,6 +51,37 @@ class ObjectiveGradients:
     groups: list[int] = field(default_factory=list)
     exclusive: list[tuple[Tensor, Tensor, int]] = field(default_factory=list)
     reached: list[bool] = field(default_factory=list)
+    combined: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+
+    def tensors(self) -> list[Tensor]:
+        """Every gradient tensor, in a fixed order: blocks, exclusive grads, combined grads.
+
+        The order depends only on the structure, so it is the same on every rank for the same
+        model and objectives (what bucketed collectives need).
+        """
+        return [*self.blocks, *(g for _, g, _ in self.exclusive), *(g for _, g in self.combined)]
+
+    def with_tensors(self, tensors: Sequence[Tensor]) -> ObjectiveGradients:
+        """A copy with the gradient tensors replaced, in the order of :meth:`tensors`."""
+        n_blocks, n_exclusive = len(self.blocks), len(self.exclusive)
+        if len(tensors) != n_blocks + n_exclusive + len(self.combined):
+            raise ValueError(f"expected {n_blocks + n_exclusive + len(self.combined)} tensors, got {len(tensors)}")
+        blocks = list(tensors[:n_blocks])
+        exclusive_grads = tensors[n_blocks : n_blocks + n_exclusive]
+        combined_grads = tensors[n_blocks + n_exclusive :]
+        return ObjectiveGradients(
+            params=list(self.params),
+            blocks=blocks,
+            groups=list(self.groups),
+            exclusive=[(p, g, k) for (p, _, k), g in zip(self.exclusive, exclusive_grads)],
+            reached=list(self.reached),
+            combined=[(p, g) for (p, _), g in zip(self.combined, combined_grads)],
+        )
+
+    def layout(self) -> list[int]:
+        """A few integers that differ when two results do not have the same structure."""
+        sizes = [t.numel() for t in self.tensors()]
+        return [len(self.blocks), len(self.exclusive), len(self.combined), sum(sizes), sum(k * (i + 1) for i, (_, _, k) in enumerate(self.exclusive))]
 
 
 def _assemble(
@@ -193,6 +226,117 @@ def _accumulate(param: Tensor, grad: Tensor) -> None:
         param.grad.add_(grad)
 
 
+def scale_gradients(gradients: ObjectiveGradients, factor: Union[Tensor, float]) -> ObjectiveGradients:
+    """``gradients`` with every tensor multiplied by ``factor`` (a 0-dim tensor or a number).
+
+    Out of place: gradients returned by autograd may be expanded views that cannot be written.
+    Used to unscale AMP gradients (``factor = 1 / scale``) and to average accumulated ones.
+    """
+    if isinstance(factor, Tensor):
+        return gradients.with_tensors([t * factor.to(dtype=t.dtype, device=t.device) for t in gradients.tensors()])
+    return gradients.with_tensors([t * factor for t in gradients.tensors()])
+
+
+def merge_gradients(
+    total: ObjectiveGradients, new: ObjectiveGradients, placement: Mapping[int, tuple[int, int]], num_objectives: int
+) -> ObjectiveGradients:
+    """Sum of two results (gradient accumulation over micro-batches), parameter by parameter.
+
+    A parameter that is balanced in one result and exclusive in the other, or exclusive to two
+    different objectives, becomes balanced (missing rows are zeros). ``placement`` maps
+    ``id(param)`` to ``(position among the optimizer's parameters, balancing group)``; the
+    result keeps the optimizer's order.
+    """
+    blocks: dict[int, tuple[Tensor, Tensor, int]] = {}
+    exclusive: dict[int, tuple[Tensor, Tensor, int]] = {}
+    combined: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def add_block(param: Tensor, block: Tensor) -> None:
+        key = id(param)
+        if key in exclusive:
+            _, grad, k = exclusive.pop(key)
+            block = block.clone()
+            block[k] += grad
+        if key in blocks:
+            block = blocks[key][1] + block
+        blocks[key] = (param, block, placement[key][1])
+
+    for part in (total, new):
+        for param, block in zip(part.params, part.blocks):
+            add_block(param, block)
+        for param, grad, k in part.exclusive:
+            key = id(param)
+            if key in blocks:
+                block = blocks[key][1].clone()
+                block[k] += grad
+                blocks[key] = (blocks[key][0], block, blocks[key][2])
+            elif key in exclusive and exclusive[key][2] == k:
+                exclusive[key] = (param, exclusive[key][1] + grad, k)
+            elif key in exclusive:
+                _, previous, j = exclusive.pop(key)
+                block = previous.new_zeros((num_objectives, *param.shape))
+                block[j] = previous
+                block[k] = grad
+                blocks[key] = (param, block, placement[key][1])
+            else:
+                exclusive[key] = (param, grad, k)
+        for param, grad in part.combined:
+            key = id(param)
+            combined[key] = (param, combined[key][1] + grad) if key in combined else (param, grad)
+    ordered_blocks = sorted(blocks.values(), key=lambda item: placement[id(item[0])][0])
+    return ObjectiveGradients(
+        params=[p for p, _, _ in ordered_blocks],
+        blocks=[b for _, b, _ in ordered_blocks],
+        groups=[g for _, _, g in ordered_blocks],
+        exclusive=sorted(exclusive.values(), key=lambda item: placement[id(item[0])][0]),
+        reached=[a or b for a, b in zip(total.reached, new.reached)] if total.reached else list(new.reached),
+        combined=sorted(combined.values(), key=lambda item: placement[id(item[0])][0]),
+    )
+
+
+def combine(
+    gradients: ObjectiveGradients,
+    weights: Tensor,
+    *,
+    exclusive_weights: Optional[Tensor] = None,
+    factor: Optional[Tensor] = None,
+) -> list[tuple[Tensor, Tensor]]:
+    """``(param, gradient)`` pairs of the combined update, without touching ``.grad``.
+
+    Balanced parameters get ``sum_i w_i g_i`` with ``weights`` of shape ``(num_groups, K)``
+    (row ``g`` for the parameters of group ``g``); exclusive parameters their plain gradient
+    (times ``exclusive_weights[k]`` when given); already combined gradients pass through.
+    ``factor`` (0-dim) multiplies everything: AMP uses it to re-apply the loss scale and to
+    turn the whole update into NaN when a per-objective gradient was not finite.
+    """
+    if factor is not None:
+        weights = weights * factor.to(weights.dtype)
+    cast: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+    pairs: list[tuple[Tensor, Tensor]] = []
+    for param, block, group in zip(gradients.params, gradients.blocks, gradients.groups):
+        key = (group, block.dtype, block.device)
+        if key not in cast:
+            cast[key] = weights[group].to(dtype=block.dtype, device=block.device)
+        k_total = block.shape[0]
+        pairs.append((param, torch.matmul(cast[key], block.reshape(k_total, -1)).view(param.shape)))
+    for param, grad, k in gradients.exclusive:
+        scale = None if exclusive_weights is None else exclusive_weights[k]
+        if factor is not None:
+            scale = factor if scale is None else scale * factor.to(scale.dtype)
+        if scale is not None:
+            grad = grad * scale.to(dtype=grad.dtype, device=grad.device)
+        pairs.append((param, grad))
+    for param, grad in gradients.combined:
+        pairs.append((param, grad if factor is None else grad * factor.to(dtype=grad.dtype, device=grad.device)))
+    return pairs
+
+
+def accumulate_grads(pairs: Sequence[tuple[Tensor, Tensor]]) -> None:
+    """Add each gradient into its parameter's ``.grad`` (or set it), as autograd does."""
+    for param, grad in pairs:
+        _accumulate(param, grad)
+
+
 def write_combined(gradients: ObjectiveGradients, weights: Tensor, *, exclusive_weights: Optional[Tensor] = None) -> None:
     """Write ``sum_i w_i g_i`` into ``.grad`` of every balanced parameter, and the plain gradient
     of every exclusive parameter (times ``exclusive_weights[k]`` when given).
@@ -200,18 +344,20 @@ def write_combined(gradients: ObjectiveGradients, weights: Tensor, *, exclusive_
     ``weights`` is ``(num_groups, K)``; row ``g`` is used for the parameters of group ``g``.
     Existing ``.grad`` values are added to, as autograd does.
     """
-    cast: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
-    for param, block, group in zip(gradients.params, gradients.blocks, gradients.groups):
-        key = (group, block.dtype, block.device)
-        if key not in cast:
-            cast[key] = weights[group].to(dtype=block.dtype, device=block.device)
-        k_total = block.shape[0]
-        combined = torch.matmul(cast[key], block.reshape(k_total, -1)).view(param.shape)
-        _accumulate(param, combined)
-    for param, grad, k in gradients.exclusive:
-        if exclusive_weights is not None:
-            grad = grad * exclusive_weights[k].to(dtype=grad.dtype, device=grad.device)
-        _accumulate(param, grad)
+    accumulate_grads(combine(gradients, weights, exclusive_weights=exclusive_weights))
+
+
+def weighted_gradients(
+    losses: Sequence[Tensor], weights: Tensor, params: Sequence[Tensor], *, retain_graph: bool = False
+) -> ObjectiveGradients:
+    """Gradient of ``sum_i w_i L_i`` (weights detached) with ``torch.autograd.grad``, as
+    ``combined`` pairs; ``.grad`` and DDP's reducer are not touched (amortized accumulation)."""
+    stacked = torch.stack([loss.reshape(()) for loss in losses])
+    total = (weights.to(dtype=stacked.dtype, device=stacked.device).detach() * stacked).sum()
+    grads = torch.autograd.grad(total, list(params), retain_graph=retain_graph, allow_unused=True)
+    return ObjectiveGradients(
+        reached=[True] * len(losses), combined=[(p, g) for p, g in zip(params, grads) if g is not None]
+    )
 
 
 def representation_gradients(losses: Sequence[Tensor], features: Sequence[Tensor]) -> list[Optional[list[Tensor]]]:
@@ -256,7 +402,7 @@ def representation_backward(
     handles = []
     for feature, block in zip(features, blocks):
         w = weights.to(dtype=block.dtype, device=block.device)
-        replacement = torch.tensordot(w, block, dims=1)
+        replacement = torch.tensordot(w, block, dims=1).to(feature.dtype)
         handles.append(feature.register_hook(lambda _grad, value=replacement: value))
     try:
         total = torch.stack([loss.reshape(()) for loss in losses]).sum()

@@ -5,20 +5,42 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
-from typing import Any, Callable, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Optional, Union, overload
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from mokd_optim import distributed
 from mokd_optim import gradients as grad_strategies
 from mokd_optim._typing import Losses
 from mokd_optim._validation import ObjectiveError, check_losses, normalize_losses
 from mokd_optim.diagnostics import StepStats
+from mokd_optim.distributed import Communication
+from mokd_optim.gradients import ObjectiveGradients
 from mokd_optim.methods import Method, get
 
 BALANCE_MODES = ("global", "per_group")
 _STATE_FORMAT = 1
+_EXACT = ("loop", "vmap")
+
+
+@dataclass
+class _Window:
+    """Per-objective gradients summed over the micro-batches of one accumulation window."""
+
+    names: tuple[str, ...]
+    kind: str  # "exact" or "amortized"
+    gradients: ObjectiveGradients
+    loss_sum: Tensor
+    count: int
+
+    def mean(self) -> tuple[ObjectiveGradients, Tensor]:
+        """Gradients and loss values averaged over the window's micro-batches."""
+        if self.count == 1:
+            return self.gradients, self.loss_sum
+        return grad_strategies.scale_gradients(self.gradients, 1.0 / self.count), self.loss_sum / self.count
 
 
 class MultiObjectiveOptimizer(Optimizer):
@@ -45,11 +67,25 @@ class MultiObjectiveOptimizer(Optimizer):
             ``"per_group"`` (weights solved separately for each parameter group).
         validate: check that losses are finite (and positive for log-based methods) before
             anything is changed. Costs one host synchronisation per step.
+        sync: synchronisation across ``torch.distributed`` ranks (docs/distributed.md):
+            ``"auto"`` (default: ``"exact"`` when a process group with more than one rank is
+            initialised, else ``"none"``), ``"exact"`` (per-objective gradients averaged across
+            ranks, then every rank solves the same weights: the single-process result on the
+            concatenated batch), ``"weights"`` (weights from local gradients, averaged; the
+            combined gradient averaged as DDP does) or ``"none"`` (no collectives).
+        process_group: the ``torch.distributed`` group to synchronise over (default: world).
+        bucket_bytes: capacity of the buffers that gradients are flattened into for the
+            collectives (one ``all_reduce`` per bucket).
+        scaler: a ``torch.amp.GradScaler`` for mixed precision (docs/amp.md). Losses are scaled
+            before the per-objective backward, gradients unscaled before the Gram matrix and
+            the weights, and ``.grad`` receives the scaled combined gradient so that
+            ``scaler.step(opt)`` unscales, checks and skips as usual.
         **method_options: options of the method, e.g. ``step="anchor", anchor="task"``.
 
     Raises:
-        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer`` or is already wrapped.
-        ValueError: unknown method, strategy or balance mode, or a bad option value.
+        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer`` or is already wrapped, or
+            ``scaler`` is not a ``GradScaler``.
+        ValueError: unknown method, strategy, balance or sync mode, or a bad option value.
     """
 
     def __init__(
@@ -61,6 +97,10 @@ class MultiObjectiveOptimizer(Optimizer):
         max_norm: Optional[float] = None,
         balance: str = "global",
         validate: bool = True,
+        sync: str = "auto",
+        process_group: Optional[Any] = None,
+        bucket_bytes: int = distributed.DEFAULT_BUCKET_BYTES,
+        scaler: Optional[torch.amp.GradScaler] = None,
         **method_options: Any,
     ) -> None:
         if isinstance(optimizer, MultiObjectiveOptimizer):
@@ -73,6 +113,12 @@ class MultiObjectiveOptimizer(Optimizer):
             raise ValueError(f"unknown balance mode {balance!r}; choose one of {BALANCE_MODES}")
         if max_norm is not None and not max_norm > 0:
             raise ValueError(f"max_norm must be positive or None, got {max_norm}")
+        if sync not in distributed.SYNC_MODES:
+            raise ValueError(f"unknown sync mode {sync!r}; choose one of {distributed.SYNC_MODES}")
+        if not isinstance(bucket_bytes, int) or bucket_bytes <= 0:
+            raise ValueError(f"bucket_bytes must be a positive integer, got {bucket_bytes!r}")
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
         self.optimizer = optimizer
         self.method = get(method, **method_options)
         if strategy == "amortized" and self.method.needs_gradients:
@@ -84,12 +130,18 @@ class MultiObjectiveOptimizer(Optimizer):
         self.max_norm = max_norm
         self.balance = balance
         self.validate = validate
+        self.sync = sync
+        self.process_group = process_group
+        self.bucket_bytes = bucket_bytes
+        self.scaler = scaler
         # One method instance per parameter group in per-group mode (their state is separate).
         self._methods: list[Method] = [self.method]
         self._bound_names: Optional[tuple[str, ...]] = None
         self._vmap_supported = True
         self._last_losses: Optional[Tensor] = None
         self._last_stats: Optional[StepStats] = None
+        self._window: Optional[_Window] = None
+        self._communication = Communication()
         # What torch.optim.Optimizer.__init__ would set up, without taking over the param
         # groups: those belong to the wrapped optimizer and are exposed through properties.
         from collections import OrderedDict
@@ -130,13 +182,26 @@ class MultiObjectiveOptimizer(Optimizer):
 
     @property
     def last_stats(self) -> Optional[StepStats]:
-        """The :class:`StepStats` of the most recent :meth:`backward` call."""
+        """The :class:`StepStats` of the most recent :meth:`backward` call that solved weights."""
         return self._last_stats
+
+    @property
+    def last_communication(self) -> Communication:
+        """Collectives and bytes sent by the most recent :meth:`backward` (or window)."""
+        return self._communication
+
+    @property
+    def accumulating(self) -> bool:
+        """True while an accumulation window is open (``backward(..., accumulate=True)`` was
+        called and no closing ``backward`` or :meth:`zero_grad` followed)."""
+        return self._window is not None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self.optimizer.add_param_group(param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients of the wrapped optimizer and drop an open accumulation window."""
+        self._window = None
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -152,6 +217,10 @@ class MultiObjectiveOptimizer(Optimizer):
             options.append(f"max_norm={self.max_norm!r}")
         if self.balance != "global":
             options.append(f"balance={self.balance!r}")
+        if self.sync != "auto":
+            options.append(f"sync={self.sync!r}")
+        if self.scaler is not None:
+            options.append("scaler=GradScaler(...)")
         base = repr(self.optimizer).replace("\n", "\n  ")
         return f"MultiObjectiveOptimizer({', '.join(options)},\n  optimizer={base})"
 
@@ -193,13 +262,92 @@ class MultiObjectiveOptimizer(Optimizer):
                 method.bind(names)
             self._bound_names = names
 
+    def _check_window(self, names: tuple[str, ...], strategy: str, accumulate: bool) -> None:
+        """Refuse a call that cannot join the open accumulation window (before any change)."""
+        if strategy == "representation" and (accumulate or self._window is not None):
+            raise ValueError(
+                "gradient accumulation needs per-objective parameter gradients, which the 'representation' "
+                "strategy does not compute; use strategy='loop' (weights solved once per step), or call "
+                "backward(losses, features=...) without accumulate= for every micro-batch (each micro-batch "
+                "is then balanced separately and .grad sums them, as autograd does)"
+            )
+        window = self._window
+        if window is None:
+            return
+        if names != window.names:
+            raise ValueError(
+                f"objectives {list(names)} differ from {list(window.names)} of the open accumulation window; "
+                "call zero_grad() to drop the window"
+            )
+        kind = "exact" if strategy in _EXACT else strategy
+        if kind != window.kind:
+            raise ValueError(f"strategy {strategy!r} cannot join an accumulation window opened with the {window.kind!r} strategy")
+
+    def _placement(self, params: Sequence[Tensor], groups: Sequence[int]) -> dict[int, tuple[int, int]]:
+        return {id(p): (index, group) for index, (p, group) in enumerate(zip(params, groups))}
+
+    def _add_to_window(
+        self, names: tuple[str, ...], kind: str, gradients: ObjectiveGradients, loss_values: Tensor, placement: dict[int, tuple[int, int]]
+    ) -> _Window:
+        window = self._window
+        if window is None:
+            window = _Window(names=names, kind=kind, gradients=gradients, loss_sum=loss_values, count=1)
+        else:
+            merged = grad_strategies.merge_gradients(window.gradients, gradients, placement, len(names))
+            window = _Window(names=names, kind=kind, gradients=merged, loss_sum=window.loss_sum + loss_values, count=window.count + 1)
+        self._window = window
+        return window
+
+    def _loss_scale(self, device: torch.device) -> Optional[Tensor]:
+        """The ``GradScaler``'s current scale as a 0-dim float32 tensor on ``device`` (no host
+        synchronisation), or ``None`` without an enabled scaler."""
+        if self.scaler is None or not self.scaler.is_enabled():
+            return None
+        return self.scaler.scale(torch.ones((), dtype=torch.float32, device=device))
+
+    @staticmethod
+    def _amp_factor(scale: Tensor, gram: Optional[Tensor], loss_values: Tensor) -> Tensor:
+        """``scale``, or NaN when a per-objective gradient or a loss is not finite.
+
+        Multiplying the written update by this factor re-applies the loss scale (what
+        ``GradScaler.unscale_`` expects to find in ``.grad``) and, after an overflow, makes the
+        whole update NaN so that ``scaler.step`` skips it. A non-finite entry of a gradient
+        block always makes its Gram diagonal (a sum of squares) non-finite, so the check costs
+        no pass over the gradients.
+        """
+        bad = ~torch.isfinite(loss_values).all()
+        if gram is not None:
+            bad = bad | ~torch.isfinite(torch.diagonal(gram, dim1=-2, dim2=-1)).all()
+        return torch.where(bad, torch.full_like(scale, float("nan")), scale)
+
+    @overload
     def backward(
         self,
         losses: Losses,
         *,
         features: Optional[Union[Tensor, Sequence[Tensor]]] = None,
         retain_graph: bool = False,
-    ) -> StepStats:
+        accumulate: Literal[False] = False,
+    ) -> StepStats: ...
+
+    @overload
+    def backward(
+        self,
+        losses: Losses,
+        *,
+        features: Optional[Union[Tensor, Sequence[Tensor]]] = None,
+        retain_graph: bool = False,
+        accumulate: bool = ...,
+    ) -> Optional[StepStats]: ...
+
+    def backward(
+        self,
+        losses: Losses,
+        *,
+        features: Optional[Union[Tensor, Sequence[Tensor]]] = None,
+        retain_graph: bool = False,
+        accumulate: bool = False,
+    ) -> Optional[StepStats]:
         """Write the balanced combination of the losses' gradients into ``.grad``.
 
         Args:
@@ -208,19 +356,35 @@ class MultiObjectiveOptimizer(Optimizer):
                 logits): weights are computed from the gradients at these tensors and one
                 backward is run.
             retain_graph: keep the autograd graph after the call.
+            accumulate: this is not the last micro-batch of the optimizer step: its
+                per-objective gradients and loss values are added to an accumulation window
+                and nothing is written to ``.grad``. The next call with ``accumulate=False``
+                closes the window: gradients and losses are averaged over its micro-batches
+                (so pass the losses of each micro-batch as they are, not divided by the number
+                of micro-batches), the weights are solved once, and the combined gradient is
+                written. ``zero_grad()`` drops an open window (docs/accumulation.md).
 
         Returns:
-            :class:`StepStats` with the weights and the conflict/dominance statistics.
+            :class:`StepStats` with the weights and the conflict/dominance statistics, or
+            ``None`` for ``accumulate=True`` (no weights are solved yet).
 
         Raises:
-            ObjectiveError: a loss is not a scalar, not finite, does not require grad, is not
-                positive for a log-based method, or reaches no parameter of the optimizer.
+            ObjectiveError: a loss is not a scalar, not finite (except under AMP, where the
+                scaler skips the step), does not require grad, is not positive for a
+                log-based method, or reaches no parameter of the optimizer.
             ValueError: empty losses, losses on different devices, ``"representation"``
-                without ``features``, or method options naming unknown objectives.
-            In every case parameters, ``.grad`` and the optimizer state are unchanged.
+                without ``features`` or with ``accumulate``, objectives that differ from the
+                open accumulation window, or method options naming unknown objectives.
+            RuntimeError: with ``validate=True`` under ``torch.distributed``, ranks whose
+                objectives reach different parameters (a configuration error: parameters,
+                ``.grad`` and the optimizer state are unchanged, an open accumulation window
+                is dropped).
+            For the other errors parameters, ``.grad``, the accumulation window and the
+            optimizer state are unchanged.
         """
         names, tensors = normalize_losses(losses)
-        check_losses(names, tensors, positive=bool(self.method.log_losses), check_values=self.validate)
+        amp = self.scaler is not None and self.scaler.is_enabled()
+        check_losses(names, tensors, positive=bool(self.method.log_losses), check_values=self.validate, allow_nonfinite=amp)
         feature_list: Optional[list[Tensor]] = None
         if features is not None:
             feature_list = [features] if isinstance(features, Tensor) else list(features)
@@ -228,21 +392,34 @@ class MultiObjectiveOptimizer(Optimizer):
         if not params:
             raise ValueError("the optimizer has no parameters that require grad")
         num_groups = len(self.optimizer.param_groups) if self.balance == "per_group" else 1
-        self._bind(names, num_groups)
         strategy = self._resolve_strategy(feature_list)
+        self._check_window(names, strategy, accumulate)
+        self._bind(names, num_groups)
         loss_values = torch.stack([t.detach().reshape(()) for t in tensors]).to(
             torch.float32 if tensors[0].device.type == "mps" else torch.float64
         )
+        sync = distributed.resolve_sync(self.sync, self.process_group)
+        scale = self._loss_scale(tensors[0].device) if amp else None
+        scaled = tensors if scale is None else [t * scale for t in tensors]
+        self._communication = Communication()
         if strategy == "amortized":
-            stats = self._backward_amortized(names, tensors, loss_values, params, retain_graph)
+            stats = self._backward_amortized(names, scaled, loss_values, params, retain_graph, accumulate, scale, sync)
         elif strategy == "representation":
             assert feature_list is not None
-            stats = self._backward_representation(names, tensors, loss_values, feature_list, params, retain_graph)
+            stats = self._backward_representation(names, scaled, loss_values, feature_list, params, retain_graph, scale, sync)
         else:
-            stats = self._backward_exact(names, tensors, loss_values, params, group_of, num_groups, strategy, retain_graph)
-        self._last_losses = loss_values
-        self._last_stats = stats
+            stats = self._backward_exact(
+                names, scaled, loss_values, params, group_of, num_groups, strategy, retain_graph, accumulate, scale, sync
+            )
+        if stats is not None:
+            self._last_losses = stats.losses
+            self._last_stats = stats
         return stats
+
+    def _all_reduce_mean(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        reduced, sent = distributed.all_reduce_mean(tensors, group=self.process_group, bucket_bytes=self.bucket_bytes)
+        self._communication = self._communication + sent
+        return reduced
 
     def _check_reach(self, names: Sequence[str], tensors: Sequence[Tensor], params: Sequence[Tensor]) -> None:
         reach = grad_strategies.reach_matrix(tensors, params)
@@ -251,15 +428,45 @@ class MultiObjectiveOptimizer(Optimizer):
                 raise ObjectiveError(name, "the loss reaches no parameter of the optimizer; check that it is computed from the model being optimized")
 
     def _backward_amortized(
-        self, names: tuple[str, ...], tensors: list[Tensor], loss_values: Tensor, params: list[Tensor], retain_graph: bool
-    ) -> StepStats:
+        self,
+        names: tuple[str, ...],
+        tensors: list[Tensor],
+        loss_values: Tensor,
+        params: list[Tensor],
+        retain_graph: bool,
+        accumulate: bool,
+        scale: Optional[Tensor],
+        sync: str,
+    ) -> Optional[StepStats]:
         if self.balance == "per_group":
             raise ValueError("balance='per_group' needs per-objective gradients; use strategy 'loop' or 'vmap'")
         if self.validate:
             self._check_reach(names, tensors, params)
+        if sync != "none":
+            # Every rank must feed its method the same numbers, or method states drift apart.
+            loss_values = self._all_reduce_mean([loss_values])[0]
         weights = self.method.weights(None, loss_values)
-        grad_strategies.weighted_backward(tensors, weights, params, retain_graph=retain_graph)
-        return StepStats(names=names, losses=loss_values, weights=weights, strategy="amortized", info=dict(self.method.info))
+        if not accumulate and self._window is None:
+            # One weighted backward; under DDP its reducer averages the gradients.
+            applied = weights if scale is None else weights * self._amp_factor(scale, None, loss_values)
+            grad_strategies.weighted_backward(tensors, applied, params, retain_graph=retain_graph)
+            return StepStats(names=names, losses=loss_values, weights=weights, strategy="amortized", info=dict(self.method.info))
+        gradients = grad_strategies.weighted_gradients(tensors, weights, params, retain_graph=retain_graph)
+        if scale is not None:
+            gradients = grad_strategies.scale_gradients(gradients, scale.double().reciprocal().float())
+        window = self._add_to_window(names, "amortized", gradients, loss_values, self._placement(params, [0] * len(params)))
+        if accumulate:
+            return None
+        self._window = None
+        total, mean_losses = window.mean()
+        if sync != "none":
+            if self.validate:
+                distributed.check_same_layout(total.layout(), "the parameters the losses reach", group=self.process_group)
+            total = total.with_tensors(self._all_reduce_mean(total.tensors()))
+        factor = None if scale is None else self._amp_factor(scale, None, mean_losses)
+        no_weights = torch.ones(1, len(names), dtype=loss_values.dtype, device=loss_values.device)
+        grad_strategies.accumulate_grads(grad_strategies.combine(total, no_weights, factor=factor))
+        return StepStats(names=names, losses=mean_losses, weights=weights, strategy="amortized", info=dict(self.method.info))
 
     def _backward_representation(
         self,
@@ -269,6 +476,8 @@ class MultiObjectiveOptimizer(Optimizer):
         features: list[Tensor],
         params: list[Tensor],
         retain_graph: bool,
+        scale: Optional[Tensor],
+        sync: str,
     ) -> StepStats:
         if self.balance == "per_group":
             raise ValueError("balance='per_group' is not available with the 'representation' strategy")
@@ -282,9 +491,26 @@ class MultiObjectiveOptimizer(Optimizer):
             if grads is None:
                 raise ObjectiveError(name, "the loss does not depend on the tensors passed as features=")
         blocks = grad_strategies.stack_feature_blocks(per_objective)  # type: ignore[arg-type]
-        gram = grad_strategies.gram_matrix(blocks, [0] * len(blocks), 1, len(tensors), loss_values.device)[0]
+        if scale is not None:
+            # Unscale in float32 at least: 1/scale times a half-precision gradient could underflow.
+            inverse = scale.double().reciprocal().float()
+            blocks = [block.to(torch.promote_types(block.dtype, torch.float32)) * inverse for block in blocks]
+        k_total = len(tensors)
+        gram = grad_strategies.gram_matrix(blocks, [0] * len(blocks), 1, k_total, loss_values.device)[0]
+        if sync == "exact":
+            # Rows of the shared tensor belong to different samples on different ranks, so the
+            # Gram matrix of the global batch is the sum of the local ones, scaled by 1/W^2
+            # for losses averaged over ranks: K^2 + K numbers instead of the feature gradients.
+            size = distributed.world_size(self.process_group)
+            packed, sent = distributed.all_reduce_sum(torch.cat([gram.reshape(-1), loss_values]), group=self.process_group)
+            self._communication = self._communication + sent
+            gram = packed[: k_total * k_total].reshape(k_total, k_total) / size**2
+            loss_values = packed[k_total * k_total :] / size
         weights = self.method.weights(gram, loss_values)
-        grad_strategies.representation_backward(tensors, features, blocks, weights, params, retain_graph=retain_graph)
+        if sync == "weights":
+            weights = self._all_reduce_mean([weights])[0]
+        applied = weights if scale is None else weights * self._amp_factor(scale, gram, loss_values)
+        grad_strategies.representation_backward(tensors, features, blocks, applied, params, retain_graph=retain_graph)
         return StepStats(names=names, losses=loss_values, weights=weights, strategy="representation", gram=gram, info=dict(self.method.info))
 
     def _backward_exact(
@@ -297,7 +523,10 @@ class MultiObjectiveOptimizer(Optimizer):
         num_groups: int,
         strategy: str,
         retain_graph: bool,
-    ) -> StepStats:
+        accumulate: bool,
+        scale: Optional[Tensor],
+        sync: str,
+    ) -> Optional[StepStats]:
         groups = group_of if self.balance == "per_group" else [0] * len(params)
         result = None
         if strategy == "vmap":
@@ -311,10 +540,29 @@ class MultiObjectiveOptimizer(Optimizer):
         for name, reached in zip(names, result.reached):
             if not reached:
                 raise ObjectiveError(name, "the loss reaches no parameter of the optimizer; check that it is computed from the model being optimized")
+        if scale is not None:
+            result = grad_strategies.scale_gradients(result, scale.double().reciprocal().float())
+        if accumulate or self._window is not None:
+            window = self._add_to_window(names, "exact", result, loss_values, self._placement(params, groups))
+            if accumulate:
+                return None
+            self._window = None
+            result, loss_values = window.mean()
+        if sync != "none" and self.validate:
+            distributed.check_same_layout(result.layout(), "which objectives reach which parameters", group=self.process_group)
+        if sync == "exact":
+            reduced = self._all_reduce_mean([*result.tensors(), loss_values])
+            result, loss_values = result.with_tensors(reduced[:-1]), reduced[-1]
         gram = grad_strategies.gram_matrix(result.blocks, result.groups, num_groups, len(tensors), loss_values.device)
         weights = torch.stack([method.weights(gram[g], loss_values) for g, method in enumerate(self._methods[:num_groups])])
+        if sync == "weights":
+            weights = self._all_reduce_mean([weights])[0]
         exclusive_weights = None if self.method.needs_gradients else weights[0]
-        grad_strategies.write_combined(result, weights, exclusive_weights=exclusive_weights)
+        factor = None if scale is None else self._amp_factor(scale, gram, loss_values)
+        pairs = grad_strategies.combine(result, weights, exclusive_weights=exclusive_weights, factor=factor)
+        if sync == "weights":
+            pairs = list(zip([p for p, _ in pairs], self._all_reduce_mean([g for _, g in pairs])))
+        grad_strategies.accumulate_grads(pairs)
         info: dict[str, Tensor] = {}
         for key in self._methods[0].info:
             info[key] = torch.stack([method.info[key] for method in self._methods[:num_groups]])
@@ -329,8 +577,18 @@ class MultiObjectiveOptimizer(Optimizer):
         ``closure`` is called after the step under ``torch.no_grad()`` and must return the
         losses on the same batch (mapping or sequence); they are passed to :meth:`observe`.
         For every other method ``closure`` is handed to the wrapped optimizer (torch
-        semantics, e.g. LBFGS).
+        semantics, e.g. LBFGS). With a ``GradScaler`` call ``scaler.step(opt)`` instead: it
+        unscales ``.grad``, skips the step after an overflow and calls this method otherwise.
+
+        Raises:
+            RuntimeError: an accumulation window is open (the last ``backward`` had
+                ``accumulate=True``); nothing is changed.
         """
+        if self._window is not None:
+            raise RuntimeError(
+                "an accumulation window is open: the last backward() had accumulate=True, so no gradient "
+                "was written; close the window with backward(losses, accumulate=False) before step()"
+            )
         if self.max_norm is not None:
             grads = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
             if grads:
@@ -348,7 +606,9 @@ class MultiObjectiveOptimizer(Optimizer):
 
         Pass the losses on the same batch (recomputed without gradients) for the faithful
         update, or the next batch's losses for the zero-overhead variant. A no-op for methods
-        that do not learn from them. Raises ``RuntimeError`` before any :meth:`backward`.
+        that do not learn from them. Under ``torch.distributed`` (``sync`` not ``"none"``) the
+        values are averaged across ranks first, so every rank's method state stays the same.
+        Raises ``RuntimeError`` before any :meth:`backward`.
         """
         if not self.method.needs_losses_after:
             return
@@ -358,6 +618,8 @@ class MultiObjectiveOptimizer(Optimizer):
         if self._bound_names is not None and names != self._bound_names:
             raise ValueError(f"observe() got objectives {list(names)}, expected {list(self._bound_names)}")
         after = torch.stack([torch.as_tensor(t).detach().reshape(()) for t in tensors]).to(self._last_losses)
+        if distributed.resolve_sync(self.sync, self.process_group) != "none":
+            after = distributed.all_reduce_mean([after], group=self.process_group)[0][0]
         for method in self._methods:
             method.observe(self._last_losses, after)
 
