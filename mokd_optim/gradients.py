@@ -65,7 +65,9 @@ class ObjectiveGradients:
         """A copy with the gradient tensors replaced, in the order of :meth:`tensors`."""
         n_blocks, n_exclusive = len(self.blocks), len(self.exclusive)
         if len(tensors) != n_blocks + n_exclusive + len(self.combined):
-            raise ValueError(f"expected {n_blocks + n_exclusive + len(self.combined)} tensors, got {len(tensors)}")
+            raise ValueError(
+                f"expected {n_blocks + n_exclusive + len(self.combined)} tensors, got {len(tensors)}"
+            )
         blocks = list(tensors[:n_blocks])
         exclusive_grads = tensors[n_blocks : n_blocks + n_exclusive]
         combined_grads = tensors[n_blocks + n_exclusive :]
@@ -81,7 +83,13 @@ class ObjectiveGradients:
     def layout(self) -> list[int]:
         """A few integers that differ when two results do not have the same structure."""
         sizes = [t.numel() for t in self.tensors()]
-        return [len(self.blocks), len(self.exclusive), len(self.combined), sum(sizes), sum(k * (i + 1) for i, (_, _, k) in enumerate(self.exclusive))]
+        return [
+            len(self.blocks),
+            len(self.exclusive),
+            len(self.combined),
+            sum(sizes),
+            sum(k * (i + 1) for i, (_, _, k) in enumerate(self.exclusive)),
+        ]
 
 
 def _assemble(
@@ -118,7 +126,11 @@ def _assemble(
 
 
 def loop_gradients(
-    losses: Sequence[Tensor], params: Sequence[Tensor], group_of: Sequence[int], *, retain_graph: bool = False
+    losses: Sequence[Tensor],
+    params: Sequence[Tensor],
+    group_of: Sequence[int],
+    *,
+    retain_graph: bool = False,
 ) -> ObjectiveGradients:
     """Per-objective gradients with one ``torch.autograd.grad`` call per objective.
 
@@ -143,7 +155,7 @@ def reached_leaves(root: Tensor) -> set[int]:
         if root.requires_grad:
             leaves.add(id(root))
         return leaves
-    stack = [root.grad_fn]
+    stack: list[Optional[torch.autograd.graph.Node]] = [root.grad_fn]
     seen: set[object] = set()
     while stack:
         node = stack.pop()
@@ -168,7 +180,11 @@ def reach_matrix(losses: Sequence[Tensor], params: Sequence[Tensor]) -> list[lis
 
 
 def vmap_gradients(
-    losses: Sequence[Tensor], params: Sequence[Tensor], group_of: Sequence[int], *, retain_graph: bool = False
+    losses: Sequence[Tensor],
+    params: Sequence[Tensor],
+    group_of: Sequence[int],
+    *,
+    retain_graph: bool = False,
 ) -> Optional[ObjectiveGradients]:
     """Per-objective gradients from one batched vector-Jacobian product.
 
@@ -184,7 +200,12 @@ def vmap_gradients(
     eye = torch.eye(k_total, dtype=stacked.dtype, device=stacked.device)
     try:
         grads = torch.autograd.grad(
-            stacked, list(params), grad_outputs=eye, retain_graph=True, allow_unused=True, is_grads_batched=True
+            stacked,
+            list(params),
+            grad_outputs=eye,
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=True,
         )
     except RuntimeError:
         return None
@@ -202,7 +223,13 @@ def vmap_gradients(
     return result
 
 
-def gram_matrix(blocks: Sequence[Tensor], groups: Sequence[int], num_groups: int, num_objectives: int, device: torch.device) -> Tensor:
+def gram_matrix(
+    blocks: Sequence[Tensor],
+    groups: Sequence[int],
+    num_groups: int,
+    num_objectives: int,
+    device: torch.device,
+) -> Tensor:
     """Per-group Gram matrices ``(num_groups, K, K)`` in float64 from ``(K, ...)`` blocks.
 
     Each block contributes ``B B^T`` with ``B = block.reshape(K, -1)`` computed in float32 (or
@@ -226,19 +253,26 @@ def _accumulate(param: Tensor, grad: Tensor) -> None:
         param.grad.add_(grad)
 
 
-def scale_gradients(gradients: ObjectiveGradients, factor: Union[Tensor, float]) -> ObjectiveGradients:
+def scale_gradients(
+    gradients: ObjectiveGradients, factor: Union[Tensor, float]
+) -> ObjectiveGradients:
     """``gradients`` with every tensor multiplied by ``factor`` (a 0-dim tensor or a number).
 
     Out of place: gradients returned by autograd may be expanded views that cannot be written.
     Used to unscale AMP gradients (``factor = 1 / scale``) and to average accumulated ones.
     """
     if isinstance(factor, Tensor):
-        return gradients.with_tensors([t * factor.to(dtype=t.dtype, device=t.device) for t in gradients.tensors()])
+        return gradients.with_tensors(
+            [t * factor.to(dtype=t.dtype, device=t.device) for t in gradients.tensors()]
+        )
     return gradients.with_tensors([t * factor for t in gradients.tensors()])
 
 
 def merge_gradients(
-    total: ObjectiveGradients, new: ObjectiveGradients, placement: Mapping[int, tuple[int, int]], num_objectives: int
+    total: ObjectiveGradients,
+    new: ObjectiveGradients,
+    placement: Mapping[int, tuple[int, int]],
+    num_objectives: int,
 ) -> ObjectiveGradients:
     """Sum of two results (gradient accumulation over micro-batches), parameter by parameter.
 
@@ -289,7 +323,9 @@ def merge_gradients(
         blocks=[b for _, b, _ in ordered_blocks],
         groups=[g for _, _, g in ordered_blocks],
         exclusive=sorted(exclusive.values(), key=lambda item: placement[id(item[0])][0]),
-        reached=[a or b for a, b in zip(total.reached, new.reached)] if total.reached else list(new.reached),
+        reached=[a or b for a, b in zip(total.reached, new.reached)]
+        if total.reached
+        else list(new.reached),
         combined=sorted(combined.values(), key=lambda item: placement[id(item[0])][0]),
     )
 
@@ -327,7 +363,12 @@ def combine(
             grad = grad * scale.to(dtype=grad.dtype, device=grad.device)
         pairs.append((param, grad))
     for param, grad in gradients.combined:
-        pairs.append((param, grad if factor is None else grad * factor.to(dtype=grad.dtype, device=grad.device)))
+        pairs.append(
+            (
+                param,
+                grad if factor is None else grad * factor.to(dtype=grad.dtype, device=grad.device),
+            )
+        )
     return pairs
 
 
@@ -337,7 +378,9 @@ def accumulate_grads(pairs: Sequence[tuple[Tensor, Tensor]]) -> None:
         _accumulate(param, grad)
 
 
-def write_combined(gradients: ObjectiveGradients, weights: Tensor, *, exclusive_weights: Optional[Tensor] = None) -> None:
+def write_combined(
+    gradients: ObjectiveGradients, weights: Tensor, *, exclusive_weights: Optional[Tensor] = None
+) -> None:
     """Write ``sum_i w_i g_i`` into ``.grad`` of every balanced parameter, and the plain gradient
     of every exclusive parameter (times ``exclusive_weights[k]`` when given).
 
@@ -348,7 +391,11 @@ def write_combined(gradients: ObjectiveGradients, weights: Tensor, *, exclusive_
 
 
 def weighted_gradients(
-    losses: Sequence[Tensor], weights: Tensor, params: Sequence[Tensor], *, retain_graph: bool = False
+    losses: Sequence[Tensor],
+    weights: Tensor,
+    params: Sequence[Tensor],
+    *,
+    retain_graph: bool = False,
 ) -> ObjectiveGradients:
     """Gradient of ``sum_i w_i L_i`` (weights detached) with ``torch.autograd.grad``, as
     ``combined`` pairs; ``.grad`` and DDP's reducer are not touched (amortized accumulation)."""
@@ -356,11 +403,14 @@ def weighted_gradients(
     total = (weights.to(dtype=stacked.dtype, device=stacked.device).detach() * stacked).sum()
     grads = torch.autograd.grad(total, list(params), retain_graph=retain_graph, allow_unused=True)
     return ObjectiveGradients(
-        reached=[True] * len(losses), combined=[(p, g) for p, g in zip(params, grads) if g is not None]
+        reached=[True] * len(losses),
+        combined=[(p, g) for p, g in zip(params, grads) if g is not None],
     )
 
 
-def representation_gradients(losses: Sequence[Tensor], features: Sequence[Tensor]) -> list[Optional[list[Tensor]]]:
+def representation_gradients(
+    losses: Sequence[Tensor], features: Sequence[Tensor]
+) -> list[Optional[list[Tensor]]]:
     """Gradients of each loss w.r.t. the shared tensors, as ``(K, *f.shape)`` blocks.
 
     Returns one entry per objective in ``losses`` order: ``None`` when that loss does not
@@ -373,13 +423,17 @@ def representation_gradients(losses: Sequence[Tensor], features: Sequence[Tensor
         if all(g is None for g in grads):
             per_objective.append(None)
         else:
-            per_objective.append([torch.zeros_like(f) if g is None else g for f, g in zip(features, grads)])
+            per_objective.append(
+                [torch.zeros_like(f) if g is None else g for f, g in zip(features, grads)]
+            )
     return per_objective
 
 
 def stack_feature_blocks(per_objective: Sequence[list[Tensor]]) -> list[Tensor]:
     """Turn per-objective lists of feature gradients into one ``(K, *f.shape)`` block per feature."""
-    return [torch.stack([grads[j] for grads in per_objective]) for j in range(len(per_objective[0]))]
+    return [
+        torch.stack([grads[j] for grads in per_objective]) for j in range(len(per_objective[0]))
+    ]
 
 
 def representation_backward(
@@ -413,7 +467,11 @@ def representation_backward(
 
 
 def weighted_backward(
-    losses: Sequence[Tensor], weights: Tensor, params: Sequence[Tensor], *, retain_graph: bool = False
+    losses: Sequence[Tensor],
+    weights: Tensor,
+    params: Sequence[Tensor],
+    *,
+    retain_graph: bool = False,
 ) -> None:
     """One backward of ``sum_i w_i L_i`` (weights detached) into the given parameters."""
     stacked = torch.stack([loss.reshape(()) for loss in losses])

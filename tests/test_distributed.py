@@ -28,7 +28,13 @@ from mokd_optim.distributed import (
 from tests.models import TwoHeadMLP
 
 ROOT = Path(__file__).resolve().parents[1]
-EXACT_SCENARIOS = ["exact_loop", "exact_vmap_accumulate", "exact_representation", "sum_amortized", "weighted_amortized_accumulate"]
+EXACT_SCENARIOS = [
+    "exact_loop",
+    "exact_vmap_accumulate",
+    "exact_representation",
+    "sum_amortized",
+    "weighted_amortized_accumulate",
+]
 ALL_SCENARIOS = [*EXACT_SCENARIOS, "weights_loop", "weights_representation"]
 # float32 training for 4 steps: DDP averages two half-batch means where the reference takes one
 # mean over the whole batch, so sums are rounded in a different order (observed: <= 3e-8).
@@ -39,8 +45,20 @@ PARAM_ATOL = 1e-6
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "tests.ddp_worker", str(out)]
-    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "tests.ddp_worker",
+        str(out),
+    ]
+    completed = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
@@ -96,7 +114,9 @@ def test_exact_communication_is_bucketed(ranks) -> None:
 
 def test_layout_mismatch_is_reported_on_every_rank(ranks) -> None:
     for result in ranks:
-        assert "ranks disagree on which objectives reach which parameters" in result["layout_mismatch"]
+        assert (
+            "ranks disagree on which objectives reach which parameters" in result["layout_mismatch"]
+        )
 
 
 def test_rank_zero_writes_checkpoints_and_logs_and_each_rank_gets_its_rng_back(ranks) -> None:
@@ -113,7 +133,13 @@ def test_rank_zero_writes_checkpoints_and_logs_and_each_rank_gets_its_rng_back(r
 
 
 def test_bucket_plan_groups_consecutive_tensors_by_dtype_and_capacity() -> None:
-    tensors = [torch.empty(10), torch.empty(10), torch.empty(30), torch.empty(5, dtype=torch.float64), torch.empty(2)]
+    tensors = [
+        torch.empty(10),
+        torch.empty(10),
+        torch.empty(30),
+        torch.empty(5, dtype=torch.float64),
+        torch.empty(2),
+    ]
     assert bucket_plan(tensors, 80) == [[0, 1], [2], [3], [4]]
     assert bucket_plan(tensors, 10**6) == [[0, 1, 2], [3], [4]]
     with pytest.raises(ValueError, match="bucket_bytes must be positive"):

@@ -24,7 +24,9 @@ def gram_matrices(draw: st.DrawFn, min_k: int = 2, max_k: int = 10) -> np.ndarra
     seed = draw(st.integers(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
     j = rng.standard_normal((k, rank))
-    kind = draw(st.sampled_from(["random", "identical", "opposite", "scaled", "zero_row", "parallel"]))
+    kind = draw(
+        st.sampled_from(["random", "identical", "opposite", "scaled", "zero_row", "parallel"])
+    )
     if kind == "identical":
         j[1] = j[0]
     elif kind == "opposite":
@@ -61,7 +63,9 @@ def test_backends_are_optimal_and_agree(gram: np.ndarray) -> None:
         w = min_norm(g, backend=backend)
         _check_simplex(w)
         # Objective within 1e-6 of the exact optimum, relative to the largest squared norm.
-        assert _objective_gap(gram, w, exact_value * max(np.diag(gram).max(), 1e-300)) < 1e-6, backend
+        assert _objective_gap(gram, w, exact_value * max(np.diag(gram).max(), 1e-300)) < 1e-6, (
+            backend
+        )
         assert float(kkt_residual(g, w)) < 1e-6, backend
 
 
@@ -81,16 +85,24 @@ def test_torch_backends_match_cvxpy(gram: np.ndarray) -> None:
 def test_closed_form_known_values() -> None:
     # Orthogonal gradients of norms 1 and 2: w ∝ (1/1, 1/4) -> (0.8, 0.2).
     g = torch.tensor([[1.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
-    torch.testing.assert_close(min_norm(g, backend="closed_form"), torch.tensor([0.8, 0.2], dtype=torch.float64))
+    torch.testing.assert_close(
+        min_norm(g, backend="closed_form"), torch.tensor([0.8, 0.2], dtype=torch.float64)
+    )
     # Parallel gradients of different norms: the smaller one alone (a simplex vertex).
     parallel = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)
-    torch.testing.assert_close(min_norm(parallel, backend="closed_form"), torch.tensor([1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        min_norm(parallel, backend="closed_form"), torch.tensor([1.0, 0.0], dtype=torch.float64)
+    )
     # Identical gradients (and the all-zero matrix): the symmetric point.
     for same in (torch.ones(2, 2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64)):
-        torch.testing.assert_close(min_norm(same, backend="closed_form"), torch.tensor([0.5, 0.5], dtype=torch.float64))
+        torch.testing.assert_close(
+            min_norm(same, backend="closed_form"), torch.tensor([0.5, 0.5], dtype=torch.float64)
+        )
     # Opposite gradients of norms 1 and 3: the zero vector at w = (3/4, 1/4).
     opposite = torch.tensor([[1.0, -3.0], [-3.0, 9.0]], dtype=torch.float64)
-    torch.testing.assert_close(min_norm(opposite, backend="closed_form"), torch.tensor([0.75, 0.25], dtype=torch.float64))
+    torch.testing.assert_close(
+        min_norm(opposite, backend="closed_form"), torch.tensor([0.75, 0.25], dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("backend", ["closed_form", *ITERATIVE, "cvxpy"])
@@ -102,7 +114,9 @@ def test_batched_matches_one_by_one(backend: str) -> None:
     assert batched.shape == (3, 5, k)
     for a in range(3):
         for b in range(5):
-            torch.testing.assert_close(batched[a, b], min_norm(grams[a, b], backend=backend), atol=1e-7, rtol=0)
+            torch.testing.assert_close(
+                batched[a, b], min_norm(grams[a, b], backend=backend), atol=1e-7, rtol=0
+            )
 
 
 def test_dtype_and_device_preserved_and_k_one() -> None:
@@ -126,7 +140,11 @@ def test_bad_arguments() -> None:
 
 def test_closed_form_has_no_host_sync() -> None:
     """The K = 2 path reads no tensor value on the host (so it never stalls a GPU stream)."""
-    grams = [torch.tensor([[1.0, 0.0], [0.0, 4.0]]), torch.tensor([[1.0, 2.0], [2.0, 4.0]]), torch.zeros(2, 2)]
+    grams = [
+        torch.tensor([[1.0, 0.0], [0.0, 4.0]]),
+        torch.tensor([[1.0, 2.0], [2.0, 4.0]]),
+        torch.zeros(2, 2),
+    ]
     expected = [torch.tensor([0.8, 0.2]), torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5])]
     results = []
     with forbid_host_sync():
