@@ -10,6 +10,7 @@ Writes ``benchmarks/results/step_rules.json`` and the page ``docs/step_rules.md`
 
     python benchmarks/step_rules.py            # full protocol, about 6 minutes on 2 cores
     python benchmarks/step_rules.py --quick    # 1 seed, 1 epoch, 2k images: checks it works
+    python benchmarks/step_rules.py --from-json benchmarks/results/step_rules.json   # page only
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def write_page(report: dict[str, Any], path: Path, command: str) -> None:
         "",
         f"- Command: `{command}`",
         f"- Hardware and versions: {as_text(report['environment'])}",
-        f"- Data: Fashion-MNIST; teacher trained on {s['teacher_images']} images for {s['teacher_epochs']} epochs "
+        f"- Data: Fashion-MNIST; teacher trained on {s['teacher_images'] or 60000} images for {s['teacher_epochs']} epochs "
         f"(test accuracy {100 * report['teacher_accuracy']:.2f} %); student distilled on the first {s['student_images']} "
         f"training images, evaluated on {s['test_images'] or 10000} test images.",
         f"- Student: tiny CNN (~8k parameters); SGD momentum 0.9, lr {s['lr']}, batch 64, T = 4, {s['epochs']} epochs, "
@@ -159,7 +160,9 @@ def write_page(report: dict[str, Any], path: Path, command: str) -> None:
         )
     lines += [
         "",
-        "Mean ± standard deviation over seeds of the accuracy after the last epoch.",
+        "Mean ± standard deviation over seeds of the accuracy after the last epoch. Wall times are",
+        "those of this run; the machine may have been shared with other jobs, so compare them only",
+        "within a run of this script on a quiet machine.",
         "",
     ]
     path.write_text("\n".join(lines))
@@ -184,7 +187,13 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_rules.json"
     )
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "step_rules.md")
+    parser.add_argument("--from-json", type=Path, default=None, help="rewrite the page from a saved JSON report instead of running")
     args = parser.parse_args()
+    if args.from_json is not None:
+        report = json.loads(args.from_json.read_text())
+        write_page(report, args.page, report["command"])
+        print(f"wrote {args.page} from {args.from_json}")
+        return
     if args.quick:
         args.seeds, args.epochs, args.student_images, args.test_images = 1, 1, 2000, 2000
         args.teacher_images, args.teacher_epochs = 5000, 1
