@@ -16,9 +16,15 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
+from mokd_optim.solvers._enumeration import all_subsets
 from mokd_optim.solvers._simplex import check_gram, normalize, working_dtype
 
-DUAL_CONE_BACKENDS = ("auto", "closed_form", "projected_gradient")
+DUAL_CONE_BACKENDS = ("auto", "closed_form", "enumeration", "projected_gradient")
+
+#: Largest K projected by enumeration under ``backend="auto"``. UPGrad solves K problems of
+#: 2^K free sets each; measured on the CPU (benchmarks/solver_cost.py), enumeration is faster
+#: than the projected gradient + polish up to K = 6 and even at K = 7.
+DUAL_CONE_ENUMERATION_MAX_K = 6
 
 # Relative tolerances (in units of max |u| on a Gram matrix scaled to unit diagonal maximum).
 _FEASIBILITY_RTOL = 1e-12
@@ -34,9 +40,12 @@ def project_to_dual_cone(
         gram: PSD Gram matrix ``(..., K, K)``.
         u: weights of the vector to project, ``(..., K)`` (broadcast against ``gram``).
         backend: ``"closed_form"`` (K = 2, exact, no host synchronisation),
+            ``"enumeration"`` (exact: the stationarity system of every free set, ``2^K`` of
+            them, solved in one batch; for small K; no host synchronisation),
             ``"projected_gradient"`` (any K, batched: accelerated projected gradient on
             ``mu >= 0`` followed by an exact active-set polish, no host synchronisation) or
-            ``"auto"`` (closed form for K = 2, projected gradient otherwise).
+            ``"auto"`` (closed form for K = 2, enumeration up to
+            ``DUAL_CONE_ENUMERATION_MAX_K``, projected gradient above).
         max_iter: iterations of the projected gradient before the polish (20: on 2,000
             random and adversarial Gram matrices with K = 3..10, any budget from 0 to 300 gave
             the same projections; the polish does the exact work).
@@ -71,11 +80,13 @@ def project_to_dual_cone(
     cosine = normalize(work * scales[:, :, None] * scales[:, None, :])
     scaled_target = target / scales
     if backend == "auto":
-        backend = "closed_form" if k == 2 else "projected_gradient"
+        backend = "closed_form" if k == 2 else "enumeration" if k <= DUAL_CONE_ENUMERATION_MAX_K else "projected_gradient"
     if backend == "closed_form":
         if k != 2:
             raise ValueError(f"the closed_form dual-cone backend solves K = 2 only, got K = {k}")
         nu = _closed_form_two(cosine, scaled_target)
+    elif backend == "enumeration":
+        nu = _enumerate(cosine, scaled_target)
     else:
         nu = _projected_gradient(cosine, scaled_target, max_iter=max_iter)
         nu = _polish(cosine, scaled_target, nu)
@@ -125,6 +136,35 @@ def _closed_form_two(gram: PSDMatrix, u: Tensor) -> Tensor:
     )  # (B, 4, 2)
     choice = violations.argmin(dim=-1)
     return candidates[torch.arange(u.shape[0], device=u.device), choice]
+
+
+def _enumerate(gram: PSDMatrix, u: Tensor) -> Tensor:
+    """Exact ``mu`` by solving the stationarity system on every free set at once.
+
+    Every ``mu >= 0`` is feasible, so the best candidate with ``mu_F >= 0`` is optimal; an
+    optimal free set with linearly independent gradients always exists, and its system is
+    regular. Candidates within rounding of the best value are averaged (the minimisers form a
+    convex set; averaging keeps the result permutation-equivariant). ``(B, K, K)``, ``(B, K)``
+    -> ``(B, K)``, no host synchronisation.
+    """
+    batch, k = u.shape
+    free_sets = all_subsets(k, gram.device, include_empty=True)
+    count = free_sets.shape[0]
+    grams = gram[:, None].expand(batch, count, k, k).reshape(batch * count, k, k)
+    targets = u[:, None].expand(batch, count, k).reshape(batch * count, k)
+    masks = free_sets[None].expand(batch, count, k).reshape(batch * count, k)
+    mu = _solve_free(grams, targets, masks).reshape(batch, count, k)
+    scale = u.abs().amax(dim=-1, keepdim=True).clamp_min(1e-300)  # (B, 1)
+    feasible = (mu >= -_FEASIBILITY_RTOL * scale[:, :, None]).all(dim=-1) & torch.isfinite(mu).all(dim=-1)
+    mu = mu.clamp_min(0.0)
+    v = u[:, None] + mu
+    values = torch.einsum("bsi,bij,bsj->bs", v, gram, v)
+    values = torch.where(feasible, values, torch.full_like(values, float("inf")))
+    best = values.amin(dim=-1, keepdim=True)
+    optimal = feasible & (values <= best + 1e-14 * scale**2)
+    total = torch.where(optimal[..., None], mu, torch.zeros_like(mu)).sum(dim=1)
+    # The empty free set (mu = 0) is always feasible, so at least one candidate is optimal.
+    return total / optimal.sum(dim=-1, keepdim=True).clamp_min(1).to(total.dtype)
 
 
 def _projected_gradient(gram: PSDMatrix, u: Tensor, *, max_iter: int) -> Tensor:
