@@ -2,8 +2,8 @@
 
 Three measurements, each in one process:
 
-1. **Solvers** -- ``mokd_optim.solvers.min_norm`` backends (closed form, projected gradient,
-   Frank-Wolfe, cvxpy) per call for K in {2, 3, 5, 10}, with their accuracy (largest KKT
+1. **Solvers** -- ``mokd_optim.solvers.min_norm`` backends (closed form, enumeration,
+   projected gradient, Frank-Wolfe, cvxpy) per call for K in {2, 3, 5, 10}, with their accuracy (largest KKT
    residual over random and adversarial Gram matrices), and the projected-gradient iteration
    budget swept to show how many iterations the exact support polish needs.
 2. **Methods** -- every registered method's ``weights(gram, losses)`` (and ``observe`` for the
@@ -76,6 +76,7 @@ def solver_section(args: argparse.Namespace, device: torch.device) -> list[dict[
         backends: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = []
         if k == 2:
             backends.append(("closed_form", lambda g: solvers.min_norm(g, backend="closed_form")))
+        backends.append(("enumeration", lambda g: solvers.min_norm(g, backend="enumeration")))
         for iterations in args.iterations:
             backends.append((f"projected_gradient ({iterations} it.)", lambda g, it=iterations: solvers.min_norm(g, backend="projected_gradient", max_iter=it)))
         backends.append((f"frank_wolfe ({args.iterations[0]} it.)", lambda g: solvers.min_norm(g, backend="frank_wolfe", max_iter=args.iterations[0])))
