@@ -248,6 +248,20 @@ def step_lines(report: dict[str, Any], plots: Path, rel: str) -> list[str]:
             f"| {row['peer']} | `{row['ours']}` | {row['relative_difference']:.1e} | {row.get('ours_vs_float64', float('nan')):.1e} | "
             f"{row.get('peer_vs_float64', float('nan')):.1e} | {row['cosine']:.6f} |"
         )
+    lines += [
+        "",
+        "How the peers were run: torchjd 0.18 through `autojac.backward` + `jac_to_grad` with its",
+        "`MGDA`, `UPGrad`, `PCGrad` aggregators, and through `autogram.Engine(model, batch_dim=None)`",
+        "(the model has BatchNorm) with the matching weightings; pytorch_optimizer's `PCGrad` wrapper",
+        "with `reduction='sum'` (the paper's update, our default); LibMTL 1.1.5, its last release",
+        "(2021), does **not run as published** on current torch: its package `__init__` imports",
+        "`torchvision.models.utils`, removed in torchvision 0.13, and its `_reset_grad` writes",
+        "`param.grad.data` after `zero_grad()`, which leaves `.grad = None` since torch 2.0. It ran",
+        "here with two accommodations in `benchmarks/peers.py` (an import alias to `torch.hub`, and",
+        "zeroing with `set_to_none=False`, the torch 1.x behaviour it was written for). Its other",
+        "weightings (CAGrad, IMTL, GradVac, GradNorm, ...) and torchjd's other aggregators were not",
+        "run: they are not among the methods compared here.",
+    ]
     if report.get("peers_not_run"):
         lines += ["", "Peers that did not run here:", ""]
         lines += [f"- {library}: {reason}" for library, reason in report["peers_not_run"].items()]
