@@ -13,6 +13,8 @@ from tests.helpers import HostSyncError, forbid_host_sync
 from tests.reference import min_norm_by_enumeration
 
 ITERATIVE = ("projected_gradient", "frank_wolfe")
+# Exact backends for any K (besides the K = 2 closed form and the cvxpy reference).
+EXACT = ("enumeration",)
 
 
 @st.composite
@@ -58,7 +60,7 @@ def _check_simplex(w: torch.Tensor) -> None:
 def test_backends_are_optimal_and_agree(gram: np.ndarray) -> None:
     exact_value, _ = min_norm_by_enumeration(gram / max(np.diag(gram).max(), 1e-300))
     g = torch.tensor(gram)
-    backends = list(ITERATIVE) + (["closed_form"] if gram.shape[0] == 2 else [])
+    backends = [*ITERATIVE, *EXACT] + (["closed_form"] if gram.shape[0] == 2 else [])
     for backend in backends:
         w = min_norm(g, backend=backend)
         _check_simplex(w)
@@ -76,7 +78,7 @@ def test_torch_backends_match_cvxpy(gram: np.ndarray) -> None:
     reference = min_norm(g, backend="cvxpy")
     _check_simplex(reference)
     unit = normalize(g)
-    for backend in ITERATIVE:
+    for backend in (*ITERATIVE, *EXACT):
         gap = float(quadratic(unit, min_norm(g, backend=backend)) - quadratic(unit, reference))
         # ours may be better than the interior-point reference, never worse by more than 1e-6
         assert gap < 1e-6, backend
@@ -105,7 +107,7 @@ def test_closed_form_known_values() -> None:
     )
 
 
-@pytest.mark.parametrize("backend", ["closed_form", *ITERATIVE, "cvxpy"])
+@pytest.mark.parametrize("backend", ["closed_form", *ITERATIVE, *EXACT, "cvxpy"])
 def test_batched_matches_one_by_one(backend: str) -> None:
     k = 2 if backend == "closed_form" else 4
     j = torch.randn(3, 5, k, 7, dtype=torch.float64)
@@ -162,10 +164,41 @@ def test_iterative_backends_have_no_host_sync() -> None:
     with forbid_host_sync():
         pg = min_norm(gram, backend="projected_gradient")
         fw = min_norm(gram, backend="frank_wolfe")
+        exact = min_norm(gram, backend="enumeration")
     torch.testing.assert_close(pg, fw, atol=1e-8, rtol=0)
+    torch.testing.assert_close(exact, pg, atol=1e-8, rtol=0)
+
+
+def test_enumeration_averages_tied_supports() -> None:
+    """Duplicated gradients make several supports optimal; the average keeps the weights
+    permutation-equivariant (here: the two copies share their weight equally)."""
+    j = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    w = min_norm(j @ j.T, backend="enumeration")
+    torch.testing.assert_close(w, torch.tensor([0.25, 0.25, 0.5], dtype=torch.float64))
 
 
 def test_sync_detector_detects() -> None:
     with pytest.raises(HostSyncError), forbid_host_sync():
         if torch.ones(()) > 0:
             pass
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(gram=gram_matrices(min_k=3, max_k=6), seed=st.integers(0, 2**31 - 1))
+def test_dual_cone_enumeration_matches_projected_gradient(gram: np.ndarray, seed: int) -> None:
+    """Both dual-cone backends solve min (u + mu)^T G (u + mu) over mu >= 0 to the same value,
+    and the projection conflicts with no gradient."""
+    from mokd_optim.solvers import project_to_dual_cone
+    from mokd_optim.solvers._dual_cone import dual_objective
+
+    k = gram.shape[0]
+    g = torch.tensor(gram).expand(k, k, k)
+    u = torch.tensor(np.random.default_rng(seed).standard_normal((k, k)))
+    exact = project_to_dual_cone(g, u, backend="enumeration")
+    iterative = project_to_dual_cone(g, u, backend="projected_gradient")
+    scale = float(np.diag(gram).max()) * float(u.abs().max()) ** 2 + 1e-300
+    gap = (dual_objective(g, u, exact - u) - dual_objective(g, u, iterative - u)) / scale
+    assert float(gap.max()) < 1e-9
+    assert float((exact - u).min()) >= -1e-12 * float(u.abs().max())
+    conflict = (g @ exact[..., None])[..., 0] / (float(np.diag(gram).max()) * float(u.abs().max()) + 1e-300)
+    assert float(conflict.min()) > -1e-9
