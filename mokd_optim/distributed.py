@@ -243,8 +243,10 @@ def communication_bytes(
 
     Returns:
         ``"exact"``: ``K x |shared| + |exclusive|`` gradient values plus ``K`` float64 loss
-        values; ``"weights"``: ``K`` float64 weights plus ``|shared| + |exclusive|`` gradient
-        values (the all-reduce DDP does anyway); ``"none"``: 0.
+        values -- an upper bound for the ``loop`` strategy, which sends only the gradients an
+        objective actually has (a parameter reached by 2 of 3 objectives sends 2 rows);
+        ``"weights"``: ``K`` float64 weights plus ``|shared| + |exclusive|`` gradient values
+        (the all-reduce DDP does anyway); ``"none"``: 0.
 
     Raises:
         ValueError: unknown ``sync``.

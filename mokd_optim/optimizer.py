@@ -352,6 +352,36 @@ class MultiObjectiveOptimizer(Optimizer):
             bad = bad | ~torch.isfinite(torch.diagonal(gram, dim1=-2, dim2=-1)).all()
         return torch.where(bad, torch.full_like(scale, float("nan")), scale)
 
+    def _gram_for_methods(
+        self, gram: Tensor, names: Sequence[str], scale: Optional[Tensor]
+    ) -> Tensor:
+        """The Gram matrix the methods see, after a check for non-finite gradients.
+
+        Under AMP an overflow makes the Gram matrix non-finite; :meth:`_amp_factor` then turns
+        the update into NaN so that the scaler skips the step, and the methods get the identity
+        in its place so that none of them raises (or learns) from the skipped step. Without a
+        scaler, ``validate=True`` raises :class:`ObjectiveError` for an objective whose gradient
+        is not finite, before anything is written (one more host synchronisation).
+        """
+        finite = torch.isfinite(gram).flatten(-2).all(dim=-1)
+        if scale is not None:
+            eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+            return torch.where(finite[..., None, None], gram, eye)
+        if self.validate:
+            bad = (
+                (~torch.isfinite(torch.diagonal(gram, dim1=-2, dim2=-1)))
+                .reshape(-1, len(names))
+                .any(dim=0)
+            )
+            for name, flag in zip(names, bad.tolist()):
+                if flag:
+                    raise ObjectiveError(
+                        name,
+                        "its gradient is not finite (an overflow in the backward pass); nothing was changed. "
+                        "Lower the learning rate or the loss scale, or attach a GradScaler under mixed precision",
+                    )
+        return gram
+
     @overload
     def backward(
         self,
@@ -602,7 +632,7 @@ class MultiObjectiveOptimizer(Optimizer):
             self._communication = self._communication + sent
             gram = packed[: k_total * k_total].reshape(k_total, k_total) / size**2
             loss_values = packed[k_total * k_total :] / size
-        weights = self.method.weights(gram, loss_values)
+        weights = self.method.weights(self._gram_for_methods(gram, names, scale), loss_values)
         if sync == "weights":
             weights = self._all_reduce_mean([weights])[0]
         applied = weights if scale is None else weights * self._amp_factor(scale, gram, loss_values)
@@ -675,9 +705,10 @@ class MultiObjectiveOptimizer(Optimizer):
         gram = grad_strategies.gram_matrix(
             result.blocks, result.groups, num_groups, len(tensors), loss_values.device
         )
+        method_gram = self._gram_for_methods(gram, names, scale)
         weights = torch.stack(
             [
-                method.weights(gram[g], loss_values)
+                method.weights(method_gram[g], loss_values)
                 for g, method in enumerate(self._methods[:num_groups])
             ]
         )

@@ -98,14 +98,27 @@ def test_exact_communication_is_bucketed(ranks) -> None:
     model = TwoHeadMLP()
     shared = [p for name, p in model.named_parameters() if not name.startswith("projector")]
     exclusive = list(model.projector.parameters())
-    # Layout sent by sync="exact": one (K, *shape) block per shared parameter, the projector's
-    # plain gradients, then the K loss values (float64, a bucket of their own).
-    layout = [torch.empty(3, *p.shape) for p in shared] + [torch.empty(p.shape) for p in exclusive]
+    # Layout sent by sync="exact" with the loop strategy: for each shared parameter the
+    # gradients of the objectives that reach it (the trunk: task, kd, feat; the classifier:
+    # task, kd), the projector's plain gradients, then the K loss values (float64, a bucket
+    # of their own).
+    reached_by = {
+        name: (3 if name.startswith("trunk") else 2) for name, _ in model.named_parameters()
+    }
+    layout = [
+        torch.empty(p.shape)
+        for name, p in model.named_parameters()
+        if not name.startswith("projector")
+        for _ in range(reached_by[name])
+    ]
+    layout += [torch.empty(p.shape) for p in exclusive]
     expected_collectives = len(bucket_plan(layout, 16384)) + 1
     assert expected_collectives <= len(layout) // 2  # several tensors per collective
     collectives, sent = ranks[0]["exact_loop"]["communication"][-1]
     assert collectives == expected_collectives
-    assert sent == communication_bytes(shared, 3, "exact", exclusive=exclusive)
+    assert sent == sum(t.numel() * 4 for t in layout) + 3 * 8
+    # The formula of the docs is the bound (every shared parameter reached by every objective).
+    assert sent < communication_bytes(shared, 3, "exact", exclusive=exclusive)
     # With the default 25 MiB buckets: one collective for the gradients, one for the losses.
     assert ranks[0]["exact_vmap_accumulate"]["communication"][-1][0] == 2
     # Representation: the K x K Gram matrix and K losses, summed in one collective.

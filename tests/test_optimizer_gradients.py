@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mokd_optim import MultiObjectiveOptimizer
+from mokd_optim import MultiObjectiveOptimizer, ObjectiveError
 from mokd_optim.solvers import solve_qp
 from tests.helpers import forbid_host_sync
 from tests.models import SmallCNN, TwoHeadMLP, kd_kl
@@ -290,3 +290,60 @@ def test_stats_values(digits) -> None:
     assert 0.0 <= record["simplex_weights/task"] <= 1.0
     assert record["simplex_weights/task"] + record["simplex_weights/feat"] == pytest.approx(1.0)
     assert opt.last_stats is stats
+
+
+class _AliasingModel(torch.nn.Module):
+    """Parameters whose gradients autograd returns as one shared tensor (``a + b``) or as an
+    expanded view (a scalar bias broadcast over the output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.randn(4, 3))
+        self.b = torch.nn.Parameter(torch.randn(4, 3))
+        self.scalar = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ (self.a + self.b) + self.scalar
+
+
+@pytest.mark.parametrize("step", ["anchor", "log"])
+def test_in_place_combination_never_corrupts_shared_or_expanded_gradients(step: str) -> None:
+    """The loop strategy writes the combination into autograd's own gradient tensors only when
+    no other tensor shares them; aliasing and expanded gradients are combined out of place."""
+    model = _AliasingModel()
+    x = torch.randn(16, 4)
+    out = model(x)
+    losses = {"fit": (out - 1.0).pow(2).mean(), "small": out.abs().mean() + 0.1}
+    params = list(model.parameters())
+    grads = _per_objective(losses, params)
+    values = [float(v.detach()) for v in losses.values()]
+    expected = mokd_two_objectives(
+        _flat(grads[0], params, [True] * 3), _flat(grads[1], params, [True] * 3), *values, step=step
+    )
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), "mokd", step=step)
+    opt.backward(losses)
+    np.testing.assert_allclose(
+        _flat([p.grad for p in params], params, [True] * 3), expected, rtol=1e-5, atol=1e-7
+    )
+    # a and b receive the same gradient from every loss, so their combined gradients agree.
+    torch.testing.assert_close(model.a.grad, model.b.grad)
+    assert model.a.grad.data_ptr() != model.b.grad.data_ptr()
+
+
+def test_non_finite_gradient_raises_and_changes_nothing(digits) -> None:
+    """Finite losses whose gradient overflows: with validate=True the objective is named and
+    nothing is written."""
+    x, y = digits[0][:16], digits[1][:16]
+    model = TwoHeadMLP()
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), "mokd", strategy="loop"
+    )
+    logits, _, features = model(x)
+    # d/dz of sqrt(|z|) is infinite at z = 0: a finite loss with a non-finite gradient.
+    feat = (features - features.detach()).abs().sqrt().mean() + 1.0
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ObjectiveError, match="gradient is not finite") as info:
+        opt.backward({"task": F.cross_entropy(logits, y), "feat": feat})
+    assert info.value.objective == "feat"
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -200,5 +200,24 @@ def test_dual_cone_enumeration_matches_projected_gradient(gram: np.ndarray, seed
     gap = (dual_objective(g, u, exact - u) - dual_objective(g, u, iterative - u)) / scale
     assert float(gap.max()) < 1e-9
     assert float((exact - u).min()) >= -1e-12 * float(u.abs().max())
-    conflict = (g @ exact[..., None])[..., 0] / (float(np.diag(gram).max()) * float(u.abs().max()) + 1e-300)
+    conflict = (g @ exact[..., None])[..., 0] / (
+        float(np.diag(gram).max()) * float(u.abs().max()) + 1e-300
+    )
     assert float(conflict.min()) > -1e-9
+
+
+@pytest.mark.parametrize(
+    "backend", ["auto", "closed_form", "enumeration", "projected_gradient", "frank_wolfe"]
+)
+def test_non_finite_matrix_gives_nan_weights_without_raising(backend: str) -> None:
+    """An overflowed Gram matrix (AMP) has no minimiser: NaN weights for that batch element,
+    the others solved as usual, and no exception from the linear algebra."""
+    k = 2 if backend == "closed_form" else 3
+    j = torch.randn(k, 5, dtype=torch.float64)
+    good = j @ j.T
+    bad = good.clone()
+    bad[0, 0] = float("inf")
+    bad[0, 1] = bad[1, 0] = float("nan")
+    weights = min_norm(torch.stack([good, bad]), backend=backend)
+    assert torch.isnan(weights[1]).all()
+    torch.testing.assert_close(weights[0], min_norm(good, backend=backend))

@@ -64,7 +64,9 @@ __all__ = [
 ]
 
 
-def min_norm(gram: PSDMatrix, *, backend: str = "auto", max_iter: int = DEFAULT_MAX_ITER) -> Weights:
+def min_norm(
+    gram: PSDMatrix, *, backend: str = "auto", max_iter: int = DEFAULT_MAX_ITER
+) -> Weights:
     """Weights on the simplex minimising ``w^T G w`` for a PSD Gram matrix.
 
     Args:
@@ -79,7 +81,8 @@ def min_norm(gram: PSDMatrix, *, backend: str = "auto", max_iter: int = DEFAULT_
             (``benchmarks/solver_cost.py`` sweeps the budget).
 
     Returns:
-        ``(..., K)`` non-negative weights summing to 1, in ``gram``'s dtype and device.
+        ``(..., K)`` non-negative weights summing to 1, in ``gram``'s dtype and device; NaN
+        for a matrix with a non-finite entry (overflowed gradients), without raising.
 
     Raises:
         ValueError: bad shape, unknown backend, or ``"closed_form"`` with K != 2.
@@ -93,12 +96,33 @@ def min_norm(gram: PSDMatrix, *, backend: str = "auto", max_iter: int = DEFAULT_
     work = normalize(gram.to(working_dtype(gram)))
     if k == 1:
         return torch.ones((*batch_shape, 1), dtype=gram.dtype, device=gram.device)
+    # A non-finite matrix has no meaningful minimiser and would make the linear algebra raise:
+    # solve the identity in its place and report NaN (no host synchronisation).
+    finite = torch.isfinite(work).flatten(-2).all(dim=-1)
+    work = torch.where(
+        finite[..., None, None], work, torch.eye(k, dtype=work.dtype, device=work.device)
+    )
+    weights = _solve(work, backend, k, max_iter)
+    return torch.where(finite[..., None], weights, torch.full_like(weights, float("nan"))).to(
+        gram.dtype
+    )
+
+
+def _solve(work: PSDMatrix, backend: str, k: int, max_iter: int) -> Weights:
+    """Dispatch a finite, unit-scale ``(..., K, K)`` batch to a backend (K >= 2)."""
+    batch_shape = work.shape[:-2]
     if backend == "auto":
-        backend = "closed_form" if k == 2 else "enumeration" if k <= ENUMERATION_MAX_K else "projected_gradient"
+        backend = (
+            "closed_form"
+            if k == 2
+            else "enumeration"
+            if k <= ENUMERATION_MAX_K
+            else "projected_gradient"
+        )
     if backend == "closed_form":
         if k != 2:
             raise ValueError(f"the closed_form backend solves K = 2 only, got K = {k}; use 'auto'")
-        return min_norm_two(work).to(gram.dtype)
+        return min_norm_two(work)
     flat = work.reshape(-1, k, k)
     if backend == "enumeration":
         solution = enumeration(flat)
@@ -108,7 +132,7 @@ def min_norm(gram: PSDMatrix, *, backend: str = "auto", max_iter: int = DEFAULT_
         solution = frank_wolfe(flat, max_iter=max_iter)
     else:
         solution = cvxpy_min_norm(flat)
-    return solution.reshape(*batch_shape, k).to(gram.dtype)
+    return solution.reshape(*batch_shape, k)
 
 
 def kkt_residual(gram: PSDMatrix, w: Weights) -> torch.Tensor:
