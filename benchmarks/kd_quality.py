@@ -905,8 +905,8 @@ def write_page(report: dict[str, Any], page: Path, plot_dir: Path) -> list[Path]
             f"- **{DATASET_TITLES[name]}**: students trained on {subset} {ds['available_images']} training images, "
             f"tested on {ds['test_images']} test images; teacher CNN (~0.4M parameters) trained on {ds['teacher_images']} images "
             f"for {p['teacher_epochs']} epochs (Adam, lr 1e-3 decayed to 0 by a cosine schedule, cached), test accuracy "
-            f"**{100 * ds['teacher_accuracy']:.2f} %**; {p['epochs']} student epochs, seeds {list(range(p['seeds']))}. "
-            + subset_note(ds, settings["workers"])
+            f"**{100 * ds['teacher_accuracy']:.2f} %**; {p['epochs']} student epochs, seeds {list(range(p['seeds']))}."
+            + (" " + subset_note(ds, settings["workers"]) if rows_of(ds, "check") else "")
         )
     lines += [
         "- Student: CNN with ~8k parameters (conv8-conv16-fc10). Every run: SGD momentum 0.9, batch 64, "
