@@ -13,6 +13,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -101,15 +102,26 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) ->
 
 
 def train_teacher(
-    data: Data, *, epochs: int = 3, seed: int = 0, cache_dir: Path = DEFAULT_CACHE, progress: Optional[Callable[[str], None]] = None
+    data: Data,
+    *,
+    epochs: int = 3,
+    seed: int = 0,
+    cache_dir: Path = DEFAULT_CACHE,
+    progress: Optional[Callable[[str], None]] = None,
+    tag: str = "fashion",
+    flip: bool = True,
 ) -> tuple[TeacherCNN, float]:
     """Train the teacher on the full training set (Adam, lr 1e-3 with cosine decay, batch 128)
     or load it from ``cache_dir``; returns the model and its test accuracy.
 
-    The cache key covers the data size, epochs and seed, so changing any retrains.
+    The cache key covers the data size, epochs and seed, so changing any retrains. ``tag``
+    names the data set in the cache file (use another tag for other data), ``flip`` turns the
+    horizontal-flip augmentation on (right for clothes, wrong for digits); both enter the key
+    unless they have their defaults, so existing Fashion-MNIST caches stay valid.
     """
-    key = hashlib.sha1(f"teacher-v1-{len(data.y_train)}-{epochs}-{seed}".encode()).hexdigest()[:10]
-    path = Path(cache_dir) / f"fashion_teacher_{key}.pt"
+    extra = "" if (tag == "fashion" and flip) else f"-{tag}-flip{int(flip)}"
+    key = hashlib.sha1(f"teacher-v1-{len(data.y_train)}-{epochs}-{seed}{extra}".encode()).hexdigest()[:10]
+    path = Path(cache_dir) / f"{tag}_teacher_{key}.pt"
     teacher = TeacherCNN()
     if path.is_file():
         teacher.load_state_dict(torch.load(path, weights_only=True))
@@ -126,7 +138,8 @@ def train_teacher(
         for start in range(0, len(order), 128):
             batch = order[start : start + 128]
             x = data.x_train[batch]
-            x = torch.where(torch.rand(len(batch), 1, 1, 1, generator=generator) < 0.5, x.flip(3), x)  # horizontal flips
+            if flip:
+                x = torch.where(torch.rand(len(batch), 1, 1, 1, generator=generator) < 0.5, x.flip(3), x)  # horizontal flips
             opt.zero_grad()
             F.cross_entropy(teacher(x), data.y_train[batch]).backward()
             opt.step()
@@ -152,6 +165,7 @@ class RunResult:
     cosine: list[float] = field(default_factory=list)  # cos(g_task, g_kd) at probed steps
     dominance: list[float] = field(default_factory=list)  # max/min gradient norm at probed steps
     weights: list[list[float]] = field(default_factory=list)  # weights on (task, kd) at probed steps
+    grad_norms: list[list[float]] = field(default_factory=list)  # (||g_task||, ||g_kd||) at probed steps
     diverged: bool = False
 
     @property
@@ -177,8 +191,16 @@ class RunResult:
             "mean_cosine": mean(self.cosine),
             "conflict_fraction": mean([float(c < 0) for c in self.cosine]),
             "mean_log10_dominance": mean([math.log10(d) for d in self.dominance if d > 0 and math.isfinite(d)]),
+            # log10 ||g_kd|| / ||g_task|| (signed: > 0 when the KD gradient is the larger one)
+            "mean_log10_kd_task_ratio": mean([math.log10(kd / task) for task, kd in self.grad_norms if task > 0 and kd > 0]),
             "diverged": self.diverged,
         }
+
+
+def _losses_on(student: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, kd_scale: float) -> dict[str, torch.Tensor]:
+    """The task and KD losses of ``student`` on one batch (the closure of amortised methods)."""
+    logits = student(x)
+    return {"task": F.cross_entropy(logits, y), "kd": kd_scale * hinton_kd(logits, teacher_logits, temperature)}
 
 
 def _probe_gram(losses: dict[str, torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
@@ -207,6 +229,7 @@ def distil(
     method_options: Optional[dict[str, Any]] = None,
     on_step: Optional[Callable[[int, dict[str, float]], None]] = None,
     progress: Optional[Callable[[], None]] = None,
+    lr_schedule: str = "constant",
 ) -> RunResult:
     """Train a fresh :class:`StudentCNN` on ``data`` and return its :class:`RunResult`.
 
@@ -216,13 +239,23 @@ def distil(
     dominance of the two gradients are recorded (from the optimizer's statistics, or by an
     extra probe for methods that do not compute them). A run whose loss becomes non-finite is
     marked ``diverged`` and stopped; its accuracy is that of the diverged model.
+
+    ``lr_schedule``: ``"constant"`` or ``"cosine"`` (per-step cosine decay to 0 over the run).
+    Methods that learn from the losses after the step (``mokd-amortized``, ``famo``) get a
+    closure recomputing both losses on the same batch, so their weights do learn.
     """
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     student = StudentCNN()
     params = list(student.parameters())
     base = torch.optim.SGD(params, lr=lr, momentum=0.9)
     opt = None if method == "ce" else MultiObjectiveOptimizer(base, method, max_norm=max_norm, **(method_options or {}))
+    schedule = None
+    if lr_schedule == "cosine":
+        total_steps = epochs * math.ceil(len(data.y_train) / batch_size)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=total_steps)
     result = RunResult(method=method, seed=seed)
     step = 0
     start_time = time.perf_counter()
@@ -254,16 +287,22 @@ def distil(
                     gram = _probe_gram(losses, params)
                 opt.zero_grad()
                 stats = opt.backward(losses)
-                opt.step()
+                if opt.method.needs_losses_after:
+                    opt.step(partial(_losses_on, student, data.x_train[batch], data.y_train[batch], teacher_logits[batch], temperature, kd_scale))
+                else:
+                    opt.step()
                 if probe:
                     gram = stats.gram if stats.gram is not None else gram
                     assert gram is not None
                     result.cosine.append(float(cosine_matrix(gram)[0, 1]))
                     result.dominance.append(float(dominance_ratio(gram)))
                     result.weights.append([float(w) for w in stats.weights])
+                    result.grad_norms.append([float(v) for v in torch.diagonal(gram).clamp_min(0.0).sqrt()])
                     if on_step is not None:
                         on_step(step, stats.to_dict())
             step += 1
+            if schedule is not None:
+                schedule.step()
             if progress is not None:
                 progress()
         result.accuracy.append(evaluate(student, data.x_test, data.y_test))
