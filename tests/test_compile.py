@@ -100,7 +100,7 @@ def test_compiled_student_matches_eager_with_the_loop_strategy(runs) -> None:
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
     for a, b in zip(weights, eager_weights):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-    assert max(float((a - b).abs().max()) for a, b in zip(params, _initial())) > 1e-2
+    assert max(float((a - b).abs().max()) for a, b in zip(params, _initial())) > 100 * ATOL
 
 
 def test_vmap_falls_back_to_loop_for_a_compiled_student(runs) -> None:

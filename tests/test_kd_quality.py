@@ -22,8 +22,10 @@ from benchmarks.kd_quality import (
     CE_LRS,
     CHECK_PREFIX,
     DEFAULT_LABEL,
+    DEFAULT_RULE,
     KD_TEMPERATURES,
     KD_WEIGHTS,
+    STRESS_RULES,
     STRESS_SCALES,
     aggregate,
     paired,
@@ -110,7 +112,11 @@ def test_every_required_configuration_is_present(quick) -> None:
                 and row["temperature"] == BALANCED_TEMPERATURE
                 and row["kd_scale"] == 1.0
             )
-            if row["method"] != "mokd":
+            if row["method"] == "mokd-amortized":
+                assert (
+                    row["method_options"]["step"] in ("log", "convex") and row["max_norm"] is None
+                )
+            elif row["method"] != "mokd":
                 assert row["method_options"] == {} and row["max_norm"] is None
 
         best_fixed = max(fixed, key=lambda row: row["final_mean"])
@@ -128,7 +134,7 @@ def test_every_required_configuration_is_present(quick) -> None:
                 )
             else:
                 assert (
-                    row["method_options"] == {"step": "anchor"}
+                    row["method_options"]["step"] in STRESS_RULES
                     and row["lr"] == ds["best_ce_lr"]
                     and row["max_norm"] is None
                 )
@@ -182,12 +188,20 @@ def test_numbers_are_finite_and_consistent(quick) -> None:
 
 @pytest.mark.slow
 def test_stress_properties(quick) -> None:
-    """MoKD's default rule ignores the KD scale; the probes see the scale of the KD gradient."""
+    """MoKD's stressed rules ignore the KD scale; the probes see the scale of the KD gradient."""
     report, _, _ = quick
     for name in DATASETS:
-        mokd = next(row for row in _rows(report, name, "balanced") if row["label"] == DEFAULT_LABEL)
+        balanced = _rows(report, name, "balanced")
         for row in _rows(report, name, "stress"):
             if row["method"] == "mokd":
+                # the same rule without clipping, at KD scale 1
+                mokd = next(
+                    b
+                    for b in balanced
+                    if b["method"] == "mokd"
+                    and b["method_options"] == row["method_options"]
+                    and b["max_norm"] is None
+                )
                 assert row["finals"] == pytest.approx(mokd["finals"], abs=0.01), (
                     name,
                     row["kd_scale"],
@@ -279,9 +293,23 @@ def test_verdicts_put_each_comparison_on_the_right_side() -> None:
         _row(DEFAULT_LABEL, "balanced", [0.84, 0.84, 0.84], method="mokd"),
         _row("mokd step=convex", "balanced", [0.83, 0.83, 0.90], method="mokd"),
         _row("stress fixed 0.01", "stress", [0.8, 0.8, 0.8], kd_scale=0.01),
-        _row("stress mokd 0.01", "stress", [0.84, 0.84, 0.84], kd_scale=0.01, method="mokd"),
+        _row(
+            "stress mokd 0.01",
+            "stress",
+            [0.84, 0.84, 0.84],
+            kd_scale=0.01,
+            method="mokd",
+            method_options={"step": DEFAULT_RULE},
+        ),
         _row("stress fixed 1000", "stress", [0.1, 0.1, 0.1], kd_scale=1000.0),
-        _row("stress mokd 1000", "stress", [0.84, 0.84, 0.84], kd_scale=1000.0, method="mokd"),
+        _row(
+            "stress mokd 1000",
+            "stress",
+            [0.84, 0.84, 0.84],
+            kd_scale=1000.0,
+            method="mokd",
+            method_options={"step": DEFAULT_RULE},
+        ),
     ]
     report = {"rows": rows, "best_fixed_label": "fixed KD a=0.5, T=4, lr 0.05"}
     ahead, behind = verdicts(report)

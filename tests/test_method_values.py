@@ -117,7 +117,7 @@ def test_mokd_anchor_rule(case: str, jacobian: np.ndarray) -> None:
     """MoKD: min-norm point of the log-gradients ``h_i = g_i / L_i``, rescaled to the anchor's norm."""
     k = jacobian.shape[0]
     losses = losses_for(k, np.random.default_rng(k + 17))
-    d, _ = update_of(make_method("mokd", k), jacobian, losses)
+    d, _ = update_of(make_method("mokd", k, step="anchor"), jacobian, losses)
     h = jacobian / losses[:, None]
     pi = min_norm_reference(h)
     direction = h.T @ pi
@@ -130,6 +130,23 @@ def test_mokd_anchor_rule(case: str, jacobian: np.ndarray) -> None:
         return
     reference = direction / np.linalg.norm(direction) * anchor_norm
     assert_same_update(d, reference, jacobian, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("case", "jacobian"), CASES, ids=IDS)
+def test_mokd_log_rule(case: str, jacobian: np.ndarray) -> None:
+    """MoKD's "log" rule: the min-norm point of the log-gradients ``h_i = g_i / L_i`` itself,
+    fully invariant to the loss scales."""
+    k = jacobian.shape[0]
+    losses = losses_for(k, np.random.default_rng(k + 17))
+    method = make_method("mokd", k, step="log")
+    assert method.scale_invariance == "update"
+    d, _ = update_of(method, jacobian, losses)
+    h = jacobian / losses[:, None]
+    reference = h.T @ min_norm_reference(h)
+    assert_same_update(d, reference, jacobian, rtol=1e-5)
+    # never longer than the shortest log-gradient (up to the Gram matrix's resolution)
+    norms = np.linalg.norm(h, axis=1)
+    assert np.linalg.norm(d) <= norms.min() * (1 + 1e-9) + 1e-10 * norms.max()
 
 
 # PCGrad ----------------------------------------------------------------------------------

@@ -47,10 +47,10 @@ def test_anchor_by_name_and_rescaling_the_anchor_scales_the_update(digits) -> No
     x, y = digits[0][:64], digits[1][:64]
     model = TwoHeadMLP()
     target = torch.randn(64, 48)
-    by_index = _update(model, x, y, target, 1.0, anchor=1)
-    by_name = _update(model, x, y, target, 1.0, anchor="kd")
+    by_index = _update(model, x, y, target, 1.0, step="anchor", anchor=1)
+    by_name = _update(model, x, y, target, 1.0, step="anchor", anchor="kd")
     torch.testing.assert_close(by_index, by_name)
-    scaled = _update(model, x, y, target, 10.0, anchor="kd")
+    scaled = _update(model, x, y, target, 10.0, step="anchor", anchor="kd")
     torch.testing.assert_close(scaled, 10.0 * by_name, rtol=1e-4, atol=1e-8)
 
 

@@ -271,7 +271,7 @@ def test_stats_values(digits) -> None:
     model = TwoHeadMLP()
     target = torch.randn(32, 48)
     params = list(model.parameters())
-    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), "mokd")
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), "mokd", step="anchor")
     losses = _mlp_losses(model, x, y, target)
     grads = _per_objective(losses, params)
     shared = [a is not None and b is not None for a, b in zip(*grads)]
