@@ -8,6 +8,7 @@ conflict/dominance statistics of the task and KD gradients.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -22,7 +23,7 @@ from torch import nn
 
 from mokd_optim import MultiObjectiveOptimizer
 from mokd_optim.datasets import load_fashion_mnist, to_float_images
-from mokd_optim.diagnostics import cosine_matrix, dominance_ratio
+from mokd_optim.diagnostics import StatsLogger, cosine_matrix, dominance_ratio
 
 # Where trained teachers are cached; override with $MOKD_OPTIM_CACHE.
 DEFAULT_CACHE = Path(os.environ.get("MOKD_OPTIM_CACHE", "~/.cache/mokd_optim")).expanduser()
@@ -207,6 +208,7 @@ def distil(
     method_options: Optional[dict[str, Any]] = None,
     on_step: Optional[Callable[[int, dict[str, float]], None]] = None,
     progress: Optional[Callable[[], None]] = None,
+    logger: Optional[StatsLogger] = None,
 ) -> RunResult:
     """Train a fresh :class:`StudentCNN` on ``data`` and return its :class:`RunResult`.
 
@@ -216,6 +218,11 @@ def distil(
     dominance of the two gradients are recorded (from the optimizer's statistics, or by an
     extra probe for methods that do not compute them). A run whose loss becomes non-finite is
     marked ``diverged`` and stopped; its accuracy is that of the diverged model.
+
+    ``logger`` (a :class:`~mokd_optim.diagnostics.StatsLogger`, called on every probed step)
+    receives the step's :class:`~mokd_optim.diagnostics.StepStats` with the probed Gram
+    matrix (so fixed-weight runs get cosine and dominance columns too) and the learning rate;
+    ``ce`` runs log their loss only.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -236,6 +243,8 @@ def distil(
                 if not torch.isfinite(task):
                     result.diverged = True
                     break
+                if logger is not None and step % probe_every == 0:
+                    logger.log(step, **{"loss/task": task.detach(), "lr": lr})
                 base.zero_grad()
                 task.backward()
                 if max_norm is not None:
@@ -263,6 +272,8 @@ def distil(
                     result.weights.append([float(w) for w in stats.weights])
                     if on_step is not None:
                         on_step(step, stats.to_dict())
+                    if logger is not None:
+                        logger.log(step, dataclasses.replace(stats, gram=gram), lr=lr)
             step += 1
             if progress is not None:
                 progress()
