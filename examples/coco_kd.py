@@ -608,6 +608,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     train_set = CocoDetection(args.train_images, args.train_annotations, train=True, flip=args.flip)
     student = build_detector(args.student, args.student_weights, args.student_backbone_weights, args, num_classes).to(device, memory_format=memory_format)
     if args.compile:
+        if args.method != "none":
+            # several backward passes with retain_graph=True (per-objective gradients): compiled
+            # graphs must not donate their buffers (torch 2.14 refuses it otherwise)
+            torch._functorch.config.donated_buffer = False
         student.backbone.compile()  # in place: the FPN recorder path "backbone" is unchanged
     family = "mobilenet_v3_large_fpn" if args.student == "mobilenet_v3_large_fpn" else "resnet"
     pairs = parse_pairs(args.feature_pairs or DEFAULT_PAIRS[family]) if teacher is not None else []

@@ -450,7 +450,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     optim = parser.add_argument_group("optimisation (torchvision's ImageNet recipe)")
     optim.add_argument("--epochs", type=int, default=100)
     optim.add_argument("--batch-size", type=int, default=32, help="images per rank and step")
-    optim.add_argument("--lr", type=float, default=None, help="default 0.1 x global batch / 256")
+    optim.add_argument("--opt", default="sgd", choices=["sgd", "adamw"], help="base optimizer (adamw: the DeiT recipe)")
+    optim.add_argument("--lr", type=float, default=None, help="default: sgd 0.1 x global batch / 256, adamw 5e-4 x global batch / 512")
     optim.add_argument("--momentum", type=float, default=0.9)
     optim.add_argument("--nesterov", action="store_true")
     optim.add_argument("--weight-decay", type=float, default=1e-4)
@@ -578,6 +579,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     student = student.to(device, memory_format=memory_format)
     if args.compile:
+        if args.method != "ce":
+            # Per-objective gradients (and the probes of fixed-weight runs) run several backward
+            # passes through the graph with retain_graph=True, which compiled graphs with donated
+            # buffers refuse (torch 2.14: "non-empty donated buffers requires ... retain_graph=False").
+            torch._functorch.config.donated_buffer = False
         student.compile()  # in place: parameter names and recorder paths unchanged
 
     if args.test_only:
@@ -637,12 +643,19 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     # Optimiser, schedule -----------------------------------------------------------------
     global_batch = args.batch_size * world_size
-    lr = args.lr if args.lr is not None else 0.1 * global_batch / 256
+    if args.lr is not None:
+        lr = args.lr
+    else:
+        lr = 0.1 * global_batch / 256 if args.opt == "sgd" else 5e-4 * global_batch / 512
     if distiller is not None:
         groups = distiller.param_groups(weight_decay=args.weight_decay, head_weight_decay=args.weight_decay)
     else:
         groups = [{"params": [p for p in student.parameters() if p.requires_grad], "weight_decay": args.weight_decay}]
-    base = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=args.nesterov)
+    base: torch.optim.Optimizer
+    if args.opt == "sgd":
+        base = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=args.nesterov)
+    else:
+        base = torch.optim.AdamW(groups, lr=lr)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     optimizer: torch.optim.Optimizer = base
     multi: Optional[MultiObjectiveOptimizer] = None
