@@ -19,7 +19,7 @@ conflict, and their dominance ratio). Written to ``--out``:
 - ``comparison.png``: test accuracy per epoch, the KD share of the weights, the gradient
   cosine and the dominance of all runs in one figure.
 
-    python examples/demo.py                  # about 6-10 minutes on 2 cores (teacher cached after the first run)
+    python examples/demo.py                  # ~400 s of CPU time on a fresh machine (teacher training included), ~125 s with the cached teacher
     python examples/demo.py --quick          # a one-minute smoke run on a subset
 """
 
@@ -52,9 +52,10 @@ def plot_comparison(logs: dict[str, Path], results: dict[str, dict[str, Any]], p
     figure = Figure(figsize=(11, 8), layout="constrained")
     FigureCanvasAgg(figure)
     (accuracy_axis, share_axis), (cosine_axis, dominance_axis) = figure.subplots(2, 2)
+    colours = {name: f"C{index}" for index, name in enumerate(results)}  # one colour per run in every panel
     for name, summary in results.items():
         epochs = range(1, len(summary["accuracy_per_epoch"]) + 1)
-        accuracy_axis.plot(list(epochs), [100 * a for a in summary["accuracy_per_epoch"]], marker="o", label=name)
+        accuracy_axis.plot(list(epochs), [100 * a for a in summary["accuracy_per_epoch"]], marker="o", label=name, color=colours[name])
     accuracy_axis.set(title="student test accuracy", xlabel="epoch", ylabel="accuracy %")
     accuracy_axis.legend(fontsize="small")
     for name, path in logs.items():
@@ -62,12 +63,12 @@ def plot_comparison(logs: dict[str, Path], results: dict[str, dict[str, Any]], p
         steps = columns["step"]
         if "weight/kd" in columns:
             share = [k / (t + k) if (t + k) > 0 else math.nan for t, k in zip(columns["weight/task"], columns["weight/kd"])]
-            share_axis.plot(steps, share, label=name)
+            share_axis.plot(steps, share, label=name, color=colours.get(name))
         if "cosine/task|kd" in columns:
-            cosine_axis.plot(steps, columns["cosine/task|kd"], label=name, linewidth=0.8)
+            cosine_axis.plot(steps, columns["cosine/task|kd"], label=name, linewidth=0.8, color=colours.get(name))
         if "dominance" in columns:
             points = [(s, d) for s, d in zip(steps, columns["dominance"]) if math.isfinite(d) and d > 0]
-            dominance_axis.plot([p[0] for p in points], [p[1] for p in points], label=name, linewidth=0.8)
+            dominance_axis.plot([p[0] for p in points], [p[1] for p in points], label=name, linewidth=0.8, color=colours.get(name))
     share_axis.set(title="KD share of the weights  w_kd / (w_task + w_kd)", xlabel="step", ylim=(-0.05, 1.05))
     cosine_axis.axhline(0.0, color="gray", linewidth=0.8, linestyle="--")
     cosine_axis.set(title="cos(g_task, g_kd)  (< 0: conflict)", xlabel="step", ylim=(-1.05, 1.05))
@@ -134,12 +135,15 @@ def main(argv: list[str] | None = None) -> dict:
         if slug != "ce":
             logs[name] = log_path
 
-    header = f"{'run':<14} {'test acc %':>10} {'wall s':>8} {'conflict %':>11} {'cos(task,kd)':>13} {'log10 dominance':>16}"
+    header = f"{'run':<14} {'test acc %':>10} {'wall s':>8} {'conflict %':>11} {'cos(task,kd)':>13} {'log10 dominance':>16}  note"
     lines = [header, "-" * len(header)]
     for name, summary in results.items():
+        # a run whose loss became non-finite, or that ended at chance level (10 classes): say so
+        summary["collapsed"] = summary["final_accuracy"] < 0.15
+        note = "diverged (non-finite loss)" if summary["diverged"] else ("collapsed to chance level" if summary["collapsed"] else "")
         lines.append(
             f"{name:<14} {100 * summary['final_accuracy']:>10.2f} {summary['seconds']:>8.1f} "
-            f"{100 * summary['conflict_fraction']:>11.1f} {summary['mean_cosine']:>13.3f} {summary['mean_log10_dominance']:>16.2f}"
+            f"{100 * summary['conflict_fraction']:>11.1f} {summary['mean_cosine']:>13.3f} {summary['mean_log10_dominance']:>16.2f}  {note}".rstrip()
         )
     print()
     print("\n".join(lines))
