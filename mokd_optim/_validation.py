@@ -36,7 +36,9 @@ def normalize_losses(losses: Losses) -> tuple[tuple[str, ...], list[Tensor]]:
         names = tuple(str(index) for index in range(len(losses)))
         tensors = list(losses)
     else:
-        raise TypeError(f"losses must be a mapping or a sequence of scalar tensors, got {type(losses).__name__}")
+        raise TypeError(
+            f"losses must be a mapping or a sequence of scalar tensors, got {type(losses).__name__}"
+        )
     if not tensors:
         raise ValueError("losses is empty: give at least one objective")
     if len(set(names)) != len(names):
@@ -45,7 +47,12 @@ def normalize_losses(losses: Losses) -> tuple[tuple[str, ...], list[Tensor]]:
 
 
 def check_losses(
-    names: Sequence[str], tensors: Sequence[Tensor], *, positive: bool, check_values: bool, allow_nonfinite: bool = False
+    names: Sequence[str],
+    tensors: Sequence[Tensor],
+    *,
+    positive: bool,
+    check_values: bool,
+    allow_nonfinite: bool = False,
 ) -> None:
     """Raise :class:`ObjectiveError` for a loss that is not a finite scalar requiring grad.
 
@@ -60,12 +67,16 @@ def check_losses(
         if not isinstance(loss, Tensor):
             raise ObjectiveError(name, f"expected a scalar torch.Tensor, got {type(loss).__name__}")
         if loss.numel() != 1:
-            raise ObjectiveError(name, f"expected a scalar loss, got shape {tuple(loss.shape)}; reduce it (e.g. .mean()) first")
+            raise ObjectiveError(
+                name,
+                f"expected a scalar loss, got shape {tuple(loss.shape)}; reduce it (e.g. .mean()) first",
+            )
         if not loss.is_floating_point():
             raise ObjectiveError(name, f"expected a floating point loss, got {loss.dtype}")
         if not loss.requires_grad:
             raise ObjectiveError(
-                name, "the loss does not require grad: it was computed without autograd (torch.no_grad, .detach(), or from frozen parameters only)"
+                name,
+                "the loss does not require grad: it was computed without autograd (torch.no_grad, .detach(), or from frozen parameters only)",
             )
     devices = {loss.device for loss in tensors}
     if len(devices) > 1:
@@ -80,7 +91,9 @@ def check_losses(
     flags = torch.stack([bad_value, bad_sign]).cpu().tolist()
     for index, name in enumerate(names):
         if flags[0][index]:
-            raise ObjectiveError(name, f"the loss is not finite ({float(values[index])}); nothing was changed")
+            raise ObjectiveError(
+                name, f"the loss is not finite ({float(values[index])}); nothing was changed"
+            )
         if flags[1][index]:
             raise ObjectiveError(
                 name,

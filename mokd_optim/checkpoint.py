@@ -60,7 +60,11 @@ def capture_rng_state() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     name, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "python": {
+            "version": version,
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss,
+        },
         "numpy": {
             "name": str(name),
             "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
@@ -82,7 +86,9 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         KeyError: ``state`` lacks the ``python``, ``numpy`` or ``torch`` entry.
     """
     python = state["python"]
-    random.setstate((int(python["version"]), tuple(int(v) for v in python["state"].tolist()), python["gauss"]))
+    random.setstate(
+        (int(python["version"]), tuple(int(v) for v in python["state"].tolist()), python["gauss"])
+    )
     numpy_state = state["numpy"]
     np.random.set_state(
         (
@@ -209,7 +215,11 @@ def save_checkpoint(
             payload["model"] = _state_of(model)
         if modules is not None:
             payload["modules"] = {str(name): _state_of(module) for name, module in modules.items()}
-        for key, component in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        for key, component in (
+            ("optimizer", optimizer),
+            ("scheduler", scheduler),
+            ("scaler", scaler),
+        ):
             if component is not None:
                 payload[key] = _state_of(component)
         written = atomic_save(payload, path)
@@ -273,7 +283,13 @@ def load_checkpoint(
         raise
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{target} is not a mokd_optim checkpoint (format {CHECKPOINT_FORMAT})")
-    wanted = {"model": model, "modules": modules, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    wanted = {
+        "model": model,
+        "modules": modules,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "scaler": scaler,
+    }
     missing = [key for key, value in wanted.items() if value is not None and key not in payload]
     if missing:
         raise ValueError(f"{target} holds no state for {missing}; it was saved without them")
@@ -282,7 +298,9 @@ def load_checkpoint(
     if modules is not None:
         saved = payload["modules"]
         if set(saved) != {str(name) for name in modules}:
-            raise ValueError(f"{target} holds modules {sorted(saved)}, got {sorted(str(n) for n in modules)}")
+            raise ValueError(
+                f"{target} holds modules {sorted(saved)}, got {sorted(str(n) for n in modules)}"
+            )
         for name, module in modules.items():
             distributed.unwrap_model(module).load_state_dict(saved[str(name)], strict=strict)
     if optimizer is not None:
@@ -302,4 +320,8 @@ def load_checkpoint(
             )
         restore_rng_state(states[here % len(states)])
     progress = payload["progress"]
-    return Progress(epoch=int(progress["epoch"]), step=int(progress["step"]), extra=dict(payload.get("extra", {})))
+    return Progress(
+        epoch=int(progress["epoch"]),
+        step=int(progress["step"]),
+        extra=dict(payload.get("extra", {})),
+    )

@@ -20,7 +20,16 @@ FASHION_MNIST_DIRS = (
     "~/.cache/mokd_optim/fashion-mnist",
 )
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _FILES = {
     ("train", "images"): "train-images-idx3-ubyte.gz",
@@ -56,7 +65,9 @@ def find_fashion_mnist(root: Optional[Union[str, Path]] = None) -> Path:
     Looks in ``root`` if given, else ``$FASHION_MNIST_DIR``, else ``FASHION_MNIST_DIRS``.
     Raises ``FileNotFoundError`` with the ways to obtain the data.
     """
-    candidates = [root] if root is not None else [os.environ.get("FASHION_MNIST_DIR"), *FASHION_MNIST_DIRS]
+    candidates = (
+        [root] if root is not None else [os.environ.get("FASHION_MNIST_DIR"), *FASHION_MNIST_DIRS]
+    )
     for candidate in candidates:
         if candidate is None:
             continue

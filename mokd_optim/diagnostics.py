@@ -33,7 +33,11 @@ def cosine_matrix(gram: PSDMatrix) -> Tensor:
     """
     norms = grad_norms(gram)
     outer = norms[..., :, None] * norms[..., None, :]
-    cosine = torch.where(outer > 0, gram / torch.where(outer > 0, outer, torch.ones_like(outer)), torch.zeros_like(gram))
+    cosine = torch.where(
+        outer > 0,
+        gram / torch.where(outer > 0, outer, torch.ones_like(outer)),
+        torch.zeros_like(gram),
+    )
     eye = torch.eye(gram.shape[-1], dtype=torch.bool, device=gram.device)
     return torch.where(eye, torch.ones_like(cosine), cosine.clamp(-1.0, 1.0))
 
@@ -51,7 +55,11 @@ def dominance_ratio(gram: PSDMatrix) -> Tensor:
     largest = norms.amax(dim=-1)
     smallest = norms.amin(dim=-1)
     ratio = largest / torch.where(smallest > 0, smallest, torch.ones_like(smallest))
-    return torch.where(smallest > 0, ratio, torch.where(largest > 0, torch.full_like(largest, math.inf), torch.ones_like(largest)))
+    return torch.where(
+        smallest > 0,
+        ratio,
+        torch.where(largest > 0, torch.full_like(largest, math.inf), torch.ones_like(largest)),
+    )
 
 
 def combined_norm(gram: PSDMatrix, weights: Tensor) -> Tensor:
@@ -149,10 +157,14 @@ class StepStats:
                 cosine = cosine_matrix(gram)
                 for a in range(len(self.names)):
                     for b in range(a + 1, len(self.names)):
-                        record[f"{prefix}cosine/{self.names[a]}|{self.names[b]}"] = float(cosine[a, b])
+                        record[f"{prefix}cosine/{self.names[a]}|{self.names[b]}"] = float(
+                            cosine[a, b]
+                        )
             record[f"{prefix}conflict"] = nan if gram is None else float(has_conflict(gram))
             record[f"{prefix}dominance"] = nan if gram is None else float(dominance_ratio(gram))
-            record[f"{prefix}combined_norm"] = nan if gram is None else float(combined_norm(gram, w))
+            record[f"{prefix}combined_norm"] = (
+                nan if gram is None else float(combined_norm(gram, w))
+            )
         return record
 
 
@@ -162,7 +174,9 @@ class StepStats:
 def _scalar(value: Union[float, int, Tensor]) -> float:
     if isinstance(value, Tensor):
         if value.numel() != 1:
-            raise ValueError(f"logged scalars must have one element, got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"logged scalars must have one element, got shape {tuple(value.shape)}"
+            )
         return float(value.detach().reshape(()).cpu())
     return float(value)
 
@@ -356,7 +370,10 @@ def read_log(csv_path: Union[str, os.PathLike[str]]) -> dict[str, list[float]]:
 
 
 def plot_log(
-    csv_path: Union[str, os.PathLike[str]], png_path: Optional[Union[str, os.PathLike[str]]] = None, *, dpi: int = 100
+    csv_path: Union[str, os.PathLike[str]],
+    png_path: Optional[Union[str, os.PathLike[str]]] = None,
+    *,
+    dpi: int = 100,
 ) -> Any:
     """Curves of a :class:`StatsLogger` CSV over training: weights, cosines, dominance.
 
@@ -394,7 +411,11 @@ def plot_log(
             tail = key.split("/", 1)[1] if key.startswith("group") and "/" in key else key
             if not (tail.startswith(pattern) if pattern.endswith("/") else tail == pattern):
                 continue
-            points = [(s, v) for s, v in zip(steps, values) if math.isfinite(v) and (v > 0 or not positive)]
+            points = [
+                (s, v)
+                for s, v in zip(steps, values)
+                if math.isfinite(v) and (v > 0 or not positive)
+            ]
             if points:
                 axis.plot([p[0] for p in points], [p[1] for p in points], label=key)
                 drawn += 1

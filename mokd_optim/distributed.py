@@ -95,7 +95,9 @@ def resolve_sync(sync: str, group: Optional[Any] = None) -> str:
     return "exact" if sync == "auto" else sync
 
 
-def bucket_plan(tensors: Sequence[Tensor], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> list[list[int]]:
+def bucket_plan(
+    tensors: Sequence[Tensor], bucket_bytes: int = DEFAULT_BUCKET_BYTES
+) -> list[list[int]]:
     """Split ``tensors`` (by index, in order) into buckets for one collective each.
 
     A bucket holds consecutive tensors of one dtype and device whose total size stays within
@@ -195,7 +197,7 @@ def check_same_layout(signature: Sequence[int], what: str, *, group: Optional[An
         values = values.cuda()
     both = torch.cat([values, -values])
     dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
-    maximum, minimum = both[: len(signature)], -both[len(signature):]
+    maximum, minimum = both[: len(signature)], -both[len(signature) :]
     if not torch.equal(maximum, minimum):
         raise RuntimeError(
             f"ranks disagree on {what} (min {minimum.tolist()} vs max {maximum.tolist()}): every rank must "
@@ -241,8 +243,10 @@ def communication_bytes(
 
     Returns:
         ``"exact"``: ``K x |shared| + |exclusive|`` gradient values plus ``K`` float64 loss
-        values; ``"weights"``: ``K`` float64 weights plus ``|shared| + |exclusive|`` gradient
-        values (the all-reduce DDP does anyway); ``"none"``: 0.
+        values -- an upper bound for the ``loop`` strategy, which sends only the gradients an
+        objective actually has (a parameter reached by 2 of 3 objectives sends 2 rows);
+        ``"weights"``: ``K`` float64 weights plus ``|shared| + |exclusive|`` gradient values
+        (the all-reduce DDP does anyway); ``"none"``: 0.
 
     Raises:
         ValueError: unknown ``sync``.

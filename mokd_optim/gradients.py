@@ -30,6 +30,46 @@ from torch import Tensor
 
 STRATEGIES = ("auto", "loop", "vmap", "representation", "amortized")
 
+Block = Union[Tensor, list[Optional[Tensor]]]
+"""The K gradients of one balanced parameter: a stacked ``(K, *param.shape)`` tensor (``vmap``,
+accumulation, DDP) or a list of K tensors of ``param.shape`` exactly as autograd returned them,
+``None`` where an objective does not reach the parameter (``loop``: no copy is made)."""
+
+
+def stacked_block(block: Block, param: Tensor) -> Tensor:
+    """A block as one ``(K, *param.shape)`` tensor (zeros for missing rows); copies a list."""
+    if isinstance(block, Tensor):
+        return block
+    first = next(row for row in block if row is not None)
+    stacked = first.new_empty((len(block), *param.shape))
+    for k, row in enumerate(block):
+        if row is None:
+            stacked[k].zero_()
+        else:
+            stacked[k].copy_(row)
+    return stacked
+
+
+def _sole_owners(tensors: Sequence[Tensor]) -> set[int]:
+    """Ids of the tensors that can be overwritten in place: contiguous, covering their whole
+    storage, and not sharing it with any other tensor in ``tensors``. Autograd may return the
+    same tensor (or views of one) for several inputs, and expanded tensors for others."""
+
+    def key(t: Tensor) -> int:
+        return t.untyped_storage().data_ptr()
+
+    counts: dict[int, int] = {}
+    for t in tensors:
+        counts[key(t)] = counts.get(key(t), 0) + 1
+    return {
+        id(t)
+        for t in tensors
+        if counts[key(t)] == 1
+        and t.is_contiguous()
+        and t.storage_offset() == 0
+        and t.numel() * t.element_size() == t.untyped_storage().nbytes()
+    }
+
 
 @dataclass
 class ObjectiveGradients:
@@ -37,38 +77,69 @@ class ObjectiveGradients:
 
     Attributes:
         params: balanced parameters (reached by >= 2 objectives), in optimizer order.
-        blocks: for each balanced parameter, ``(K, *param.shape)``; row ``i`` is ``dL_i/dp``
-            (zeros where objective ``i`` does not reach ``p``).
+        blocks: for each balanced parameter, its :data:`Block`; row ``i`` is ``dL_i/dp``
+            (zeros or ``None`` where objective ``i`` does not reach ``p``).
         groups: optimizer parameter-group index of each balanced parameter.
         exclusive: ``(param, grad, objective)`` for parameters reached by exactly one objective.
         reached: per objective, whether it reached any parameter.
         combined: ``(param, grad)`` pairs that already hold a weighted gradient (the amortized
             strategy under gradient accumulation); written as they are.
+        owned: ids of row tensors that :func:`combine` may overwrite in place (it then writes
+            the combination into the first row instead of allocating).
     """
 
     params: list[Tensor] = field(default_factory=list)
-    blocks: list[Tensor] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
     groups: list[int] = field(default_factory=list)
     exclusive: list[tuple[Tensor, Tensor, int]] = field(default_factory=list)
     reached: list[bool] = field(default_factory=list)
     combined: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    owned: set[int] = field(default_factory=set)
+
+    def _block_tensors(self) -> list[Tensor]:
+        flat: list[Tensor] = []
+        for block in self.blocks:
+            if isinstance(block, Tensor):
+                flat.append(block)
+            else:
+                flat.extend(row for row in block if row is not None)
+        return flat
 
     def tensors(self) -> list[Tensor]:
-        """Every gradient tensor, in a fixed order: blocks, exclusive grads, combined grads.
+        """Every gradient tensor, in a fixed order: blocks (stacked, or their present rows),
+        exclusive grads, combined grads.
 
         The order depends only on the structure, so it is the same on every rank for the same
         model and objectives (what bucketed collectives need).
         """
-        return [*self.blocks, *(g for _, g, _ in self.exclusive), *(g for _, g in self.combined)]
+        return [
+            *self._block_tensors(),
+            *(g for _, g, _ in self.exclusive),
+            *(g for _, g in self.combined),
+        ]
 
     def with_tensors(self, tensors: Sequence[Tensor]) -> ObjectiveGradients:
-        """A copy with the gradient tensors replaced, in the order of :meth:`tensors`."""
-        n_blocks, n_exclusive = len(self.blocks), len(self.exclusive)
+        """A copy with the gradient tensors replaced, in the order of :meth:`tensors`.
+
+        New tensors (not among the current ones) are considered owned: they come from an
+        out-of-place scaling or a collective's buffer.
+        """
+        n_blocks, n_exclusive = len(self._block_tensors()), len(self.exclusive)
         if len(tensors) != n_blocks + n_exclusive + len(self.combined):
-            raise ValueError(f"expected {n_blocks + n_exclusive + len(self.combined)} tensors, got {len(tensors)}")
-        blocks = list(tensors[:n_blocks])
+            raise ValueError(
+                f"expected {n_blocks + n_exclusive + len(self.combined)} tensors, got {len(tensors)}"
+            )
+        replacements = iter(tensors[:n_blocks])
+        blocks: list[Block] = []
+        for block in self.blocks:
+            if isinstance(block, Tensor):
+                blocks.append(next(replacements))
+            else:
+                blocks.append([None if row is None else next(replacements) for row in block])
         exclusive_grads = tensors[n_blocks : n_blocks + n_exclusive]
         combined_grads = tensors[n_blocks + n_exclusive :]
+        current = {id(t) for t in self.tensors()}
+        owned = {id(t) for t in tensors if id(t) not in current or id(t) in self.owned}
         return ObjectiveGradients(
             params=list(self.params),
             blocks=blocks,
@@ -76,12 +147,19 @@ class ObjectiveGradients:
             exclusive=[(p, g, k) for (p, _, k), g in zip(self.exclusive, exclusive_grads)],
             reached=list(self.reached),
             combined=[(p, g) for (p, _), g in zip(self.combined, combined_grads)],
+            owned=owned,
         )
 
     def layout(self) -> list[int]:
         """A few integers that differ when two results do not have the same structure."""
         sizes = [t.numel() for t in self.tensors()]
-        return [len(self.blocks), len(self.exclusive), len(self.combined), sum(sizes), sum(k * (i + 1) for i, (_, _, k) in enumerate(self.exclusive))]
+        return [
+            len(self.blocks),
+            len(self.exclusive),
+            len(self.combined),
+            sum(sizes),
+            sum(k * (i + 1) for i, (_, _, k) in enumerate(self.exclusive)),
+        ]
 
 
 def _assemble(
@@ -90,8 +168,13 @@ def _assemble(
     group_of: Sequence[int],
     num_objectives: int,
 ) -> ObjectiveGradients:
-    """Sort per-parameter gradient lists (one entry per objective) into blocks and exclusives."""
+    """Sort per-parameter gradient lists (one entry per objective) into blocks and exclusives.
+
+    Blocks are the lists themselves (no copy); rows that no other tensor shares are marked
+    owned so that :func:`combine` can write the combination into them.
+    """
     result = ObjectiveGradients(reached=[False] * num_objectives)
+    returned: list[Tensor] = []
     for param, group, grads in zip(params, group_of, per_param):
         present = [k for k, g in enumerate(grads) if g is not None]
         for k in present:
@@ -102,23 +185,21 @@ def _assemble(
             k = present[0]
             result.exclusive.append((param, grads[k], k))  # type: ignore[arg-type]
             continue
-        first = grads[present[0]]
-        assert first is not None
-        block = first.new_empty((num_objectives, *param.shape))
-        for k in range(num_objectives):
-            g = grads[k]
-            if g is None:
-                block[k].zero_()
-            else:
-                block[k].copy_(g)
         result.params.append(param)
-        result.blocks.append(block)
+        result.blocks.append(list(grads))
         result.groups.append(group)
+        returned.extend(g for g in grads if g is not None)
+    returned.extend(g for _, g, _ in result.exclusive)
+    result.owned = _sole_owners(returned)
     return result
 
 
 def loop_gradients(
-    losses: Sequence[Tensor], params: Sequence[Tensor], group_of: Sequence[int], *, retain_graph: bool = False
+    losses: Sequence[Tensor],
+    params: Sequence[Tensor],
+    group_of: Sequence[int],
+    *,
+    retain_graph: bool = False,
 ) -> ObjectiveGradients:
     """Per-objective gradients with one ``torch.autograd.grad`` call per objective.
 
@@ -143,7 +224,7 @@ def reached_leaves(root: Tensor) -> set[int]:
         if root.requires_grad:
             leaves.add(id(root))
         return leaves
-    stack = [root.grad_fn]
+    stack: list[Optional[torch.autograd.graph.Node]] = [root.grad_fn]
     seen: set[object] = set()
     while stack:
         node = stack.pop()
@@ -168,7 +249,11 @@ def reach_matrix(losses: Sequence[Tensor], params: Sequence[Tensor]) -> list[lis
 
 
 def vmap_gradients(
-    losses: Sequence[Tensor], params: Sequence[Tensor], group_of: Sequence[int], *, retain_graph: bool = False
+    losses: Sequence[Tensor],
+    params: Sequence[Tensor],
+    group_of: Sequence[int],
+    *,
+    retain_graph: bool = False,
 ) -> Optional[ObjectiveGradients]:
     """Per-objective gradients from one batched vector-Jacobian product.
 
@@ -184,7 +269,12 @@ def vmap_gradients(
     eye = torch.eye(k_total, dtype=stacked.dtype, device=stacked.device)
     try:
         grads = torch.autograd.grad(
-            stacked, list(params), grad_outputs=eye, retain_graph=True, allow_unused=True, is_grads_batched=True
+            stacked,
+            list(params),
+            grad_outputs=eye,
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=True,
         )
     except RuntimeError:
         return None
@@ -202,19 +292,50 @@ def vmap_gradients(
     return result
 
 
-def gram_matrix(blocks: Sequence[Tensor], groups: Sequence[int], num_groups: int, num_objectives: int, device: torch.device) -> Tensor:
-    """Per-group Gram matrices ``(num_groups, K, K)`` in float64 from ``(K, ...)`` blocks.
+def gram_matrix(
+    blocks: Sequence[Block],
+    groups: Sequence[int],
+    num_groups: int,
+    num_objectives: int,
+    device: torch.device,
+) -> Tensor:
+    """Per-group Gram matrices ``(num_groups, K, K)`` in float64, block by block.
 
-    Each block contributes ``B B^T`` with ``B = block.reshape(K, -1)`` computed in float32 (or
-    float64 for float64 blocks), accumulated in float64.
+    A stacked block contributes ``B B^T`` with ``B = block.reshape(K, -1)`` (one pass over it); a
+    list of rows contributes the ``K (K + 1) / 2`` dot products of its present rows. Products are
+    computed in float32 (float64 for float64 gradients) and accumulated in float64.
     """
     dtype = torch.float32 if device.type == "mps" else torch.float64
     gram = torch.zeros(num_groups, num_objectives, num_objectives, dtype=dtype, device=device)
+    pair_terms: dict[tuple[int, int, int], list[Tensor]] = {}
     for block, group in zip(blocks, groups):
-        flat = block.reshape(num_objectives, -1)
-        if flat.dtype not in (torch.float32, torch.float64):
-            flat = flat.float()
-        gram[group] += (flat @ flat.T).to(device=device, dtype=dtype)
+        if isinstance(block, Tensor):
+            flat = block.reshape(num_objectives, -1)
+            if flat.dtype not in (torch.float32, torch.float64):
+                flat = flat.float()
+            gram[group] += (flat @ flat.T).to(device=device, dtype=dtype)
+            continue
+        flats = [
+            None
+            if row is None
+            else (
+                row.reshape(-1)
+                if row.dtype in (torch.float32, torch.float64)
+                else row.reshape(-1).float()
+            )
+            for row in block
+        ]
+        for i in range(num_objectives):
+            if flats[i] is None:
+                continue
+            for j in range(i, num_objectives):
+                if flats[j] is not None:
+                    pair_terms.setdefault((group, i, j), []).append(torch.dot(flats[i], flats[j]))  # type: ignore[arg-type]
+    for (group, i, j), terms in pair_terms.items():
+        value = torch.stack([t.to(device=device, dtype=dtype) for t in terms]).sum()
+        gram[group, i, j] += value
+        if i != j:
+            gram[group, j, i] += value
     return gram
 
 
@@ -226,19 +347,26 @@ def _accumulate(param: Tensor, grad: Tensor) -> None:
         param.grad.add_(grad)
 
 
-def scale_gradients(gradients: ObjectiveGradients, factor: Union[Tensor, float]) -> ObjectiveGradients:
+def scale_gradients(
+    gradients: ObjectiveGradients, factor: Union[Tensor, float]
+) -> ObjectiveGradients:
     """``gradients`` with every tensor multiplied by ``factor`` (a 0-dim tensor or a number).
 
     Out of place: gradients returned by autograd may be expanded views that cannot be written.
     Used to unscale AMP gradients (``factor = 1 / scale``) and to average accumulated ones.
     """
     if isinstance(factor, Tensor):
-        return gradients.with_tensors([t * factor.to(dtype=t.dtype, device=t.device) for t in gradients.tensors()])
+        return gradients.with_tensors(
+            [t * factor.to(dtype=t.dtype, device=t.device) for t in gradients.tensors()]
+        )
     return gradients.with_tensors([t * factor for t in gradients.tensors()])
 
 
 def merge_gradients(
-    total: ObjectiveGradients, new: ObjectiveGradients, placement: Mapping[int, tuple[int, int]], num_objectives: int
+    total: ObjectiveGradients,
+    new: ObjectiveGradients,
+    placement: Mapping[int, tuple[int, int]],
+    num_objectives: int,
 ) -> ObjectiveGradients:
     """Sum of two results (gradient accumulation over micro-batches), parameter by parameter.
 
@@ -263,7 +391,7 @@ def merge_gradients(
 
     for part in (total, new):
         for param, block in zip(part.params, part.blocks):
-            add_block(param, block)
+            add_block(param, stacked_block(block, param))
         for param, grad, k in part.exclusive:
             key = id(param)
             if key in blocks:
@@ -289,7 +417,9 @@ def merge_gradients(
         blocks=[b for _, b, _ in ordered_blocks],
         groups=[g for _, _, g in ordered_blocks],
         exclusive=sorted(exclusive.values(), key=lambda item: placement[id(item[0])][0]),
-        reached=[a or b for a, b in zip(total.reached, new.reached)] if total.reached else list(new.reached),
+        reached=[a or b for a, b in zip(total.reached, new.reached)]
+        if total.reached
+        else list(new.reached),
         combined=sorted(combined.values(), key=lambda item: placement[id(item[0])][0]),
     )
 
@@ -314,11 +444,27 @@ def combine(
     cast: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
     pairs: list[tuple[Tensor, Tensor]] = []
     for param, block, group in zip(gradients.params, gradients.blocks, gradients.groups):
-        key = (group, block.dtype, block.device)
+        present = (
+            []
+            if isinstance(block, Tensor)
+            else [(k, row) for k, row in enumerate(block) if row is not None]
+        )
+        reference = block if isinstance(block, Tensor) else present[0][1]
+        key = (group, reference.dtype, reference.device)
         if key not in cast:
-            cast[key] = weights[group].to(dtype=block.dtype, device=block.device)
-        k_total = block.shape[0]
-        pairs.append((param, torch.matmul(cast[key], block.reshape(k_total, -1)).view(param.shape)))
+            cast[key] = weights[group].to(dtype=reference.dtype, device=reference.device)
+        w = cast[key]
+        if isinstance(block, Tensor):
+            k_total = block.shape[0]
+            pairs.append((param, torch.matmul(w, block.reshape(k_total, -1)).view(param.shape)))
+            continue
+        # Rows as autograd returned them: sum_k w_k g_k with one multiply and K - 1
+        # multiply-adds, written into the first row when nothing else shares it.
+        first_k, first = present[0]
+        out = first.mul_(w[first_k]) if id(first) in gradients.owned else first * w[first_k]
+        for k, row in present[1:]:
+            out.addcmul_(row, w[k])
+        pairs.append((param, out))
     for param, grad, k in gradients.exclusive:
         scale = None if exclusive_weights is None else exclusive_weights[k]
         if factor is not None:
@@ -327,7 +473,12 @@ def combine(
             grad = grad * scale.to(dtype=grad.dtype, device=grad.device)
         pairs.append((param, grad))
     for param, grad in gradients.combined:
-        pairs.append((param, grad if factor is None else grad * factor.to(dtype=grad.dtype, device=grad.device)))
+        pairs.append(
+            (
+                param,
+                grad if factor is None else grad * factor.to(dtype=grad.dtype, device=grad.device),
+            )
+        )
     return pairs
 
 
@@ -337,7 +488,9 @@ def accumulate_grads(pairs: Sequence[tuple[Tensor, Tensor]]) -> None:
         _accumulate(param, grad)
 
 
-def write_combined(gradients: ObjectiveGradients, weights: Tensor, *, exclusive_weights: Optional[Tensor] = None) -> None:
+def write_combined(
+    gradients: ObjectiveGradients, weights: Tensor, *, exclusive_weights: Optional[Tensor] = None
+) -> None:
     """Write ``sum_i w_i g_i`` into ``.grad`` of every balanced parameter, and the plain gradient
     of every exclusive parameter (times ``exclusive_weights[k]`` when given).
 
@@ -348,7 +501,11 @@ def write_combined(gradients: ObjectiveGradients, weights: Tensor, *, exclusive_
 
 
 def weighted_gradients(
-    losses: Sequence[Tensor], weights: Tensor, params: Sequence[Tensor], *, retain_graph: bool = False
+    losses: Sequence[Tensor],
+    weights: Tensor,
+    params: Sequence[Tensor],
+    *,
+    retain_graph: bool = False,
 ) -> ObjectiveGradients:
     """Gradient of ``sum_i w_i L_i`` (weights detached) with ``torch.autograd.grad``, as
     ``combined`` pairs; ``.grad`` and DDP's reducer are not touched (amortized accumulation)."""
@@ -356,11 +513,14 @@ def weighted_gradients(
     total = (weights.to(dtype=stacked.dtype, device=stacked.device).detach() * stacked).sum()
     grads = torch.autograd.grad(total, list(params), retain_graph=retain_graph, allow_unused=True)
     return ObjectiveGradients(
-        reached=[True] * len(losses), combined=[(p, g) for p, g in zip(params, grads) if g is not None]
+        reached=[True] * len(losses),
+        combined=[(p, g) for p, g in zip(params, grads) if g is not None],
     )
 
 
-def representation_gradients(losses: Sequence[Tensor], features: Sequence[Tensor]) -> list[Optional[list[Tensor]]]:
+def representation_gradients(
+    losses: Sequence[Tensor], features: Sequence[Tensor]
+) -> list[Optional[list[Tensor]]]:
     """Gradients of each loss w.r.t. the shared tensors, as ``(K, *f.shape)`` blocks.
 
     Returns one entry per objective in ``losses`` order: ``None`` when that loss does not
@@ -373,13 +533,17 @@ def representation_gradients(losses: Sequence[Tensor], features: Sequence[Tensor
         if all(g is None for g in grads):
             per_objective.append(None)
         else:
-            per_objective.append([torch.zeros_like(f) if g is None else g for f, g in zip(features, grads)])
+            per_objective.append(
+                [torch.zeros_like(f) if g is None else g for f, g in zip(features, grads)]
+            )
     return per_objective
 
 
 def stack_feature_blocks(per_objective: Sequence[list[Tensor]]) -> list[Tensor]:
     """Turn per-objective lists of feature gradients into one ``(K, *f.shape)`` block per feature."""
-    return [torch.stack([grads[j] for grads in per_objective]) for j in range(len(per_objective[0]))]
+    return [
+        torch.stack([grads[j] for grads in per_objective]) for j in range(len(per_objective[0]))
+    ]
 
 
 def representation_backward(
@@ -413,7 +577,11 @@ def representation_backward(
 
 
 def weighted_backward(
-    losses: Sequence[Tensor], weights: Tensor, params: Sequence[Tensor], *, retain_graph: bool = False
+    losses: Sequence[Tensor],
+    weights: Tensor,
+    params: Sequence[Tensor],
+    *,
+    retain_graph: bool = False,
 ) -> None:
     """One backward of ``sum_i w_i L_i`` (weights detached) into the given parameters."""
     stacked = torch.stack([loss.reshape(()) for loss in losses])

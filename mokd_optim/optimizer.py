@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Union, overload
@@ -40,7 +41,9 @@ class _Window:
         """Gradients and loss values averaged over the window's micro-batches."""
         if self.count == 1:
             return self.gradients, self.loss_sum
-        return grad_strategies.scale_gradients(self.gradients, 1.0 / self.count), self.loss_sum / self.count
+        return grad_strategies.scale_gradients(
+            self.gradients, 1.0 / self.count
+        ), self.loss_sum / self.count
 
 
 class MultiObjectiveOptimizer(Optimizer):
@@ -104,11 +107,17 @@ class MultiObjectiveOptimizer(Optimizer):
         **method_options: Any,
     ) -> None:
         if isinstance(optimizer, MultiObjectiveOptimizer):
-            raise TypeError("the optimizer is already a MultiObjectiveOptimizer; wrap the base optimizer once")
+            raise TypeError(
+                "the optimizer is already a MultiObjectiveOptimizer; wrap the base optimizer once"
+            )
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
         if strategy not in grad_strategies.STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; choose one of {grad_strategies.STRATEGIES}")
+            raise ValueError(
+                f"unknown strategy {strategy!r}; choose one of {grad_strategies.STRATEGIES}"
+            )
         if balance not in BALANCE_MODES:
             raise ValueError(f"unknown balance mode {balance!r}; choose one of {BALANCE_MODES}")
         if max_norm is not None and not max_norm > 0:
@@ -118,7 +127,9 @@ class MultiObjectiveOptimizer(Optimizer):
         if not isinstance(bucket_bytes, int) or bucket_bytes <= 0:
             raise ValueError(f"bucket_bytes must be a positive integer, got {bucket_bytes!r}")
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
-            raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
+            raise TypeError(
+                f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
+            )
         self.optimizer = optimizer
         self.method = get(method, **method_options)
         if strategy == "amortized" and self.method.needs_gradients:
@@ -144,8 +155,6 @@ class MultiObjectiveOptimizer(Optimizer):
         self._communication = Communication()
         # What torch.optim.Optimizer.__init__ would set up, without taking over the param
         # groups: those belong to the wrapped optimizer and are exposed through properties.
-        from collections import OrderedDict
-
         self._optimizer_step_pre_hooks = OrderedDict()
         self._optimizer_step_post_hooks = OrderedDict()
         self._optimizer_state_dict_pre_hooks = OrderedDict()
@@ -156,7 +165,7 @@ class MultiObjectiveOptimizer(Optimizer):
 
     # torch.optim.Optimizer surface, shared with the wrapped optimizer ---------------------
 
-    @property  # type: ignore[override]
+    @property
     def param_groups(self) -> list[dict[str, Any]]:
         return self.optimizer.param_groups
 
@@ -164,7 +173,7 @@ class MultiObjectiveOptimizer(Optimizer):
     def param_groups(self, value: list[dict[str, Any]]) -> None:
         self.optimizer.param_groups = value
 
-    @property  # type: ignore[override]
+    @property
     def state(self) -> Any:
         return self.optimizer.state
 
@@ -172,7 +181,7 @@ class MultiObjectiveOptimizer(Optimizer):
     def state(self, value: Any) -> None:
         self.optimizer.state = value
 
-    @property  # type: ignore[override]
+    @property
     def defaults(self) -> dict[str, Any]:
         return self.optimizer.defaults
 
@@ -243,7 +252,9 @@ class MultiObjectiveOptimizer(Optimizer):
                 return "representation"
             return "loop" if self.method.needs_gradients else "amortized"
         if strategy == "representation" and features is None:
-            raise ValueError("the 'representation' strategy needs the shared tensor: call backward(losses, features=z)")
+            raise ValueError(
+                "the 'representation' strategy needs the shared tensor: call backward(losses, features=z)"
+            )
         if features is not None and strategy != "representation":
             warnings.warn(
                 f"features= is only used by the 'representation' strategy; strategy {strategy!r} ignores it",
@@ -255,7 +266,9 @@ class MultiObjectiveOptimizer(Optimizer):
 
     def _bind(self, names: tuple[str, ...], num_groups: int) -> None:
         if self.balance == "per_group" and len(self._methods) != num_groups:
-            self._methods = [self.method] + [copy.deepcopy(self.method) for _ in range(num_groups - 1)]
+            self._methods = [self.method] + [
+                copy.deepcopy(self.method) for _ in range(num_groups - 1)
+            ]
             self._bound_names = None
         if names != self._bound_names:
             for method in self._methods:
@@ -281,20 +294,39 @@ class MultiObjectiveOptimizer(Optimizer):
             )
         kind = "exact" if strategy in _EXACT else strategy
         if kind != window.kind:
-            raise ValueError(f"strategy {strategy!r} cannot join an accumulation window opened with the {window.kind!r} strategy")
+            raise ValueError(
+                f"strategy {strategy!r} cannot join an accumulation window opened with the {window.kind!r} strategy"
+            )
 
-    def _placement(self, params: Sequence[Tensor], groups: Sequence[int]) -> dict[int, tuple[int, int]]:
+    def _placement(
+        self, params: Sequence[Tensor], groups: Sequence[int]
+    ) -> dict[int, tuple[int, int]]:
         return {id(p): (index, group) for index, (p, group) in enumerate(zip(params, groups))}
 
     def _add_to_window(
-        self, names: tuple[str, ...], kind: str, gradients: ObjectiveGradients, loss_values: Tensor, placement: dict[int, tuple[int, int]]
+        self,
+        names: tuple[str, ...],
+        kind: str,
+        gradients: ObjectiveGradients,
+        loss_values: Tensor,
+        placement: dict[int, tuple[int, int]],
     ) -> _Window:
         window = self._window
         if window is None:
-            window = _Window(names=names, kind=kind, gradients=gradients, loss_sum=loss_values, count=1)
+            window = _Window(
+                names=names, kind=kind, gradients=gradients, loss_sum=loss_values, count=1
+            )
         else:
-            merged = grad_strategies.merge_gradients(window.gradients, gradients, placement, len(names))
-            window = _Window(names=names, kind=kind, gradients=merged, loss_sum=window.loss_sum + loss_values, count=window.count + 1)
+            merged = grad_strategies.merge_gradients(
+                window.gradients, gradients, placement, len(names)
+            )
+            window = _Window(
+                names=names,
+                kind=kind,
+                gradients=merged,
+                loss_sum=window.loss_sum + loss_values,
+                count=window.count + 1,
+            )
         self._window = window
         return window
 
@@ -319,6 +351,36 @@ class MultiObjectiveOptimizer(Optimizer):
         if gram is not None:
             bad = bad | ~torch.isfinite(torch.diagonal(gram, dim1=-2, dim2=-1)).all()
         return torch.where(bad, torch.full_like(scale, float("nan")), scale)
+
+    def _gram_for_methods(
+        self, gram: Tensor, names: Sequence[str], scale: Optional[Tensor]
+    ) -> Tensor:
+        """The Gram matrix the methods see, after a check for non-finite gradients.
+
+        Under AMP an overflow makes the Gram matrix non-finite; :meth:`_amp_factor` then turns
+        the update into NaN so that the scaler skips the step, and the methods get the identity
+        in its place so that none of them raises (or learns) from the skipped step. Without a
+        scaler, ``validate=True`` raises :class:`ObjectiveError` for an objective whose gradient
+        is not finite, before anything is written (one more host synchronisation).
+        """
+        finite = torch.isfinite(gram).flatten(-2).all(dim=-1)
+        if scale is not None:
+            eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+            return torch.where(finite[..., None, None], gram, eye)
+        if self.validate:
+            bad = (
+                (~torch.isfinite(torch.diagonal(gram, dim1=-2, dim2=-1)))
+                .reshape(-1, len(names))
+                .any(dim=0)
+            )
+            for name, flag in zip(names, bad.tolist()):
+                if flag:
+                    raise ObjectiveError(
+                        name,
+                        "its gradient is not finite (an overflow in the backward pass); nothing was changed. "
+                        "Lower the learning rate or the loss scale, or attach a GradScaler under mixed precision",
+                    )
+        return gram
 
     @overload
     def backward(
@@ -384,7 +446,13 @@ class MultiObjectiveOptimizer(Optimizer):
         """
         names, tensors = normalize_losses(losses)
         amp = self.scaler is not None and self.scaler.is_enabled()
-        check_losses(names, tensors, positive=bool(self.method.log_losses), check_values=self.validate, allow_nonfinite=amp)
+        check_losses(
+            names,
+            tensors,
+            positive=bool(self.method.log_losses),
+            check_values=self.validate,
+            allow_nonfinite=amp,
+        )
         feature_list: Optional[list[Tensor]] = None
         if features is not None:
             feature_list = [features] if isinstance(features, Tensor) else list(features)
@@ -403,13 +471,27 @@ class MultiObjectiveOptimizer(Optimizer):
         scaled = tensors if scale is None else [t * scale for t in tensors]
         self._communication = Communication()
         if strategy == "amortized":
-            stats = self._backward_amortized(names, scaled, loss_values, params, retain_graph, accumulate, scale, sync)
+            stats = self._backward_amortized(
+                names, scaled, loss_values, params, retain_graph, accumulate, scale, sync
+            )
         elif strategy == "representation":
             assert feature_list is not None
-            stats = self._backward_representation(names, scaled, loss_values, feature_list, params, retain_graph, scale, sync)
+            stats = self._backward_representation(
+                names, scaled, loss_values, feature_list, params, retain_graph, scale, sync
+            )
         else:
             stats = self._backward_exact(
-                names, scaled, loss_values, params, group_of, num_groups, strategy, retain_graph, accumulate, scale, sync
+                names,
+                scaled,
+                loss_values,
+                params,
+                group_of,
+                num_groups,
+                strategy,
+                retain_graph,
+                accumulate,
+                scale,
+                sync,
             )
         if stats is not None:
             self._last_losses = stats.losses
@@ -417,15 +499,22 @@ class MultiObjectiveOptimizer(Optimizer):
         return stats
 
     def _all_reduce_mean(self, tensors: Sequence[Tensor]) -> list[Tensor]:
-        reduced, sent = distributed.all_reduce_mean(tensors, group=self.process_group, bucket_bytes=self.bucket_bytes)
+        reduced, sent = distributed.all_reduce_mean(
+            tensors, group=self.process_group, bucket_bytes=self.bucket_bytes
+        )
         self._communication = self._communication + sent
         return reduced
 
-    def _check_reach(self, names: Sequence[str], tensors: Sequence[Tensor], params: Sequence[Tensor]) -> None:
+    def _check_reach(
+        self, names: Sequence[str], tensors: Sequence[Tensor], params: Sequence[Tensor]
+    ) -> None:
         reach = grad_strategies.reach_matrix(tensors, params)
         for name, row in zip(names, reach):
             if not any(row):
-                raise ObjectiveError(name, "the loss reaches no parameter of the optimizer; check that it is computed from the model being optimized")
+                raise ObjectiveError(
+                    name,
+                    "the loss reaches no parameter of the optimizer; check that it is computed from the model being optimized",
+                )
 
     def _backward_amortized(
         self,
@@ -439,7 +528,9 @@ class MultiObjectiveOptimizer(Optimizer):
         sync: str,
     ) -> Optional[StepStats]:
         if self.balance == "per_group":
-            raise ValueError("balance='per_group' needs per-objective gradients; use strategy 'loop' or 'vmap'")
+            raise ValueError(
+                "balance='per_group' needs per-objective gradients; use strategy 'loop' or 'vmap'"
+            )
         if self.validate:
             self._check_reach(names, tensors, params)
         if sync != "none":
@@ -448,25 +539,47 @@ class MultiObjectiveOptimizer(Optimizer):
         weights = self.method.weights(None, loss_values)
         if not accumulate and self._window is None:
             # One weighted backward; under DDP its reducer averages the gradients.
-            applied = weights if scale is None else weights * self._amp_factor(scale, None, loss_values)
+            applied = (
+                weights if scale is None else weights * self._amp_factor(scale, None, loss_values)
+            )
             grad_strategies.weighted_backward(tensors, applied, params, retain_graph=retain_graph)
-            return StepStats(names=names, losses=loss_values, weights=weights, strategy="amortized", info=dict(self.method.info))
-        gradients = grad_strategies.weighted_gradients(tensors, weights, params, retain_graph=retain_graph)
+            return StepStats(
+                names=names,
+                losses=loss_values,
+                weights=weights,
+                strategy="amortized",
+                info=dict(self.method.info),
+            )
+        gradients = grad_strategies.weighted_gradients(
+            tensors, weights, params, retain_graph=retain_graph
+        )
         if scale is not None:
-            gradients = grad_strategies.scale_gradients(gradients, scale.double().reciprocal().float())
-        window = self._add_to_window(names, "amortized", gradients, loss_values, self._placement(params, [0] * len(params)))
+            gradients = grad_strategies.scale_gradients(
+                gradients, scale.double().reciprocal().float()
+            )
+        window = self._add_to_window(
+            names, "amortized", gradients, loss_values, self._placement(params, [0] * len(params))
+        )
         if accumulate:
             return None
         self._window = None
         total, mean_losses = window.mean()
         if sync != "none":
             if self.validate:
-                distributed.check_same_layout(total.layout(), "the parameters the losses reach", group=self.process_group)
+                distributed.check_same_layout(
+                    total.layout(), "the parameters the losses reach", group=self.process_group
+                )
             total = total.with_tensors(self._all_reduce_mean(total.tensors()))
         factor = None if scale is None else self._amp_factor(scale, None, mean_losses)
         no_weights = torch.ones(1, len(names), dtype=loss_values.dtype, device=loss_values.device)
         grad_strategies.accumulate_grads(grad_strategies.combine(total, no_weights, factor=factor))
-        return StepStats(names=names, losses=mean_losses, weights=weights, strategy="amortized", info=dict(self.method.info))
+        return StepStats(
+            names=names,
+            losses=mean_losses,
+            weights=weights,
+            strategy="amortized",
+            info=dict(self.method.info),
+        )
 
     def _backward_representation(
         self,
@@ -480,38 +593,60 @@ class MultiObjectiveOptimizer(Optimizer):
         sync: str,
     ) -> StepStats:
         if self.balance == "per_group":
-            raise ValueError("balance='per_group' is not available with the 'representation' strategy")
+            raise ValueError(
+                "balance='per_group' is not available with the 'representation' strategy"
+            )
         for index, feature in enumerate(features):
             if not isinstance(feature, Tensor) or not feature.requires_grad:
-                raise ValueError(f"features[{index}] must be a tensor that requires grad (the shared representation the losses are computed from)")
+                raise ValueError(
+                    f"features[{index}] must be a tensor that requires grad (the shared representation the losses are computed from)"
+                )
         if self.validate:
             self._check_reach(names, tensors, params)
         per_objective = grad_strategies.representation_gradients(tensors, features)
         for name, grads in zip(names, per_objective):
             if grads is None:
-                raise ObjectiveError(name, "the loss does not depend on the tensors passed as features=")
+                raise ObjectiveError(
+                    name, "the loss does not depend on the tensors passed as features="
+                )
         blocks = grad_strategies.stack_feature_blocks(per_objective)  # type: ignore[arg-type]
         if scale is not None:
             # Unscale in float32 at least: 1/scale times a half-precision gradient could underflow.
             inverse = scale.double().reciprocal().float()
-            blocks = [block.to(torch.promote_types(block.dtype, torch.float32)) * inverse for block in blocks]
+            blocks = [
+                block.to(torch.promote_types(block.dtype, torch.float32)) * inverse
+                for block in blocks
+            ]
         k_total = len(tensors)
-        gram = grad_strategies.gram_matrix(blocks, [0] * len(blocks), 1, k_total, loss_values.device)[0]
+        gram = grad_strategies.gram_matrix(
+            blocks, [0] * len(blocks), 1, k_total, loss_values.device
+        )[0]
         if sync == "exact":
             # Rows of the shared tensor belong to different samples on different ranks, so the
             # Gram matrix of the global batch is the sum of the local ones, scaled by 1/W^2
             # for losses averaged over ranks: K^2 + K numbers instead of the feature gradients.
             size = distributed.world_size(self.process_group)
-            packed, sent = distributed.all_reduce_sum(torch.cat([gram.reshape(-1), loss_values]), group=self.process_group)
+            packed, sent = distributed.all_reduce_sum(
+                torch.cat([gram.reshape(-1), loss_values]), group=self.process_group
+            )
             self._communication = self._communication + sent
             gram = packed[: k_total * k_total].reshape(k_total, k_total) / size**2
             loss_values = packed[k_total * k_total :] / size
-        weights = self.method.weights(gram, loss_values)
+        weights = self.method.weights(self._gram_for_methods(gram, names, scale), loss_values)
         if sync == "weights":
             weights = self._all_reduce_mean([weights])[0]
         applied = weights if scale is None else weights * self._amp_factor(scale, gram, loss_values)
-        grad_strategies.representation_backward(tensors, features, blocks, applied, params, retain_graph=retain_graph)
-        return StepStats(names=names, losses=loss_values, weights=weights, strategy="representation", gram=gram, info=dict(self.method.info))
+        grad_strategies.representation_backward(
+            tensors, features, blocks, applied, params, retain_graph=retain_graph
+        )
+        return StepStats(
+            names=names,
+            losses=loss_values,
+            weights=weights,
+            strategy="representation",
+            gram=gram,
+            info=dict(self.method.info),
+        )
 
     def _backward_exact(
         self,
@@ -530,36 +665,60 @@ class MultiObjectiveOptimizer(Optimizer):
         groups = group_of if self.balance == "per_group" else [0] * len(params)
         result = None
         if strategy == "vmap":
-            result = grad_strategies.vmap_gradients(tensors, params, groups, retain_graph=retain_graph)
+            result = grad_strategies.vmap_gradients(
+                tensors, params, groups, retain_graph=retain_graph
+            )
             if result is None:
                 self._vmap_supported = False
-                warnings.warn("the model does not support batched (vmap) backward; falling back to the 'loop' strategy", stacklevel=3)
+                warnings.warn(
+                    "the model does not support batched (vmap) backward; falling back to the 'loop' strategy",
+                    stacklevel=3,
+                )
                 strategy = "loop"
         if result is None:
-            result = grad_strategies.loop_gradients(tensors, params, groups, retain_graph=retain_graph)
+            result = grad_strategies.loop_gradients(
+                tensors, params, groups, retain_graph=retain_graph
+            )
         for name, reached in zip(names, result.reached):
             if not reached:
-                raise ObjectiveError(name, "the loss reaches no parameter of the optimizer; check that it is computed from the model being optimized")
+                raise ObjectiveError(
+                    name,
+                    "the loss reaches no parameter of the optimizer; check that it is computed from the model being optimized",
+                )
         if scale is not None:
             result = grad_strategies.scale_gradients(result, scale.double().reciprocal().float())
         if accumulate or self._window is not None:
-            window = self._add_to_window(names, "exact", result, loss_values, self._placement(params, groups))
+            window = self._add_to_window(
+                names, "exact", result, loss_values, self._placement(params, groups)
+            )
             if accumulate:
                 return None
             self._window = None
             result, loss_values = window.mean()
         if sync != "none" and self.validate:
-            distributed.check_same_layout(result.layout(), "which objectives reach which parameters", group=self.process_group)
+            distributed.check_same_layout(
+                result.layout(), "which objectives reach which parameters", group=self.process_group
+            )
         if sync == "exact":
             reduced = self._all_reduce_mean([*result.tensors(), loss_values])
             result, loss_values = result.with_tensors(reduced[:-1]), reduced[-1]
-        gram = grad_strategies.gram_matrix(result.blocks, result.groups, num_groups, len(tensors), loss_values.device)
-        weights = torch.stack([method.weights(gram[g], loss_values) for g, method in enumerate(self._methods[:num_groups])])
+        gram = grad_strategies.gram_matrix(
+            result.blocks, result.groups, num_groups, len(tensors), loss_values.device
+        )
+        method_gram = self._gram_for_methods(gram, names, scale)
+        weights = torch.stack(
+            [
+                method.weights(method_gram[g], loss_values)
+                for g, method in enumerate(self._methods[:num_groups])
+            ]
+        )
         if sync == "weights":
             weights = self._all_reduce_mean([weights])[0]
         exclusive_weights = None if self.method.needs_gradients else weights[0]
         factor = None if scale is None else self._amp_factor(scale, gram, loss_values)
-        pairs = grad_strategies.combine(result, weights, exclusive_weights=exclusive_weights, factor=factor)
+        pairs = grad_strategies.combine(
+            result, weights, exclusive_weights=exclusive_weights, factor=factor
+        )
         if sync == "weights":
             pairs = list(zip([p for p, _ in pairs], self._all_reduce_mean([g for _, g in pairs])))
         grad_strategies.accumulate_grads(pairs)
@@ -567,10 +726,24 @@ class MultiObjectiveOptimizer(Optimizer):
         for key in self._methods[0].info:
             info[key] = torch.stack([method.info[key] for method in self._methods[:num_groups]])
         if self.balance == "global":
-            return StepStats(names=names, losses=loss_values, weights=weights[0], strategy=strategy, gram=gram[0], info={k: v[0] for k, v in info.items()})
-        return StepStats(names=names, losses=loss_values, weights=weights, strategy=strategy, gram=gram, info=info)
+            return StepStats(
+                names=names,
+                losses=loss_values,
+                weights=weights[0],
+                strategy=strategy,
+                gram=gram[0],
+                info={k: v[0] for k, v in info.items()},
+            )
+        return StepStats(
+            names=names,
+            losses=loss_values,
+            weights=weights,
+            strategy=strategy,
+            gram=gram,
+            info=info,
+        )
 
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """Clip (``max_norm``) and step the wrapped optimizer.
 
         For methods that learn from the losses after the step (``needs_losses_after``), a
@@ -590,7 +763,12 @@ class MultiObjectiveOptimizer(Optimizer):
                 "was written; close the window with backward(losses, accumulate=False) before step()"
             )
         if self.max_norm is not None:
-            grads = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+            grads = [
+                p
+                for group in self.optimizer.param_groups
+                for p in group["params"]
+                if p.grad is not None
+            ]
             if grads:
                 torch.nn.utils.clip_grad_norm_(grads, self.max_norm)
         if closure is not None and self.method.needs_losses_after:
@@ -613,17 +791,23 @@ class MultiObjectiveOptimizer(Optimizer):
         if not self.method.needs_losses_after:
             return
         if self._last_losses is None:
-            raise RuntimeError("observe() needs a previous backward(): there is no 'before' to compare with")
+            raise RuntimeError(
+                "observe() needs a previous backward(): there is no 'before' to compare with"
+            )
         names, tensors = normalize_losses(losses_after)
         if self._bound_names is not None and names != self._bound_names:
-            raise ValueError(f"observe() got objectives {list(names)}, expected {list(self._bound_names)}")
-        after = torch.stack([torch.as_tensor(t).detach().reshape(()) for t in tensors]).to(self._last_losses)
+            raise ValueError(
+                f"observe() got objectives {list(names)}, expected {list(self._bound_names)}"
+            )
+        after = torch.stack([torch.as_tensor(t).detach().reshape(()) for t in tensors]).to(
+            self._last_losses
+        )
         if distributed.resolve_sync(self.sync, self.process_group) != "none":
             after = distributed.all_reduce_mean([after], group=self.process_group)[0][0]
         for method in self._methods:
             method.observe(self._last_losses, after)
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         """Wrapped optimizer state and method state (e.g. amortised logits)."""
         return {
             "format": _STATE_FORMAT,
@@ -632,21 +816,31 @@ class MultiObjectiveOptimizer(Optimizer):
             "balance": self.balance,
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned. Raises ``ValueError`` on a mismatch."""
-        if not isinstance(state_dict, dict) or state_dict.get("format") != _STATE_FORMAT or "optimizer" not in state_dict:
+        if (
+            not isinstance(state_dict, dict)
+            or state_dict.get("format") != _STATE_FORMAT
+            or "optimizer" not in state_dict
+        ):
             raise ValueError(
                 "not a MultiObjectiveOptimizer state dict (expected keys 'format', 'optimizer', 'methods'); "
                 "to load a plain optimizer state use .optimizer.load_state_dict()"
             )
         if state_dict.get("balance", "global") != self.balance:
-            raise ValueError(f"state dict was saved with balance={state_dict.get('balance')!r}, this optimizer uses {self.balance!r}")
+            raise ValueError(
+                f"state dict was saved with balance={state_dict.get('balance')!r}, this optimizer uses {self.balance!r}"
+            )
         method_states = state_dict.get("methods", [])
         if self.balance == "per_group" and len(self._methods) != len(method_states):
-            self._methods = [self.method] + [copy.deepcopy(self.method) for _ in range(len(method_states) - 1)]
+            self._methods = [self.method] + [
+                copy.deepcopy(self.method) for _ in range(len(method_states) - 1)
+            ]
             self._bound_names = None
         if len(method_states) != len(self._methods):
-            raise ValueError(f"state dict holds {len(method_states)} method states, expected {len(self._methods)}")
+            raise ValueError(
+                f"state dict holds {len(method_states)} method states, expected {len(self._methods)}"
+            )
         for method, method_state in zip(self._methods, method_states):
             method.load_state_dict(method_state)
         self.optimizer.load_state_dict(state_dict["optimizer"])

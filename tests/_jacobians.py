@@ -120,5 +120,3 @@ def update_of(
 def update_scale(jacobian: np.ndarray, w: np.ndarray) -> float:
     """``sum_i |w_i| ||g_i||``: the triangle-inequality bound on ``||d||``, the scale of rounding errors."""
     return float(np.sum(np.abs(w) * np.linalg.norm(jacobian, axis=1))) + 1e-300
-
-

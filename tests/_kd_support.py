@@ -10,7 +10,9 @@ from torch import nn
 from mokd_optim.datasets import load_fashion_mnist, to_float_images
 
 
-def fashion_mnist(count: int, *, split: str = "test", size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def fashion_mnist(
+    count: int, *, split: str = "test", size: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``count`` Fashion-MNIST images as ``(count, 3, size, size)`` float32 in [0, 1]
     (grey replicated to 3 channels, zero-padded from 28 px when ``size > 28``) and their labels.
 
@@ -40,7 +42,9 @@ class TinyNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
         self.layer1 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
-        self.layer2 = nn.Sequential(nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.ReLU())
+        self.layer2 = nn.Sequential(
+            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.ReLU()
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * width, classes)
 

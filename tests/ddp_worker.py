@@ -43,7 +43,9 @@ def shard(tensors: tuple[torch.Tensor, ...], rank: int, world: int) -> tuple[tor
     return tuple(t[rank * size : (rank + 1) * size] for t in tensors)
 
 
-def losses_of(model: nn.Module, data: tuple[torch.Tensor, ...]) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def losses_of(
+    model: nn.Module, data: tuple[torch.Tensor, ...]
+) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     x, y, target, teacher = data
     logits, projected, _ = model(x)
     losses = {
@@ -54,9 +56,7 @@ def losses_of(model: nn.Module, data: tuple[torch.Tensor, ...]) -> tuple[dict[st
     return losses, (logits, projected)
 
 
-def run(
-    scenario: dict[str, Any], rank: int, world: int, distributed: bool
-) -> dict[str, Any]:
+def run(scenario: dict[str, Any], rank: int, world: int, distributed: bool) -> dict[str, Any]:
     """Train ``STEPS`` steps; ``distributed=False`` runs the reference on the whole batch."""
     torch.manual_seed(0)
     model: nn.Module = TwoHeadMLP()
@@ -80,7 +80,9 @@ def run(
         if distributed:
             data = shard(data, rank, world)
         opt.zero_grad()
-        chunks = [tuple(t.chunk(micro)[i] for t in data) for i in range(micro)] if micro > 1 else [data]
+        chunks = (
+            [tuple(t.chunk(micro)[i] for t in data) for i in range(micro)] if micro > 1 else [data]
+        )
         for index, chunk in enumerate(chunks):
             losses, outputs = losses_of(wrapped, chunk)
             if scenario["strategy"] == "representation":
@@ -94,7 +96,9 @@ def run(
         "params": [p.detach().clone() for p in params],
         "weights": torch.stack(weights),
         "communication": communication,
-        "buckets": len(bucket_plan([p.grad for p in params], scenario.get("bucket_bytes", 25 * 2**20))),
+        "buckets": len(
+            bucket_plan([p.grad for p in params], scenario.get("bucket_bytes", 25 * 2**20))
+        ),
     }
 
 
@@ -105,7 +109,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "exact_representation": {"method": "mokd", "strategy": "representation", "sync": "exact"},
     "weights_representation": {"method": "mokd", "strategy": "representation", "sync": "weights"},
     "sum_amortized": {"method": "sum", "strategy": "amortized", "sync": "exact"},
-    "weighted_amortized_accumulate": {"method": "weighted", "strategy": "amortized", "sync": "exact", "micro": 2},
+    "weighted_amortized_accumulate": {
+        "method": "weighted",
+        "strategy": "amortized",
+        "sync": "exact",
+        "micro": 2,
+    },
 }
 
 
@@ -119,7 +128,11 @@ def layout_mismatch(rank: int, world: int) -> str:
     x, y, target, teacher = shard(batch(0), rank, world)
     logits, projected, _ = wrapped(x)
     kd_input = projected[:, :10] if rank == 1 else logits
-    losses = {"task": F.cross_entropy(logits, y), "kd": kd_kl(kd_input, teacher), "feat": F.smooth_l1_loss(projected, target)}
+    losses = {
+        "task": F.cross_entropy(logits, y),
+        "kd": kd_kl(kd_input, teacher),
+        "feat": F.smooth_l1_loss(projected, target),
+    }
     try:
         opt.backward(losses)
     except RuntimeError as error:
@@ -141,7 +154,14 @@ def checkpoint_round_trip(rank: int, out_dir: str) -> dict[str, Any]:
     keys = list(torch.load(path, weights_only=True)["model"])
     with StatsLogger(os.path.join(out_dir, f"log_rank{rank}.csv")) as logger:
         logged = logger.log(0, loss=1.0) is not None
-    return {"written": written is not None, "before": before, "after": after, "step": progress.step, "keys": keys, "logged": logged}
+    return {
+        "written": written is not None,
+        "before": before,
+        "after": after,
+        "step": progress.step,
+        "keys": keys,
+        "logged": logged,
+    }
 
 
 def main(out_dir: str) -> None:
@@ -162,4 +182,3 @@ def main(out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
-

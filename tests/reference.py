@@ -35,7 +35,9 @@ def min_norm_by_enumeration(gram: np.ndarray) -> tuple[float, np.ndarray]:
     return best_value, best_w
 
 
-def mokd_two_objectives(g_task: np.ndarray, g_kd: np.ndarray, l_task: float, l_kd: float, step: str, clip: bool = True) -> np.ndarray:
+def mokd_two_objectives(
+    g_task: np.ndarray, g_kd: np.ndarray, l_task: float, l_kd: float, step: str, clip: bool = True
+) -> np.ndarray:
     """MoKD update from METHOD.md, on explicit gradient vectors (float64).
 
     h_i = g_i / L_i; pi_1 = (g22 - g12) / (g11 + g22 - 2 g12) (clipped to [0, 1] when ``clip``);

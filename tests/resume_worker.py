@@ -33,7 +33,14 @@ SAMPLES = 96
 class Student(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 32), nn.Tanh())
+        self.trunk = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64, 32),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(32, 32),
+            nn.Tanh(),
+        )
         self.classifier = nn.Linear(32, 10)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +68,9 @@ def main() -> None:
     feature_targets = torch.randn(SAMPLES, 48, generator=data)
 
     student, projector = Student(), nn.Linear(32, 48)
-    base = torch.optim.AdamW([*student.parameters(), *projector.parameters()], lr=1e-2, weight_decay=0.01)
+    base = torch.optim.AdamW(
+        [*student.parameters(), *projector.parameters()], lr=1e-2, weight_decay=0.01
+    )
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=2)
     opt = MultiObjectiveOptimizer(base, "mokd", max_norm=5.0, scaler=scaler)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-2, total_steps=STEPS)
@@ -69,7 +78,12 @@ def main() -> None:
     epoch, step, order, start = 0, 0, None, 0
     if args.resume and checkpoint.exists():
         progress = load_checkpoint(
-            checkpoint, model=student, modules={"projector": projector}, optimizer=opt, scheduler=scheduler, scaler=scaler
+            checkpoint,
+            model=student,
+            modules={"projector": projector},
+            optimizer=opt,
+            scheduler=scheduler,
+            scaler=scaler,
         )
         epoch, step = progress.epoch, progress.step
         order, start = progress.extra["order"], int(progress.extra["batch"])

@@ -29,13 +29,22 @@ def _data(step: int):
 def _losses(model, data):
     x, y, target, teacher = data
     logits, projected, _ = model(x)
-    return {"task": F.cross_entropy(logits, y), "kd": kd_kl(logits, teacher), "feat": F.smooth_l1_loss(projected, target)}
+    return {
+        "task": F.cross_entropy(logits, y),
+        "kd": kd_kl(logits, teacher),
+        "feat": F.smooth_l1_loss(projected, target),
+    }
 
 
 def _make(method="mokd", strategy="loop", **options):
     torch.manual_seed(0)
     model = TwoHeadMLP().double()
-    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), method, strategy=strategy, **options)
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+        method,
+        strategy=strategy,
+        **options,
+    )
     return model, opt
 
 
@@ -54,7 +63,10 @@ def _run(model, opt, steps: int, micro: int, *, accumulate: bool = True) -> list
     return weights
 
 
-@pytest.mark.parametrize(("strategy", "step_rule"), [("loop", "anchor"), ("loop", "convex"), ("loop", "log"), ("vmap", "anchor")])
+@pytest.mark.parametrize(
+    ("strategy", "step_rule"),
+    [("loop", "anchor"), ("loop", "convex"), ("loop", "log"), ("vmap", "anchor")],
+)
 def test_four_micro_batches_equal_one_concatenated_batch(strategy: str, step_rule: str) -> None:
     full_model, full_opt = _make(strategy=strategy, step=step_rule)
     full_weights = _run(full_model, full_opt, 2, 1)
@@ -75,7 +87,10 @@ def test_balancing_each_micro_batch_is_a_different_estimator() -> None:
     _run(full_model, full_opt, 1, 1)
     model, opt = _make()
     _run(model, opt, 1, MICRO, accumulate=False)
-    difference = max(float((a.detach() - b.detach()).abs().max()) for a, b in zip(model.parameters(), full_model.parameters()))
+    difference = max(
+        float((a.detach() - b.detach()).abs().max())
+        for a, b in zip(model.parameters(), full_model.parameters())
+    )
     assert difference > 1e-3
 
 
@@ -96,13 +111,18 @@ def test_scaler_with_accumulation_is_exact() -> None:
     torch.manual_seed(0)
     scaled_model = TwoHeadMLP()
     scaler = torch.amp.GradScaler("cpu")
-    scaled_opt = MultiObjectiveOptimizer(torch.optim.SGD(scaled_model.parameters(), lr=0.1), "mokd", scaler=scaler)
+    scaled_opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(scaled_model.parameters(), lr=0.1), "mokd", scaler=scaler
+    )
     for step in range(2):
         data = tuple(t.float() if t.is_floating_point() else t for t in _data(step))
         for m, o in ((model, opt), (scaled_model, scaled_opt)):
             o.zero_grad()
             for index in range(MICRO):
-                o.backward(_losses(m, tuple(t.chunk(MICRO)[index] for t in data)), accumulate=index < MICRO - 1)
+                o.backward(
+                    _losses(m, tuple(t.chunk(MICRO)[index] for t in data)),
+                    accumulate=index < MICRO - 1,
+                )
         opt.step()
         scaler.step(scaled_opt)
         scaler.update()
@@ -143,7 +163,11 @@ def test_window_rejects_other_objectives_and_the_representation_strategy() -> No
     x, y, _, teacher = data
     logits, _, _ = representation_model(x)
     with pytest.raises(ValueError, match="representation"):
-        representation_opt.backward({"task": F.cross_entropy(logits, y), "kd": kd_kl(logits, teacher)}, features=logits, accumulate=True)
+        representation_opt.backward(
+            {"task": F.cross_entropy(logits, y), "kd": kd_kl(logits, teacher)},
+            features=logits,
+            accumulate=True,
+        )
 
 
 def test_accumulation_reads_nothing_on_the_host() -> None:
@@ -151,5 +175,8 @@ def test_accumulation_reads_nothing_on_the_host() -> None:
     data = _data(0)
     with forbid_host_sync():
         for index in range(MICRO):
-            opt.backward(_losses(model, tuple(t.chunk(MICRO)[index] for t in data)), accumulate=index < MICRO - 1)
+            opt.backward(
+                _losses(model, tuple(t.chunk(MICRO)[index] for t in data)),
+                accumulate=index < MICRO - 1,
+            )
     assert all(p.grad is not None for p in model.parameters())

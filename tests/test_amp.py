@@ -100,14 +100,18 @@ def test_forced_overflow_skips_the_step_and_changes_nothing(strategy: str) -> No
     after = opt.state_dict()
     for key, value in state["optimizer"]["state"].items():
         for name, tensor in value.items():
-            assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(after["optimizer"]["state"][key][name]))
+            assert torch.equal(
+                torch.as_tensor(tensor), torch.as_tensor(after["optimizer"]["state"][key][name])
+            )
     # Training goes on at a workable scale.
     scaler.update(new_scale=2.0**10)
     _train(model, opt, scaler, 1, strategy=strategy, dtype=torch.float16, start=2)
     assert any(not torch.equal(a, b) for a, b in zip(params, model.parameters()))
 
 
-@pytest.mark.parametrize(("method", "bad"), [("mokd", "nan"), ("mokd", "-inf"), ("mgda", "nan"), ("mgda", "inf")])
+@pytest.mark.parametrize(
+    ("method", "bad"), [("mokd", "nan"), ("mokd", "-inf"), ("mgda", "nan"), ("mgda", "inf")]
+)
 def test_non_finite_loss_under_amp_skips_instead_of_raising(method: str, bad: str) -> None:
     scaler = torch.amp.GradScaler("cpu")
     model, opt = _make(scaler=scaler, method=method)
@@ -155,13 +159,17 @@ def test_fp16_with_grad_scaler_matches_fp32(strategy: str) -> None:
     fp16_model, fp16_opt = _make(strategy, scaler=scaler)
     _train(fp16_model, fp16_opt, scaler, 5, strategy=strategy, dtype=torch.float16)
     assert scaler.get_scale() == 2.0**16  # no step was skipped
-    assert _relative_distance(list(fp16_model.parameters()), list(model.parameters()), start) < 0.005
+    assert (
+        _relative_distance(list(fp16_model.parameters()), list(model.parameters()), start) < 0.005
+    )
 
 
 def test_max_norm_clips_the_unscaled_gradient() -> None:
     scaler = torch.amp.GradScaler("cpu")
     model = TwoHeadMLP()
-    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), "mokd", max_norm=1e-3, scaler=scaler)
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0), "mokd", max_norm=1e-3, scaler=scaler
+    )
     losses, _ = _losses(model, 0, torch.float16)
     opt.backward(losses)
     scaler.step(opt)

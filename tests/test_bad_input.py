@@ -16,7 +16,9 @@ def _setup(method: str = "mokd", **options):
     torch.manual_seed(0)
     model = TwoHeadMLP()
     x, y, target = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,)), torch.randn(16, 48)
-    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), method, **options)
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), method, **options
+    )
     # One real step so that momentum buffers exist, then leave gradients in place.
     logits, projected, _ = model(x)
     opt.backward({"task": F.cross_entropy(logits, y), "kd": F.mse_loss(projected, target)})
@@ -50,7 +52,11 @@ def _bad_losses(case: str, logits, projected, features, y, target):
     task = F.cross_entropy(logits, y)
     kd = F.mse_loss(projected, target)
     if case == "non_scalar":
-        return {"task": task, "kd": F.mse_loss(projected, target, reduction="none").mean(1)}, "kd", "scalar"
+        return (
+            {"task": task, "kd": F.mse_loss(projected, target, reduction="none").mean(1)},
+            "kd",
+            "scalar",
+        )
     if case == "nan":
         return {"task": task * float("nan"), "kd": kd}, "task", "not finite"
     if case == "inf":
@@ -75,7 +81,9 @@ CASES = ["non_scalar", "nan", "inf", "no_grad", "foreign", "zero", "negative", "
 @pytest.mark.parametrize("strategy", ["loop", "vmap", "representation"])
 @pytest.mark.parametrize("case", CASES)
 def test_bad_loss_raises_and_changes_nothing(case: str, strategy: str) -> None:
-    model, opt, logits, projected, features, y, target = _setup(strategy=strategy if strategy != "representation" else "auto")
+    model, opt, logits, projected, features, y, target = _setup(
+        strategy=strategy if strategy != "representation" else "auto"
+    )
     losses, culprit, message = _bad_losses(case, logits, projected, features, y, target)
     before = _snapshot(model, opt)
     kwargs = {"features": features} if strategy == "representation" else {}
@@ -108,8 +116,12 @@ def test_loss_not_depending_on_features_is_named() -> None:
     unrelated = torch.nn.Parameter(torch.ones(3))
     opt.add_param_group({"params": [unrelated]})
     before = _snapshot(model, opt)
-    with pytest.raises(ObjectiveError, match="does not depend on the tensors passed as features") as info:
-        opt.backward({"task": F.cross_entropy(logits, y), "aux": unrelated.pow(2).sum()}, features=features)
+    with pytest.raises(
+        ObjectiveError, match="does not depend on the tensors passed as features"
+    ) as info:
+        opt.backward(
+            {"task": F.cross_entropy(logits, y), "aux": unrelated.pow(2).sum()}, features=features
+        )
     assert info.value.objective == "aux"
     _assert_unchanged(before, _snapshot(model, opt))
 
@@ -125,13 +137,13 @@ def test_mixed_devices_and_empty_and_container_errors() -> None:
     with pytest.raises(TypeError, match="not a single tensor"):
         opt.backward(F.cross_entropy(logits, y))
     with pytest.raises(ValueError, match="representation' strategy needs"):
-        MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), strategy="representation").backward(
-            {"task": F.cross_entropy(logits, y), "kd": F.mse_loss(projected, target)}
-        )
+        MultiObjectiveOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), strategy="representation"
+        ).backward({"task": F.cross_entropy(logits, y), "kd": F.mse_loss(projected, target)})
     with pytest.raises(ValueError, match=r"weights given for \['distill'\]"):
-        MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "weighted", weights={"distill": 2.0}).backward(
-            {"task": F.cross_entropy(logits, y), "kd": F.mse_loss(projected, target)}
-        )
+        MultiObjectiveOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), "weighted", weights={"distill": 2.0}
+        ).backward({"task": F.cross_entropy(logits, y), "kd": F.mse_loss(projected, target)})
     _assert_unchanged(before, _snapshot(model, opt))
 
 

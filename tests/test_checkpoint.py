@@ -32,7 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def _worker(out: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "tests.resume_worker", str(out), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+        [sys.executable, "-m", "tests.resume_worker", str(out), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -46,8 +51,13 @@ def test_killed_run_resumed_from_its_checkpoint_ends_bit_identical(tmp_path) -> 
     killed = _worker(interrupted, "--crash-after", "6")
     assert killed.returncode == -signal.SIGKILL
     assert not (interrupted / "final.pt").exists()
-    assert torch.load(interrupted / "checkpoint.pt", weights_only=True)["progress"] == {"epoch": 1, "step": 6}
-    assert sorted(p.name for p in interrupted.iterdir()) == ["checkpoint.pt"]  # no temporary file left
+    assert torch.load(interrupted / "checkpoint.pt", weights_only=True)["progress"] == {
+        "epoch": 1,
+        "step": 6,
+    }
+    assert sorted(p.name for p in interrupted.iterdir()) == [
+        "checkpoint.pt"
+    ]  # no temporary file left
 
     resumed = _worker(interrupted, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -57,8 +67,15 @@ def test_killed_run_resumed_from_its_checkpoint_ends_bit_identical(tmp_path) -> 
         assert torch.equal(a, b)
     for key, value in expected["optimizer"]["optimizer"]["state"].items():
         for name, tensor in value.items():
-            assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(actual["optimizer"]["optimizer"]["state"][key][name]))
-    assert expected["scale"] == actual["scale"] and expected["lr"] == actual["lr"] and expected["epoch"] == actual["epoch"]
+            assert torch.equal(
+                torch.as_tensor(tensor),
+                torch.as_tensor(actual["optimizer"]["optimizer"]["state"][key][name]),
+            )
+    assert (
+        expected["scale"] == actual["scale"]
+        and expected["lr"] == actual["lr"]
+        and expected["epoch"] == actual["epoch"]
+    )
 
 
 def test_rng_states_round_trip() -> None:
@@ -71,7 +88,9 @@ def test_rng_states_round_trip() -> None:
 
 def test_save_and_load_every_component(tmp_path) -> None:
     model, heads = TwoHeadMLP(), {"extra_head": nn.Linear(4, 2)}
-    opt = MultiObjectiveOptimizer(torch.optim.AdamW([*model.parameters(), *heads["extra_head"].parameters()], lr=0.1), "mokd")
+    opt = MultiObjectiveOptimizer(
+        torch.optim.AdamW([*model.parameters(), *heads["extra_head"].parameters()], lr=0.1), "mokd"
+    )
     scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
     for p in [*model.parameters(), *heads["extra_head"].parameters()]:
@@ -79,20 +98,44 @@ def test_save_and_load_every_component(tmp_path) -> None:
     opt.step()
     scheduler.step()
     path = tmp_path / "sub" / "ckpt.pt"
-    assert save_checkpoint(path, model=model, modules=heads, optimizer=opt, scheduler=scheduler, scaler=scaler, epoch=3, step=42, extra={"best": 0.9}) == path
+    assert (
+        save_checkpoint(
+            path,
+            model=model,
+            modules=heads,
+            optimizer=opt,
+            scheduler=scheduler,
+            scaler=scaler,
+            epoch=3,
+            step=42,
+            extra={"best": 0.9},
+        )
+        == path
+    )
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
     torch.manual_seed(1)
     model2, heads2 = TwoHeadMLP(), {"extra_head": nn.Linear(4, 2)}
-    opt2 = MultiObjectiveOptimizer(torch.optim.AdamW([*model2.parameters(), *heads2["extra_head"].parameters()], lr=0.1), "mokd")
+    opt2 = MultiObjectiveOptimizer(
+        torch.optim.AdamW([*model2.parameters(), *heads2["extra_head"].parameters()], lr=0.1),
+        "mokd",
+    )
     scheduler2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
     scaler2 = torch.amp.GradScaler("cpu")
-    progress = load_checkpoint(path, model=model2, modules=heads2, optimizer=opt2, scheduler=scheduler2, scaler=scaler2)
+    progress = load_checkpoint(
+        path, model=model2, modules=heads2, optimizer=opt2, scheduler=scheduler2, scaler=scaler2
+    )
     assert progress == Progress(epoch=3, step=42, extra={"best": 0.9})
-    for a, b in zip([*model.parameters(), *heads["extra_head"].parameters()], [*model2.parameters(), *heads2["extra_head"].parameters()]):
+    for a, b in zip(
+        [*model.parameters(), *heads["extra_head"].parameters()],
+        [*model2.parameters(), *heads2["extra_head"].parameters()],
+    ):
         assert torch.equal(a, b)
     assert scheduler2.get_last_lr() == scheduler.get_last_lr() and scaler2.get_scale() == 8.0
-    assert torch.equal(opt2.state[next(model2.parameters())]["exp_avg"], opt.state[next(model.parameters())]["exp_avg"])
+    assert torch.equal(
+        opt2.state[next(model2.parameters())]["exp_avg"],
+        opt.state[next(model.parameters())]["exp_avg"],
+    )
 
 
 def test_compiled_or_wrapped_model_saves_plain_keys(tmp_path) -> None:
@@ -123,7 +166,10 @@ class _Custom:
 def test_load_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
-    atomic_save({"format": 1, "progress": {"epoch": 0, "step": 0}, "rng": [], "extra": {"obj": _Custom()}}, tmp_path / "custom.pt")
+    atomic_save(
+        {"format": 1, "progress": {"epoch": 0, "step": 0}, "rng": [], "extra": {"obj": _Custom()}},
+        tmp_path / "custom.pt",
+    )
     with pytest.raises(RuntimeError, match="weights_only=False"):
         load_checkpoint(tmp_path / "custom.pt")
     assert load_checkpoint(tmp_path / "custom.pt", weights_only=False, restore_rng=False).step == 0

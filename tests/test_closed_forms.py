@@ -114,6 +114,7 @@ def test_upgrad_and_dualproj(case: str, jacobian: np.ndarray) -> None:
         closed = function(gram, backend="closed_form")
         general = function(gram, backend="projected_gradient")
         assert_same_update(jacobian, closed, general)
+        assert_same_update(jacobian, closed, function(gram, backend="enumeration"))
     # For two objectives UPGrad is PCGrad's mean.
     assert_same_update(
         jacobian, methods.upgrad_weights(gram), methods.pcgrad_weights(gram, reduction="mean")
@@ -134,6 +135,8 @@ def test_dual_cone_closed_form_handles_every_active_set() -> None:
         closed = project_to_dual_cone(gram_of(jacobian), target, backend="closed_form")
         general = project_to_dual_cone(gram_of(jacobian), target, backend="projected_gradient")
         assert_same_update(jacobian, closed, general)
+        enumerated = project_to_dual_cone(gram_of(jacobian), target, backend="enumeration")
+        assert_same_update(jacobian, closed, enumerated)
         x = jacobian.T @ closed.numpy()
         assert np.all(jacobian @ x >= -1e-12), name
 

@@ -25,7 +25,9 @@ ATOL = 1e-5
 class Student(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh())
+        self.trunk = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh()
+        )
         self.classifier = nn.Linear(32, 10)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,17 +45,25 @@ def _data(step: int):
     )
 
 
-def _train(compiled: bool, strategy: str, student_fn=None) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str]]:
+def _train(
+    compiled: bool, strategy: str, student_fn=None
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str]]:
     torch.manual_seed(0)
     student, projector = Student(), nn.Linear(32, 48)
     forward = student_fn(student) if compiled else student
     params = [*student.parameters(), *projector.parameters()]
-    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1, momentum=0.9), "mokd", strategy=strategy)
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(params, lr=0.1, momentum=0.9), "mokd", strategy=strategy
+    )
     weights, strategies = [], []
     for step in range(STEPS):
         x, y, target, teacher = _data(step)
         logits, features = forward(x)
-        losses = {"task": F.cross_entropy(logits, y), "kd": kd_kl(logits, teacher), "feat": F.smooth_l1_loss(projector(features), target)}
+        losses = {
+            "task": F.cross_entropy(logits, y),
+            "kd": kd_kl(logits, teacher),
+            "feat": F.smooth_l1_loss(projector(features), target),
+        }
         opt.zero_grad()
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
@@ -96,7 +106,9 @@ def test_compiled_student_matches_eager_with_the_loop_strategy(runs) -> None:
 def test_vmap_falls_back_to_loop_for_a_compiled_student(runs) -> None:
     eager_params, _, _ = runs["eager"]
     params, _, strategies = runs["compiled_vmap"]
-    assert strategies == ["loop"] * STEPS  # the batched backward is not supported by compiled graphs
+    assert (
+        strategies == ["loop"] * STEPS
+    )  # the batched backward is not supported by compiled graphs
     for a, b in zip(params, eager_params):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 

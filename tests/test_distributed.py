@@ -28,7 +28,13 @@ from mokd_optim.distributed import (
 from tests.models import TwoHeadMLP
 
 ROOT = Path(__file__).resolve().parents[1]
-EXACT_SCENARIOS = ["exact_loop", "exact_vmap_accumulate", "exact_representation", "sum_amortized", "weighted_amortized_accumulate"]
+EXACT_SCENARIOS = [
+    "exact_loop",
+    "exact_vmap_accumulate",
+    "exact_representation",
+    "sum_amortized",
+    "weighted_amortized_accumulate",
+]
 ALL_SCENARIOS = [*EXACT_SCENARIOS, "weights_loop", "weights_representation"]
 # float32 training for 4 steps: DDP averages two half-batch means where the reference takes one
 # mean over the whole batch, so sums are rounded in a different order (observed: <= 3e-8).
@@ -39,8 +45,20 @@ PARAM_ATOL = 1e-6
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "tests.ddp_worker", str(out)]
-    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "tests.ddp_worker",
+        str(out),
+    ]
+    completed = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
@@ -80,14 +98,27 @@ def test_exact_communication_is_bucketed(ranks) -> None:
     model = TwoHeadMLP()
     shared = [p for name, p in model.named_parameters() if not name.startswith("projector")]
     exclusive = list(model.projector.parameters())
-    # Layout sent by sync="exact": one (K, *shape) block per shared parameter, the projector's
-    # plain gradients, then the K loss values (float64, a bucket of their own).
-    layout = [torch.empty(3, *p.shape) for p in shared] + [torch.empty(p.shape) for p in exclusive]
+    # Layout sent by sync="exact" with the loop strategy: for each shared parameter the
+    # gradients of the objectives that reach it (the trunk: task, kd, feat; the classifier:
+    # task, kd), the projector's plain gradients, then the K loss values (float64, a bucket
+    # of their own).
+    reached_by = {
+        name: (3 if name.startswith("trunk") else 2) for name, _ in model.named_parameters()
+    }
+    layout = [
+        torch.empty(p.shape)
+        for name, p in model.named_parameters()
+        if not name.startswith("projector")
+        for _ in range(reached_by[name])
+    ]
+    layout += [torch.empty(p.shape) for p in exclusive]
     expected_collectives = len(bucket_plan(layout, 16384)) + 1
     assert expected_collectives <= len(layout) // 2  # several tensors per collective
     collectives, sent = ranks[0]["exact_loop"]["communication"][-1]
     assert collectives == expected_collectives
-    assert sent == communication_bytes(shared, 3, "exact", exclusive=exclusive)
+    assert sent == sum(t.numel() * 4 for t in layout) + 3 * 8
+    # The formula of the docs is the bound (every shared parameter reached by every objective).
+    assert sent < communication_bytes(shared, 3, "exact", exclusive=exclusive)
     # With the default 25 MiB buckets: one collective for the gradients, one for the losses.
     assert ranks[0]["exact_vmap_accumulate"]["communication"][-1][0] == 2
     # Representation: the K x K Gram matrix and K losses, summed in one collective.
@@ -96,7 +127,9 @@ def test_exact_communication_is_bucketed(ranks) -> None:
 
 def test_layout_mismatch_is_reported_on_every_rank(ranks) -> None:
     for result in ranks:
-        assert "ranks disagree on which objectives reach which parameters" in result["layout_mismatch"]
+        assert (
+            "ranks disagree on which objectives reach which parameters" in result["layout_mismatch"]
+        )
 
 
 def test_rank_zero_writes_checkpoints_and_logs_and_each_rank_gets_its_rng_back(ranks) -> None:
@@ -113,7 +146,13 @@ def test_rank_zero_writes_checkpoints_and_logs_and_each_rank_gets_its_rng_back(r
 
 
 def test_bucket_plan_groups_consecutive_tensors_by_dtype_and_capacity() -> None:
-    tensors = [torch.empty(10), torch.empty(10), torch.empty(30), torch.empty(5, dtype=torch.float64), torch.empty(2)]
+    tensors = [
+        torch.empty(10),
+        torch.empty(10),
+        torch.empty(30),
+        torch.empty(5, dtype=torch.float64),
+        torch.empty(2),
+    ]
     assert bucket_plan(tensors, 80) == [[0, 1], [2], [3], [4]]
     assert bucket_plan(tensors, 10**6) == [[0, 1, 2], [3], [4]]
     with pytest.raises(ValueError, match="bucket_bytes must be positive"):

@@ -23,7 +23,20 @@ def example():
 
 def test_bf16_accumulation_checkpoint_and_resume(example, tmp_path) -> None:
     checkpoint, output = tmp_path / "ckpt.pt", tmp_path / "run"
-    common = ["--amp", "bf16", "--accumulate", "2", "--checkpoint", str(checkpoint), "--save-every", "3", "--output", str(output), "--log-every", "1"]
+    common = [
+        "--amp",
+        "bf16",
+        "--accumulate",
+        "2",
+        "--checkpoint",
+        str(checkpoint),
+        "--save-every",
+        "3",
+        "--output",
+        str(output),
+        "--log-every",
+        "1",
+    ]
     accuracy = example.main([*common, "--max-steps", "6"])
     assert 0.0 <= accuracy <= 1.0
     assert torch.load(checkpoint, weights_only=True)["progress"]["step"] == 6

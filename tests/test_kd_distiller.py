@@ -60,7 +60,9 @@ def test_teacher_is_frozen_unregistered_and_run_without_grad() -> None:
 
 
 def test_forward_returns_output_and_named_losses_with_their_definitions() -> None:
-    distiller, x, y = make(logit_options={"T": 3.0}, feature_loss="mse", feature_options={"teacher_norm": None})
+    distiller, x, y = make(
+        logit_options={"T": 3.0}, feature_loss="mse", feature_options={"teacher_norm": None}
+    )
     result = distiller(x, y)
     assert isinstance(result, DistillerOutput)
     output, losses = result
@@ -77,7 +79,10 @@ def test_forward_returns_output_and_named_losses_with_their_definitions() -> Non
     with torch.no_grad():
         t1 = teacher.layer1(teacher.stem(x))
         t2 = teacher.layer2(t1)
-    per_head = [F.mse_loss(*distiller.heads["layer1"](s1, t1)), F.mse_loss(*distiller.heads["layer2"](s2, t2))]
+    per_head = [
+        F.mse_loss(*distiller.heads["layer1"](s1, t1)),
+        F.mse_loss(*distiller.heads["layer2"](s2, t2)),
+    ]
     torch.testing.assert_close(losses["feat"], (per_head[0] + per_head[1]) / 2)
 
 
@@ -125,7 +130,9 @@ def test_head_gradient_is_the_plain_feature_gradient_and_student_gets_the_balanc
     stats = opt.backward(losses)
     assert stats.names == ("task", "kd", "feat")
     weights = stats.weights
-    assert torch.isfinite(weights).all() and not torch.allclose(weights, torch.ones(3, dtype=weights.dtype))
+    assert torch.isfinite(weights).all() and not torch.allclose(
+        weights, torch.ones(3, dtype=weights.dtype)
+    )
     for param, expected in zip(heads, feat_head_grads):
         torch.testing.assert_close(param.grad, expected, rtol=0, atol=0)  # weight 1, untouched
     for index, param in enumerate(students):
@@ -144,7 +151,10 @@ def test_separate_feature_objectives_route_each_head_to_its_own_loss() -> None:
     distiller, x, y = make(seed=3, feature_reduction="separate")
     opt = MultiObjectiveOptimizer(torch.optim.SGD(distiller.param_groups(), lr=0.1), "mokd")
     _, losses = distiller(x, y)
-    expected = {name: grads(losses[f"feat.{name}"], list(head.parameters())) for name, head in distiller.heads.items()}
+    expected = {
+        name: grads(losses[f"feat.{name}"], list(head.parameters()))
+        for name, head in distiller.heads.items()
+    }
     opt.zero_grad()
     opt.backward(losses)
     for name, head in distiller.heads.items():
@@ -172,8 +182,12 @@ def test_export_gives_the_bare_student_with_identical_outputs() -> None:
     reference = copy.deepcopy(student)  # deepcopy keeps hooks too; compare structure by names
     exported = distiller.student_for_export()
     assert exported is not student
-    assert [(n, type(m)) for n, m in exported.named_modules()] == [(n, type(m)) for n, m in reference.named_modules()]
-    assert all(len(m._forward_hooks) == 0 and len(m._forward_pre_hooks) == 0 for m in exported.modules())
+    assert [(n, type(m)) for n, m in exported.named_modules()] == [
+        (n, type(m)) for n, m in reference.named_modules()
+    ]
+    assert all(
+        len(m._forward_hooks) == 0 and len(m._forward_pre_hooks) == 0 for m in exported.modules()
+    )
     assert set(exported.state_dict()) == set(student.state_dict())
     student.eval()
     exported.eval()
@@ -213,7 +227,10 @@ def test_teacher_input_renormalisation_and_dtype() -> None:
     s_mean, s_std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     t_mean, t_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     distiller, x, y = make(
-        seed=8, student_normalization=(s_mean, s_std), teacher_normalization=(t_mean, t_std), teacher_dtype=torch.bfloat16
+        seed=8,
+        student_normalization=(s_mean, s_std),
+        teacher_normalization=(t_mean, t_std),
+        teacher_dtype=torch.bfloat16,
     )
     seen = []
     distiller.teacher.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
@@ -227,7 +244,9 @@ def test_teacher_input_renormalisation_and_dtype() -> None:
     distiller.to(torch.float64)  # the teacher follows device moves but keeps its dtype
     assert all(p.dtype == torch.bfloat16 for p in distiller.teacher.parameters())
     assert all(p.dtype == torch.float64 for p in distiller.student.parameters())
-    with pytest.raises(ValueError, match="give both student_normalization and teacher_normalization"):
+    with pytest.raises(
+        ValueError, match="give both student_normalization and teacher_normalization"
+    ):
         make(student_normalization=(s_mean, s_std))
 
 
@@ -250,24 +269,37 @@ def test_configuration_errors_are_explicit() -> None:
 
 
 def test_ddp_wrapped_student_and_teacher_rules() -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
     try:
         torch.manual_seed(9)
         student, teacher = TinyNet(4), TinyNet(8)
         x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
         ddp_student = DistributedDataParallel(student)
-        heads = build_heads(ddp_student, teacher, [("module.layer2", "layer2")], x[:2], teacher_projector="fixed", expansion=2.0)
+        heads = build_heads(
+            ddp_student,
+            teacher,
+            [("module.layer2", "layer2")],
+            x[:2],
+            teacher_projector="fixed",
+            expansion=2.0,
+        )
         assert heads["module_layer2_to_layer2"].student_channels == 16
         distiller = Distiller(ddp_student, teacher, heads)
         _, losses = distiller(x, y)
-        assert list(losses) == ["task", "kd", "feat"] and all(torch.isfinite(v) for v in losses.values())
+        assert list(losses) == ["task", "kd", "feat"] and all(
+            torch.isfinite(v) for v in losses.values()
+        )
         exported = distiller.student_for_export()
         assert isinstance(exported, TinyNet)
         with torch.no_grad():
             student.eval()
             exported.eval()
             assert torch.equal(exported(x), student(x))
-        with pytest.raises(TypeError, match="teacher must not be wrapped in DistributedDataParallel"):
+        with pytest.raises(
+            TypeError, match="teacher must not be wrapped in DistributedDataParallel"
+        ):
             Distiller(TinyNet(4), DistributedDataParallel(TinyNet(8)))
     finally:
         dist.destroy_process_group()
@@ -279,7 +311,9 @@ def test_compiled_student_trains_and_exports_bare() -> None:
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
     reference = copy.deepcopy(student)
     compiled = torch.compile(student)
-    heads = build_heads(compiled, teacher, [("layer2", "layer2")], x[:2], teacher_projector="fixed", expansion=2.0)
+    heads = build_heads(
+        compiled, teacher, [("layer2", "layer2")], x[:2], teacher_projector="fixed", expansion=2.0
+    )
     distiller = Distiller(compiled, teacher, heads)
     eager = Distiller(reference, copy.deepcopy(teacher), copy.deepcopy(heads))
     out, losses = distiller(x, y)

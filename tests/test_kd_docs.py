@@ -39,4 +39,6 @@ def test_kd_doc_code_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     exec(compile(blocks[1], str(DOC), "exec"), namespace)  # the recorder example
     features = namespace["features"]
     assert features["layer2"].shape == (8, 128, 4, 4) and features["layer3"].shape == (8, 256, 2, 2)
-    assert all(len(m._forward_hooks) == 1 for m in (student.layer2, student.layer3))  # the distiller's own
+    assert all(
+        len(m._forward_hooks) == 1 for m in (student.layer2, student.layer3)
+    )  # the distiller's own

@@ -21,9 +21,17 @@ def test_resnet34_to_resnet18_losses_decrease_with_mokd_balancing() -> None:
     x = (images - mean[0]) / std[0]
     student, teacher = resnet18(num_classes=10), resnet34(num_classes=10)
     heads = build_heads(
-        student, teacher, [("layer2", "layer2"), ("layer3", "layer3")], x[:4], expansion=2.0, teacher_projector="fixed"
+        student,
+        teacher,
+        [("layer2", "layer2"), ("layer3", "layer3")],
+        x[:4],
+        expansion=2.0,
+        teacher_projector="fixed",
     )
-    assert [(h.student_channels, h.teacher_channels, h.width) for h in heads.values()] == [(128, 128, 256), (256, 256, 512)]
+    assert [(h.student_channels, h.teacher_channels, h.width) for h in heads.values()] == [
+        (128, 128, 256),
+        (256, 256, 512),
+    ]
     distiller = Distiller(
         student,
         teacher,
@@ -47,7 +55,9 @@ def test_resnet34_to_resnet18_losses_decrease_with_mokd_balancing() -> None:
         opt.step()
         history.append({name: value.item() for name, value in losses.items()})
         assert torch.isfinite(stats.weights).all() and (stats.weights >= 0).all()
-        assert all(torch.isfinite(p.grad).all() for p in distiller.parameters() if p.grad is not None)
+        assert all(
+            torch.isfinite(p.grad).all() for p in distiller.parameters() if p.grad is not None
+        )
     with torch.no_grad():
         _, final = distiller(x, labels)
     first = history[0]

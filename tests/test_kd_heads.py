@@ -21,11 +21,16 @@ def test_width_defaults_to_teacher_and_expansion_needs_a_teacher_projector() -> 
     assert SubspaceHead(16, 32).width == 32
     assert SubspaceHead(16, 32, expansion=2.0, teacher_projector="fixed").width == 64
     assert SubspaceHead(16, 32, width=48, teacher_projector="linear").width == 48
-    with pytest.raises(ValueError, match="projection width 64 differs from the teacher's 32 channels; pass teacher_projector='fixed'"):
+    with pytest.raises(
+        ValueError,
+        match="projection width 64 differs from the teacher's 32 channels; pass teacher_projector='fixed'",
+    ):
         SubspaceHead(16, 32, expansion=2.0)
     with pytest.raises(ValueError, match="unknown kind 'conv3x3'"):
         SubspaceHead(16, 32, kind="conv3x3")
-    with pytest.raises(ValueError, match="orthogonal=True is available for the 'linear', 'conv1x1' and 'mlp' kinds"):
+    with pytest.raises(
+        ValueError, match="orthogonal=True is available for the 'linear', 'conv1x1' and 'mlp' kinds"
+    ):
         SubspaceHead(16, 32, kind="conv_bn_relu", orthogonal=True)
 
 
@@ -40,7 +45,9 @@ def test_linear_head_is_one_channel_map_on_every_layout(kind: str) -> None:
     expected_map = torch.einsum("dc,nchw->ndhw", weight, fmap) + bias[None, :, None, None]
     torch.testing.assert_close(head.project(fmap), expected_map)
     # On maps the projection commutes with spatial averaging (it is pointwise and linear).
-    torch.testing.assert_close(head.project(fmap).mean(dim=(2, 3)), head.project(fmap.mean(dim=(2, 3))))
+    torch.testing.assert_close(
+        head.project(fmap).mean(dim=(2, 3)), head.project(fmap.mean(dim=(2, 3)))
+    )
 
 
 def test_mlp_and_conv_bn_relu_heads() -> None:
@@ -49,7 +56,13 @@ def test_mlp_and_conv_bn_relu_heads() -> None:
     first, _, second = mlp.projector
     assert (first.in_features, first.out_features, second.out_features) == (6, 7, 10)
     x = torch.randn(3, 6, 4, 4)
-    expected = torch.einsum("dh,nhxy->ndxy", second.weight, torch.relu(torch.einsum("hc,ncxy->nhxy", first.weight, x) + first.bias[None, :, None, None]))
+    expected = torch.einsum(
+        "dh,nhxy->ndxy",
+        second.weight,
+        torch.relu(
+            torch.einsum("hc,ncxy->nhxy", first.weight, x) + first.bias[None, :, None, None]
+        ),
+    )
     torch.testing.assert_close(mlp.project(x), expected + second.bias[None, :, None, None])
 
     conv = SubspaceHead(6, 10, kind="conv_bn_relu", kernel_size=3)
@@ -80,7 +93,9 @@ def test_orthogonal_head_preserves_geometry_through_training(wide: bool) -> None
     torch.testing.assert_close(gram, torch.eye(min(c_s, c_t)), atol=1e-5, rtol=0)
     if wide:  # an isometric embedding: distances between student features are kept
         a, b = torch.randn(2, 1, c_s)
-        assert torch.dist(head.project(a), head.project(b)).item() == pytest.approx(torch.dist(a, b).item(), rel=1e-5)
+        assert torch.dist(head.project(a), head.project(b)).item() == pytest.approx(
+            torch.dist(a, b).item(), rel=1e-5
+        )
 
 
 def test_teacher_projectors() -> None:
@@ -90,14 +105,19 @@ def test_teacher_projectors() -> None:
     e = fixed.teacher_embedding
     assert e.shape == (24, 12)
     torch.testing.assert_close(e.T @ e, torch.eye(12), atol=1e-6, rtol=0)
-    torch.testing.assert_close(e, SubspaceHead(8, 12, expansion=2.0, teacher_projector="fixed", seed=3).teacher_embedding)
+    torch.testing.assert_close(
+        e, SubspaceHead(8, 12, expansion=2.0, teacher_projector="fixed", seed=3).teacher_embedding
+    )
     t = torch.randn(2, 12, 3, 3)
     projected = fixed.project_teacher(t)
     assert projected.shape == (2, 24, 3, 3)
     torch.testing.assert_close(projected.norm(dim=1), t.norm(dim=1))  # isometric per position
     linear = SubspaceHead(8, 12, width=20, teacher_projector="linear")
     assert linear.project_teacher(torch.randn(2, 12)).shape == (2, 20)
-    assert {name for name, _ in linear.named_parameters()} >= {"teacher_projector.weight", "teacher_projector.bias"}
+    assert {name for name, _ in linear.named_parameters()} >= {
+        "teacher_projector.weight",
+        "teacher_projector.bias",
+    }
     identity = SubspaceHead(8, 12)
     t_vec = torch.randn(2, 12)
     assert identity.project_teacher(t_vec) is t_vec
@@ -106,12 +126,16 @@ def test_teacher_projectors() -> None:
 def test_alignment_modes() -> None:
     s, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)
     a, b = align_features(s, t, "interpolate")
-    torch.testing.assert_close(a, F.interpolate(s, size=(4, 4), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(
+        a, F.interpolate(s, size=(4, 4), mode="bilinear", align_corners=False)
+    )
     assert b is t
     a, b = align_features(s, t, "pool")
     torch.testing.assert_close(a, F.avg_pool2d(s, 2))
     assert b is t
-    a, b = align_features(torch.randn(2, 4, 8, 2), torch.randn(2, 4, 4, 4), "pool")  # mixed: both pooled
+    a, b = align_features(
+        torch.randn(2, 4, 8, 2), torch.randn(2, 4, 4, 4), "pool"
+    )  # mixed: both pooled
     assert a.shape == b.shape == (2, 4, 4, 2)
     a, b = align_features(s, t, "global")
     torch.testing.assert_close(a, s.mean(dim=(2, 3)))
@@ -125,13 +149,26 @@ def test_alignment_modes() -> None:
 
 
 def test_head_forward_projects_and_aligns_and_names_itself_in_errors() -> None:
-    head = SubspaceHead(4, 6, expansion=1.5, teacher_projector="fixed", align="interpolate", student_path="layer1", teacher_path="layer2")
+    head = SubspaceHead(
+        4,
+        6,
+        expansion=1.5,
+        teacher_projector="fixed",
+        align="interpolate",
+        student_path="layer1",
+        teacher_path="layer2",
+    )
     s, t = head(torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4))
     assert s.shape == t.shape == (2, 9, 4, 4)
-    with pytest.raises(ValueError, match=r"SubspaceHead\('layer1' -> 'layer2'\): expected a student feature with 4 channels, got shape \(2, 5, 8, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"SubspaceHead\('layer1' -> 'layer2'\): expected a student feature with 4 channels, got shape \(2, 5, 8, 8\)",
+    ):
         head(torch.randn(2, 5, 8, 8), torch.randn(2, 6, 4, 4))
     # half-precision features are cast to the head's dtype
-    s_half, _ = head(torch.randn(2, 4, 8, 8, dtype=torch.bfloat16), torch.randn(2, 6, 4, 4, dtype=torch.bfloat16))
+    s_half, _ = head(
+        torch.randn(2, 4, 8, 8, dtype=torch.bfloat16), torch.randn(2, 6, 4, 4, dtype=torch.bfloat16)
+    )
     assert s_half.dtype == torch.float32
 
 
@@ -141,7 +178,11 @@ class BNNet(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()
         self.a = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.b = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU())
+        self.b = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(2 * width, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +203,11 @@ def test_build_heads_infers_widths_without_side_effects() -> None:
         teacher_projector="fixed",
     )
     assert list(heads) == ["a", "b", "a_to_b"]
-    assert (heads["a"].student_channels, heads["a"].teacher_channels, heads["a"].width) == (4, 6, 12)
+    assert (heads["a"].student_channels, heads["a"].teacher_channels, heads["a"].width) == (
+        4,
+        6,
+        12,
+    )
     assert (heads["b"].kind, heads["b"].width) == ("mlp", 24)
     assert (heads["a_to_b"].student_path, heads["a_to_b"].teacher_path) == ("a", "b")
     assert student.training and not teacher.training
@@ -179,7 +224,10 @@ def test_build_heads_infers_widths_without_side_effects() -> None:
 def test_build_heads_errors() -> None:
     student, teacher = TinyNet(4), TinyNet(8)
     x = torch.randn(2, 3, 8, 8)
-    with pytest.raises(ModulePathError, match=r"no module at path 'layer11' in TinyNet; close matches: 'layer1\.1', 'layer1'"):
+    with pytest.raises(
+        ModulePathError,
+        match=r"no module at path 'layer11' in TinyNet; close matches: 'layer1\.1', 'layer1'",
+    ):
         build_heads(student, teacher, [("layer1", "layer11")], x)
     with pytest.raises(ValueError, match="duplicate head names"):
         build_heads(student, teacher, [("layer1", "layer1"), ("layer1", "layer1")], x)

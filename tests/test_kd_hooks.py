@@ -18,7 +18,13 @@ def eager_reference(model: TinyNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
     layer1 = model.layer1(stem)
     conv = model.layer2[0](layer1)
     layer2 = model.layer2[1](conv)
-    return {"stem": stem, "layer1": layer1, "layer2.0": conv, "layer2": layer2, "out": model.fc(model.pool(layer2).flatten(1))}
+    return {
+        "stem": stem,
+        "layer1": layer1,
+        "layer2.0": conv,
+        "layer2": layer2,
+        "out": model.fc(model.pool(layer2).flatten(1)),
+    }
 
 
 def test_plain_model_records_several_taps_with_their_graph() -> None:
@@ -69,12 +75,19 @@ def test_remove_and_context_manager_leave_no_hooks() -> None:
 
 def test_unknown_path_lists_close_matches() -> None:
     model = TinyNet()
-    with pytest.raises(ModulePathError, match=r"no module at path 'layer3' in TinyNet; close matches: 'layer2', 'layer1', ") as info:
+    with pytest.raises(
+        ModulePathError,
+        match=r"no module at path 'layer3' in TinyNet; close matches: 'layer2', 'layer1', ",
+    ) as info:
         FeatureRecorder(model, ["layer1", "layer3"])
     assert info.value.path == "layer3" and "layer2" in info.value.suggestions
-    with pytest.raises(ModulePathError, match=r"'layer2\.5'.*deepest existing prefix is 'layer2'.*'layer2\.0'"):
+    with pytest.raises(
+        ModulePathError, match=r"'layer2\.5'.*deepest existing prefix is 'layer2'.*'layer2\.0'"
+    ):
         resolve_module(model, "layer2.5")
-    with pytest.raises(ModulePathError, match="top-level modules: 'stem', 'layer1', 'layer2', 'pool', 'fc'"):
+    with pytest.raises(
+        ModulePathError, match="top-level modules: 'stem', 'layer1', 'layer2', 'pool', 'fc'"
+    ):
         resolve_module(model, "zzzzzz")
     # a failed recorder registers nothing
     assert all(len(m._forward_hooks) == 0 for m in model.modules())
@@ -88,7 +101,9 @@ def test_data_parallel_is_refused_with_advice() -> None:
 
 
 def test_ddp_wrapped_model_with_and_without_prefix() -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
     try:
         torch.manual_seed(1)
         model = TinyNet()
@@ -133,6 +148,8 @@ def test_compiled_model_records_the_same_features_and_gradients() -> None:
     # Second call: fresh tensors recorded again (no stale capture from tracing time).
     x2 = torch.randn(2, 3, 16, 16)
     compiled(x2)
-    torch.testing.assert_close(recorder["layer1"], eager_reference(model, x2)["layer1"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        recorder["layer1"], eager_reference(model, x2)["layer1"], rtol=1e-5, atol=1e-5
+    )
     recorder.remove()
     assert all(len(m._forward_hooks) == 0 for m in model.modules())

@@ -54,7 +54,9 @@ def ref_kd_grad(s: np.ndarray, t: np.ndarray, T: float) -> np.ndarray:
     return T * (np.exp(np_log_softmax(s / T)) - np.exp(np_log_softmax(t / T))) / s.shape[0]
 
 
-def ref_dkd(s: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: float, beta: float, T: float) -> float:
+def ref_dkd(
+    s: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: float, beta: float, T: float
+) -> float:
     tckd, nckd = [], []
     for n in range(s.shape[0]):
         log_s, log_t = np_log_softmax(s[n] / T), np_log_softmax(t[n] / T)
@@ -92,7 +94,9 @@ def np_layer_norm(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     return (x - mean) / np.sqrt(var + eps)
 
 
-def ref_feature(s: np.ndarray, t: np.ndarray, kind: str, teacher_norm: str | None, beta: float = 1.0) -> float:
+def ref_feature(
+    s: np.ndarray, t: np.ndarray, kind: str, teacher_norm: str | None, beta: float = 1.0
+) -> float:
     if teacher_norm == "layernorm":
         t = np_layer_norm(t)
     e = s - t
@@ -117,9 +121,15 @@ def numeric_grad(f, x: np.ndarray, rel_step: float = 1e-6) -> np.ndarray:
     return grad
 
 
-def logits(seed: int, n: int = 6, c: int = 7, scale: float = 3.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def logits(
+    seed: int, n: int = 6, c: int = 7, scale: float = 3.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, c)) * scale, rng.normal(size=(n, c)) * scale, rng.integers(0, c, size=n)
+    return (
+        rng.normal(size=(n, c)) * scale,
+        rng.normal(size=(n, c)) * scale,
+        rng.integers(0, c, size=n),
+    )
 
 
 def value_and_grad(fn, s: np.ndarray, t: np.ndarray, dtype: torch.dtype = torch.float32):
@@ -144,19 +154,25 @@ def test_kd_loss_matches_reference_value_and_analytic_gradient(T: float, seed: i
     expected = ref_kd_grad(s, t, T)
     # float32 gradients: entries within 1e-4 of the largest entry (the factor T amplifies the
     # rounding of p_s - p_t at high temperature).
-    np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        grad.numpy(), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max()
+    )
 
 
 def test_kd_loss_stays_accurate_at_very_high_temperature() -> None:
     # At T = 1e5 the KL is ~1e-10; a naive log-softmax KL in float32 would be pure rounding.
     s, t, _ = logits(3)
     for T in (1e4, 1e5):
-        loss = kd_loss(torch.tensor(s, dtype=torch.float32), torch.tensor(t, dtype=torch.float32), T=T)
+        loss = kd_loss(
+            torch.tensor(s, dtype=torch.float32), torch.tensor(t, dtype=torch.float32), T=T
+        )
         np.testing.assert_allclose(loss.item(), ref_kd(s, t, T), rtol=1e-3)
     # The limit T -> inf of T^2 KL is the variance of the logit difference / 2, averaged.
     d = (t - s) - (t - s).mean(axis=1, keepdims=True)
     limit = float((d**2).mean(axis=1).mean() / 2)
-    np.testing.assert_allclose(kd_loss(torch.tensor(s), torch.tensor(t), T=1e6).item(), limit, rtol=1e-4)
+    np.testing.assert_allclose(
+        kd_loss(torch.tensor(s), torch.tensor(t), T=1e6).item(), limit, rtol=1e-4
+    )
 
 
 def test_kd_loss_large_logits_are_finite_and_exact() -> None:
@@ -189,7 +205,9 @@ def test_kd_loss_half_inputs_compute_in_float32(dtype: torch.dtype) -> None:
     # The input rounding (bf16: 8 significant bits) moves the value by about 1 %.
     np.testing.assert_allclose(loss.item(), ref_kd(s, t, 4.0), rtol=3e-2)
     expected = ref_kd_grad(s_rounded, t_rounded, 4.0)
-    np.testing.assert_allclose(grad.double().numpy(), expected, rtol=2e-2, atol=1e-2 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        grad.double().numpy(), expected, rtol=2e-2, atol=1e-2 * np.abs(expected).max()
+    )
 
 
 def test_kd_loss_large_logits_in_half_precision() -> None:
@@ -197,7 +215,9 @@ def test_kd_loss_large_logits_in_half_precision() -> None:
     s_half, t_half = torch.tensor(s, dtype=torch.float16), torch.tensor(t, dtype=torch.float16)
     loss = kd_loss(s_half, t_half, T=1.0)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    np.testing.assert_allclose(loss.item(), ref_kd(s_half.double().numpy(), t_half.double().numpy(), 1.0), rtol=1e-5)
+    np.testing.assert_allclose(
+        loss.item(), ref_kd(s_half.double().numpy(), t_half.double().numpy(), 1.0), rtol=1e-5
+    )
 
 
 def test_kd_loss_dense_predictions_average_over_positions() -> None:
@@ -213,7 +233,9 @@ def test_kd_loss_rejects_bad_input() -> None:
     s = torch.randn(4, 5)
     with pytest.raises(ValueError, match="kd_loss: T must be"):
         kd_loss(s, s, T=0.0)
-    with pytest.raises(ValueError, match=r"kd_loss: student_logits \(4, 5\) and teacher_logits \(4, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"kd_loss: student_logits \(4, 5\) and teacher_logits \(4, 6\)"
+    ):
         kd_loss(s, torch.randn(4, 6))
     with pytest.raises(TypeError, match="floating point"):
         kd_loss(s, torch.ones(4, 5, dtype=torch.long))
@@ -230,7 +252,9 @@ def test_dkd_loss_matches_reference_value_and_gradient(T: float, seed: int) -> N
     loss, grad = value_and_grad(lambda a, b: dkd_loss(a, b, target, alpha=1.0, beta=8.0, T=T), s, t)
     np.testing.assert_allclose(loss.item(), ref_dkd(s, t, y, 1.0, 8.0, T), rtol=1e-4)
     expected = numeric_grad(lambda a: ref_dkd(a, t, y, 1.0, 8.0, T), s)
-    np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        grad.numpy(), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max()
+    )
 
 
 def test_dkd_terms_weighting_and_sum_relation() -> None:
@@ -239,13 +263,19 @@ def test_dkd_terms_weighting_and_sum_relation() -> None:
     tckd, nckd = dkd_terms(s_t, t_t, target, T=2.0)
     np.testing.assert_allclose(tckd.item(), ref_dkd(s, t, y, 1.0, 0.0, 2.0), rtol=1e-10)
     np.testing.assert_allclose(nckd.item(), ref_dkd(s, t, y, 0.0, 1.0, 2.0), rtol=1e-10)
-    np.testing.assert_allclose(dkd_loss(s_t, t_t, target, alpha=0.5, beta=3.0, T=2.0).item(), 0.5 * tckd.item() + 3.0 * nckd.item(), rtol=1e-12)
+    np.testing.assert_allclose(
+        dkd_loss(s_t, t_t, target, alpha=0.5, beta=3.0, T=2.0).item(),
+        0.5 * tckd.item() + 3.0 * nckd.item(),
+        rtol=1e-12,
+    )
     # DKD's identity: the classic KD loss is TCKD + (1 - p_target^teacher) * NCKD, per sample.
     for n in range(s.shape[0]):
         one = slice(n, n + 1)
         tc, nc = dkd_terms(s_t[one], t_t[one], target[one], T=2.0)
         p_rest = 1 - np.exp(np_log_softmax(t[n] / 2.0))[y[n]]
-        np.testing.assert_allclose(kd_loss(s_t[one], t_t[one], T=2.0).item(), tc.item() + p_rest * nc.item(), rtol=1e-9)
+        np.testing.assert_allclose(
+            kd_loss(s_t[one], t_t[one], T=2.0).item(), tc.item() + p_rest * nc.item(), rtol=1e-9
+        )
 
 
 def test_dkd_loss_large_logits_and_identical_inputs() -> None:
@@ -255,7 +285,11 @@ def test_dkd_loss_large_logits_and_identical_inputs() -> None:
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
     np.testing.assert_allclose(loss.item(), ref_dkd(s, t, y, 1.0, 8.0, 1.0), rtol=1e-5)
     same, grad_same = value_and_grad(lambda a, b: dkd_loss(a, b, target, T=4.0), s / 100, s / 100)
-    assert same.item() == 0.0 and torch.isfinite(grad_same).all() and grad_same.abs().max().item() < 1e-6
+    assert (
+        same.item() == 0.0
+        and torch.isfinite(grad_same).all()
+        and grad_same.abs().max().item() < 1e-6
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -265,7 +299,11 @@ def test_dkd_loss_half_inputs(dtype: torch.dtype) -> None:
     loss = dkd_loss(s_half, t_half, torch.tensor(y), T=4.0)
     (grad,) = torch.autograd.grad(loss, s_half)
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(grad).all()
-    np.testing.assert_allclose(loss.item(), ref_dkd(s_half.detach().double().numpy(), t_half.double().numpy(), y, 1.0, 8.0, 4.0), rtol=1e-4)
+    np.testing.assert_allclose(
+        loss.item(),
+        ref_dkd(s_half.detach().double().numpy(), t_half.double().numpy(), y, 1.0, 8.0, 4.0),
+        rtol=1e-4,
+    )
 
 
 def test_dkd_loss_rejects_bad_target() -> None:
@@ -288,14 +326,20 @@ def test_dist_loss_matches_reference_value_and_gradient(tau: float, seed: int) -
     loss, grad = value_and_grad(lambda a, b: dist_loss(a, b, beta=1.0, gamma=2.0, tau=tau), s, t)
     np.testing.assert_allclose(loss.item(), ref_dist(s, t, 1.0, 2.0, tau), rtol=1e-4)
     expected = numeric_grad(lambda a: ref_dist(a, t, 1.0, 2.0, tau), s)
-    np.testing.assert_allclose(grad.numpy(), expected, rtol=2e-3, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        grad.numpy(), expected, rtol=2e-3, atol=1e-4 * np.abs(expected).max()
+    )
 
 
 def test_dist_loss_large_logits() -> None:
     # Gaps of 1e4 between logits: the softmax is exactly one-hot in float32 and float64 alike.
     rng = np.random.default_rng(14)
-    s = 1e4 * np.stack([rng.permutation(5) for _ in range(6)]).astype(np.float64) + rng.normal(size=(6, 5))
-    t = 1e4 * np.stack([rng.permutation(5) for _ in range(6)]).astype(np.float64) + rng.normal(size=(6, 5))
+    s = 1e4 * np.stack([rng.permutation(5) for _ in range(6)]).astype(np.float64) + rng.normal(
+        size=(6, 5)
+    )
+    t = 1e4 * np.stack([rng.permutation(5) for _ in range(6)]).astype(np.float64) + rng.normal(
+        size=(6, 5)
+    )
     loss, grad = value_and_grad(lambda a, b: dist_loss(a, b), s, t)
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
     np.testing.assert_allclose(loss.item(), ref_dist(s, t, 1.0, 1.0, 1.0), rtol=1e-5)
@@ -320,7 +364,11 @@ def test_dist_loss_half_inputs(dtype: torch.dtype) -> None:
     loss = dist_loss(s_half, t_half, tau=4.0)
     (grad,) = torch.autograd.grad(loss, s_half)
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(grad).all()
-    np.testing.assert_allclose(loss.item(), ref_dist(s_half.detach().double().numpy(), t_half.double().numpy(), 1.0, 1.0, 4.0), rtol=1e-4)
+    np.testing.assert_allclose(
+        loss.item(),
+        ref_dist(s_half.detach().double().numpy(), t_half.double().numpy(), 1.0, 1.0, 4.0),
+        rtol=1e-4,
+    )
 
 
 def test_dist_loss_needs_two_samples_for_the_intra_term() -> None:
@@ -329,7 +377,11 @@ def test_dist_loss_needs_two_samples_for_the_intra_term() -> None:
         dist_loss(s, s)
     s_np, t_np, _ = logits(17, n=1)
     value = dist_loss(torch.tensor(s_np), torch.tensor(t_np), gamma=0.0).item()
-    np.testing.assert_allclose(value, 1 - np_corr(np.exp(np_log_softmax(s_np[0])), np.exp(np_log_softmax(t_np[0]))), rtol=1e-10)
+    np.testing.assert_allclose(
+        value,
+        1 - np_corr(np.exp(np_log_softmax(s_np[0])), np.exp(np_log_softmax(t_np[0]))),
+        rtol=1e-10,
+    )
 
 
 # --------------------------------------------------------------------------------- features
@@ -346,10 +398,14 @@ def test_feature_losses_match_reference(layout: str, kind: str, teacher_norm: st
     s, t = rng.normal(size=shape) * 1.5, rng.normal(size=shape) * 2.0 + 0.5
     fn = lambda a, b: feature_loss(a, b, kind, teacher_norm=teacher_norm, beta=0.7)  # noqa: E731
     loss, grad = value_and_grad(fn, s, t)
-    np.testing.assert_allclose(loss.item(), ref_feature(s, t, kind, teacher_norm, beta=0.7), rtol=1e-5)
+    np.testing.assert_allclose(
+        loss.item(), ref_feature(s, t, kind, teacher_norm, beta=0.7), rtol=1e-5
+    )
     expected = numeric_grad(lambda a: ref_feature(a, t, kind, teacher_norm, beta=0.7), s)
     np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-3, atol=1e-5)
-    assert FeatureLoss(kind, teacher_norm=teacher_norm, beta=0.7)(torch.tensor(s), torch.tensor(t)).item() == pytest.approx(loss.item(), rel=1e-6)
+    assert FeatureLoss(kind, teacher_norm=teacher_norm, beta=0.7)(
+        torch.tensor(s), torch.tensor(t)
+    ).item() == pytest.approx(loss.item(), rel=1e-6)
 
 
 def test_feature_loss_named_functions_and_layer_norm() -> None:
@@ -399,13 +455,23 @@ def test_gradcheck_in_float64() -> None:
     f = torch.tensor(rng.normal(size=(2, 3, 2, 2)), requires_grad=True)
     g = torch.tensor(rng.normal(size=(2, 3, 2, 2)), requires_grad=True)
     for kind in ("mse", "smooth_l1", "cosine"):
-        assert torch.autograd.gradcheck(lambda a, b, k=kind: feature_loss(a, b, k, teacher_norm="layernorm"), (f, g), fast_mode=True)
+        assert torch.autograd.gradcheck(
+            lambda a, b, k=kind: feature_loss(a, b, k, teacher_norm="layernorm"),
+            (f, g),
+            fast_mode=True,
+        )
 
 
 def test_module_wrappers_match_functions_and_show_options() -> None:
     s, t, y = (torch.tensor(a) for a in logits(24))
     assert KDLoss(T=2.0)(s, t).item() == kd_loss(s, t, T=2.0).item()
-    assert DKDLoss(alpha=0.5, beta=2.0, T=3.0)(s, t, y).item() == dkd_loss(s, t, y, alpha=0.5, beta=2.0, T=3.0).item()
-    assert DISTLoss(beta=2.0, gamma=0.5, tau=1.5)(s, t).item() == dist_loss(s, t, beta=2.0, gamma=0.5, tau=1.5).item()
+    assert (
+        DKDLoss(alpha=0.5, beta=2.0, T=3.0)(s, t, y).item()
+        == dkd_loss(s, t, y, alpha=0.5, beta=2.0, T=3.0).item()
+    )
+    assert (
+        DISTLoss(beta=2.0, gamma=0.5, tau=1.5)(s, t).item()
+        == dist_loss(s, t, beta=2.0, gamma=0.5, tau=1.5).item()
+    )
     assert repr(KDLoss(T=2.0)) == "KDLoss(T=2.0)"
     assert "tau=1.5" in repr(DISTLoss(tau=1.5))

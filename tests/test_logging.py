@@ -57,14 +57,23 @@ def test_csv_has_the_expected_columns_and_values(tmp_path) -> None:
     for name in ("task", "kd", "feat"):
         for prefix in ("loss", "weight", "grad_norm", "simplex_weights"):
             assert f"{prefix}/{name}" in header
-    for key in ("cosine/task|kd", "cosine/task|feat", "cosine/kd|feat", "conflict", "dominance", "combined_norm"):
+    for key in (
+        "cosine/task|kd",
+        "cosine/task|feat",
+        "cosine/kd|feat",
+        "conflict",
+        "dominance",
+        "combined_norm",
+    ):
         assert key in header
     assert [int(row["step"]) for row in rows] == [0, 2, 4]
     for row in rows:
         values = expected[int(row["step"])]
         for key, value in values.items():
             assert float(row[key]) == value  # repr() round-trips floats exactly
-        assert float(row["loss_total"]) == pytest.approx(values["loss/task"] + values["loss/kd"] + values["loss/feat"])
+        assert float(row["loss_total"]) == pytest.approx(
+            values["loss/task"] + values["loss/kd"] + values["loss/feat"]
+        )
     assert [float(row["lr"]) for row in rows] == [0.1, 0.05, 0.025]
 
 
@@ -126,7 +135,9 @@ def test_plot_log_writes_three_panels(tmp_path) -> None:
     weights_axis, cosine_axis, dominance_axis = figure.axes
     assert len(figure.axes) == 3
     assert weights_axis.get_ylabel() == "weight" and len(weights_axis.get_lines()) == 3
-    assert cosine_axis.get_ylabel() == "cosine" and len(cosine_axis.get_lines()) == 3 + 1  # 3 pairs + the 0 line
+    assert (
+        cosine_axis.get_ylabel() == "cosine" and len(cosine_axis.get_lines()) == 3 + 1
+    )  # 3 pairs + the 0 line
     assert dominance_axis.get_yscale() == "log" and dominance_axis.get_xlabel() == "step"
     plotted = dominance_axis.get_lines()[0].get_ydata()
     assert list(plotted) == pytest.approx(read_log(path)["dominance"])
@@ -138,7 +149,9 @@ def test_plot_log_without_gradient_statistics(tmp_path) -> None:
         logger.log(0, loss=1.0)
         logger.log(1, loss=0.5)
     figure = plot_log(path)
-    assert len(figure.axes) == 3 and all(not axis.get_lines() or axis is figure.axes[1] for axis in figure.axes)
+    assert len(figure.axes) == 3 and all(
+        not axis.get_lines() or axis is figure.axes[1] for axis in figure.axes
+    )
     with pytest.raises(ValueError, match="not a StatsLogger CSV"):
         (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
         plot_log(tmp_path / "bad.csv")

@@ -15,7 +15,11 @@ from tests.models import TwoHeadMLP
 
 def _batch(step: int):
     generator = torch.Generator().manual_seed(step)
-    return torch.rand(16, 1, 8, 8, generator=generator), torch.randint(0, 10, (16,), generator=generator), torch.randn(16, 48, generator=generator)
+    return (
+        torch.rand(16, 1, 8, 8, generator=generator),
+        torch.randint(0, 10, (16,), generator=generator),
+        torch.randn(16, 48, generator=generator),
+    )
 
 
 def _train(model, opt, scheduler, steps: range) -> list[torch.Tensor]:
@@ -24,7 +28,9 @@ def _train(model, opt, scheduler, steps: range) -> list[torch.Tensor]:
         x, y, target = _batch(step)
         logits, projected, _ = model(x)
         opt.zero_grad()
-        stats = opt.backward({"task": F.cross_entropy(logits, y), "kd": F.mse_loss(projected, target)})
+        stats = opt.backward(
+            {"task": F.cross_entropy(logits, y), "kd": F.mse_loss(projected, target)}
+        )
         opt.step()
         scheduler.step()
         weights.append(stats.weights)
@@ -51,11 +57,14 @@ def test_shares_groups_state_and_defaults_with_the_base() -> None:
     assert "MoKD(step='anchor'" in repr(opt) and "AdamW" in repr(opt)
 
 
-@pytest.mark.parametrize("scheduler_factory", [
-    lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5),
-    lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4),
-    lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0 / (epoch + 1)),
-])
+@pytest.mark.parametrize(
+    "scheduler_factory",
+    [
+        lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5),
+        lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4),
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0 / (epoch + 1)),
+    ],
+)
 def test_schedulers_drive_the_wrapped_learning_rate(scheduler_factory) -> None:
     model = TwoHeadMLP()
     base = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -100,7 +109,10 @@ def test_state_dict_round_trip_resumes_identically(tmp_path) -> None:
     model, opt, scheduler = _make()
     _train(model, opt, scheduler, range(6))
     path = tmp_path / "checkpoint.pt"
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": scheduler.state_dict()}, path)
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "sched": scheduler.state_dict()},
+        path,
+    )
 
     resumed_model, resumed_opt, resumed_scheduler = _make()
     checkpoint = torch.load(path, weights_only=True)

@@ -10,7 +10,11 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _quickstart() -> str:
     text = README.read_text()
-    match = re.search(r"<!-- quickstart: executed by tests/test_readme.py -->\s*```python\n(.*?)```", text, re.DOTALL)
+    match = re.search(
+        r"<!-- quickstart: executed by tests/test_readme.py -->\s*```python\n(.*?)```",
+        text,
+        re.DOTALL,
+    )
     assert match, "README quickstart block not found"
     return match.group(1)
 
@@ -27,7 +31,9 @@ def test_readme_quickstart_runs_and_trains(capsys) -> None:
 
 def test_readme_states_two_setup_commands_and_ci_calls_the_test_one() -> None:
     text = README.read_text()
-    block = re.search(r"## Set-up on a fresh machine \(two commands\)\s*```bash\n(.*?)```", text, re.DOTALL)
+    block = re.search(
+        r"## Set-up on a fresh machine \(two commands\)\s*```bash\n(.*?)```", text, re.DOTALL
+    )
     assert block
     commands = [line.split("#")[0].strip() for line in block.group(1).strip().splitlines()]
     assert commands == ["make demo", "make test"]

@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(args: list[str], tmp_path: Path) -> str:
     env = {**os.environ, "MOKD_OPTIM_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    completed = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     return completed.stdout
 
@@ -49,10 +51,25 @@ def test_demo_quick(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_step_rules_quick_writes_page(tmp_path: Path) -> None:
     page = tmp_path / "step_rules.md"
-    _run(["benchmarks/step_rules.py", "--quick", "--out", str(tmp_path / "r.json"), "--page", str(page)], tmp_path)
+    _run(
+        [
+            "benchmarks/step_rules.py",
+            "--quick",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--page",
+            str(page),
+        ],
+        tmp_path,
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     labels = [row["label"] for row in report["rows"]]
-    assert labels == ["ce alone", "fixed KD, weight 0.5", "mokd step=anchor", "mokd step=anchor x1000"]
+    assert labels == [
+        "ce alone",
+        "fixed KD, weight 0.5",
+        "mokd step=anchor",
+        "mokd step=anchor x1000",
+    ]
     anchor, scaled = report["rows"][2], report["rows"][3]
     # the anchor rule is invariant to the KD scale: the same run, the same accuracy
     assert anchor["final_mean"] == pytest.approx(scaled["final_mean"], abs=0.01)

@@ -42,18 +42,25 @@ def teacher_logits(digits) -> torch.Tensor:
     return logits
 
 
-def _distil(digits, teacher_logits: torch.Tensor, method: str, seed: int, lr: float, epochs: int = 8) -> float:
+def _distil(
+    digits, teacher_logits: torch.Tensor, method: str, seed: int, lr: float, epochs: int = 8
+) -> float:
     x_train, y_train, x_test, y_test = digits
     torch.manual_seed(seed)
     student = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
-    opt = MultiObjectiveOptimizer(torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9), method)
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9), method
+    )
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         order = torch.randperm(len(y_train), generator=generator)
         for start in range(0, len(y_train), 64):
             batch = order[start : start + 64]
             logits = student(x_train[batch])
-            losses = {"task": F.cross_entropy(logits, y_train[batch]), "kd": kd_kl(logits, teacher_logits[batch])}
+            losses = {
+                "task": F.cross_entropy(logits, y_train[batch]),
+                "kd": kd_kl(logits, teacher_logits[batch]),
+            }
             opt.zero_grad()
             opt.backward(losses)
             opt.step()

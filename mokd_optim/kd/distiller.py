@@ -49,7 +49,9 @@ class DistillerOutput(NamedTuple):
     losses: dict[str, Tensor]
 
 
-def _build_logit_loss(logit_loss: Union[str, Callable[..., Tensor], None], options: Mapping[str, Any]) -> Optional[Callable[..., Tensor]]:
+def _build_logit_loss(
+    logit_loss: Union[str, Callable[..., Tensor], None], options: Mapping[str, Any]
+) -> Optional[Callable[..., Tensor]]:
     if logit_loss is None:
         if options:
             raise ValueError("logit_options were given but logit_loss is None")
@@ -57,19 +59,29 @@ def _build_logit_loss(logit_loss: Union[str, Callable[..., Tensor], None], optio
     if isinstance(logit_loss, str):
         classes = {"kd": KDLoss, "dkd": DKDLoss, "dist": DISTLoss}
         if logit_loss not in classes:
-            raise ValueError(f"unknown logit_loss {logit_loss!r}; choose one of {LOGIT_LOSSES}, a callable, or None")
+            raise ValueError(
+                f"unknown logit_loss {logit_loss!r}; choose one of {LOGIT_LOSSES}, a callable, or None"
+            )
         try:
             return classes[logit_loss](**options)
         except TypeError as error:
-            raise TypeError(f"logit_loss {logit_loss!r}: bad logit_options {dict(options)}: {error}") from error
+            raise TypeError(
+                f"logit_loss {logit_loss!r}: bad logit_options {dict(options)}: {error}"
+            ) from error
     if not callable(logit_loss):
-        raise TypeError(f"logit_loss must be one of {LOGIT_LOSSES}, a callable (student_logits, teacher_logits, target) or None")
+        raise TypeError(
+            f"logit_loss must be one of {LOGIT_LOSSES}, a callable (student_logits, teacher_logits, target) or None"
+        )
     if options:
-        raise ValueError("logit_options only apply to the built-in logit losses; bind options into your callable")
+        raise ValueError(
+            "logit_options only apply to the built-in logit losses; bind options into your callable"
+        )
     return logit_loss
 
 
-def _affine_from(student_norm: Optional[Normalization], teacher_norm: Optional[Normalization]) -> Optional[tuple[Tensor, Tensor]]:
+def _affine_from(
+    student_norm: Optional[Normalization], teacher_norm: Optional[Normalization]
+) -> Optional[tuple[Tensor, Tensor]]:
     """``(scale, shift)`` with ``x_teacher = x * scale + shift`` per channel, or None."""
     if student_norm is None and teacher_norm is None:
         return None
@@ -83,11 +95,15 @@ def _affine_from(student_norm: Optional[Normalization], teacher_norm: Optional[N
         mean_t = torch.as_tensor(mean, dtype=torch.float64).flatten()
         std_t = torch.as_tensor(std, dtype=torch.float64).flatten()
         if mean_t.shape != std_t.shape or not bool((std_t > 0).all()):
-            raise ValueError(f"{role}_normalization: mean and std need the same length and std > 0, got {mean!r}, {std!r}")
+            raise ValueError(
+                f"{role}_normalization: mean and std need the same length and std > 0, got {mean!r}, {std!r}"
+            )
         tensors.append((mean_t, std_t))
     (s_mean, s_std), (t_mean, t_std) = tensors
     if s_mean.numel() != t_mean.numel() and 1 not in (s_mean.numel(), t_mean.numel()):
-        raise ValueError(f"student and teacher normalizations have {s_mean.numel()} and {t_mean.numel()} channels")
+        raise ValueError(
+            f"student and teacher normalizations have {s_mean.numel()} and {t_mean.numel()} channels"
+        )
     scale = s_std / t_std
     shift = (s_mean - t_mean) / t_std
     return scale.to(torch.float32), shift.to(torch.float32)
@@ -173,9 +189,13 @@ class Distiller(nn.Module):
             )
         student_ids = {id(p) for p in student.parameters()}
         if any(id(p) in student_ids for p in teacher.parameters()):
-            raise ValueError("teacher and student share parameters; the teacher must be a separate, frozen model")
+            raise ValueError(
+                "teacher and student share parameters; the teacher must be a separate, frozen model"
+            )
         if feature_reduction not in FEATURE_REDUCTIONS:
-            raise ValueError(f"unknown feature_reduction {feature_reduction!r}; choose one of {FEATURE_REDUCTIONS}")
+            raise ValueError(
+                f"unknown feature_reduction {feature_reduction!r}; choose one of {FEATURE_REDUCTIONS}"
+            )
         if task_loss is not None and not callable(task_loss):
             raise TypeError("task_loss must be a callable (output, target) -> scalar, or None")
 
@@ -195,7 +215,9 @@ class Distiller(nn.Module):
             heads = nn.ModuleDict(dict(heads))
         for name, head in heads.items():
             if not isinstance(head, SubspaceHead):
-                raise TypeError(f"head {name!r} is a {type(head).__name__}; heads must be SubspaceHead objects")
+                raise TypeError(
+                    f"head {name!r} is a {type(head).__name__}; heads must be SubspaceHead objects"
+                )
             if head.student_path is None or head.teacher_path is None:
                 raise ValueError(
                     f"head {name!r} does not know which layers it connects; build it with build_heads() or pass "
@@ -205,19 +227,31 @@ class Distiller(nn.Module):
 
         self.task_loss = task_loss
         self.logit_loss = _build_logit_loss(logit_loss, dict(logit_options or {}))
-        options = {"teacher_norm": "layernorm"} if feature_options is None else dict(feature_options)
+        options = (
+            {"teacher_norm": "layernorm"} if feature_options is None else dict(feature_options)
+        )
         self.feature_loss = FeatureLoss(feature_loss, **options)
         self.feature_reduction = feature_reduction
         if self.task_loss is None and self.logit_loss is None and len(self.heads) == 0:
-            raise ValueError("the distiller has no loss: enable task_loss, logit_loss or give heads")
+            raise ValueError(
+                "the distiller has no loss: enable task_loss, logit_loss or give heads"
+            )
 
         affine = _affine_from(student_normalization, teacher_normalization)
-        self.register_buffer("teacher_input_scale", None if affine is None else affine[0], persistent=False)
-        self.register_buffer("teacher_input_shift", None if affine is None else affine[1], persistent=False)
+        self.register_buffer(
+            "teacher_input_scale", None if affine is None else affine[0], persistent=False
+        )
+        self.register_buffer(
+            "teacher_input_shift", None if affine is None else affine[1], persistent=False
+        )
         self.teacher_transform = teacher_transform
 
-        student_paths = list(dict.fromkeys(cast(str, head.student_path) for head in self.heads.values()))
-        teacher_paths = list(dict.fromkeys(cast(str, head.teacher_path) for head in self.heads.values()))
+        student_paths = list(
+            dict.fromkeys(cast(str, head.student_path) for head in self.heads.values())
+        )
+        teacher_paths = list(
+            dict.fromkeys(cast(str, head.teacher_path) for head in self.heads.values())
+        )
         self._student_recorder = FeatureRecorder(student, student_paths) if student_paths else None
         self._teacher_recorder = FeatureRecorder(teacher, teacher_paths) if teacher_paths else None
 
@@ -277,12 +311,16 @@ class Distiller(nn.Module):
         ``lr`` / ``head_lr`` are set only when given (else the optimizer's default applies).
         The heads group is left out when the heads have no trainable parameters.
         """
-        groups: list[dict[str, Any]] = [{"params": self.student_parameters(), "weight_decay": weight_decay, "name": "student"}]
+        groups: list[dict[str, Any]] = [
+            {"params": self.student_parameters(), "weight_decay": weight_decay, "name": "student"}
+        ]
         if lr is not None:
             groups[0]["lr"] = lr
         head_params = self.head_parameters()
         if head_params:
-            groups.append({"params": head_params, "weight_decay": head_weight_decay, "name": "heads"})
+            groups.append(
+                {"params": head_params, "weight_decay": head_weight_decay, "name": "heads"}
+            )
             if head_lr is not None:
                 groups[1]["lr"] = head_lr
         return groups
@@ -316,15 +354,21 @@ class Distiller(nn.Module):
         if teacher.training:  # someone called teacher.train(); a frozen teacher stays in eval
             teacher.eval()
         output = self.student(x)
-        student_features = self._student_recorder.pop() if self._student_recorder is not None else {}
+        student_features = (
+            self._student_recorder.pop() if self._student_recorder is not None else {}
+        )
         with torch.no_grad():
             teacher_output = teacher(self.teacher_input(x))
-            teacher_features = self._teacher_recorder.pop() if self._teacher_recorder is not None else {}
+            teacher_features = (
+                self._teacher_recorder.pop() if self._teacher_recorder is not None else {}
+            )
 
         losses: dict[str, Tensor] = {}
         if self.task_loss is not None:
             if target is None:
-                raise ValueError("Distiller: the 'task' loss needs target; call distiller(x, target) or pass task_loss=None")
+                raise ValueError(
+                    "Distiller: the 'task' loss needs target; call distiller(x, target) or pass task_loss=None"
+                )
             losses["task"] = self.task_loss(output, target)
         if self.logit_loss is not None:
             for role, value in (("student", output), ("teacher", teacher_output)):
@@ -334,7 +378,9 @@ class Distiller(nn.Module):
                         "pass logit_loss=None and compute it from the outputs yourself"
                     )
             if getattr(self.logit_loss, "needs_target", False) and target is None:
-                raise ValueError("Distiller: the 'kd' loss (DKD) needs target; call distiller(x, target)")
+                raise ValueError(
+                    "Distiller: the 'kd' loss (DKD) needs target; call distiller(x, target)"
+                )
             losses["kd"] = self.logit_loss(output, teacher_output, target)
         if len(self.heads):
             per_head = {}
@@ -348,7 +394,9 @@ class Distiller(nn.Module):
                 losses.update({f"feat.{name}": value for name, value in per_head.items()})
             else:
                 total = torch.stack(list(per_head.values())).sum()
-                losses["feat"] = total / len(per_head) if self.feature_reduction == "mean" else total
+                losses["feat"] = (
+                    total / len(per_head) if self.feature_reduction == "mean" else total
+                )
         return DistillerOutput(output, losses)
 
     # Export and checkpoints --------------------------------------------------------------
@@ -376,11 +424,17 @@ class Distiller(nn.Module):
             if recorder is not None:
                 recorder.attach()
 
-    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+    def state_dict(
+        self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False
+    ) -> Any:
         """Student and head tensors; the teacher's too (under ``teacher.``) if ``save_teacher``."""
-        result = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        result = super().state_dict(
+            *args, destination=destination, prefix=prefix, keep_vars=keep_vars
+        )
         if self.save_teacher:
-            self.teacher.state_dict(destination=result, prefix=prefix + "teacher.", keep_vars=keep_vars)
+            self.teacher.state_dict(
+                destination=result, prefix=prefix + "teacher.", keep_vars=keep_vars
+            )
         return result
 
     def _load_from_state_dict(
@@ -396,11 +450,15 @@ class Distiller(nn.Module):
         teacher_prefix = prefix + "teacher."
         if self.save_teacher:
             teacher_keys = [key for key in state_dict if key.startswith(teacher_prefix)]
-            teacher_state = {key[len(teacher_prefix) :]: state_dict.pop(key) for key in teacher_keys}
+            teacher_state = {
+                key[len(teacher_prefix) :]: state_dict.pop(key) for key in teacher_keys
+            }
             result = self.teacher.load_state_dict(teacher_state, strict=False)
             missing_keys.extend(teacher_prefix + key for key in result.missing_keys)
             unexpected_keys.extend(teacher_prefix + key for key in result.unexpected_keys)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         parts = [f"teacher={type(unwrap_model(self.teacher)).__name__} (frozen, not registered)"]

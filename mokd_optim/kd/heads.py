@@ -57,7 +57,9 @@ def feature_channels(x: Tensor) -> int:
         return int(x.shape[-1])
     if x.ndim == 4:
         return int(x.shape[1])
-    raise ValueError(f"features must be (N, C), (N, L, C) or (N, C, H, W), got shape {tuple(x.shape)}")
+    raise ValueError(
+        f"features must be (N, C), (N, L, C) or (N, C, H, W), got shape {tuple(x.shape)}"
+    )
 
 
 class PointwiseLinear(nn.Linear):
@@ -79,14 +81,21 @@ def _fixed_embedding(out_channels: int, in_channels: int, seed: int) -> Tensor:
     """A ``(out, in)`` matrix with orthonormal columns (``out >= in``: an isometric embedding)
     or orthonormal rows (``out < in``), from a seeded Gaussian (the global RNG is untouched)."""
     generator = torch.Generator().manual_seed(seed)
-    gaussian = torch.randn(max(out_channels, in_channels), min(out_channels, in_channels), generator=generator, dtype=torch.float64)
+    gaussian = torch.randn(
+        max(out_channels, in_channels),
+        min(out_channels, in_channels),
+        generator=generator,
+        dtype=torch.float64,
+    )
     q, r = torch.linalg.qr(gaussian)
     q = q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0)[None, :]
     matrix = q if out_channels >= in_channels else q.T
     return matrix.to(torch.float32).contiguous()
 
 
-def align_features(student: Tensor, teacher: Tensor, mode: str = "interpolate", *, name: str = "head") -> tuple[Tensor, Tensor]:
+def align_features(
+    student: Tensor, teacher: Tensor, mode: str = "interpolate", *, name: str = "head"
+) -> tuple[Tensor, Tensor]:
     """Bring a projected student feature and a teacher feature to the same shape.
 
     - vectors and tokens: returned as they are (token counts must already agree);
@@ -107,7 +116,11 @@ def align_features(student: Tensor, teacher: Tensor, mode: str = "interpolate", 
         if teacher.ndim == 4:
             teacher = teacher.mean(dim=(2, 3))
     if student.ndim != teacher.ndim:
-        hint = " (use align='global' to pool the map)" if {student.ndim, teacher.ndim} == {2, 4} else ""
+        hint = (
+            " (use align='global' to pool the map)"
+            if {student.ndim, teacher.ndim} == {2, 4}
+            else ""
+        )
         raise ValueError(
             f"{name}: cannot compare a student feature of shape {tuple(student.shape)} with a teacher feature "
             f"of shape {tuple(teacher.shape)}{hint}"
@@ -119,9 +132,14 @@ def align_features(student: Tensor, teacher: Tensor, mode: str = "interpolate", 
         )
     if student.ndim == 4 and student.shape[-2:] != teacher.shape[-2:]:
         if mode == "interpolate":
-            student = F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
+            student = F.interpolate(
+                student, size=teacher.shape[-2:], mode="bilinear", align_corners=False
+            )
         else:
-            size = (min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1]))
+            size = (
+                min(student.shape[-2], teacher.shape[-2]),
+                min(student.shape[-1], teacher.shape[-1]),
+            )
             if student.shape[-2:] != size:
                 student = F.adaptive_avg_pool2d(student, size)
             if teacher.shape[-2:] != size:
@@ -198,8 +216,15 @@ class SubspaceHead(nn.Module):
         teacher_path: Optional[str] = None,
     ) -> None:
         super().__init__()
-        label = f"SubspaceHead({student_path!r} -> {teacher_path!r})" if student_path is not None else "SubspaceHead"
-        for value, what in ((student_channels, "student_channels"), (teacher_channels, "teacher_channels")):
+        label = (
+            f"SubspaceHead({student_path!r} -> {teacher_path!r})"
+            if student_path is not None
+            else "SubspaceHead"
+        )
+        for value, what in (
+            (student_channels, "student_channels"),
+            (teacher_channels, "teacher_channels"),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{label}: {what} must be a positive int, got {value!r}")
         if kind not in HEAD_KINDS:
@@ -207,10 +232,16 @@ class SubspaceHead(nn.Module):
         if align not in ALIGN_MODES:
             raise ValueError(f"{label}: unknown align mode {align!r}; choose one of {ALIGN_MODES}")
         if teacher_projector not in TEACHER_PROJECTORS:
-            raise ValueError(f"{label}: unknown teacher_projector {teacher_projector!r}; choose one of {TEACHER_PROJECTORS}")
+            raise ValueError(
+                f"{label}: unknown teacher_projector {teacher_projector!r}; choose one of {TEACHER_PROJECTORS}"
+            )
         if width is None:
-            if not (isinstance(expansion, (int, float)) and math.isfinite(expansion) and expansion > 0):
-                raise ValueError(f"{label}: expansion must be a finite number > 0, got {expansion!r}")
+            if not (
+                isinstance(expansion, (int, float)) and math.isfinite(expansion) and expansion > 0
+            ):
+                raise ValueError(
+                    f"{label}: expansion must be a finite number > 0, got {expansion!r}"
+                )
             width = max(1, round(teacher_channels * expansion))
         elif isinstance(width, bool) or not isinstance(width, int) or width <= 0:
             raise ValueError(f"{label}: width must be a positive int, got {width!r}")
@@ -220,7 +251,9 @@ class SubspaceHead(nn.Module):
                 "pass teacher_projector='fixed' (isometric embedding) or 'linear' to map the teacher to the same width"
             )
         if orthogonal and kind == "conv_bn_relu":
-            raise ValueError(f"{label}: orthogonal=True is available for the 'linear', 'conv1x1' and 'mlp' kinds")
+            raise ValueError(
+                f"{label}: orthogonal=True is available for the 'linear', 'conv1x1' and 'mlp' kinds"
+            )
         if kind == "conv_bn_relu" and (kernel_size < 1 or kernel_size % 2 == 0):
             raise ValueError(f"{label}: kernel_size must be a positive odd int, got {kernel_size}")
         self.student_channels = student_channels
@@ -245,7 +278,9 @@ class SubspaceHead(nn.Module):
         if teacher_projector == "linear":
             self.teacher_projector = PointwiseLinear(teacher_channels, width, bias=bias)
         if teacher_projector == "fixed":
-            self.register_buffer("teacher_embedding", _fixed_embedding(width, teacher_channels, seed))
+            self.register_buffer(
+                "teacher_embedding", _fixed_embedding(width, teacher_channels, seed)
+            )
         else:
             self.teacher_embedding: Optional[Tensor] = None
 
@@ -254,13 +289,19 @@ class SubspaceHead(nn.Module):
             return PointwiseLinear(channels, width, bias=bias)
         if kind == "mlp":
             assert self.hidden is not None
-            return nn.Sequential(PointwiseLinear(channels, self.hidden, bias=bias), nn.ReLU(), PointwiseLinear(self.hidden, width, bias=bias))
+            return nn.Sequential(
+                PointwiseLinear(channels, self.hidden, bias=bias),
+                nn.ReLU(),
+                PointwiseLinear(self.hidden, width, bias=bias),
+            )
         # conv_bn_relu: the spatial and the vector variant share one BatchNorm and ReLU; the
         # input rank picks the path in _project.
         assert self.kernel_size is not None
         return nn.ModuleDict(
             {
-                "conv": nn.Conv2d(channels, width, self.kernel_size, padding=self.kernel_size // 2, bias=False),
+                "conv": nn.Conv2d(
+                    channels, width, self.kernel_size, padding=self.kernel_size // 2, bias=False
+                ),
                 "bn": nn.BatchNorm2d(width),
                 "relu": nn.ReLU(),
             }
@@ -276,7 +317,9 @@ class SubspaceHead(nn.Module):
             kind = type(x).__name__ if not isinstance(x, Tensor) else str(x.dtype)
             path = self.student_path if role == "student" else self.teacher_path
             where = f" at {path!r}" if path is not None else ""
-            raise TypeError(f"{self._label}: the {role} feature{where} must be a floating point tensor, got {kind}")
+            raise TypeError(
+                f"{self._label}: the {role} feature{where} must be a floating point tensor, got {kind}"
+            )
         got = feature_channels(x)
         if got != channels:
             raise ValueError(
@@ -305,7 +348,9 @@ class SubspaceHead(nn.Module):
             centre = self.kernel_size // 2
             y = F.linear(x, conv.weight[:, :, centre, centre])
             return relu(bn(y[:, :, None, None]))[:, :, 0, 0]
-        raise ValueError(f"{self._label}: kind 'conv_bn_relu' does not take tokens of shape {tuple(x.shape)}; use 'linear' or 'mlp'")
+        raise ValueError(
+            f"{self._label}: kind 'conv_bn_relu' does not take tokens of shape {tuple(x.shape)}; use 'linear' or 'mlp'"
+        )
 
     def project_teacher(self, teacher: Tensor) -> Tensor:
         """The teacher feature in the ``D``-dimensional space (identity without a projector)."""
@@ -331,10 +376,15 @@ class SubspaceHead(nn.Module):
         Raises:
             ValueError: channel counts differ from the head's, or layouts cannot be aligned.
         """
-        return align_features(self.project(student), self.project_teacher(teacher), self.align, name=self._label)
+        return align_features(
+            self.project(student), self.project_teacher(teacher), self.align, name=self._label
+        )
 
     def extra_repr(self) -> str:
-        parts = [f"{self.student_channels} -> {self.width} (teacher {self.teacher_channels})", f"kind={self.kind!r}"]
+        parts = [
+            f"{self.student_channels} -> {self.width} (teacher {self.teacher_channels})",
+            f"kind={self.kind!r}",
+        ]
         if self.orthogonal:
             parts.append("orthogonal=True")
         parts.append(f"align={self.align!r}")
@@ -359,7 +409,9 @@ def _dry_run(model: nn.Module, paths: Sequence[str], sample: Any, role: str) -> 
             model(sample)
         features = recorder.pop()
     except Exception as error:
-        raise RuntimeError(f"build_heads: the dry forward pass of the {role} failed: {error}") from error
+        raise RuntimeError(
+            f"build_heads: the dry forward pass of the {role} failed: {error}"
+        ) from error
     finally:
         recorder.remove()
         for module, mode in modes:
@@ -415,11 +467,19 @@ def build_heads(
     else:
         items = [(None, pair) for pair in pairs]
     if not items:
-        raise ValueError("build_heads: pairs is empty; give at least one (student_path, teacher_path)")
+        raise ValueError(
+            "build_heads: pairs is empty; give at least one (student_path, teacher_path)"
+        )
     specs: list[tuple[str, str, str, dict[str, Any]]] = []
     for name, pair in items:
-        if not isinstance(pair, (tuple, list)) or len(pair) not in (2, 3) or not all(isinstance(p, str) for p in pair[:2]):
-            raise ValueError(f"build_heads: each pair must be (student_path, teacher_path[, options]), got {pair!r}")
+        if (
+            not isinstance(pair, (tuple, list))
+            or len(pair) not in (2, 3)
+            or not all(isinstance(p, str) for p in pair[:2])
+        ):
+            raise ValueError(
+                f"build_heads: each pair must be (student_path, teacher_path[, options]), got {pair!r}"
+            )
         options = dict(head_options)
         if len(pair) == 3:
             options.update(pair[2])
@@ -429,15 +489,25 @@ def build_heads(
         specs.append((key, pair[0], pair[1], options))
     keys = [spec[0] for spec in specs]
     if len(set(keys)) != len(keys):
-        raise ValueError(f"build_heads: duplicate head names {keys}; pass a mapping name -> pair to name them")
+        raise ValueError(
+            f"build_heads: duplicate head names {keys}; pass a mapping name -> pair to name them"
+        )
 
     student_features = _dry_run(student, [spec[1] for spec in specs], sample_input, "student")
-    teacher_features = _dry_run(teacher, [spec[2] for spec in specs], sample_input if teacher_input is None else teacher_input, "teacher")
+    teacher_features = _dry_run(
+        teacher,
+        [spec[2] for spec in specs],
+        sample_input if teacher_input is None else teacher_input,
+        "teacher",
+    )
     dtype = next((p.dtype for p in student.parameters() if p.is_floating_point()), torch.float32)
     heads = nn.ModuleDict()
     for key, student_path, teacher_path, options in specs:
         s_feat, t_feat = student_features[student_path], teacher_features[teacher_path]
-        for role, path, feat in (("student", student_path, s_feat), ("teacher", teacher_path, t_feat)):
+        for role, path, feat in (
+            ("student", student_path, s_feat),
+            ("teacher", teacher_path, t_feat),
+        ):
             if not isinstance(feat, Tensor) or feat.ndim not in (2, 3, 4):
                 shape = tuple(feat.shape) if isinstance(feat, Tensor) else type(feat).__name__
                 raise ValueError(

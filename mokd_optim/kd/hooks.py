@@ -110,7 +110,11 @@ def _raise_missing(model: nn.Module, path: str, stripped: str, deepest: str) -> 
         hint = "close matches: " + ", ".join(repr(name) for name in suggestions)
     else:
         top = [name for name in names if "." not in name][:12]
-        hint = "top-level modules: " + ", ".join(repr(name) for name in top) if top else "the model has no submodules"
+        hint = (
+            "top-level modules: " + ", ".join(repr(name) for name in top)
+            if top
+            else "the model has no submodules"
+        )
     raise ModulePathError(
         path,
         f"no module at path {path!r} in {type(model).__name__}{where}; {hint}. "
@@ -159,7 +163,9 @@ class FeatureRecorder:
         self.model = model
         self.capture = capture
         self.paths: dict[str, str] = dict(named)
-        self._modules: dict[str, nn.Module] = {key: resolve_module(model, path) for key, path in named.items()}
+        self._modules: dict[str, nn.Module] = {
+            key: resolve_module(model, path) for key, path in named.items()
+        }
         self._features: dict[str, Any] = {}
         self._handles: list[RemovableHandle] = []
         self.attach()
@@ -178,7 +184,9 @@ class FeatureRecorder:
         if key not in self._features:
             if key not in self.paths:
                 raise KeyError(f"{key!r} is not recorded; recorded keys: {list(self.paths)}")
-            raise KeyError(f"nothing recorded for {key!r} (path {self.paths[key]!r}) yet: run a forward pass first")
+            raise KeyError(
+                f"nothing recorded for {key!r} (path {self.paths[key]!r}) yet: run a forward pass first"
+            )
         return self._features[key]
 
     def _hook_for(self, keys: tuple[str, ...]) -> Callable[..., None]:

@@ -74,7 +74,12 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
 
 
 def _check_temperature(value: float, name: str, loss: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{loss}: {name} must be a finite number > 0, got {value!r}")
 
 
@@ -89,7 +94,9 @@ def _logit_pair(student: Tensor, teacher: Tensor, loss: str) -> tuple[Tensor, Te
             kind = type(tensor).__name__ if not isinstance(tensor, Tensor) else str(tensor.dtype)
             raise TypeError(f"{loss}: {role} must be a floating point tensor, got {kind}")
         if tensor.ndim < 2:
-            raise ValueError(f"{loss}: {role} must have shape (N, C) or (N, C, ...), got {tuple(tensor.shape)}")
+            raise ValueError(
+                f"{loss}: {role} must have shape (N, C) or (N, C, ...), got {tuple(tensor.shape)}"
+            )
     if student.shape != teacher.shape:
         raise ValueError(
             f"{loss}: student_logits {tuple(student.shape)} and teacher_logits {tuple(teacher.shape)} "
@@ -122,7 +129,9 @@ def kl_divergence_rows(teacher_scaled: Tensor, student_scaled: Tensor) -> Tensor
     """
     p_teacher = torch.softmax(teacher_scaled, dim=-1)
     p_student = torch.softmax(student_scaled, dim=-1)
-    log_ratio = torch.log_softmax(teacher_scaled, dim=-1) - torch.log_softmax(student_scaled, dim=-1)
+    log_ratio = torch.log_softmax(teacher_scaled, dim=-1) - torch.log_softmax(
+        student_scaled, dim=-1
+    )
     direct = (p_teacher * log_ratio).sum(dim=-1)
     diff = teacher_scaled - student_scaled
     diff = diff - (p_teacher * diff).sum(dim=-1, keepdim=True)
@@ -154,16 +163,26 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float = 4.0) -> T
 
 
 def _check_target(target: Tensor, rows: int, classes: int, loss: str) -> None:
-    if not isinstance(target, Tensor) or target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+    if not isinstance(target, Tensor) or target.dtype not in (
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.uint8,
+        torch.int8,
+    ):
         kind = type(target).__name__ if not isinstance(target, Tensor) else str(target.dtype)
         raise TypeError(f"{loss}: target must be an integer tensor of class indices, got {kind}")
     if target.shape != (rows,):
-        raise ValueError(f"{loss}: target must have shape ({rows},) (one class index per sample), got {tuple(target.shape)}")
+        raise ValueError(
+            f"{loss}: target must have shape ({rows},) (one class index per sample), got {tuple(target.shape)}"
+        )
     if classes < 2:
         raise ValueError(f"{loss}: needs at least 2 classes, got {classes}")
 
 
-def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, T: float = 4.0) -> tuple[Tensor, Tensor]:
+def dkd_terms(
+    student_logits: Tensor, teacher_logits: Tensor, target: Tensor, T: float = 4.0
+) -> tuple[Tensor, Tensor]:
     """The two parts of Decoupled KD, each already multiplied by ``T^2``.
 
     - TCKD: KL between the binary distributions ``(p_target, 1 - p_target)`` of teacher and
@@ -185,7 +204,9 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, T:
     """
     _check_temperature(T, "T", "dkd_loss")
     if student_logits.ndim != 2:
-        raise ValueError(f"dkd_loss: logits must have shape (N, C), got {tuple(student_logits.shape)}")
+        raise ValueError(
+            f"dkd_loss: logits must have shape (N, C), got {tuple(student_logits.shape)}"
+        )
     student, teacher = _logit_pair(student_logits, teacher_logits, "dkd_loss")
     rows, classes = student.shape
     _check_target(target, rows, classes, "dkd_loss")
@@ -195,10 +216,12 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, T:
     student_others = student[~is_target].view(rows, classes - 1)
     teacher_others = teacher[~is_target].view(rows, classes - 1)
     student_binary = torch.cat(
-        [student.gather(1, index[:, None]), torch.logsumexp(student_others, dim=1, keepdim=True)], dim=1
+        [student.gather(1, index[:, None]), torch.logsumexp(student_others, dim=1, keepdim=True)],
+        dim=1,
     )
     teacher_binary = torch.cat(
-        [teacher.gather(1, index[:, None]), torch.logsumexp(teacher_others, dim=1, keepdim=True)], dim=1
+        [teacher.gather(1, index[:, None]), torch.logsumexp(teacher_others, dim=1, keepdim=True)],
+        dim=1,
     )
     tckd = kl_divergence_rows(teacher_binary, student_binary).mean() * (T * T)
     nckd = kl_divergence_rows(teacher_others, student_others).mean() * (T * T)
@@ -254,7 +277,9 @@ def _correlation_ready(logits: Tensor, tau: float, dim: int) -> Tensor:
     excess = torch.expm1(scaled)
     centred = (excess - excess.mean(dim=-1, keepdim=True)) / total
     with torch.no_grad():
-        use_probabilities = probabilities.amax(dim=dim, keepdim=True) < (excess.abs() / total).amax(dim=dim, keepdim=True)
+        use_probabilities = probabilities.amax(dim=dim, keepdim=True) < (excess.abs() / total).amax(
+            dim=dim, keepdim=True
+        )
     return torch.where(use_probabilities, probabilities, centred)
 
 
@@ -308,12 +333,20 @@ def dist_loss(
     """
     _check_temperature(tau, "tau", "dist_loss")
     if student_logits.ndim != 2:
-        raise ValueError(f"dist_loss: logits must have shape (N, C), got {tuple(student_logits.shape)}")
+        raise ValueError(
+            f"dist_loss: logits must have shape (N, C), got {tuple(student_logits.shape)}"
+        )
     student, teacher = _logit_pair(student_logits, teacher_logits, "dist_loss")
     if gamma != 0 and student.shape[0] < 2:
-        raise ValueError("dist_loss: the intra-class term correlates over the batch and needs N >= 2; use gamma=0 for single samples")
-    inter = _pearson(_correlation_ready(student, tau, 1), _correlation_ready(teacher, tau, 1), dim=1).mean()
-    intra = _pearson(_correlation_ready(student, tau, 0), _correlation_ready(teacher, tau, 0), dim=0).mean()
+        raise ValueError(
+            "dist_loss: the intra-class term correlates over the batch and needs N >= 2; use gamma=0 for single samples"
+        )
+    inter = _pearson(
+        _correlation_ready(student, tau, 1), _correlation_ready(teacher, tau, 1), dim=1
+    ).mean()
+    intra = _pearson(
+        _correlation_ready(student, tau, 0), _correlation_ready(teacher, tau, 0), dim=0
+    ).mean()
     return (tau * tau) * (beta * (1.0 - inter) + gamma * (1.0 - intra))
 
 
@@ -336,18 +369,24 @@ def layer_norm_features(x: Tensor, eps: float = 1e-5) -> Tensor:
     return F.layer_norm(moved, moved.shape[-1:], eps=eps).movedim(-1, 1)
 
 
-def _feature_pair(student: Tensor, teacher: Tensor, teacher_norm: Optional[str], loss: str) -> tuple[Tensor, Tensor]:
+def _feature_pair(
+    student: Tensor, teacher: Tensor, teacher_norm: Optional[str], loss: str
+) -> tuple[Tensor, Tensor]:
     for role, tensor in (("student", student), ("teacher", teacher)):
         if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
             kind = type(tensor).__name__ if not isinstance(tensor, Tensor) else str(tensor.dtype)
-            raise TypeError(f"{loss}: the {role} features must be a floating point tensor, got {kind}")
+            raise TypeError(
+                f"{loss}: the {role} features must be a floating point tensor, got {kind}"
+            )
     if student.shape != teacher.shape:
         raise ValueError(
             f"{loss}: student features {tuple(student.shape)} and teacher features {tuple(teacher.shape)} "
             "differ in shape; project the student into the teacher's space first (mokd_optim.kd.SubspaceHead)"
         )
     if teacher_norm not in TEACHER_NORMS:
-        raise ValueError(f"{loss}: unknown teacher_norm {teacher_norm!r}; choose one of {TEACHER_NORMS}")
+        raise ValueError(
+            f"{loss}: unknown teacher_norm {teacher_norm!r}; choose one of {TEACHER_NORMS}"
+        )
     dtype = _compute_dtype(student, teacher)
     student, teacher = student.to(dtype), teacher.to(dtype)
     if teacher_norm == "layernorm":
@@ -355,7 +394,9 @@ def _feature_pair(student: Tensor, teacher: Tensor, teacher_norm: Optional[str],
     return student, teacher
 
 
-def mse_feature_loss(student: Tensor, teacher: Tensor, *, teacher_norm: Optional[str] = None) -> Tensor:
+def mse_feature_loss(
+    student: Tensor, teacher: Tensor, *, teacher_norm: Optional[str] = None
+) -> Tensor:
     """Mean squared error over all elements.
 
     Args:
@@ -383,7 +424,9 @@ def smooth_l1_feature_loss(
     return F.smooth_l1_loss(student, teacher, beta=beta)
 
 
-def cosine_feature_loss(student: Tensor, teacher: Tensor, *, teacher_norm: Optional[str] = None) -> Tensor:
+def cosine_feature_loss(
+    student: Tensor, teacher: Tensor, *, teacher_norm: Optional[str] = None
+) -> Tensor:
     """``1 - cos(student, teacher)`` over the channel dimension, averaged over the other dims.
 
     Zero-norm vectors are treated as orthogonal to everything (cosine 0). Other arguments as
@@ -425,7 +468,9 @@ class KDLoss(nn.Module):
         _check_temperature(T, "T", "KDLoss")
         self.T = T
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, target: Optional[Tensor] = None
+    ) -> Tensor:
         return kd_loss(student_logits, teacher_logits, T=self.T)
 
     def extra_repr(self) -> str:
@@ -442,10 +487,16 @@ class DKDLoss(nn.Module):
         _check_temperature(T, "T", "DKDLoss")
         self.alpha, self.beta, self.T = alpha, beta, T
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, target: Optional[Tensor] = None
+    ) -> Tensor:
         if target is None:
-            raise ValueError("DKDLoss needs the class targets: call it with (student_logits, teacher_logits, target)")
-        return dkd_loss(student_logits, teacher_logits, target, alpha=self.alpha, beta=self.beta, T=self.T)
+            raise ValueError(
+                "DKDLoss needs the class targets: call it with (student_logits, teacher_logits, target)"
+            )
+        return dkd_loss(
+            student_logits, teacher_logits, target, alpha=self.alpha, beta=self.beta, T=self.T
+        )
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}, T={self.T}"
@@ -459,8 +510,12 @@ class DISTLoss(nn.Module):
         _check_temperature(tau, "tau", "DISTLoss")
         self.beta, self.gamma, self.tau = beta, gamma, tau
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Optional[Tensor] = None) -> Tensor:
-        return dist_loss(student_logits, teacher_logits, beta=self.beta, gamma=self.gamma, tau=self.tau)
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, target: Optional[Tensor] = None
+    ) -> Tensor:
+        return dist_loss(
+            student_logits, teacher_logits, beta=self.beta, gamma=self.gamma, tau=self.tau
+        )
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, gamma={self.gamma}, tau={self.tau}"
@@ -469,16 +524,22 @@ class DISTLoss(nn.Module):
 class FeatureLoss(nn.Module):
     """Module form of :func:`feature_loss`; ``forward(student, teacher)``."""
 
-    def __init__(self, kind: str = "smooth_l1", *, teacher_norm: Optional[str] = None, beta: float = 1.0) -> None:
+    def __init__(
+        self, kind: str = "smooth_l1", *, teacher_norm: Optional[str] = None, beta: float = 1.0
+    ) -> None:
         super().__init__()
         if kind not in FEATURE_LOSSES:
             raise ValueError(f"unknown feature loss {kind!r}; choose one of {FEATURE_LOSSES}")
         if teacher_norm not in TEACHER_NORMS:
-            raise ValueError(f"unknown teacher_norm {teacher_norm!r}; choose one of {TEACHER_NORMS}")
+            raise ValueError(
+                f"unknown teacher_norm {teacher_norm!r}; choose one of {TEACHER_NORMS}"
+            )
         self.kind, self.teacher_norm, self.beta = kind, teacher_norm, beta
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return feature_loss(student, teacher, self.kind, teacher_norm=self.teacher_norm, beta=self.beta)
+        return feature_loss(
+            student, teacher, self.kind, teacher_norm=self.teacher_norm, beta=self.beta
+        )
 
     def extra_repr(self) -> str:
         text = f"kind={self.kind!r}, teacher_norm={self.teacher_norm!r}"

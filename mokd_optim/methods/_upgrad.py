@@ -19,7 +19,8 @@ def upgrad_weights(gram: PSDMatrix, *, backend: str = "auto") -> Weights:
     Each projection is ``J^T v^(i)`` with ``v^(i) = e_i / K + mu^(i)``, ``mu^(i) >= 0`` the
     solution of a K-variable QP on the Gram matrix (:func:`~mokd_optim.solvers.project_to_dual_cone`,
     the K problems batched); ``w = sum_i v^(i)``. Backends: ``"closed_form"`` for K = 2 (where
-    UPGrad coincides with PCGrad's mean), ``"projected_gradient"`` for any K, ``"auto"``.
+    UPGrad coincides with PCGrad's mean), ``"enumeration"`` (exact, small K),
+    ``"projected_gradient"`` for any K, ``"auto"``.
     ``(K, K)`` -> ``(K,)`` float64, no host synchronisation.
     """
     work = as_work(gram)
@@ -39,7 +40,8 @@ class UPGrad(Method):
 
     Options:
         backend: the dual-cone QP solver (``"auto"``: closed form for K = 2, else an
-            accelerated projected gradient with an exact active-set finish).
+            exact enumeration of the active sets up to K = 6, above an accelerated projected
+            gradient with an exact active-set finish).
 
     Cost: K batched QPs with K variables each, on the Gram matrix only; no host
     synchronisation. No regularisation of ``G`` is applied (torchjd adds ``1e-4 I`` by default);

@@ -8,7 +8,7 @@ from mokd_optim._typing import PSDMatrix, Weights
 from mokd_optim.solvers._simplex import polish_on_support, project_to_simplex, quadratic
 
 
-def projected_gradient(gram: PSDMatrix, *, max_iter: int = 300, polish: bool = True) -> Weights:
+def projected_gradient(gram: PSDMatrix, *, max_iter: int = 20, polish: bool = True) -> Weights:
     """Accelerated projected gradient (FISTA with adaptive restart) on the simplex.
 
     ``gram`` has shape ``(B, K, K)`` and unit scale (see ``normalize``). A fixed number of
@@ -24,7 +24,7 @@ def projected_gradient(gram: PSDMatrix, *, max_iter: int = 300, polish: bool = T
     y = w.clone()
     t = gram.new_ones(batch, 1)
     for _ in range(max_iter):
-        grad = 2.0 * torch.einsum("bij,bj->bi", gram, y)
+        grad = 2.0 * (gram @ y[..., None])[..., 0]
         w_next = project_to_simplex(y - step * grad)
         t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
         # Gradient-based restart (O'Donoghue & Candes 2015): drop momentum when it points uphill.
@@ -36,7 +36,7 @@ def projected_gradient(gram: PSDMatrix, *, max_iter: int = 300, polish: bool = T
     return polish_on_support(gram, w) if polish else w
 
 
-def frank_wolfe(gram: PSDMatrix, *, max_iter: int = 300, polish: bool = True) -> Weights:
+def frank_wolfe(gram: PSDMatrix, *, max_iter: int = 20, polish: bool = True) -> Weights:
     """Frank-Wolfe with exact line search, as in MGDA (Sener & Koltun 2018), batched.
 
     Each iteration moves towards the vertex ``e_t`` with the smallest ``(G w)_t`` by the exact
@@ -48,7 +48,7 @@ def frank_wolfe(gram: PSDMatrix, *, max_iter: int = 300, polish: bool = True) ->
     diagonal = torch.diagonal(gram, dim1=-2, dim2=-1)
     rows = torch.arange(batch, device=gram.device)
     for _ in range(max_iter):
-        gw = torch.einsum("bij,bj->bi", gram, w)
+        gw = (gram @ w[..., None])[..., 0]
         target = gw.argmin(dim=-1)
         vv = (w * gw).sum(dim=-1)  # ||v||^2 with v = sum_i w_i g_i
         vt = gw[rows, target]  # <v, g_t>

@@ -119,7 +119,7 @@ def polish_on_support(
         # (b) accept the support solution, add the most violating index
         accepted = target.clamp_min(0.0)
         accepted = accepted / accepted.sum(dim=-1, keepdim=True).clamp_min(1e-300)
-        gw = torch.einsum("bij,bj->bi", gram, accepted)
+        gw = (gram @ accepted[..., None])[..., 0]
         lam = (accepted * gw).sum(dim=-1, keepdim=True)
         violation = torch.where(support, torch.full_like(gw, -float("inf")), lam - gw)
         worst = violation.amax(dim=-1, keepdim=True)
