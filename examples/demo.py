@@ -8,9 +8,18 @@ trains the same tiny student CNN under the same budget with
 - ``mokd``: MoKD's gradient-level balancing, no weight to choose,
 
 and prints a comparison table (test accuracy, wall time, how often the task and KD gradients
-conflict, and their dominance ratio), writing ``summary.json`` to ``--out``.
+conflict, and their dominance ratio). Written to ``--out``:
 
-    python examples/demo.py                  # about 6 minutes on 2 cores (teacher cached after the first run)
+- ``summary.json``: settings, teacher accuracy, per-run results;
+- ``<run>/log.csv`` (+ TensorBoard events with ``--tensorboard``): one
+  :class:`~mokd_optim.diagnostics.StatsLogger` log per run, a row every 25 steps with the
+  losses, the weights, the gradient cosine and the dominance ratio (fixed-weight runs are
+  probed for the same statistics);
+- ``<run>/curves.png``: :func:`~mokd_optim.diagnostics.plot_log` of that log (kd and mokd);
+- ``comparison.png``: test accuracy per epoch, the KD share of the weights, the gradient
+  cosine and the dominance of all runs in one figure.
+
+    python examples/demo.py                  # ~400 s of CPU time on a fresh machine (teacher training included), ~125 s with the cached teacher
     python examples/demo.py --quick          # a one-minute smoke run on a subset
 """
 
@@ -18,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -29,6 +40,45 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from examples.fashion_mnist import distil, load_data, predict_logits, train_teacher  # noqa: E402
+from mokd_optim.diagnostics import StatsLogger, plot_log, read_log  # noqa: E402
+
+
+def plot_comparison(logs: dict[str, Path], results: dict[str, dict[str, Any]], png_path: Path) -> None:
+    """One figure comparing the runs: test accuracy per epoch, the KD share of the weights
+    ``w_kd / (w_task + w_kd)``, ``cos(g_task, g_kd)`` and the dominance ratio over training."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 8), layout="constrained")
+    FigureCanvasAgg(figure)
+    (accuracy_axis, share_axis), (cosine_axis, dominance_axis) = figure.subplots(2, 2)
+    colours = {name: f"C{index}" for index, name in enumerate(results)}  # one colour per run in every panel
+    for name, summary in results.items():
+        epochs = range(1, len(summary["accuracy_per_epoch"]) + 1)
+        accuracy_axis.plot(list(epochs), [100 * a for a in summary["accuracy_per_epoch"]], marker="o", label=name, color=colours[name])
+    accuracy_axis.set(title="student test accuracy", xlabel="epoch", ylabel="accuracy %")
+    accuracy_axis.legend(fontsize="small")
+    for name, path in logs.items():
+        columns = read_log(path)
+        steps = columns["step"]
+        if "weight/kd" in columns:
+            share = [k / (t + k) if (t + k) > 0 else math.nan for t, k in zip(columns["weight/task"], columns["weight/kd"])]
+            share_axis.plot(steps, share, label=name, color=colours.get(name))
+        if "cosine/task|kd" in columns:
+            cosine_axis.plot(steps, columns["cosine/task|kd"], label=name, linewidth=0.8, color=colours.get(name))
+        if "dominance" in columns:
+            points = [(s, d) for s, d in zip(steps, columns["dominance"]) if math.isfinite(d) and d > 0]
+            dominance_axis.plot([p[0] for p in points], [p[1] for p in points], label=name, linewidth=0.8, color=colours.get(name))
+    share_axis.set(title="KD share of the weights  w_kd / (w_task + w_kd)", xlabel="step", ylim=(-0.05, 1.05))
+    cosine_axis.axhline(0.0, color="gray", linewidth=0.8, linestyle="--")
+    cosine_axis.set(title="cos(g_task, g_kd)  (< 0: conflict)", xlabel="step", ylim=(-1.05, 1.05))
+    dominance_axis.set_yscale("log")
+    dominance_axis.set(title="dominance  max ||g|| / min ||g||", xlabel="step")
+    for axis in (share_axis, cosine_axis, dominance_axis):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize="small")
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(png_path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -43,6 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", default=None, help="directory with the Fashion-MNIST .gz files")
     parser.add_argument("--download", action="store_true", help="download Fashion-MNIST with torchvision if not found")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
+    parser.add_argument("--probe-every", type=int, default=25, help="steps between gradient statistics (and log rows)")
+    parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to <out>/<run>/tensorboard")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures (no matplotlib needed)")
     parser.add_argument("--quick", action="store_true", help="1 epoch on 5k images, teacher 1 epoch on 10k")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -55,40 +108,65 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     full = load_data(train_limit=teacher_images, root=args.data, download=args.download)
     print(f"Fashion-MNIST: {len(full.y_train)} training / {len(full.y_test)} test images")
+    teacher_start = time.perf_counter()
     teacher, teacher_accuracy = train_teacher(full, epochs=args.teacher_epochs, progress=print)
-    print(f"teacher test accuracy: {100 * teacher_accuracy:.2f} %")
+    teacher_seconds = time.perf_counter() - teacher_start
+    print(f"teacher test accuracy: {100 * teacher_accuracy:.2f} % ({teacher_seconds:.0f} s, cached for the next run)")
     data = load_data(train_limit=args.train_images, root=args.data) if args.train_images else full
     teacher_logits = predict_logits(teacher, data.x_train)
 
     runs = {
-        "ce": dict(method="ce"),
-        f"kd (a={args.kd_weight:g})": dict(method="weighted", method_options={"weights": {"task": 1 - args.kd_weight, "kd": args.kd_weight}}),
-        "mokd": dict(method="mokd"),
-    }
-    results = {}
-    for name, config in runs.items():
-        print(f"training student: {name} ...", flush=True)
-        result = distil(data, teacher_logits, seed=args.seed, epochs=args.epochs, lr=args.lr, temperature=args.temperature, **config)
-        results[name] = result.summary()
-
-    header = f"{'run':<14} {'test acc %':>10} {'wall s':>8} {'conflict %':>11} {'cos(task,kd)':>13} {'log10 dominance':>16}"
-    print()
-    print(header)
-    print("-" * len(header))
-    for name, summary in results.items():
-        print(
-            f"{name:<14} {100 * summary['final_accuracy']:>10.2f} {summary['seconds']:>8.1f} "
-            f"{100 * summary['conflict_fraction']:>11.1f} {summary['mean_cosine']:>13.3f} {summary['mean_log10_dominance']:>16.2f}"
-        )
-    report = {
-        "teacher_accuracy": teacher_accuracy,
-        "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
-        "runs": results,
-        "wall_seconds": time.perf_counter() - start,
+        "ce": ("ce", dict(method="ce")),
+        f"kd (a={args.kd_weight:g})": ("kd", dict(method="weighted", method_options={"weights": {"task": 1 - args.kd_weight, "kd": args.kd_weight}})),
+        "mokd": ("mokd", dict(method="mokd")),
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    results, logs = {}, {}
+    for name, (slug, config) in runs.items():
+        print(f"training student: {name} ...", flush=True)
+        log_path = args.out / slug / "log.csv"
+        tensorboard = args.out / slug / "tensorboard" if args.tensorboard else None
+        with StatsLogger(log_path, tensorboard=tensorboard) as logger:
+            result = distil(
+                data, teacher_logits, seed=args.seed, epochs=args.epochs, lr=args.lr, temperature=args.temperature,
+                probe_every=args.probe_every, logger=logger, **config,
+            )
+        results[name] = {**result.summary(), "log": str(log_path)}
+        if slug != "ce":
+            logs[name] = log_path
+
+    header = f"{'run':<14} {'test acc %':>10} {'wall s':>8} {'conflict %':>11} {'cos(task,kd)':>13} {'log10 dominance':>16}  note"
+    lines = [header, "-" * len(header)]
+    for name, summary in results.items():
+        # a run whose loss became non-finite, or that ended at chance level (10 classes): say so
+        summary["collapsed"] = summary["final_accuracy"] < 0.15
+        note = "diverged (non-finite loss)" if summary["diverged"] else ("collapsed to chance level" if summary["collapsed"] else "")
+        lines.append(
+            f"{name:<14} {100 * summary['final_accuracy']:>10.2f} {summary['seconds']:>8.1f} "
+            f"{100 * summary['conflict_fraction']:>11.1f} {summary['mean_cosine']:>13.3f} {summary['mean_log10_dominance']:>16.2f}  {note}".rstrip()
+        )
+    print()
+    print("\n".join(lines))
+    figures = []
+    if not args.no_plots:
+        for path in logs.values():
+            plot_log(path, path.with_name("curves.png"))
+            figures.append(str(path.with_name("curves.png")))
+        plot_comparison(logs, results, args.out / "comparison.png")
+        figures.append(str(args.out / "comparison.png"))
+    report = {
+        "teacher_accuracy": teacher_accuracy,
+        "teacher_seconds": teacher_seconds,
+        "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
+        "runs": results,
+        "table": lines,
+        "figures": figures,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "wall_seconds": time.perf_counter() - start,
+    }
     (args.out / "summary.json").write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.out / 'summary.json'} ({report['wall_seconds']:.0f} s in total)")
+    print(f"\nwrote {args.out / 'summary.json'}, logs and figures in {args.out} ({report['wall_seconds']:.0f} s in total)")
     return report
 
 

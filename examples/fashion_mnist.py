@@ -8,6 +8,7 @@ conflict/dominance statistics of the task and KD gradients.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -23,7 +24,7 @@ from torch import nn
 
 from mokd_optim import MultiObjectiveOptimizer
 from mokd_optim.datasets import load_fashion_mnist, to_float_images
-from mokd_optim.diagnostics import cosine_matrix, dominance_ratio
+from mokd_optim.diagnostics import StatsLogger, cosine_matrix, dominance_ratio
 
 # Where trained teachers are cached; override with $MOKD_OPTIM_CACHE.
 DEFAULT_CACHE = Path(os.environ.get("MOKD_OPTIM_CACHE", "~/.cache/mokd_optim")).expanduser()
@@ -230,6 +231,7 @@ def distil(
     on_step: Optional[Callable[[int, dict[str, float]], None]] = None,
     progress: Optional[Callable[[], None]] = None,
     lr_schedule: str = "constant",
+    logger: Optional[StatsLogger] = None,
 ) -> RunResult:
     """Train a fresh :class:`StudentCNN` on ``data`` and return its :class:`RunResult`.
 
@@ -243,6 +245,11 @@ def distil(
     ``lr_schedule``: ``"constant"`` or ``"cosine"`` (per-step cosine decay to 0 over the run).
     Methods that learn from the losses after the step (``mokd-amortized``, ``famo``) get a
     closure recomputing both losses on the same batch, so their weights do learn.
+
+    ``logger`` (a :class:`~mokd_optim.diagnostics.StatsLogger`, called on every probed step)
+    receives the step's :class:`~mokd_optim.diagnostics.StepStats` with the probed Gram
+    matrix (so fixed-weight runs get cosine and dominance columns too) and the learning rate;
+    ``ce`` runs log their loss only.
     """
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
@@ -269,6 +276,8 @@ def distil(
                 if not torch.isfinite(task):
                     result.diverged = True
                     break
+                if logger is not None and step % probe_every == 0:
+                    logger.log(step, **{"loss/task": task.detach(), "lr": base.param_groups[0]["lr"]})
                 base.zero_grad()
                 task.backward()
                 if max_norm is not None:
@@ -300,6 +309,8 @@ def distil(
                     result.grad_norms.append([float(v) for v in torch.diagonal(gram).clamp_min(0.0).sqrt()])
                     if on_step is not None:
                         on_step(step, stats.to_dict())
+                    if logger is not None:
+                        logger.log(step, dataclasses.replace(stats, gram=gram), lr=base.param_groups[0]["lr"])
             step += 1
             if schedule is not None:
                 schedule.step()

