@@ -28,7 +28,7 @@ def _run(args: list[str], tmp_path: Path) -> str:
 def test_demo_quick(tmp_path: Path) -> None:
     out = _run(["examples/demo.py", "--quick", "--out", str(tmp_path / "demo")], tmp_path)
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert set(summary["runs"]) == {"ce", "kd (a=0.5)", "mokd"}
+    assert set(summary["runs"]) == {"ce", "kd (a=0.1)", "kd (a=0.5)", "mokd", "mokd max_norm=1"}
     assert summary["teacher_accuracy"] > 0.8
     mokd = summary["runs"]["mokd"]
     assert mokd["final_accuracy"] > 0.6 and not mokd["diverged"]
@@ -38,13 +38,17 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert list((tmp_path / "cache").glob("fashion_teacher_*.pt"))
     # one StatsLogger log per run; the fixed-weight run is probed for the same gradient statistics
     demo = tmp_path / "demo"
-    kd_log, mokd_log = read_log(demo / "kd" / "log.csv"), read_log(demo / "mokd" / "log.csv")
+    kd_log, mokd_log = read_log(demo / "kd_a0.5" / "log.csv"), read_log(demo / "mokd" / "log.csv")
     assert read_log(demo / "ce" / "log.csv")["step"] == kd_log["step"] == mokd_log["step"] == [0.0, 25.0, 50.0, 75.0]
     assert kd_log["weight/task"] == kd_log["weight/kd"] == [0.5] * 4
+    light = read_log(demo / "kd_a0.1" / "log.csv")
+    assert light["weight/task"] == pytest.approx([0.9] * 4) and light["weight/kd"] == pytest.approx([0.1] * 4)
+    clipped = summary["runs"]["mokd max_norm=1"]
+    assert clipped["final_accuracy"] > 0.6 and not clipped["diverged"]
     for log in (kd_log, mokd_log):
         assert all(-1.0 <= c <= 1.0 for c in log["cosine/task|kd"]) and all(d >= 1.0 for d in log["dominance"])
     assert summary["runs"]["mokd"]["mean_cosine"] == pytest.approx(sum(mokd_log["cosine/task|kd"]) / 4)
-    for figure in ("comparison.png", "kd/curves.png", "mokd/curves.png"):
+    for figure in ("comparison.png", "kd_a0.5/curves.png", "mokd/curves.png", "mokd_clip/curves.png"):
         assert (demo / figure).stat().st_size > 20_000, figure
 
 
