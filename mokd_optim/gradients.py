@@ -194,6 +194,15 @@ def _assemble(
     return result
 
 
+DONATED_BUFFERS_MESSAGE = (
+    "a torch.compile'd module was compiled with 'donated buffers' (its backward frees saved tensors "
+    "as it runs), but per-objective gradients need the graph for one backward pass per objective; "
+    "nothing was changed. Set torch._functorch.config.donated_buffer = False before the first call "
+    "of the compiled module, or use an exact strategy without retained graphs: "
+    "strategy='representation' (features=...) or an amortised method (docs/compile.md)"
+)
+
+
 def loop_gradients(
     losses: Sequence[Tensor],
     params: Sequence[Tensor],
@@ -210,7 +219,12 @@ def loop_gradients(
     per_param: list[list[Optional[Tensor]]] = [[None] * k_total for _ in params]
     for k, loss in enumerate(losses):
         keep = retain_graph or k < k_total - 1
-        grads = torch.autograd.grad(loss, list(params), retain_graph=keep, allow_unused=True)
+        try:
+            grads = torch.autograd.grad(loss, list(params), retain_graph=keep, allow_unused=True)
+        except RuntimeError as error:
+            if "donated buffer" in str(error):
+                raise RuntimeError(DONATED_BUFFERS_MESSAGE) from error
+            raise
         for index, g in enumerate(grads):
             per_param[index][k] = g
         del grads

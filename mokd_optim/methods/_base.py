@@ -89,7 +89,9 @@ class Method(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned. Raises ``ValueError`` on a mismatch."""
         if state:
-            raise ValueError(f"{type(self).__name__} is stateless but got state keys {sorted(state)}")
+            raise ValueError(
+                f"{type(self).__name__} is stateless but got state keys {sorted(state)}"
+            )
 
     def options(self) -> dict[str, Any]:
         """The constructor options, shown by ``repr``."""

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
 import torch
-from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
-from mokd_optim.methods._base import Method, as_work
+from mokd_optim.methods._base import as_work
 from mokd_optim.methods._registry import register
-from mokd_optim.solvers import DUAL_CONE_BACKENDS, project_to_dual_cone
+from mokd_optim.methods._upgrad import DualConeMethod
+from mokd_optim.solvers import project_to_dual_cone
 
 
 def dualproj_weights(gram: PSDMatrix, *, backend: str = "auto") -> Weights:
@@ -27,7 +25,7 @@ def dualproj_weights(gram: PSDMatrix, *, backend: str = "auto") -> Weights:
 
 
 @register
-class DualProj(Method):
+class DualProj(DualConeMethod):
     """DualProj: the mean gradient, projected onto the cone of non-conflicting directions.
 
     Formula (Quinton & Rey, 2024, torchjd; the projection of GEM, Lopez-Paz & Ranzato 2017):
@@ -42,21 +40,4 @@ class DualProj(Method):
     """
 
     name = "dualproj"
-    conflict_free = True
-    pareto_stationary = True
-
-    def __init__(self, backend: str = "auto") -> None:
-        super().__init__()
-        if backend not in DUAL_CONE_BACKENDS:
-            raise ValueError(
-                f"dualproj: unknown backend {backend!r}; choose one of {DUAL_CONE_BACKENDS}"
-            )
-        self.backend = backend
-
-    def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:
-        if gram is None:
-            raise ValueError("dualproj needs the Gram matrix of the per-objective gradients")
-        return dualproj_weights(gram, backend=self.backend)
-
-    def options(self) -> dict[str, Any]:
-        return {"backend": self.backend}
+    solve = staticmethod(dualproj_weights)

@@ -39,11 +39,15 @@ class Weighted(Method):
     def __init__(self, weights: Union[Mapping[str, float], Sequence[float]]) -> None:
         super().__init__()
         if isinstance(weights, Mapping):
-            self.fixed: Union[dict[str, float], tuple[float, ...]] = {str(k): float(v) for k, v in weights.items()}
+            self.fixed: Union[dict[str, float], tuple[float, ...]] = {
+                str(k): float(v) for k, v in weights.items()
+            }
         elif isinstance(weights, Sequence) and not isinstance(weights, str):
             self.fixed = tuple(float(v) for v in weights)
         else:
-            raise TypeError(f"weighted: weights must be a mapping or a sequence of numbers, got {type(weights).__name__}")
+            raise TypeError(
+                f"weighted: weights must be a mapping or a sequence of numbers, got {type(weights).__name__}"
+            )
         self._resolved: tuple[float, ...] = ()
 
     def bind(self, names: Any) -> None:
@@ -52,11 +56,15 @@ class Weighted(Method):
         if isinstance(self.fixed, dict):
             unknown = sorted(set(self.fixed) - set(names))
             if unknown:
-                raise ValueError(f"weighted: weights given for {unknown}, which are not objectives {list(names)}")
+                raise ValueError(
+                    f"weighted: weights given for {unknown}, which are not objectives {list(names)}"
+                )
             self._resolved = tuple(self.fixed.get(name, 1.0) for name in names)
         else:
             if len(self.fixed) != len(names):
-                raise ValueError(f"weighted: {len(self.fixed)} weights for {len(names)} objectives {list(names)}")
+                raise ValueError(
+                    f"weighted: {len(self.fixed)} weights for {len(names)} objectives {list(names)}"
+                )
             self._resolved = self.fixed
 
     def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:

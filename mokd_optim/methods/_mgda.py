@@ -34,7 +34,9 @@ def gradient_normalizers(gram: PSDMatrix, losses: Tensor, normalizer: str) -> Te
     raise ValueError(f"mgda: unknown normalizer {normalizer!r}; choose one of {NORMALIZERS}")
 
 
-def mgda_weights(gram: PSDMatrix, losses: Tensor, *, normalizer: str = "none", backend: str = "auto") -> tuple[Weights, Weights]:
+def mgda_weights(
+    gram: PSDMatrix, losses: Tensor, *, normalizer: str = "none", backend: str = "auto"
+) -> tuple[Weights, Weights]:
     """MGDA weights on the raw gradients and the simplex weights ``alpha``.
 
     ``alpha`` minimises ``||sum_i alpha_i g_i / n_i||`` on the simplex; the raw-gradient
@@ -62,7 +64,9 @@ class MGDA(Method):
     def __init__(self, normalizer: str = "none", backend: str = "auto") -> None:
         super().__init__()
         if normalizer not in NORMALIZERS:
-            raise ValueError(f"mgda: unknown normalizer {normalizer!r}; choose one of {NORMALIZERS}")
+            raise ValueError(
+                f"mgda: unknown normalizer {normalizer!r}; choose one of {NORMALIZERS}"
+            )
         self.normalizer = normalizer
         self.backend = backend
 
@@ -83,7 +87,9 @@ class MGDA(Method):
     def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:
         if gram is None:
             raise ValueError("mgda needs the Gram matrix of the per-objective gradients")
-        w, alpha = mgda_weights(as_work(gram), as_work(losses), normalizer=self.normalizer, backend=self.backend)
+        w, alpha = mgda_weights(
+            as_work(gram), as_work(losses), normalizer=self.normalizer, backend=self.backend
+        )
         self.info = {"simplex_weights": alpha}
         return w
 

@@ -20,7 +20,9 @@ STEP_RULES = ("anchor", "convex", "log")
 STATIONARY_RTOL = 1e-3
 
 
-def mokd_simplex_weights(gram: PSDMatrix, losses: Tensor, *, simplex: bool = True, backend: str = "auto") -> Weights:
+def mokd_simplex_weights(
+    gram: PSDMatrix, losses: Tensor, *, simplex: bool = True, backend: str = "auto"
+) -> Weights:
     """MoKD's trade-off weights ``pi`` for the log-loss gradients ``h_i = g_i / L_i``.
 
     ``gram`` ``(K, K)`` is the Gram matrix of the raw gradients; that of the ``h_i`` is
@@ -32,7 +34,9 @@ def mokd_simplex_weights(gram: PSDMatrix, losses: Tensor, *, simplex: bool = Tru
     if simplex:
         return min_norm(log_gram, backend=backend)
     if gram.shape[-1] != 2:
-        raise ValueError("mokd: simplex=False (the paper's unclipped formula) is defined for two objectives only")
+        raise ValueError(
+            "mokd: simplex=False (the paper's unclipped formula) is defined for two objectives only"
+        )
     from mokd_optim.solvers._simplex import normalize
 
     return line_weights(normalize(log_gram))
@@ -107,7 +111,13 @@ class MoKD(Method):
     name = "mokd"
     log_losses = True
 
-    def __init__(self, step: str = "anchor", anchor: Union[int, str] = 0, simplex: bool = True, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        step: str = "anchor",
+        anchor: Union[int, str] = 0,
+        simplex: bool = True,
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
         if step not in STEP_RULES:
             raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
@@ -137,7 +147,9 @@ class MoKD(Method):
     def bind(self, names: Any) -> None:
         super().bind(names)
         if not self.simplex and len(self.objective_names) != 2:
-            raise ValueError("mokd: simplex=False (the paper's unclipped formula) is defined for two objectives only")
+            raise ValueError(
+                "mokd: simplex=False (the paper's unclipped formula) is defined for two objectives only"
+            )
         self._anchor_index = self.resolve_objective(self.anchor, "anchor")
 
     def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:
@@ -155,4 +167,9 @@ class MoKD(Method):
         return w
 
     def options(self) -> dict[str, Any]:
-        return {"step": self.step, "anchor": self.anchor, "simplex": self.simplex, "backend": self.backend}
+        return {
+            "step": self.step,
+            "anchor": self.anchor,
+            "simplex": self.simplex,
+            "backend": self.backend,
+        }

@@ -16,7 +16,9 @@ def register(cls: M) -> M:
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no registry name")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"method name {cls.name!r} is already registered to {_REGISTRY[cls.name].__name__}")
+        raise ValueError(
+            f"method name {cls.name!r} is already registered to {_REGISTRY[cls.name].__name__}"
+        )
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -36,10 +38,14 @@ def get(name: Union[str, Method], **options: Any) -> Method:
     """
     if isinstance(name, Method):
         if options:
-            raise ValueError(f"options {sorted(options)} given with a method instance {name!r}; pass them to its constructor")
+            raise ValueError(
+                f"options {sorted(options)} given with a method instance {name!r}; pass them to its constructor"
+            )
         return name
     if not isinstance(name, str):
-        raise TypeError(f"method must be a registered name or a Method instance, got {type(name).__name__}")
+        raise TypeError(
+            f"method must be a registered name or a Method instance, got {type(name).__name__}"
+        )
     key = name.lower().replace("_", "-")
     if key not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}")

@@ -29,8 +29,36 @@ def upgrad_weights(gram: PSDMatrix, *, backend: str = "auto") -> Weights:
     return project_to_dual_cone(work.expand(k, k, k), targets, backend=backend).sum(dim=0)
 
 
+class DualConeMethod(Method):
+    """Shared shell of the methods whose weights come from dual-cone QPs (UPGrad, DualProj):
+    the ``backend`` option and its validation; subclasses give ``solve(gram, backend=)``."""
+
+    conflict_free = True
+    pareto_stationary = True
+
+    def __init__(self, backend: str = "auto") -> None:
+        super().__init__()
+        if backend not in DUAL_CONE_BACKENDS:
+            raise ValueError(
+                f"{self.name}: unknown backend {backend!r}; choose one of {DUAL_CONE_BACKENDS}"
+            )
+        self.backend = backend
+
+    @staticmethod
+    def solve(gram: PSDMatrix, *, backend: str) -> Weights:
+        raise NotImplementedError
+
+    def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:
+        if gram is None:
+            raise ValueError(f"{self.name} needs the Gram matrix of the per-objective gradients")
+        return self.solve(gram, backend=self.backend)
+
+    def options(self) -> dict[str, Any]:
+        return {"backend": self.backend}
+
+
 @register
-class UPGrad(Method):
+class UPGrad(DualConeMethod):
     """UPGrad: average of each gradient projected onto the cone of non-conflicting directions.
 
     Formula (Quinton & Rey, 2024, torchjd): ``d = (1/K) sum_i argmin_{x : J x >= 0} ||x - g_i||``.
@@ -49,21 +77,4 @@ class UPGrad(Method):
     """
 
     name = "upgrad"
-    conflict_free = True
-    pareto_stationary = True
-
-    def __init__(self, backend: str = "auto") -> None:
-        super().__init__()
-        if backend not in DUAL_CONE_BACKENDS:
-            raise ValueError(
-                f"upgrad: unknown backend {backend!r}; choose one of {DUAL_CONE_BACKENDS}"
-            )
-        self.backend = backend
-
-    def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:
-        if gram is None:
-            raise ValueError("upgrad needs the Gram matrix of the per-objective gradients")
-        return upgrad_weights(gram, backend=self.backend)
-
-    def options(self) -> dict[str, Any]:
-        return {"backend": self.backend}
+    solve = staticmethod(upgrad_weights)

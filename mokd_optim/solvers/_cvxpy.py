@@ -44,7 +44,9 @@ def solve_qp(gram: np.ndarray, solver: str = "CLARABEL") -> np.ndarray:
         options = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
     problem.solve(solver=solver, **options)
     if weights.value is None or problem.status not in ("optimal", "optimal_inaccurate"):
-        raise SolverError(f"cvxpy ({solver}) returned status {problem.status!r} for a {k}x{k} Gram matrix")
+        raise SolverError(
+            f"cvxpy ({solver}) returned status {problem.status!r} for a {k}x{k} Gram matrix"
+        )
     w = np.clip(np.asarray(weights.value, dtype=np.float64), 0.0, None)
     return w / w.sum()
 

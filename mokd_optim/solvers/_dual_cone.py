@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
 from mokd_optim.solvers._enumeration import all_subsets
-from mokd_optim.solvers._simplex import check_gram, normalize, working_dtype
+from mokd_optim.solvers._simplex import check_gram, normalize, ratio_test_step, working_dtype
 
 DUAL_CONE_BACKENDS = ("auto", "closed_form", "enumeration", "projected_gradient")
 
@@ -80,7 +80,13 @@ def project_to_dual_cone(
     cosine = normalize(work * scales[:, :, None] * scales[:, None, :])
     scaled_target = target / scales
     if backend == "auto":
-        backend = "closed_form" if k == 2 else "enumeration" if k <= DUAL_CONE_ENUMERATION_MAX_K else "projected_gradient"
+        backend = (
+            "closed_form"
+            if k == 2
+            else "enumeration"
+            if k <= DUAL_CONE_ENUMERATION_MAX_K
+            else "projected_gradient"
+        )
     if backend == "closed_form":
         if k != 2:
             raise ValueError(f"the closed_form dual-cone backend solves K = 2 only, got K = {k}")
@@ -155,7 +161,9 @@ def _enumerate(gram: PSDMatrix, u: Tensor) -> Tensor:
     masks = free_sets[None].expand(batch, count, k).reshape(batch * count, k)
     mu = _solve_free(grams, targets, masks).reshape(batch, count, k)
     scale = u.abs().amax(dim=-1, keepdim=True).clamp_min(1e-300)  # (B, 1)
-    feasible = (mu >= -_FEASIBILITY_RTOL * scale[:, :, None]).all(dim=-1) & torch.isfinite(mu).all(dim=-1)
+    feasible = (mu >= -_FEASIBILITY_RTOL * scale[:, :, None]).all(dim=-1) & torch.isfinite(mu).all(
+        dim=-1
+    )
     mu = mu.clamp_min(0.0)
     v = u[:, None] + mu
     values = torch.einsum("bsi,bij,bsj->bs", v, gram, v)
@@ -223,16 +231,7 @@ def _polish(gram: PSDMatrix, u: Tensor, mu: Tensor, *, rounds: int | None = None
         negative = free & (target < -feasibility_tol)
         infeasible = negative.any(dim=-1, keepdim=True)
         # Ratio test along current -> target; current >= 0 and target < 0 where negative.
-        gap = (current - target).clamp_min(1e-300)
-        ratios = torch.where(negative, current / gap, torch.full_like(current, float("inf")))
-        # amin + argmin rather than min(dim): the fused values-and-indices reduction wakes the
-        # CPU thread pool, which costs milliseconds on these tiny tensors.
-        alpha = ratios.amin(dim=-1, keepdim=True)
-        blocking = ratios.argmin(dim=-1, keepdim=True)
-        alpha = alpha.clamp(0.0, 1.0)
-        moved = (current + alpha * (target - current)).clamp_min(0.0)
-        drop = torch.zeros_like(free).scatter_(-1, blocking, True)
-        moved = torch.where(drop, torch.zeros_like(moved), moved)
+        moved, drop = ratio_test_step(current, target, negative)
         accepted = target.clamp_min(0.0)
         gradient = (gram @ (u + accepted)[..., None])[..., 0]
         violation = torch.where(free, torch.full_like(gradient, -float("inf")), -gradient)

@@ -36,7 +36,9 @@ _VALUE_TOL = 1e-14
 def all_subsets(k: int, device: torch.device, include_empty: bool = False) -> torch.Tensor:
     """Every subset of ``range(k)`` (non-empty unless ``include_empty``) as a bool tensor
     ``(count, k)``, ordered by size. Cached per ``(k, device)``."""
-    codes = sorted(range(0 if include_empty else 1, 2**k), key=lambda code: (bin(code).count("1"), code))
+    codes = sorted(
+        range(0 if include_empty else 1, 2**k), key=lambda code: (bin(code).count("1"), code)
+    )
     bits = torch.tensor([[(code >> i) & 1 for i in range(k)] for code in codes], dtype=torch.bool)
     return bits.to(device)
 

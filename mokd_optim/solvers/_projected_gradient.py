@@ -28,7 +28,7 @@ def projected_gradient(gram: PSDMatrix, *, max_iter: int = 20, polish: bool = Tr
         w_next = project_to_simplex(y - step * grad)
         t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
         # Gradient-based restart (O'Donoghue & Candes 2015): drop momentum when it points uphill.
-        restart = ((grad * (w_next - w)).sum(dim=-1, keepdim=True) > 0)
+        restart = (grad * (w_next - w)).sum(dim=-1, keepdim=True) > 0
         momentum = torch.where(restart, torch.zeros_like(t), (t - 1.0) / t_next)
         y = w_next + momentum * (w_next - w)
         t = torch.where(restart, torch.ones_like(t), t_next)
@@ -55,7 +55,9 @@ def frank_wolfe(gram: PSDMatrix, *, max_iter: int = 20, polish: bool = True) -> 
         tt = diagonal[rows, target]  # ||g_t||^2
         denominator = vv + tt - 2.0 * vt
         safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-        gamma = torch.where(denominator > 0, ((vv - vt) / safe).clamp(0.0, 1.0), torch.zeros_like(vv))
+        gamma = torch.where(
+            denominator > 0, ((vv - vt) / safe).clamp(0.0, 1.0), torch.zeros_like(vv)
+        )
         w = (1.0 - gamma)[:, None] * w
         w[rows, target] += gamma
     return polish_on_support(gram, w) if polish else w

@@ -78,6 +78,24 @@ def _solve_on_support(gram: PSDMatrix, support: Tensor) -> Tensor:
     return torch.where(support, solution[:, :k, 0], torch.zeros_like(mask))
 
 
+def ratio_test_step(current: Tensor, target: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
+    """One primal active-set move: from ``current`` (feasible, >= 0) towards ``target`` until the
+    first coordinate marked ``negative`` (where ``target < 0``) reaches zero.
+
+    Returns the moved point (that coordinate exactly 0, all >= 0) and a one-hot mask of the
+    blocking coordinate, to be dropped from the free set. Shapes ``(B, K)``; no host sync.
+    """
+    gap = (current - target).clamp_min(1e-300)
+    ratios = torch.where(negative, current / gap, torch.full_like(current, float("inf")))
+    # amin + argmin rather than min(dim): the fused values-and-indices reduction wakes the CPU
+    # thread pool, which costs milliseconds on these tiny tensors.
+    alpha = ratios.amin(dim=-1, keepdim=True).clamp(0.0, 1.0)
+    blocking = ratios.argmin(dim=-1, keepdim=True)
+    moved = (current + alpha * (target - current)).clamp_min(0.0)
+    drop = torch.zeros_like(negative).scatter_(-1, blocking, True)
+    return torch.where(drop, torch.zeros_like(moved), moved), drop
+
+
 def polish_on_support(
     gram: PSDMatrix, w: Weights, *, rounds: int | None = None, threshold: float = 1e-9
 ) -> Weights:
@@ -104,16 +122,7 @@ def polish_on_support(
         negative = support & (target < -tol)
         infeasible = negative.any(dim=-1, keepdim=True)
         # (a) ratio test along current -> target
-        gap = (current - target).clamp_min(1e-300)
-        ratios = torch.where(negative, current / gap, torch.full_like(current, float("inf")))
-        # amin + argmin rather than min(dim): the fused values-and-indices reduction wakes the
-        # CPU thread pool, which costs milliseconds on these tiny tensors.
-        alpha = ratios.amin(dim=-1, keepdim=True)
-        blocking = ratios.argmin(dim=-1, keepdim=True)
-        alpha = alpha.clamp(0.0, 1.0)
-        moved = (current + alpha * (target - current)).clamp_min(0.0)
-        drop = torch.zeros_like(support).scatter_(-1, blocking, True)
-        moved = torch.where(drop, torch.zeros_like(moved), moved)
+        moved, drop = ratio_test_step(current, target, negative)
         moved = moved / moved.sum(dim=-1, keepdim=True).clamp_min(1e-300)
         support_a = support & ~drop
         # (b) accept the support solution, add the most violating index

@@ -1,0 +1,119 @@
+"""Pieces shared by the example trainers (``imagenet_kd.py``, ``coco_kd.py``), in the manner of
+torchvision's ``references/*/utils.py``: a resumable sharded sampler, loading a model state
+dict from any of the files the trainers write, and the logs a resumed run continues."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.data import Sampler
+
+from mokd_optim.diagnostics import StatsLogger
+
+
+class EpochSampler(Sampler):
+    """Shuffled, sharded, resumable order of the training set.
+
+    Epoch ``e`` is a permutation drawn from ``seed + e`` (padded by wrapping around so that
+    every rank gets the same number of samples, as ``DistributedSampler`` does); rank ``r``
+    takes positions ``r, r + W, ...``. Each item is ``(dataset index, sample seed)``: the
+    seed drives that sample's random augmentation, so an image is augmented the same way
+    whichever worker loads it and whether or not the run was resumed. ``set_epoch(e, start)``
+    skips the first ``start`` samples of this rank's shard (a resumed epoch).
+    """
+
+    def __init__(self, size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.per_rank = math.ceil(size / world_size)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
+        total = self.per_rank * self.world_size
+        positions = torch.arange(total) % self.size  # pad by wrapping around
+        mine = positions[self.rank :: self.world_size][self.start :]
+        return iter(zip(order[mine].tolist(), seeds[mine].tolist()))
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+def state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
+    """A model state dict from a file: a plain state dict, a mokd_optim checkpoint (its
+    ``model``), or ``{"state_dict": ...}`` / ``{"model": ...}``; DDP/compile prefixes removed."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(payload, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if key in payload and isinstance(payload[key], dict):
+                payload = payload[key]
+                break
+    if not isinstance(payload, dict) or not all(
+        isinstance(v, torch.Tensor) for v in payload.values()
+    ):
+        raise ValueError(
+            f"{path} holds no state dict (expected a dict of tensors, a mokd_optim checkpoint or {{'state_dict': ...}})"
+        )
+    cleaned = {}
+    for key, value in payload.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        cleaned[key] = value
+    return cleaned
+
+
+def truncate_log(path: Path, *, keep: Callable[[dict[str, float]], bool]) -> None:
+    """Drop rows of a StatsLogger CSV that a resumed run will write again."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+
+    with open(path, newline="") as stream:
+        rows = list(csv.reader(stream))
+    header, body = rows[0], rows[1:]
+    kept = [
+        row
+        for row in body
+        if keep({k: float(v) if v != "" else math.nan for k, v in zip(header, row)})
+    ]
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        writer.writerows(kept)
+    os.replace(temporary, path)
+
+
+def open_logs(
+    args: argparse.Namespace, *, main_process: bool, resume: bool, step: int, epoch: int
+) -> tuple[StatsLogger, StatsLogger, Optional[Any]]:
+    """The training and evaluation :class:`StatsLogger` of a run (``<output_dir>/train_log.csv``
+    and ``eval_log.csv``, TensorBoard events with ``--tensorboard``), and the TensorBoard writer.
+
+    On a resumed run the rows it will write again (training steps from ``step``, evaluations
+    after ``epoch``) are dropped first, so the logs of an interrupted and resumed run equal those
+    of an uninterrupted one.
+    """
+    train_log, eval_log = args.output_dir / "train_log.csv", args.output_dir / "eval_log.csv"
+    if main_process and resume:
+        truncate_log(train_log, keep=lambda row: row["step"] < step)
+        truncate_log(eval_log, keep=lambda row: row["epoch"] <= epoch)
+    writer = None
+    if args.tensorboard and main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(args.output_dir / "tensorboard"))
+    logger = StatsLogger(train_log, tensorboard=writer, log_every=args.log_every, append=resume)
+    eval_logger = StatsLogger(eval_log, tensorboard=writer, append=resume)
+    return logger, eval_logger, writer
