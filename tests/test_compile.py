@@ -117,3 +117,41 @@ def _initial() -> list[torch.Tensor]:
     torch.manual_seed(0)
     student, projector = Student(), nn.Linear(32, 48)
     return [p.detach().clone() for p in [*student.parameters(), *projector.parameters()]]
+
+
+def test_donated_buffer_error_is_explained_and_changes_nothing(monkeypatch) -> None:
+    """A compiled backward built with donated buffers runs once per forward; the loop strategy
+    needs one pass per objective. torch's error (seen with compiled torchvision models in
+    examples/imagenet_kd.py; not reproduced here on a small CPU model, so it is injected with
+    torch 2.14's wording) becomes one that names the fix, before anything is written."""
+    torch.manual_seed(0)
+    student = Student()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(student.parameters(), lr=0.1), "mokd")
+    x, y, _, teacher = _data(0)
+    logits, _ = student(x)
+    losses = {"task": F.cross_entropy(logits, y), "kd": kd_kl(logits, teacher)}
+    real_grad = torch.autograd.grad
+
+    def refuse(*args, **kwargs):
+        if kwargs.get("retain_graph"):
+            raise RuntimeError(
+                "This backward function was compiled with non-empty donated buffers which requires "
+                "create_graph=False and retain_graph=False. Please keep backward(create_graph=False, "
+                "retain_graph=False) across all backward() function calls, or set "
+                "torch._functorch.config.donated_buffer=False to disable donated buffer."
+            )
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", refuse)
+    before = [p.detach().clone() for p in student.parameters()]
+    with pytest.raises(RuntimeError, match=r"donated_buffer = False before the first call") as info:
+        opt.backward(losses)
+    assert "nothing was changed" in str(info.value)
+    assert all(p.grad is None for p in student.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, student.parameters()))
+    # Other errors pass through unchanged.
+    monkeypatch.setattr(
+        torch.autograd, "grad", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))
+    )
+    with pytest.raises(RuntimeError, match="^boom$"):
+        opt.backward(losses)
