@@ -180,38 +180,6 @@ def ours_step(setup: KDSetup, method: str, strategy: str, *, validate: bool = Tr
     return step
 
 
-def candidate_loop_step(setup: KDSetup, method: str) -> Step:
-    """The ``loop`` strategy as proposed for ``gradients.py``: no ``(K, *shape)`` block copies.
-
-    The K gradient lists from ``torch.autograd.grad`` are used as they are: the Gram matrix is
-    built from per-tensor dot products (``_candidates.gram_from_lists``) and the combination is
-    written into the first objective's gradient tensors (``_candidates.combine_in_place``).
-    Every parameter of the KD student is reached by every loss (they all go through the
-    logits), so no exclusive-parameter routing is needed here. Not used by the library.
-    """
-    from benchmarks._candidates import combine_in_place, gram_from_lists
-    from mokd_optim.methods import get
-
-    optimizer = setup.sgd()
-    balancer = get(method)
-    balancer.bind(setup.names)
-    params = setup.params()
-
-    def step() -> None:
-        losses = list(setup.losses(*setup.forward()).values())
-        values = torch.stack([loss.detach() for loss in losses]).double()
-        per_objective = [
-            list(torch.autograd.grad(loss, params, retain_graph=index < len(losses) - 1))
-            for index, loss in enumerate(losses)
-        ]
-        weights = balancer.weights(gram_from_lists(per_objective), values)
-        optimizer.zero_grad(set_to_none=True)
-        combine_in_place(params, per_objective, weights)
-        optimizer.step()
-
-    return step
-
-
 def clone_student(setup: KDSetup) -> nn.Module:
     """A separate copy of the student (for peers that install hooks on the model)."""
     return copy.deepcopy(setup.student)

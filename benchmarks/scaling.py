@@ -5,7 +5,7 @@ step), timed interleaved against the fixed-weight step in one process:
 
 - **K** from 2 to 8 (cross-entropy plus KD terms at K - 1 temperatures) with the ResNet-18
   student: the floor (fixed step + K - 1 extra backward passes), MoKD with ``loop``, ``vmap``
-  and ``representation``, the proposed copy-free loop, and torchjd's UPGrad (autojac) when
+  and ``representation``, UPGrad with ``loop``, and torchjd's UPGrad (autojac) when
   installed;
 - **model size** at K = 2: students from torchvision (MobileNet-V3-small, ResNet-18, ResNet-34,
   ResNet-50) under the same ResNet-34 teacher.
@@ -36,6 +36,7 @@ from benchmarks._common import (  # noqa: E402
     command_line,
     configure,
     interleaved,
+    load_average,
     paired_ratio,
     peak_memory,
     write_json,
@@ -44,7 +45,6 @@ from benchmarks._kd import (  # noqa: E402
     KDSetup,
     Step,
     build,
-    candidate_loop_step,
     fixed_step,
     floor_step,
     ours_step,
@@ -62,7 +62,6 @@ def cases_for(setup: KDSetup, with_torchjd: bool) -> dict[str, Step]:
         "mokd loop": ours_step(setup, "mokd", "loop"),
         "mokd vmap": ours_step(setup, "mokd", "vmap"),
         "mokd representation": ours_step(setup, "mokd", "representation"),
-        "candidate copy-free loop": candidate_loop_step(setup, "mokd"),
         "upgrad loop": ours_step(setup, "upgrad", "loop"),
     }
     if with_torchjd:
@@ -138,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     environment = describe()
     print("environment:", as_text(environment), flush=True)
     start = time.perf_counter()
+    load_before = load_average()
     report: dict[str, Any] = {
         "benchmark": "scaling",
         "command": command_line("benchmarks/scaling.py", sys.argv[1:] if argv is None else argv),
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _print(row, f"{student} ({row['parameters']:,} parameters)")
             del setup
     report["wall_seconds"] = time.perf_counter() - start
+    report["load_average"] = {"before": load_before, "after": load_average()}
     write_json(args.out, report)
     page.write_page(args.out.parent, args.page, args.plots)
     print(f"wrote {args.out} and {args.page} in {report['wall_seconds']:.0f} s")

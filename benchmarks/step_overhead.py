@@ -10,7 +10,6 @@ interleaved with the fixed-weight KD step (``loss.backward()`` of the weighted s
   with ``validate=False``; ``famo`` and ``mokd-amortized`` with the ``amortized`` strategy
   (``observe="next_batch"`` and the faithful same-batch closure);
 - the floor of an exact strategy: the fixed step plus one extra student backward, measured;
-- the proposed copy-free ``loop`` (``benchmarks/_candidates.py``);
 - torchjd (autojac and autogram), pytorch_optimizer's PCGrad and LibMTL on the same model,
   batch and method, after checking that each computes the same ``.grad`` as ours.
 
@@ -46,6 +45,7 @@ from benchmarks._common import (  # noqa: E402
     command_line,
     configure,
     interleaved,
+    load_average,
     paired_ratio,
     peak_memory,
     quantiles,
@@ -56,7 +56,6 @@ from benchmarks._kd import (  # noqa: E402
     KDSetup,
     Step,
     build,
-    candidate_loop_step,
     clone_student,
     fixed_step,
     flat_grad,
@@ -99,9 +98,6 @@ def build_cases(setup: KDSetup, args: argparse.Namespace, peer_cases: list[peer_
             label = ours_label(method, "amortized", extra=" same-batch closure" if same_batch else " next-batch")
             cases[label] = ours_step(setup, method, "amortized", same_batch=same_batch)
             meta[label] = {"kind": "ours", "method": method, "strategy": "amortized", "validate": True, "same_batch": same_batch}
-    label = "candidate: copy-free loop, mokd"
-    cases[label] = candidate_loop_step(setup, "mokd")
-    meta[label] = {"kind": "candidate", "method": "mokd", "strategy": "loop"}
     for case in peer_cases:
         cases[case.label] = case.step(setup)
         meta[case.label] = {"kind": "peer", "library": case.library, "method": case.ours, "note": case.note}
@@ -232,7 +228,6 @@ def targets(timing: dict[str, dict[str, Any]], memory: dict[str, int], meta: dic
         "loop_vs_floor": paired_ratio(timing, ours_label("mokd", "loop"), FLOOR),
         "loop_vs_floor_no_validate": paired_ratio(timing, ours_label("mokd", "loop", validate=False), FLOOR),
         "vmap_vs_floor": paired_ratio(timing, ours_label("mokd", "vmap"), FLOOR),
-        "candidate_loop_vs_floor": paired_ratio(timing, "candidate: copy-free loop, mokd", FLOOR),
         "representation_vs_fixed": timing[ours_label("mokd", "representation")]["ratio"],
         "representation_vs_fixed_no_validate": timing[ours_label("mokd", "representation", validate=False)]["ratio"],
         "peers": [],
@@ -290,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     environment["peers"] = peer_lib.versions()
     print("environment:", as_text(environment), flush=True)
     start = time.perf_counter()
+    load_before = load_average()
     setup = build(
         student=args.student, teacher=args.teacher, batch=args.batch, resolution=args.resolution,
         num_classes=args.num_classes, device=device, amp=args.amp,
@@ -329,6 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     report["targets"] = targets(timing, memory, meta)
     report["wall_seconds"] = time.perf_counter() - start
+    report["load_average"] = {"before": load_before, "after": load_average()}
     for label, entry in report["cases"].items():
         r = entry["ratio"]
         print(f"  {label:<48} {1e3 * entry['time']['median']:8.1f} ms  {r['median']:5.2f}x [{r['q1']:.2f}, {r['q3']:.2f}]  peak {entry['peak_memory_bytes'] / 2**20:7.1f} MiB", flush=True)
