@@ -63,7 +63,9 @@ def time_call(fn: Step, device: torch.device) -> float:
     return time.perf_counter() - begin
 
 
-def time_repeated(fn: Step, device: torch.device, *, min_seconds: float = 0.05, max_calls: int = 10_000) -> float:
+def time_repeated(
+    fn: Step, device: torch.device, *, min_seconds: float = 0.05, max_calls: int = 10_000
+) -> float:
     """Mean seconds per call of a fast ``fn``, called back to back until ``min_seconds`` have passed.
 
     Used for microsecond-scale calls (K x K weightings) where one call is below the clock's
@@ -161,7 +163,9 @@ def interleaved(
     return result
 
 
-def paired_ratio(result: Mapping[str, Mapping[str, Any]], numerator: str, denominator: str) -> dict[str, float]:
+def paired_ratio(
+    result: Mapping[str, Mapping[str, Any]], numerator: str, denominator: str
+) -> dict[str, float]:
     """Quantiles of the per-round ratio ``numerator / denominator`` of two :func:`interleaved` cases.
 
     Both are measured against the same baseline in the same rounds, so the ratio of their
@@ -197,7 +201,11 @@ def peak_memory(fn: Step, device: torch.device, prepare: Callable[[], Any] | Non
         warnings.simplefilter("ignore")
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events = [
+        e
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
     events.sort(key=lambda e: e.start_ns())
     current = peak = 0
     for event in events:

@@ -104,7 +104,9 @@ def build(
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, resolution, resolution, generator=generator).to(device)
     y = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
-    setup = KDSetup(student=student_model, teacher=teacher_model, x=x, y=y, device=device, k=k, amp=amp)
+    setup = KDSetup(
+        student=student_model, teacher=teacher_model, x=x, y=y, device=device, k=k, amp=amp
+    )
     setup.names = tuple(setup.losses(*setup.forward()).keys())
     return setup
 
@@ -149,7 +151,15 @@ def floor_step(setup: KDSetup) -> Step:
     return step
 
 
-def ours_step(setup: KDSetup, method: str, strategy: str, *, validate: bool = True, same_batch: bool = False, **options: Any) -> Step:
+def ours_step(
+    setup: KDSetup,
+    method: str,
+    strategy: str,
+    *,
+    validate: bool = True,
+    same_batch: bool = False,
+    **options: Any,
+) -> Step:
     """One step of ``MultiObjectiveOptimizer`` with the given method and strategy.
 
     ``strategy="representation"`` passes the student logits as ``features=``. ``same_batch``
@@ -158,7 +168,9 @@ def ours_step(setup: KDSetup, method: str, strategy: str, *, validate: bool = Tr
     """
     if method in ("famo", "mokd-amortized") and not same_batch:
         options.setdefault("observe", "next_batch")
-    optimizer = MultiObjectiveOptimizer(setup.sgd(), method, strategy=strategy, validate=validate, **options)
+    optimizer = MultiObjectiveOptimizer(
+        setup.sgd(), method, strategy=strategy, validate=validate, **options
+    )
 
     def step() -> None:
         student_logits, teacher_logits = setup.forward()
@@ -198,4 +210,9 @@ def same_state(models: Sequence[nn.Module]) -> Iterator[None]:
 
 def flat_grad(params: Sequence[Tensor]) -> Tensor:
     """All ``.grad`` concatenated in float64 (zeros where ``None``)."""
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).double() for p in params])
+    return torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).double()
+            for p in params
+        ]
+    )

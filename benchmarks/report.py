@@ -98,7 +98,11 @@ def solver_lines(report: dict[str, Any], plots: Path, rel: str) -> list[str]:
         cells = []
         for k in ks:
             row = table.get((backend, k))
-            cells.append("—" if row is None else f"{us(row['time']['median'])} µs (kkt {row['max_kkt_residual']:.0e})")
+            cells.append(
+                "—"
+                if row is None
+                else f"{us(row['time']['median'])} µs (kkt {row['max_kkt_residual']:.0e})"
+            )
         lines.append(f"| {backend} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -115,7 +119,9 @@ def solver_lines(report: dict[str, Any], plots: Path, rel: str) -> list[str]:
             names.append(row["method"])
     mtable = {(row["method"], row["k"]): row for row in report["methods"]}
     for name in names:
-        cells = [us(mtable[(name, k)]["time"]["median"]) if (name, k) in mtable else "—" for k in ks]
+        cells = [
+            us(mtable[(name, k)]["time"]["median"]) if (name, k) in mtable else "—" for k in ks
+        ]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -148,7 +154,11 @@ def solver_lines(report: dict[str, Any], plots: Path, rel: str) -> list[str]:
         c = row["cases"]
         lines.append(
             f"| {row['n']:,} | {row['k']} | {ms(c['floor']['time']['median'])} | {ms(c['loop total']['time']['median'])} | "
-            + " | ".join(ratio(c[f"{layout} {part}"]["ratio"]) for layout in ("loop", "stacked") for part in ("gram", "combine", "total"))
+            + " | ".join(
+                ratio(c[f"{layout} {part}"]["ratio"])
+                for layout in ("loop", "stacked")
+                for part in ("gram", "combine", "total")
+            )
             + " |"
         )
     figure = _plot_combine(report, plots)
@@ -165,9 +175,21 @@ def _plot_combine(report: dict[str, Any], plots: Path) -> Optional[Path]:
         if len(rows) < 2:
             continue
         ns = [row["n"] for row in rows]
-        ax.plot(ns, [row["cases"]["loop total"]["ratio"]["median"] for row in rows], marker="o", label=f"loop layout, K={k}")
+        ax.plot(
+            ns,
+            [row["cases"]["loop total"]["ratio"]["median"] for row in rows],
+            marker="o",
+            label=f"loop layout, K={k}",
+        )
         colour = ax.lines[-1].get_color()
-        ax.plot(ns, [row["cases"]["stacked total"]["ratio"]["median"] for row in rows], marker="x", linestyle=":", color=colour, label=f"stacked (vmap), K={k}")
+        ax.plot(
+            ns,
+            [row["cases"]["stacked total"]["ratio"]["median"] for row in rows],
+            marker="x",
+            linestyle=":",
+            color=colour,
+            label=f"stacked (vmap), K={k}",
+        )
     if not ax.lines:
         plt.close(fig)
         return None
@@ -191,9 +213,7 @@ def _plot_combine(report: dict[str, Any], plots: Path) -> Optional[Path]:
 
 
 def _case_row(label: str, entry: dict[str, Any]) -> str:
-    return (
-        f"| {label} | {ms(entry['time']['median'])} | {spread(entry['ratio'])} | {mib(entry.get('peak_memory_bytes'))} |"
-    )
+    return f"| {label} | {ms(entry['time']['median'])} | {spread(entry['ratio'])} | {mib(entry.get('peak_memory_bytes'))} |"
 
 
 def step_lines(report: dict[str, Any], plots: Path, rel: str) -> list[str]:
@@ -208,7 +228,8 @@ def step_lines(report: dict[str, Any], plots: Path, rel: str) -> list[str]:
         "",
         f"- Command: `{report['command']}` ({report['wall_seconds']:.0f} s)",
         f"- Hardware and versions: {as_text(env)}; device `{s['device']}`",
-        "- Peers: " + ", ".join(f"{name} {version or 'not installed'}" for name, version in peers.items()),
+        "- Peers: "
+        + ", ".join(f"{name} {version or 'not installed'}" for name, version in peers.items()),
         f"- Step: teacher `{s['teacher']}` (frozen, no grad) -> student `{s['student']}` ({report['student_parameters']:,} parameters), "
         f"{s['num_classes']} classes, batch {s['batch']} at {s['resolution']} px{amp}, random initialisation and data; "
         "losses cross-entropy and KD (T = 4); base optimizer SGD (momentum 0.9) for every case.",
@@ -220,9 +241,13 @@ def step_lines(report: dict[str, Any], plots: Path, rel: str) -> list[str]:
         "|---|---|---|",
     ]
     loop = t["loop_vs_floor"]
-    lines.append(f"| exact strategy (`loop`, MoKD) within 1.1x of the measured floor (fixed step + 1 extra backward) | {spread(loop)} (validate=False: {spread(t['loop_vs_floor_no_validate'])}; `vmap`: {spread(t['vmap_vs_floor'])}) | {'yes' if loop['median'] <= 1.1 else 'no'} |")
+    lines.append(
+        f"| exact strategy (`loop`, MoKD) within 1.1x of the measured floor (fixed step + 1 extra backward) | {spread(loop)} (validate=False: {spread(t['loop_vs_floor_no_validate'])}; `vmap`: {spread(t['vmap_vs_floor'])}) | {'yes' if loop['median'] <= 1.1 else 'no'} |"
+    )
     rep = t["representation_vs_fixed"]
-    lines.append(f"| `representation` (MoKD, features = student logits) within 1.05x of fixed-weight KD | {spread(rep)} (validate=False: {spread(t['representation_vs_fixed_no_validate'])}) | {'yes' if rep['median'] <= 1.05 else 'no'} |")
+    lines.append(
+        f"| `representation` (MoKD, features = student logits) within 1.05x of fixed-weight KD | {spread(rep)} (validate=False: {spread(t['representation_vs_fixed_no_validate'])}) | {'yes' if rep['median'] <= 1.05 else 'no'} |"
+    )
     for peer in t["peers"]:
         if not peer["peer"].startswith("torchjd"):
             continue
@@ -315,7 +340,12 @@ def _plot_step(report: dict[str, Any], plots: Path) -> Optional[Path]:
     high = [report["cases"][label]["ratio"]["q3"] - m for m, label in zip(medians, labels)]
     colours = {"baseline": "grey", "floor": "black", "ours": "tab:blue", "peer": "tab:orange"}
     fig, ax = plt.subplots(figsize=(7.5, 0.28 * len(labels) + 1.2))
-    ax.barh(range(len(labels)), medians, xerr=[low, high], color=[colours.get(report["cases"][x].get("kind", ""), "tab:blue") for x in labels])
+    ax.barh(
+        range(len(labels)),
+        medians,
+        xerr=[low, high],
+        color=[colours.get(report["cases"][x].get("kind", ""), "tab:blue") for x in labels],
+    )
     ax.set_yticks(range(len(labels)))
     ax.set_yticklabels(labels, fontsize=7)
     ax.invert_yaxis()
@@ -346,25 +376,57 @@ def scaling_lines(report: dict[str, Any], plots: Path, rel: str) -> list[str]:
         " (median [quartiles]); the floor is the fixed step plus K - 1 extra backward passes.",
         "",
     ]
-    for key, title, first in (("by_k", "### Versus K (student ResNet-18)", "K"), ("by_size", "### Versus model size (K = 2)", "student")):
+    for key, title, first in (
+        ("by_k", "### Versus K (student ResNet-18)", "K"),
+        ("by_size", "### Versus model size (K = 2)", "student"),
+    ):
         rows = report[key]
         if not rows:
             continue
         labels = [label for label in rows[0]["cases"] if label != "fixed-weight KD"]
-        lines += [title, "", f"| {first} | parameters | fixed step (ms) | " + " | ".join(labels) + " |", "|---|---|---|" + "---|" * len(labels)]
+        lines += [
+            title,
+            "",
+            f"| {first} | parameters | fixed step (ms) | " + " | ".join(labels) + " |",
+            "|---|---|---|" + "---|" * len(labels),
+        ]
         for row in rows:
             head = row["k"] if key == "by_k" else row["student"]
             cells = [spread(row["cases"][label]["ratio"]) for label in labels]
-            lines.append(f"| {head} | {row['parameters']:,} | {ms(row['cases']['fixed-weight KD']['time']['median'])} | " + " | ".join(cells) + " |")
-        lines += ["", "Over the floor (same rounds):", "", f"| {first} | " + " | ".join(labels[1:]) + " |", "|---|" + "---|" * len(labels[1:])]
+            lines.append(
+                f"| {head} | {row['parameters']:,} | {ms(row['cases']['fixed-weight KD']['time']['median'])} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        lines += [
+            "",
+            "Over the floor (same rounds):",
+            "",
+            f"| {first} | " + " | ".join(labels[1:]) + " |",
+            "|---|" + "---|" * len(labels[1:]),
+        ]
         for row in rows:
             head = row["k"] if key == "by_k" else row["student"]
-            lines.append(f"| {head} | " + " | ".join(spread(row["cases"][label]["over_floor"]) for label in labels[1:]) + " |")
+            lines.append(
+                f"| {head} | "
+                + " | ".join(spread(row["cases"][label]["over_floor"]) for label in labels[1:])
+                + " |"
+            )
         if rows[0]["cases"][labels[0]].get("peak_memory_bytes") is not None:
-            lines += ["", "Peak memory per step (MiB):", "", f"| {first} | fixed | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+            lines += [
+                "",
+                "Peak memory per step (MiB):",
+                "",
+                f"| {first} | fixed | " + " | ".join(labels) + " |",
+                "|---|---|" + "---|" * len(labels),
+            ]
             for row in rows:
                 head = row["k"] if key == "by_k" else row["student"]
-                lines.append(f"| {head} | {mib(row['cases']['fixed-weight KD']['peak_memory_bytes'])} | " + " | ".join(mib(row["cases"][label]["peak_memory_bytes"]) for label in labels) + " |")
+                lines.append(
+                    f"| {head} | {mib(row['cases']['fixed-weight KD']['peak_memory_bytes'])} | "
+                    + " | ".join(mib(row["cases"][label]["peak_memory_bytes"]) for label in labels)
+                    + " |"
+                )
         lines.append("")
     figure = _plot_scaling(report, plots)
     if figure:
@@ -375,7 +437,10 @@ def scaling_lines(report: dict[str, Any], plots: Path, rel: str) -> list[str]:
 def _plot_scaling(report: dict[str, Any], plots: Path) -> Optional[Path]:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, xlabel in ((axes[0], "by_k", "objectives K"), (axes[1], "by_size", "student parameters")):
+    for ax, key, xlabel in (
+        (axes[0], "by_k", "objectives K"),
+        (axes[1], "by_size", "student parameters"),
+    ):
         rows = report[key]
         if not rows:
             ax.set_visible(False)
@@ -384,7 +449,13 @@ def _plot_scaling(report: dict[str, Any], plots: Path) -> Optional[Path]:
         for label in rows[0]["cases"]:
             if label == "fixed-weight KD":
                 continue
-            ax.plot(xs, [row["cases"][label]["ratio"]["median"] for row in rows], marker="o", label=label, linestyle="--" if label == "floor" else "-")
+            ax.plot(
+                xs,
+                [row["cases"][label]["ratio"]["median"] for row in rows],
+                marker="o",
+                label=label,
+                linestyle="--" if label == "floor" else "-",
+            )
         ax.set_xlabel(xlabel)
         ax.set_ylabel("step time / fixed-weight KD")
         if key == "by_size":
@@ -450,9 +521,13 @@ def summary_lines(loaded: dict[str, dict[str, Any]]) -> list[str]:
         for engine in ("autojac", "autogram"):
             peers = _torchjd(t["peers"], engine)
             if peers:
-                cells = "; ".join(f"`{peer['method']}` {spread(peer['loop_time_over_peer'])}" for peer in peers)
+                cells = "; ".join(
+                    f"`{peer['method']}` {spread(peer['loop_time_over_peer'])}" for peer in peers
+                )
                 met = all(peer["loop_time_over_peer"]["median"] < 1 for peer in peers)
-                lines.append(f"| faster than torchjd {engine} on the same method (time ours / torchjd) | {cells} | {'yes' if met else 'no'} |")
+                lines.append(
+                    f"| faster than torchjd {engine} on the same method (time ours / torchjd) | {cells} | {'yes' if met else 'no'} |"
+                )
         for engine in ("autojac", "autogram"):
             peers = _torchjd(t["peers"], engine)
             if peers:
@@ -462,7 +537,9 @@ def summary_lines(loaded: dict[str, dict[str, Any]]) -> list[str]:
                     for peer in peers
                 )
                 met = all(peer["loop_memory_over_peer"] <= 1.0 for peer in peers)
-                lines.append(f"| peak memory no higher than torchjd {engine} (ours / torchjd) | {cells} | {'yes' if met else 'no'} |")
+                lines.append(
+                    f"| peak memory no higher than torchjd {engine} (ours / torchjd) | {cells} | {'yes' if met else 'no'} |"
+                )
     row = _combine_row(solver, RESNET18, 2) if solver is not None else None
     if row is not None:
         c = row["cases"]
@@ -493,7 +570,9 @@ def summary_lines(loaded: dict[str, dict[str, Any]]) -> list[str]:
                 f" {step['student_parameters']:,}), take {ms(total)} ms, {100 * total / fixed:.0f}% of the {ms(fixed)} ms fixed step"
                 " here; on a GPU the same traffic (about 2K + 1 gradient-sized passes) is a fraction of a millisecond."
             )
-        faster = step["targets"]["vmap_vs_floor"]["median"] < step["targets"]["loop_vs_floor"]["median"]
+        faster = (
+            step["targets"]["vmap_vs_floor"]["median"] < step["targets"]["loop_vs_floor"]["median"]
+        )
         lines.append(
             f"- **`vmap` is {'faster' if faster else 'slower'} than `loop` on this CPU** ({spread(step['targets']['vmap_vs_floor'])} of the floor):"
             " the batched backward returns stacked `(K, *shape)` blocks plus batched intermediate gradients"
@@ -521,7 +600,11 @@ def summary_lines(loaded: dict[str, dict[str, Any]]) -> list[str]:
             ),
             "  torchjd's autogram `Engine` never materialises per-objective gradients (it accumulates",
             "  the Gramian layer by layer, then runs one weighted backward), so its peak is about one"
-            + (f" gradient ({mib(cases[autogram[0]['peer']]['peak_memory_bytes'])} MiB)" if autogram else " gradient"),
+            + (
+                f" gradient ({mib(cases[autogram[0]['peer']]['peak_memory_bytes'])} MiB)"
+                if autogram
+                else " gradient"
+            ),
             "  at the price of a third backward pass. Ours at that memory: `representation` and",
             f"  `amortized` ({mib(cases[ours_loop('mokd').replace('loop', 'representation')]['peak_memory_bytes'])} MiB); an exact"
             " strategy at that memory needs the same extra backward (Gram first, then a weighted backward).",
@@ -640,9 +723,18 @@ def _caveats(loaded: dict[str, dict[str, Any]]) -> list[str]:
             "per-op overhead weigh far more than on a GPU, where the same scripts run with",
             "`--device cuda`.",
         ]
-    loads = {name: report["load_average"] for name, report in loaded.items() if report.get("load_average")}
+    loads = {
+        name: report["load_average"]
+        for name, report in loaded.items()
+        if report.get("load_average")
+    }
     if loads:
-        ones = [value[0] for load in loads.values() for value in (load["before"], load["after"]) if value]
+        ones = [
+            value[0]
+            for load in loads.values()
+            for value in (load["before"], load["after"])
+            if value
+        ]
         cores = max((env.get("cpu_cores") or 1) for env in envs)
         quiet = bool(ones) and max(ones) <= 1.5
         described = "; ".join(
@@ -660,14 +752,19 @@ def _caveats(loaded: dict[str, dict[str, Any]]) -> list[str]:
                 f"The machine was **shared with other jobs** during some runs ({cores} cores; 1-minute load average {described}):",
                 "medians of interleaved rounds and their quartiles are the honest summary.",
             ]
-        lines += ["Ratios measured in one run are comparable; absolute times across sections less so.", ""]
+        lines += [
+            "Ratios measured in one run are comparable; absolute times across sections less so.",
+            "",
+        ]
     elif lines:
         lines.append("")
     return lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--plots", type=Path, default=None)

@@ -84,15 +84,35 @@ def solver_section(args: argparse.Namespace, device: torch.device) -> list[dict[
             backends.append(("closed_form", lambda g: solvers.min_norm(g, backend="closed_form")))
         backends.append(("enumeration", lambda g: solvers.min_norm(g, backend="enumeration")))
         for iterations in args.iterations:
-            backends.append((f"projected_gradient ({iterations} it.)", lambda g, it=iterations: solvers.min_norm(g, backend="projected_gradient", max_iter=it)))
-        backends.append((f"frank_wolfe ({args.iterations[0]} it.)", lambda g: solvers.min_norm(g, backend="frank_wolfe", max_iter=args.iterations[0])))
+            backends.append(
+                (
+                    f"projected_gradient ({iterations} it.)",
+                    lambda g, it=iterations: solvers.min_norm(
+                        g, backend="projected_gradient", max_iter=it
+                    ),
+                )
+            )
+        backends.append(
+            (
+                f"frank_wolfe ({args.iterations[0]} it.)",
+                lambda g: solvers.min_norm(g, backend="frank_wolfe", max_iter=args.iterations[0]),
+            )
+        )
         backends.append(("auto (default)", lambda g: solvers.min_norm(g)))
         backends.append(("cvxpy", lambda g: solvers.min_norm(g, backend="cvxpy")))
         for name, solve in backends:
-            per_call = [time_repeated(lambda s=solve, g=one: s(g), device, min_seconds=args.min_seconds) for _ in range(args.repeats)]
+            per_call = [
+                time_repeated(lambda s=solve, g=one: s(g), device, min_seconds=args.min_seconds)
+                for _ in range(args.repeats)
+            ]
             residual = float(kkt_residual(grams, solve(grams)).max())
-            rows.append({"k": k, "backend": name, "time": quantiles(per_call), "max_kkt_residual": residual})
-            print(f"  solver K={k:<2} {name:<32} {1e6 * rows[-1]['time']['median']:9.1f} us   kkt {residual:.1e}", flush=True)
+            rows.append(
+                {"k": k, "backend": name, "time": quantiles(per_call), "max_kkt_residual": residual}
+            )
+            print(
+                f"  solver K={k:<2} {name:<32} {1e6 * rows[-1]['time']['median']:9.1f} us   kkt {residual:.1e}",
+                flush=True,
+            )
     return rows
 
 
@@ -105,7 +125,9 @@ def build_method(name: str, k: int) -> methods.Method:
     return methods.get(name)
 
 
-def method_call(method: methods.Method, gram: torch.Tensor, losses: torch.Tensor, after: torch.Tensor) -> Callable[[], None]:
+def method_call(
+    method: methods.Method, gram: torch.Tensor, losses: torch.Tensor, after: torch.Tensor
+) -> Callable[[], None]:
     """One weighting call (and the ``observe`` update of an amortised method)."""
     g = gram if method.needs_gradients else None
     if method.needs_losses_after:
@@ -131,9 +153,22 @@ def method_section(args: argparse.Namespace, device: torch.device) -> list[dict[
             method = build_method(name, k)
             method.bind([f"loss{i}" for i in range(k)])
             call = method_call(method, gram, losses, 0.9 * losses)
-            per_call = [time_repeated(call, device, min_seconds=args.min_seconds) for _ in range(args.repeats)]
-            rows.append({"k": k, "method": name, "time": quantiles(per_call), "includes_observe": method.needs_losses_after})
-            print(f"  method K={k:<2} {name:<16} {1e6 * rows[-1]['time']['median']:9.1f} us", flush=True)
+            per_call = [
+                time_repeated(call, device, min_seconds=args.min_seconds)
+                for _ in range(args.repeats)
+            ]
+            rows.append(
+                {
+                    "k": k,
+                    "method": name,
+                    "time": quantiles(per_call),
+                    "includes_observe": method.needs_losses_after,
+                }
+            )
+            print(
+                f"  method K={k:<2} {name:<16} {1e6 * rows[-1]['time']['median']:9.1f} us",
+                flush=True,
+            )
     return rows
 
 
@@ -157,14 +192,18 @@ def combine_cases(
     n = sum(p.numel() for p in params)
     groups = [0] * len(params)
     # The loop layout: K separately allocated tensors per parameter, as autograd returns them.
-    rows = [[torch.randn(shape, generator=generator).to(device) for _ in range(k)] for shape in shapes]
+    rows = [
+        [torch.randn(shape, generator=generator).to(device) for _ in range(k)] for shape in shapes
+    ]
     loop_result = gradients._assemble(rows, params, groups, k)
     assert all(isinstance(block, list) for block in loop_result.blocks)
     assert len(loop_result.owned) == k * len(params), "every row should be combined in place"
     saved_first = [block[0].clone() for block in rows]
     # The stacked layout (vmap): one (K, *shape) tensor per parameter, same values.
     stacked = [torch.stack(block) for block in rows]
-    stacked_result = gradients.ObjectiveGradients(params=params, blocks=list(stacked), groups=groups, reached=[True] * k)
+    stacked_result = gradients.ObjectiveGradients(
+        params=params, blocks=list(stacked), groups=groups, reached=[True] * k
+    )
     buffer = torch.randn((k, n), generator=generator).to(device)
     scratch = torch.ones(SCRATCH_BYTES // 4, device=device)
     method = methods.get("mokd")
@@ -205,7 +244,8 @@ def combine_cases(
         grads[layout] = [p.grad.clone() for p in params]  # type: ignore[union-attr]
     restore()
     error = max(
-        float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(grads["loop"], grads["stacked"])
+        float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+        for a, b in zip(grads["loop"], grads["stacked"])
     )
     cases: dict[str, Callable[[], Any]] = {"floor": buffer.sum}
     prepare: dict[str, Callable[[], Any]] = {"floor": cold}
@@ -226,7 +266,9 @@ def combine_section(args: argparse.Namespace, device: torch.device) -> list[dict
         width, shapes = shapes_for(target)
         for k in args.combine_ks:
             cases, prepare, error, n = combine_cases(shapes, k, device)
-            timing = interleaved(cases, "floor", device, rounds=args.rounds, warmup=1, seed=k, prepare=prepare)
+            timing = interleaved(
+                cases, "floor", device, rounds=args.rounds, warmup=1, seed=k, prepare=prepare
+            )
             row = {
                 "target": target,
                 "width": width,
@@ -234,13 +276,18 @@ def combine_section(args: argparse.Namespace, device: torch.device) -> list[dict
                 "tensors": len(shapes),
                 "k": k,
                 "layouts_max_rel_diff": error,
-                "cases": {name: {"time": entry["time"], "ratio": entry["ratio"]} for name, entry in timing.items()},
+                "cases": {
+                    name: {"time": entry["time"], "ratio": entry["ratio"]}
+                    for name, entry in timing.items()
+                },
             }
             rows.append(row)
             c = row["cases"]
             print(
                 f"  combine n={n:>10,} K={k:<2} floor {1e3 * c['floor']['time']['median']:7.2f} ms;  x floor: "
-                + "  ".join(f"{name} {c[name]['ratio']['median']:5.2f}" for name in c if name != "floor"),
+                + "  ".join(
+                    f"{name} {c[name]['ratio']['median']:5.2f}" for name in c if name != "floor"
+                ),
                 flush=True,
             )
             del cases, prepare
@@ -248,25 +295,54 @@ def combine_section(args: argparse.Namespace, device: torch.device) -> list[dict
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats: checks that it works")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, few repeats: checks that it works"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (see docs/benchmarks.md)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (see docs/benchmarks.md)"
+    )
     parser.add_argument("--ks", type=int, nargs="+", default=[2, 3, 5, 10])
     parser.add_argument("--combine-ks", type=int, nargs="+", default=[2, 3, 5, 10])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, RESNET18, 25_000_000])
-    parser.add_argument("--iterations", type=int, nargs="+", default=[300, 100, 30, 10], help="projected-gradient budgets (the first one is also used for Frank-Wolfe)")
-    parser.add_argument("--matrices", type=int, default=64, help="Gram matrices for the accuracy check")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[100_000, 1_000_000, RESNET18, 25_000_000]
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        nargs="+",
+        default=[300, 100, 30, 10],
+        help="projected-gradient budgets (the first one is also used for Frank-Wolfe)",
+    )
+    parser.add_argument(
+        "--matrices", type=int, default=64, help="Gram matrices for the accuracy check"
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--min-seconds", type=float, default=0.05)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "solver_cost.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "solver_cost.json"
+    )
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--plots", type=Path, default=None, help="folder for the PNG plots (default: docs/img next to --page)")
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        default=None,
+        help="folder for the PNG plots (default: docs/img next to --page)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.ks, args.combine_ks, args.sizes = [2, 3], [2], [100_000, 1_000_000]
-        args.iterations, args.matrices, args.repeats, args.rounds, args.min_seconds = [300, 30], 8, 2, 2, 0.005
+        args.iterations, args.matrices, args.repeats, args.rounds, args.min_seconds = (
+            [300, 30],
+            8,
+            2,
+            2,
+            0.005,
+        )
     device = configure(args.threads, args.device)
     environment = describe()
     print("environment:", as_text(environment), flush=True)
@@ -274,9 +350,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_before = load_average()
     report: dict[str, Any] = {
         "benchmark": "solver_cost",
-        "command": command_line("benchmarks/solver_cost.py", sys.argv[1:] if argv is None else argv),
+        "command": command_line(
+            "benchmarks/solver_cost.py", sys.argv[1:] if argv is None else argv
+        ),
         "environment": environment,
-        "settings": {key: value for key, value in vars(args).items() if key not in ("out", "page", "plots")},
+        "settings": {
+            key: value for key, value in vars(args).items() if key not in ("out", "page", "plots")
+        },
     }
     report["solvers"] = solver_section(args, device)
     report["methods"] = method_section(args, device)
