@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import random
 import statistics
 import time
@@ -62,7 +63,9 @@ def time_call(fn: Step, device: torch.device) -> float:
     return time.perf_counter() - begin
 
 
-def time_repeated(fn: Step, device: torch.device, *, min_seconds: float = 0.05, max_calls: int = 10_000) -> float:
+def time_repeated(
+    fn: Step, device: torch.device, *, min_seconds: float = 0.05, max_calls: int = 10_000
+) -> float:
     """Mean seconds per call of a fast ``fn``, called back to back until ``min_seconds`` have passed.
 
     Used for microsecond-scale calls (K x K weightings) where one call is below the clock's
@@ -104,6 +107,7 @@ def interleaved(
     warmup: int = 1,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    prepare: Mapping[str, Step] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Time every case against ``baseline`` measured right before and right after it.
 
@@ -111,10 +115,22 @@ def interleaved(
     ``B c1 B c2 B ... cm B``. Returns, per case, the raw seconds, the per-round ratios to the
     neighbouring baselines, and their :func:`quantiles` (``time`` and ``ratio``). The baseline's
     own entry has ratio 1 by construction. Cases are warmed up ``warmup`` times first.
+    ``prepare[name]``, when given, runs right before every call of that case, untimed (e.g. to
+    restore inputs that the case overwrites in place).
     """
     names = [name for name in cases if name != baseline]
+    before_call = prepare or {}
+
+    def timed(name: str) -> float:
+        if name in before_call:
+            before_call[name]()
+            synchronize(device)
+        return time_call(cases[name], device)
+
     for _ in range(warmup):
         for name in [baseline, *names]:
+            if name in before_call:
+                before_call[name]()
             cases[name]()
     synchronize(device)
     seconds: dict[str, list[float]] = {name: [] for name in cases}
@@ -123,11 +139,11 @@ def interleaved(
     for index in range(rounds):
         order = names[:]
         rng.shuffle(order)
-        before = time_call(cases[baseline], device)
+        before = timed(baseline)
         seconds[baseline].append(before)
         for name in order:
-            elapsed = time_call(cases[name], device)
-            after = time_call(cases[baseline], device)
+            elapsed = timed(name)
+            after = timed(baseline)
             seconds[name].append(elapsed)
             seconds[baseline].append(after)
             ratios[name].append(elapsed / (0.5 * (before + after)))
@@ -147,7 +163,9 @@ def interleaved(
     return result
 
 
-def paired_ratio(result: Mapping[str, Mapping[str, Any]], numerator: str, denominator: str) -> dict[str, float]:
+def paired_ratio(
+    result: Mapping[str, Mapping[str, Any]], numerator: str, denominator: str
+) -> dict[str, float]:
     """Quantiles of the per-round ratio ``numerator / denominator`` of two :func:`interleaved` cases.
 
     Both are measured against the same baseline in the same rounds, so the ratio of their
@@ -183,7 +201,11 @@ def peak_memory(fn: Step, device: torch.device, prepare: Callable[[], Any] | Non
         warnings.simplefilter("ignore")
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events = [
+        e
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
     events.sort(key=lambda e: e.start_ns())
     current = peak = 0
     for event in events:
@@ -204,6 +226,18 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (``os.getloadavg``), ``None`` where unavailable.
+
+    Recorded before and after every run: a single-threaded benchmark on an otherwise idle
+    machine shows about 1 (its own process).
+    """
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def command_line(script: str, argv: Sequence[str]) -> str:

@@ -104,7 +104,9 @@ def build(
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, resolution, resolution, generator=generator).to(device)
     y = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
-    setup = KDSetup(student=student_model, teacher=teacher_model, x=x, y=y, device=device, k=k, amp=amp)
+    setup = KDSetup(
+        student=student_model, teacher=teacher_model, x=x, y=y, device=device, k=k, amp=amp
+    )
     setup.names = tuple(setup.losses(*setup.forward()).keys())
     return setup
 
@@ -149,7 +151,15 @@ def floor_step(setup: KDSetup) -> Step:
     return step
 
 
-def ours_step(setup: KDSetup, method: str, strategy: str, *, validate: bool = True, same_batch: bool = False, **options: Any) -> Step:
+def ours_step(
+    setup: KDSetup,
+    method: str,
+    strategy: str,
+    *,
+    validate: bool = True,
+    same_batch: bool = False,
+    **options: Any,
+) -> Step:
     """One step of ``MultiObjectiveOptimizer`` with the given method and strategy.
 
     ``strategy="representation"`` passes the student logits as ``features=``. ``same_batch``
@@ -158,7 +168,9 @@ def ours_step(setup: KDSetup, method: str, strategy: str, *, validate: bool = Tr
     """
     if method in ("famo", "mokd-amortized") and not same_batch:
         options.setdefault("observe", "next_batch")
-    optimizer = MultiObjectiveOptimizer(setup.sgd(), method, strategy=strategy, validate=validate, **options)
+    optimizer = MultiObjectiveOptimizer(
+        setup.sgd(), method, strategy=strategy, validate=validate, **options
+    )
 
     def step() -> None:
         student_logits, teacher_logits = setup.forward()
@@ -176,38 +188,6 @@ def ours_step(setup: KDSetup, method: str, strategy: str, *, validate: bool = Tr
             optimizer.step(closure)
         else:
             optimizer.step()
-
-    return step
-
-
-def candidate_loop_step(setup: KDSetup, method: str) -> Step:
-    """The ``loop`` strategy as proposed for ``gradients.py``: no ``(K, *shape)`` block copies.
-
-    The K gradient lists from ``torch.autograd.grad`` are used as they are: the Gram matrix is
-    built from per-tensor dot products (``_candidates.gram_from_lists``) and the combination is
-    written into the first objective's gradient tensors (``_candidates.combine_in_place``).
-    Every parameter of the KD student is reached by every loss (they all go through the
-    logits), so no exclusive-parameter routing is needed here. Not used by the library.
-    """
-    from benchmarks._candidates import combine_in_place, gram_from_lists
-    from mokd_optim.methods import get
-
-    optimizer = setup.sgd()
-    balancer = get(method)
-    balancer.bind(setup.names)
-    params = setup.params()
-
-    def step() -> None:
-        losses = list(setup.losses(*setup.forward()).values())
-        values = torch.stack([loss.detach() for loss in losses]).double()
-        per_objective = [
-            list(torch.autograd.grad(loss, params, retain_graph=index < len(losses) - 1))
-            for index, loss in enumerate(losses)
-        ]
-        weights = balancer.weights(gram_from_lists(per_objective), values)
-        optimizer.zero_grad(set_to_none=True)
-        combine_in_place(params, per_objective, weights)
-        optimizer.step()
 
     return step
 
@@ -230,4 +210,9 @@ def same_state(models: Sequence[nn.Module]) -> Iterator[None]:
 
 def flat_grad(params: Sequence[Tensor]) -> Tensor:
     """All ``.grad`` concatenated in float64 (zeros where ``None``)."""
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).double() for p in params])
+    return torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).double()
+            for p in params
+        ]
+    )

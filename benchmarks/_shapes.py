@@ -21,7 +21,14 @@ def resnet18_like_shapes(width: int = 64, num_classes: int = 1000) -> list[tuple
     for stage, multiplier in enumerate((1, 2, 4, 8)):
         planes = width * multiplier
         for block in range(2):
-            shapes += [(planes, inplanes, 3, 3), (planes,), (planes,), (planes, planes, 3, 3), (planes,), (planes,)]
+            shapes += [
+                (planes, inplanes, 3, 3),
+                (planes,),
+                (planes,),
+                (planes, planes, 3, 3),
+                (planes,),
+                (planes,),
+            ]
             if block == 0 and stage > 0:
                 shapes += [(planes, inplanes, 1, 1), (planes,), (planes,)]
             inplanes = planes
@@ -42,5 +49,8 @@ def count(shapes: list[tuple[int, ...]]) -> int:
 
 def shapes_for(target: int, num_classes: int = 1000) -> tuple[int, list[tuple[int, ...]]]:
     """The ResNet-18-like width whose parameter count is closest to ``target``, and its shapes."""
-    best = min(range(1, 257), key=lambda width: abs(count(resnet18_like_shapes(width, num_classes)) - target))
+    best = min(
+        range(1, 257),
+        key=lambda width: abs(count(resnet18_like_shapes(width, num_classes)) - target),
+    )
     return best, resnet18_like_shapes(best, num_classes)

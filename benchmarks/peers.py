@@ -60,10 +60,15 @@ def _version(distribution: str) -> Optional[str]:
 
 def versions() -> dict[str, Optional[str]]:
     """Installed versions of the peer distributions (``None`` when not installed)."""
-    return {name: _version(name) for name in ("torchjd", "pytorch_optimizer", "LibMTL", "quadprog", "qpsolvers")}
+    return {
+        name: _version(name)
+        for name in ("torchjd", "pytorch_optimizer", "LibMTL", "quadprog", "qpsolvers")
+    }
 
 
-def _step_from_backward(backward: Callable[[KDSetup, nn.Module], None], own_model: bool) -> Callable[[KDSetup], Step]:
+def _step_from_backward(
+    backward: Callable[[KDSetup, nn.Module], None], own_model: bool
+) -> Callable[[KDSetup], Step]:
     def make(setup: KDSetup) -> Step:
         model = clone_student(setup) if own_model else setup.student
         optimizer = setup.sgd(model)
@@ -106,12 +111,25 @@ def torchjd_cases() -> list[PeerCase]:
             jd_backward(_loss_list(setup, model), inputs=params)
             jac_to_grad(params, aggregator)
 
-        cases.append(PeerCase(f"torchjd autojac {aggregator_cls.__name__}", "torchjd", ours, autojac, _step_from_backward(autojac, False)))
+        cases.append(
+            PeerCase(
+                f"torchjd autojac {aggregator_cls.__name__}",
+                "torchjd",
+                ours,
+                autojac,
+                _step_from_backward(autojac, False),
+            )
+        )
 
         weighting = weighting_cls()
         engines: dict[int, Any] = {}
 
-        def autogram(setup: KDSetup, model: nn.Module, weighting: Any = weighting, engines: dict[int, Any] = engines) -> None:
+        def autogram(
+            setup: KDSetup,
+            model: nn.Module,
+            weighting: Any = weighting,
+            engines: dict[int, Any] = engines,
+        ) -> None:
             # The engine hooks the model's modules: one per model, created on first use.
             if id(model) not in engines:
                 engines[id(model)] = Engine(model, batch_dim=None)
@@ -154,7 +172,16 @@ def pytorch_optimizer_cases() -> list[PeerCase]:
 
         return step
 
-    return [PeerCase("pytorch_optimizer PCGrad", "pytorch_optimizer", "pcgrad", backward, make, note="reduction='sum' (PCGrad paper); ours reduction='sum'")]
+    return [
+        PeerCase(
+            "pytorch_optimizer PCGrad",
+            "pytorch_optimizer",
+            "pcgrad",
+            backward,
+            make,
+            note="reduction='sum' (PCGrad paper); ours reduction='sum'",
+        )
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,13 +233,29 @@ def libmtl_cases() -> list[PeerCase]:
     for name, ours, kwargs in (("MGDA", "mgda", {"mgda_gn": "none"}), ("PCGrad", "pcgrad", {})):
         hosts: dict[int, Any] = {}
 
-        def backward(setup: KDSetup, model: nn.Module, name: str = name, kwargs: dict[str, Any] = kwargs, hosts: dict[int, Any] = hosts) -> None:
+        def backward(
+            setup: KDSetup,
+            model: nn.Module,
+            name: str = name,
+            kwargs: dict[str, Any] = kwargs,
+            hosts: dict[int, Any] = hosts,
+        ) -> None:
             if id(model) not in hosts:
                 hosts[id(model)] = libmtl_host(name, model, setup.k, setup.device)
-            model.zero_grad(set_to_none=False)  # what LibMTL's trainer leaves before backward on torch 1.x
+            # What LibMTL's trainer leaves before backward on torch 1.x.
+            model.zero_grad(set_to_none=False)
             hosts[id(model)].backward(_loss_list(setup, model), **kwargs)
 
-        cases.append(PeerCase(f"LibMTL {name}", "LibMTL", ours, backward, _step_from_backward(backward, False), note=f"kwargs {kwargs}"))
+        cases.append(
+            PeerCase(
+                f"LibMTL {name}",
+                "LibMTL",
+                ours,
+                backward,
+                _step_from_backward(backward, False),
+                note=f"kwargs {kwargs}",
+            )
+        )
     return cases
 
 
@@ -220,7 +263,11 @@ def all_cases() -> tuple[list[PeerCase], dict[str, str]]:
     """Every peer case that can run here, and ``library -> reason`` for those that cannot."""
     cases: list[PeerCase] = []
     missing: dict[str, str] = {}
-    for library, factory in (("torchjd", torchjd_cases), ("pytorch_optimizer", pytorch_optimizer_cases), ("LibMTL", libmtl_cases)):
+    for library, factory in (
+        ("torchjd", torchjd_cases),
+        ("pytorch_optimizer", pytorch_optimizer_cases),
+        ("LibMTL", libmtl_cases),
+    ):
         try:
             cases += factory()
         except Exception as error:  # an optional dependency that is absent or broken is reported

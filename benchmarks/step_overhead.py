@@ -10,7 +10,6 @@ interleaved with the fixed-weight KD step (``loss.backward()`` of the weighted s
   with ``validate=False``; ``famo`` and ``mokd-amortized`` with the ``amortized`` strategy
   (``observe="next_batch"`` and the faithful same-batch closure);
 - the floor of an exact strategy: the fixed step plus one extra student backward, measured;
-- the proposed copy-free ``loop`` (``benchmarks/_candidates.py``);
 - torchjd (autojac and autogram), pytorch_optimizer's PCGrad and LibMTL on the same model,
   batch and method, after checking that each computes the same ``.grad`` as ours.
 
@@ -46,6 +45,7 @@ from benchmarks._common import (  # noqa: E402
     command_line,
     configure,
     interleaved,
+    load_average,
     paired_ratio,
     peak_memory,
     quantiles,
@@ -56,7 +56,6 @@ from benchmarks._kd import (  # noqa: E402
     KDSetup,
     Step,
     build,
-    candidate_loop_step,
     clone_student,
     fixed_step,
     flat_grad,
@@ -78,7 +77,9 @@ def ours_label(method: str, strategy: str, validate: bool = True, extra: str = "
     return f"ours {method} {strategy}" + ("" if validate else " validate=False") + extra
 
 
-def build_cases(setup: KDSetup, args: argparse.Namespace, peer_cases: list[peer_lib.PeerCase]) -> tuple[dict[str, Step], dict[str, dict[str, Any]]]:
+def build_cases(
+    setup: KDSetup, args: argparse.Namespace, peer_cases: list[peer_lib.PeerCase]
+) -> tuple[dict[str, Step], dict[str, dict[str, Any]]]:
     """The timed closures and, per label, what each one is."""
     cases: dict[str, Step] = {BASELINE: fixed_step(setup), FLOOR: floor_step(setup)}
     meta: dict[str, dict[str, Any]] = {
@@ -96,15 +97,25 @@ def build_cases(setup: KDSetup, args: argparse.Namespace, peer_cases: list[peer_
         meta[label] = {"kind": "ours", "method": "mokd", "strategy": strategy, "validate": False}
     for method in ("famo", "mokd-amortized"):
         for same_batch in (False, True):
-            label = ours_label(method, "amortized", extra=" same-batch closure" if same_batch else " next-batch")
+            label = ours_label(
+                method, "amortized", extra=" same-batch closure" if same_batch else " next-batch"
+            )
             cases[label] = ours_step(setup, method, "amortized", same_batch=same_batch)
-            meta[label] = {"kind": "ours", "method": method, "strategy": "amortized", "validate": True, "same_batch": same_batch}
-    label = "candidate: copy-free loop, mokd"
-    cases[label] = candidate_loop_step(setup, "mokd")
-    meta[label] = {"kind": "candidate", "method": "mokd", "strategy": "loop"}
+            meta[label] = {
+                "kind": "ours",
+                "method": method,
+                "strategy": "amortized",
+                "validate": True,
+                "same_batch": same_batch,
+            }
     for case in peer_cases:
         cases[case.label] = case.step(setup)
-        meta[case.label] = {"kind": "peer", "library": case.library, "method": case.ours, "note": case.note}
+        meta[case.label] = {
+            "kind": "peer",
+            "library": case.library,
+            "method": case.ours,
+            "note": case.note,
+        }
     return cases, meta
 
 
@@ -122,7 +133,15 @@ def float64_update(setup: KDSetup, method: str, options: dict[str, Any]) -> torc
         losses = setup.losses(*setup.forward())
         values = torch.stack([loss.detach() for loss in losses.values()]).double()
         jacobian = torch.stack(
-            [torch.cat([g.reshape(-1).double() for g in torch.autograd.grad(loss, params, retain_graph=True)]) for loss in losses.values()]
+            [
+                torch.cat(
+                    [
+                        g.reshape(-1).double()
+                        for g in torch.autograd.grad(loss, params, retain_graph=True)
+                    ]
+                )
+                for loss in losses.values()
+            ]
         )
     balancer = get(method, **options)
     balancer.bind(tuple(losses))
@@ -143,7 +162,9 @@ def check_peers(setup: KDSetup, peer_cases: list[peer_lib.PeerCase]) -> list[dic
             references[case.ours] = float64_update(setup, case.ours, case.ours_options)
         reference = references[case.ours]
         with same_state([setup.student]):
-            optimizer = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.0), case.ours, strategy="loop", **case.ours_options)
+            optimizer = MultiObjectiveOptimizer(
+                torch.optim.SGD(params, lr=0.0), case.ours, strategy="loop", **case.ours_options
+            )
             optimizer.zero_grad(set_to_none=True)
             stats = optimizer.backward(setup.losses(*setup.forward()))
             ours = flat_grad(params)
@@ -189,9 +210,25 @@ def validation_costs(setup: KDSetup, args: argparse.Namespace) -> dict[str, Any]
     losses = setup.losses(*setup.forward())
     names, tensors = tuple(losses), list(losses.values())
     result = {
-        "reach_matrix": quantiles([time_repeated(lambda: gradients.reach_matrix(tensors, params), device, min_seconds=args.min_seconds) for _ in range(args.repeats)]),
+        "reach_matrix": quantiles(
+            [
+                time_repeated(
+                    lambda: gradients.reach_matrix(tensors, params),
+                    device,
+                    min_seconds=args.min_seconds,
+                )
+                for _ in range(args.repeats)
+            ]
+        ),
         "check_losses": quantiles(
-            [time_repeated(lambda: check_losses(names, tensors, positive=True, check_values=True), device, min_seconds=args.min_seconds) for _ in range(args.repeats)]
+            [
+                time_repeated(
+                    lambda: check_losses(names, tensors, positive=True, check_values=True),
+                    device,
+                    min_seconds=args.min_seconds,
+                )
+                for _ in range(args.repeats)
+            ]
         ),
         "graph_nodes": _count_nodes(tensors),
     }
@@ -221,27 +258,43 @@ def thread_comparison(setup: KDSetup, args: argparse.Namespace) -> dict[str, Any
 
         return run
 
-    timing = interleaved({"1 thread": with_threads(1), "2 threads": with_threads(2)}, "1 thread", setup.device, rounds=args.thread_rounds, seed=1)
+    timing = interleaved(
+        {"1 thread": with_threads(1), "2 threads": with_threads(2)},
+        "1 thread",
+        setup.device,
+        rounds=args.thread_rounds,
+        seed=1,
+    )
     torch.set_num_threads(args.threads)
-    return {name: {"time": entry["time"], "ratio": entry["ratio"]} for name, entry in timing.items()}
+    return {
+        name: {"time": entry["time"], "ratio": entry["ratio"]} for name, entry in timing.items()
+    }
 
 
-def targets(timing: dict[str, dict[str, Any]], memory: dict[str, int], meta: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def targets(
+    timing: dict[str, dict[str, Any]], memory: dict[str, int], meta: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """The performance targets of DESIGN.md section 5, from this run."""
     result: dict[str, Any] = {
         "loop_vs_floor": paired_ratio(timing, ours_label("mokd", "loop"), FLOOR),
-        "loop_vs_floor_no_validate": paired_ratio(timing, ours_label("mokd", "loop", validate=False), FLOOR),
+        "loop_vs_floor_no_validate": paired_ratio(
+            timing, ours_label("mokd", "loop", validate=False), FLOOR
+        ),
         "vmap_vs_floor": paired_ratio(timing, ours_label("mokd", "vmap"), FLOOR),
-        "candidate_loop_vs_floor": paired_ratio(timing, "candidate: copy-free loop, mokd", FLOOR),
         "representation_vs_fixed": timing[ours_label("mokd", "representation")]["ratio"],
-        "representation_vs_fixed_no_validate": timing[ours_label("mokd", "representation", validate=False)]["ratio"],
+        "representation_vs_fixed_no_validate": timing[
+            ours_label("mokd", "representation", validate=False)
+        ]["ratio"],
         "peers": [],
     }
     for label, info in meta.items():
         if info["kind"] != "peer":
             continue
         method = info["method"]
-        best = min((ours_label(method, s) for s in ("loop", "vmap")), key=lambda name: timing[name]["ratio"]["median"])
+        best = min(
+            (ours_label(method, s) for s in ("loop", "vmap")),
+            key=lambda name: timing[name]["ratio"]["median"],
+        )
         result["peers"].append(
             {
                 "peer": label,
@@ -257,15 +310,28 @@ def targets(timing: dict[str, dict[str, Any]], memory: dict[str, int], meta: dic
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="16 px, batch 4, 2 rounds: checks that it works")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="16 px, batch 4, 2 rounds: checks that it works"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU; the run also compares 1 and 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (CPU; the run also compares 1 and 2)",
+    )
     parser.add_argument("--student", default="resnet18")
     parser.add_argument("--teacher", default="resnet34")
     parser.add_argument("--batch", type=int, default=None, help="default 16 on the CPU, 64 on CUDA")
-    parser.add_argument("--resolution", type=int, default=None, help="default 32 on the CPU, 224 on CUDA")
-    parser.add_argument("--num-classes", type=int, default=None, help="default 100 on the CPU, 1000 on CUDA")
+    parser.add_argument(
+        "--resolution", type=int, default=None, help="default 32 on the CPU, 224 on CUDA"
+    )
+    parser.add_argument(
+        "--num-classes", type=int, default=None, help="default 100 on the CPU, 1000 on CUDA"
+    )
     parser.add_argument("--no-amp", action="store_true", help="CUDA: no bf16 autocast")
     parser.add_argument("--methods", nargs="+", default=list(EXACT_METHODS))
     parser.add_argument("--no-peers", action="store_true")
@@ -273,7 +339,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--thread-rounds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=0.05)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_overhead.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_overhead.json"
+    )
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--plots", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -283,16 +351,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.num_classes = args.num_classes or (1000 if cuda else 100)
     args.amp = cuda and not args.no_amp
     if args.quick:
-        args.batch, args.resolution, args.rounds, args.thread_rounds, args.repeats, args.min_seconds = 4, 16, 1, 1, 1, 0.005
+        (
+            args.batch,
+            args.resolution,
+            args.rounds,
+            args.thread_rounds,
+            args.repeats,
+            args.min_seconds,
+        ) = 4, 16, 1, 1, 1, 0.005
         args.teacher, args.methods = "resnet18", ["mokd", "pcgrad"]
     device = configure(args.threads, args.device)
     environment = describe()
     environment["peers"] = peer_lib.versions()
     print("environment:", as_text(environment), flush=True)
     start = time.perf_counter()
+    load_before = load_average()
     setup = build(
-        student=args.student, teacher=args.teacher, batch=args.batch, resolution=args.resolution,
-        num_classes=args.num_classes, device=device, amp=args.amp,
+        student=args.student,
+        teacher=args.teacher,
+        batch=args.batch,
+        resolution=args.resolution,
+        num_classes=args.num_classes,
+        device=device,
+        amp=args.amp,
     )
     peer_cases, missing = ([], {}) if args.no_peers else peer_lib.all_cases()
     peer_cases = [case for case in peer_cases if case.ours in args.methods]
@@ -300,9 +381,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  peer {library} not run: {reason}", flush=True)
     report: dict[str, Any] = {
         "benchmark": "step_overhead",
-        "command": command_line("benchmarks/step_overhead.py", sys.argv[1:] if argv is None else argv),
+        "command": command_line(
+            "benchmarks/step_overhead.py", sys.argv[1:] if argv is None else argv
+        ),
         "environment": environment,
-        "settings": {key: value for key, value in vars(args).items() if key not in ("out", "page", "plots")},
+        "settings": {
+            key: value for key, value in vars(args).items() if key not in ("out", "page", "plots")
+        },
         "student_parameters": sum(p.numel() for p in setup.params()),
         "peers_not_run": missing,
     }
@@ -313,25 +398,50 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if device.type == "cpu" and not args.quick:
             report["threads"] = thread_comparison(setup, args)
             t = report["threads"]["2 threads"]["ratio"]
-            print(f"  threads: 2 threads / 1 thread = {t['median']:.2f} [{t['q1']:.2f}, {t['q3']:.2f}]", flush=True)
+            print(
+                f"  threads: 2 threads / 1 thread = {t['median']:.2f} [{t['q1']:.2f}, {t['q3']:.2f}]",
+                flush=True,
+            )
         cases, meta = build_cases(setup, args, peer_cases)
-        timing = interleaved(cases, BASELINE, device, rounds=args.rounds, warmup=1 if args.quick else 2, progress=lambda m: print("  " + m, flush=True))
-        models = [setup.student, *[getattr(step, "model", setup.student) for step in cases.values()]]
+        timing = interleaved(
+            cases,
+            BASELINE,
+            device,
+            rounds=args.rounds,
+            warmup=1 if args.quick else 2,
+            progress=lambda m: print("  " + m, flush=True),
+        )
+        models = [
+            setup.student,
+            *[getattr(step, "model", setup.student) for step in cases.values()],
+        ]
 
         def release_gradients() -> None:
             for model in models:
                 model.zero_grad(set_to_none=True)
 
-        memory = {label: peak_memory(step, device, release_gradients) for label, step in cases.items()}
+        memory = {
+            label: peak_memory(step, device, release_gradients) for label, step in cases.items()
+        }
     report["cases"] = {
-        label: {**meta[label], "time": timing[label]["time"], "ratio": timing[label]["ratio"], "ratios": timing[label]["ratios"], "peak_memory_bytes": memory[label]}
+        label: {
+            **meta[label],
+            "time": timing[label]["time"],
+            "ratio": timing[label]["ratio"],
+            "ratios": timing[label]["ratios"],
+            "peak_memory_bytes": memory[label],
+        }
         for label in cases
     }
     report["targets"] = targets(timing, memory, meta)
     report["wall_seconds"] = time.perf_counter() - start
+    report["load_average"] = {"before": load_before, "after": load_average()}
     for label, entry in report["cases"].items():
         r = entry["ratio"]
-        print(f"  {label:<48} {1e3 * entry['time']['median']:8.1f} ms  {r['median']:5.2f}x [{r['q1']:.2f}, {r['q3']:.2f}]  peak {entry['peak_memory_bytes'] / 2**20:7.1f} MiB", flush=True)
+        print(
+            f"  {label:<48} {1e3 * entry['time']['median']:8.1f} ms  {r['median']:5.2f}x [{r['q1']:.2f}, {r['q3']:.2f}]  peak {entry['peak_memory_bytes'] / 2**20:7.1f} MiB",
+            flush=True,
+        )
     write_json(args.out, report)
     page.write_page(args.out.parent, args.page, args.plots)
     print(f"wrote {args.out} and {args.page} in {report['wall_seconds']:.0f} s")

@@ -187,7 +187,12 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_rules.json"
     )
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "step_rules.md")
-    parser.add_argument("--from-json", type=Path, default=None, help="rewrite the page from a saved JSON report instead of running")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="rewrite the page from a saved JSON report instead of running",
+    )
     args = parser.parse_args()
     if args.from_json is not None:
         report = json.loads(args.from_json.read_text())
