@@ -47,7 +47,6 @@ import contextlib
 import io
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -65,7 +64,16 @@ from torch import Tensor, nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from examples.trainer_utils import EpochSampler, open_logs, state_dict_from_file  # noqa: E402
+from examples.trainer_utils import (  # noqa: E402
+    AMP_DTYPES,
+    EpochSampler,
+    autocast,
+    open_logs,
+    parse_pairs,
+    setup_distributed,
+    state_dict_from_file,
+    write_json,
+)
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
 from mokd_optim.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from mokd_optim.diagnostics import plot_log, read_log  # noqa: E402
@@ -73,7 +81,6 @@ from mokd_optim.distributed import is_main_process, unwrap_model  # noqa: E402
 from mokd_optim.kd import FeatureLoss, FeatureRecorder, SubspaceHead, kd_loss  # noqa: E402
 from mokd_optim.methods import available as available_methods  # noqa: E402
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COCO_EVAL_KEYS = (
     "AP",
     "AP50",
@@ -460,9 +467,7 @@ def evaluate(
     ):
         if limit and index >= limit:
             break
-        with torch.autocast(
-            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
+        with autocast(device, amp_dtype):
             outputs = model([image.to(device, non_blocking=True) for image in images])
         for target, output in zip(targets, outputs):
             image_ids.append(int(target["image_id"]))
@@ -705,28 +710,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def parse_pairs(spec: str) -> list[tuple[str, str]]:
-    pairs = []
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        student, _, teacher = item.partition(":")
-        pairs.append((student, teacher or student))
-    return pairs
-
-
 # Main --------------------------------------------------------------------------------------
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Train (or evaluate) as the arguments say; returns the summary (OUTPUT_DIR/summary.json)."""
     args = parse_args(argv)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    device, rank, world_size = setup_distributed(args)
     main_process, progress = rank == 0, rank == 0 and not args.no_progress
     torch.manual_seed(args.seed)
     amp_dtype = AMP_DTYPES[args.amp]
@@ -742,12 +732,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         num_workers=args.workers,
         collate_fn=collate,
     )
-
-    def write_summary(summary: dict[str, Any]) -> dict[str, Any]:
-        if main_process:
-            args.output_dir.mkdir(parents=True, exist_ok=True)
-            (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
 
     teacher: Optional[nn.Module] = None
     if args.method != "none" or args.evaluate_teacher:
@@ -774,14 +758,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             print(
                 f"teacher {args.teacher}: AP {result['AP']:.3f}  AP50 {result['AP50']:.3f}  AP75 {result['AP75']:.3f}"
             )
-        return write_summary(
-            {
-                "mode": "evaluate-teacher",
-                "teacher": args.teacher,
-                "teacher_weights": args.teacher_weights,
-                "val": result,
-            }
-        )
+        summary = {
+            "mode": "evaluate-teacher",
+            "teacher": args.teacher,
+            "teacher_weights": args.teacher_weights,
+            "val": result,
+        }
+        write_json(args.output_dir / "summary.json", summary)
+        return summary
 
     # Student and distiller ---------------------------------------------------------------
     if args.train_images is None or args.train_annotations is None:
@@ -940,9 +924,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in t.items()}
                 for t in targets
             ]
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-            ):
+            with autocast(device, amp_dtype):
                 losses, parts = model(images, targets)
             optimizer.zero_grad(set_to_none=True)
             stats = optimizer.backward(losses)
@@ -952,12 +934,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             else:
                 optimizer.step()
             if optimizer.method.needs_losses_after:
-                with (
-                    torch.no_grad(),
-                    torch.autocast(
-                        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                    ),
-                ):
+                with torch.no_grad(), autocast(device, amp_dtype):
                     optimizer.observe(model(images, targets)[0])
             if logger.should_log(step):
                 logger.log(
@@ -1053,7 +1030,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
         "versions": {"torch": torch.__version__},
     }
-    write_summary(summary)
+    write_json(args.output_dir / "summary.json", summary)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return summary

@@ -52,7 +52,6 @@ import dataclasses
 import importlib
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -71,11 +70,20 @@ from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 
-from examples.trainer_utils import EpochSampler, open_logs, state_dict_from_file  # noqa: E402
+from examples.trainer_utils import (  # noqa: E402
+    AMP_DTYPES,
+    EpochSampler,
+    autocast,
+    open_logs,
+    parse_pairs,
+    setup_distributed,
+    state_dict_from_file,
+    write_json,
+)
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
 from mokd_optim.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from mokd_optim.diagnostics import StepStats, plot_log, read_log  # noqa: E402
-from mokd_optim.distributed import is_main_process, unwrap_model  # noqa: E402
+from mokd_optim.distributed import unwrap_model  # noqa: E402
 from mokd_optim.kd import Distiller, build_heads  # noqa: E402
 from mokd_optim.methods import available as available_methods  # noqa: E402
 
@@ -84,7 +92,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on (x - 127) / 128 of 0..255 pixels (TF Lite preprocessing).
 EFFICIENTNET_LITE_MEAN = (127.0 / 255.0,) * 3
 EFFICIENTNET_LITE_STD = (128.0 / 255.0,) * 3
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # Data --------------------------------------------------------------------------------------
@@ -308,9 +315,7 @@ def evaluate(
             images = input_transform(images)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(
-            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
+        with autocast(device, amp_dtype):
             logits = model(images)
         logits = logits.float()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -621,35 +626,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def parse_heads(spec: str) -> list[tuple[str, str]]:
-    """``"layer3:layer3,layer4"`` -> ``[("layer3", "layer3"), ("layer4", "layer4")]``."""
-    pairs = []
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        student, _, teacher = item.partition(":")
-        pairs.append((student, teacher or student))
-    return pairs
-
-
-def setup_distributed(args: argparse.Namespace) -> tuple[torch.device, int, int]:
-    """Initialise ``torch.distributed`` under ``torchrun`` (nccl on GPUs, gloo on CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return device, rank, world_size
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    if is_main_process():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2))
-
-
 def versions() -> dict[str, str]:
     import torchvision
 
@@ -792,7 +768,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         if classes != num_classes:
             raise SystemExit(f"the teacher predicts {classes} classes, the data has {num_classes}")
         heads = None
-        pairs = parse_heads(args.heads)
+        pairs = parse_pairs(args.heads)
         if pairs:
             projector = args.head_teacher_projector or (
                 None if args.head_expansion == 1.0 else "fixed"
@@ -1027,9 +1003,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             images, targets = next(batches)
             images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             targets = targets.to(device, non_blocking=True)
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-            ):
+            with autocast(device, amp_dtype):
                 if distiller is not None:
                     output, losses = model(images, targets)
                 else:
@@ -1061,12 +1035,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             else:
                 optimizer.step()
             if multi is not None and multi.method.needs_losses_after:
-                with (
-                    torch.no_grad(),
-                    torch.autocast(
-                        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                    ),
-                ):
+                with torch.no_grad(), autocast(device, amp_dtype):
                     _, after = model(images, targets)
                 multi.observe({name: value.float() for name, value in after.items()})
             if log_now:
@@ -1147,7 +1116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "student": args.student,
         "teacher": args.teacher if teacher is not None else None,
         "teacher_weights": args.teacher_weights if teacher is not None else None,
-        "heads": [list(pair) for pair in parse_heads(args.heads)] if teacher is not None else [],
+        "heads": [list(pair) for pair in parse_pairs(args.heads)] if teacher is not None else [],
         "student_params": count_parameters(student),
         "teacher_params": count_parameters(teacher) if teacher is not None else 0,
         "head_params": sum(p.numel() for p in distiller.head_parameters())

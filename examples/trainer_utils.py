@@ -1,11 +1,13 @@
 """Pieces shared by the example trainers (``imagenet_kd.py``, ``coco_kd.py``), in the manner of
-torchvision's ``references/*/utils.py``: a resumable sharded sampler, loading a model state
-dict from any of the files the trainers write, and the logs a resumed run continues."""
+torchvision's ``references/*/utils.py``: process and AMP setup, a resumable sharded sampler,
+loading a model state dict from any of the files the trainers write, and the logs a resumed run
+continues."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -13,9 +15,58 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from mokd_optim.diagnostics import StatsLogger
+from mokd_optim.distributed import is_main_process
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> torch.autocast:
+    """``torch.autocast`` to ``amp_dtype`` on ``device``'s type (``AMP_DTYPES[args.amp]``);
+    disabled, i.e. float32, when ``amp_dtype`` is ``None`` (``--amp none``)."""
+    return torch.autocast(
+        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+    )
+
+
+def setup_distributed(args: argparse.Namespace) -> tuple[torch.device, int, int]:
+    """Initialise ``torch.distributed`` under ``torchrun`` (nccl on GPUs, gloo on CPU).
+
+    Returns ``(device, rank, world_size)``: ``--device`` (default cuda if available, else cpu;
+    a bare ``cuda`` becomes ``cuda:LOCAL_RANK``, made current), this process's global rank and
+    ``WORLD_SIZE`` (1 without torchrun).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return device, rank, world_size
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON to ``path`` (its folder created) on the main process;
+    the other ranks write nothing."""
+    if is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2))
+
+
+def parse_pairs(spec: str) -> list[tuple[str, str]]:
+    """``"layer3:layer3,layer4"`` -> ``[("layer3", "layer3"), ("layer4", "layer4")]``: comma-
+    separated ``student:teacher`` module paths (or FPN levels); a lone name pairs with itself."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        student, _, teacher = item.partition(":")
+        pairs.append((student, teacher or student))
+    return pairs
 
 
 class EpochSampler(Sampler):
