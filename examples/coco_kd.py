@@ -67,6 +67,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from examples.trainer_utils import (  # noqa: E402
     AMP_DTYPES,
     EpochSampler,
+    add_run_control_arguments,
     autocast,
     open_logs,
     parse_pairs,
@@ -657,32 +658,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     system.add_argument(
         "--compile", action="store_true", help="torch.compile the student's backbone (in place)"
     )
-    run = parser.add_argument_group("run control")
-    run.add_argument("--output-dir", type=Path, default=Path("runs/coco_kd"))
-    run.add_argument(
-        "--resume",
-        default=None,
-        help="checkpoint to resume from ('auto': OUTPUT_DIR/checkpoint.pt if it exists)",
+    run = add_run_control_arguments(
+        parser, output_dir=Path("runs/coco_kd"), log_every=20, brief_help=True
     )
-    run.add_argument("--checkpoint-every", type=int, default=0)
-    run.add_argument(
-        "--stop-after",
-        type=int,
-        default=0,
-        help="stop (with a checkpoint) after N optimizer steps in total",
-    )
-    run.add_argument(
-        "--limit-steps", type=int, default=0, help="smoke runs: at most N training steps per epoch"
-    )
-    run.add_argument(
-        "--limit-val-steps",
-        type=int,
-        default=0,
-        help="smoke runs: at most N validation batches per rank",
-    )
-    run.add_argument("--log-every", type=int, default=20)
-    run.add_argument("--tensorboard", action="store_true")
-    run.add_argument("--no-progress", action="store_true")
     run.add_argument(
         "--evaluate-teacher",
         action="store_true",

@@ -73,6 +73,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 from examples.trainer_utils import (  # noqa: E402
     AMP_DTYPES,
     EpochSampler,
+    add_run_control_arguments,
     autocast,
     open_logs,
     parse_pairs,
@@ -557,46 +558,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     system.add_argument(
         "--sync-bn", action="store_true", help="SyncBatchNorm in the student under DDP"
     )
-    run = parser.add_argument_group("run control")
-    run.add_argument("--output-dir", type=Path, default=Path("runs/imagenet_kd"))
-    run.add_argument(
-        "--resume",
-        default=None,
-        help="checkpoint to resume from ('auto': OUTPUT_DIR/checkpoint.pt if it exists)",
-    )
-    run.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=0,
-        help="also checkpoint every N steps (0: at epoch ends only)",
-    )
-    run.add_argument(
-        "--stop-after",
-        type=int,
-        default=0,
-        help="stop (with a checkpoint) after N optimizer steps in total",
-    )
-    run.add_argument(
-        "--limit-steps", type=int, default=0, help="smoke runs: at most N training steps per epoch"
-    )
-    run.add_argument(
-        "--limit-val-steps",
-        type=int,
-        default=0,
-        help="smoke runs: at most N validation batches per rank",
-    )
-    run.add_argument(
-        "--log-every",
-        type=int,
-        default=50,
-        help="steps between log rows (losses, weights, cosine, dominance)",
-    )
-    run.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="also write TensorBoard events to OUTPUT_DIR/tensorboard",
-    )
-    run.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    run = add_run_control_arguments(parser, output_dir=Path("runs/imagenet_kd"), log_every=50)
     run.add_argument(
         "--skip-teacher-eval",
         action="store_true",

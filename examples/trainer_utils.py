@@ -69,6 +69,64 @@ def parse_pairs(spec: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def add_run_control_arguments(
+    parser: argparse.ArgumentParser, *, output_dir: Path, log_every: int, brief_help: bool = False
+) -> argparse._ArgumentGroup:
+    """Add the "run control" options both trainers share and return their group (for the
+    trainer's own options): ``--output-dir`` (default ``output_dir``), ``--resume``,
+    ``--checkpoint-every``, ``--stop-after``, ``--limit-steps``, ``--limit-val-steps``,
+    ``--log-every`` (default ``log_every``), ``--tensorboard`` and ``--no-progress``.
+
+    ``brief_help=True`` leaves ``--checkpoint-every``, ``--log-every``, ``--tensorboard`` and
+    ``--no-progress`` without a help text (coco_kd's ``--help`` as it has always been).
+    """
+
+    def described(text: str) -> Optional[str]:
+        return None if brief_help else text
+
+    run = parser.add_argument_group("run control")
+    run.add_argument("--output-dir", type=Path, default=output_dir)
+    run.add_argument(
+        "--resume",
+        default=None,
+        help="checkpoint to resume from ('auto': OUTPUT_DIR/checkpoint.pt if it exists)",
+    )
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help=described("also checkpoint every N steps (0: at epoch ends only)"),
+    )
+    run.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop (with a checkpoint) after N optimizer steps in total",
+    )
+    run.add_argument(
+        "--limit-steps", type=int, default=0, help="smoke runs: at most N training steps per epoch"
+    )
+    run.add_argument(
+        "--limit-val-steps",
+        type=int,
+        default=0,
+        help="smoke runs: at most N validation batches per rank",
+    )
+    run.add_argument(
+        "--log-every",
+        type=int,
+        default=log_every,
+        help=described("steps between log rows (losses, weights, cosine, dominance)"),
+    )
+    run.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help=described("also write TensorBoard events to OUTPUT_DIR/tensorboard"),
+    )
+    run.add_argument("--no-progress", action="store_true", help=described("no tqdm progress bars"))
+    return run
+
+
 class EpochSampler(Sampler):
     """Shuffled, sharded, resumable order of the training set.
 
