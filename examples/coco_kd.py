@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import sys
 import time
 import warnings
@@ -69,15 +68,17 @@ from examples.trainer_utils import (  # noqa: E402
     EpochSampler,
     add_run_control_arguments,
     autocast,
+    finite_mean,
     open_logs,
     parse_pairs,
+    run_statistics,
     setup_distributed,
     state_dict_from_file,
     write_json,
 )
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
 from mokd_optim.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from mokd_optim.diagnostics import plot_log, read_log  # noqa: E402
+from mokd_optim.diagnostics import plot_log  # noqa: E402
 from mokd_optim.distributed import is_main_process, unwrap_model  # noqa: E402
 from mokd_optim.kd import FeatureLoss, FeatureRecorder, SubspaceHead, kd_loss  # noqa: E402
 from mokd_optim.methods import available as available_methods  # noqa: E402
@@ -520,27 +521,16 @@ def lr_factor(step: int, *, steps_per_epoch: int, args: argparse.Namespace) -> f
     return factor
 
 
-def run_statistics(train_log: Path) -> dict[str, Any]:
-    """Means over the logged steps of the weights, the cosine of the two gradients, the
-    conflict fraction and log10 of the dominance ratio."""
-    if not train_log.is_file():
-        return {}
-    columns = read_log(train_log)
-
-    def mean(values: Sequence[float]) -> Optional[float]:
-        finite = [v for v in values if math.isfinite(v)]
-        return sum(finite) / len(finite) if finite else None
-
+def objective_means(columns: dict[str, list[float]]) -> dict[str, Any]:
+    """Per-objective part of the summary's statistics (see ``run_statistics``): the mean weight
+    of each logged objective and the mean cosine of the detection and distill gradients."""
     return {
-        "logged_steps": len(columns["step"]),
         "mean_weights": {
-            k.split("/", 1)[1]: mean(v) for k, v in columns.items() if k.startswith("weight/")
+            k.split("/", 1)[1]: finite_mean(v)
+            for k, v in columns.items()
+            if k.startswith("weight/")
         },
-        "mean_cosine": mean(columns.get("cosine/detection|distill", [])),
-        "conflict_fraction": mean(columns.get("conflict", [])),
-        "mean_log10_dominance": mean(
-            [math.log10(d) for d in columns.get("dominance", []) if math.isfinite(d) and d > 0]
-        ),
+        "mean_cosine": finite_mean(columns.get("cosine/detection|distill", [])),
     }
 
 
@@ -1004,7 +994,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "amp": args.amp,
         "resumed_from": resume,
         "train_seconds_this_process": train_seconds,
-        "statistics": run_statistics(train_log) if main_process else {},
+        "statistics": run_statistics(train_log, objective_means) if main_process else {},
         "seconds": time.perf_counter() - started,
         "versions": {"torch": torch.__version__},
     }

@@ -56,6 +56,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -75,15 +76,17 @@ from examples.trainer_utils import (  # noqa: E402
     EpochSampler,
     add_run_control_arguments,
     autocast,
+    finite_mean,
     open_logs,
     parse_pairs,
+    run_statistics,
     setup_distributed,
     state_dict_from_file,
     write_json,
 )
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
 from mokd_optim.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from mokd_optim.diagnostics import StepStats, plot_log, read_log  # noqa: E402
+from mokd_optim.diagnostics import StepStats, plot_log  # noqa: E402
 from mokd_optim.distributed import unwrap_model  # noqa: E402
 from mokd_optim.kd import Distiller, build_heads  # noqa: E402
 from mokd_optim.methods import available as available_methods  # noqa: E402
@@ -375,27 +378,18 @@ def lr_factor(step: int, *, steps_per_epoch: int, args: argparse.Namespace) -> f
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))
 
 
-def run_statistics(train_log: Path, names: Sequence[str]) -> dict[str, Any]:
-    """Means over the logged steps of the weights, losses, cosine of each pair, conflict and
-    dominance (what the summary reports)."""
-    if not train_log.is_file():
-        return {}
-    columns = read_log(train_log)
-
-    def mean(values: Sequence[float]) -> Optional[float]:
-        finite = [v for v in values if math.isfinite(v)]
-        return sum(finite) / len(finite) if finite else None
-
-    summary: dict[str, Any] = {"logged_steps": len(columns["step"])}
-    summary["mean_weights"] = {n: mean(columns.get(f"weight/{n}", [])) for n in names}
-    summary["mean_losses"] = {n: mean(columns.get(f"loss/{n}", [])) for n in names}
-    summary["mean_cosine"] = {
-        k.split("/", 1)[1]: mean(v) for k, v in columns.items() if k.startswith("cosine/")
+def objective_means(columns: dict[str, list[float]], names: Sequence[str]) -> dict[str, Any]:
+    """Per-objective part of the summary's statistics (see ``run_statistics``): the mean weight
+    and loss of each of ``names`` and the mean cosine of each pair of gradients (``"a|b"``)."""
+    return {
+        "mean_weights": {n: finite_mean(columns.get(f"weight/{n}", [])) for n in names},
+        "mean_losses": {n: finite_mean(columns.get(f"loss/{n}", [])) for n in names},
+        "mean_cosine": {
+            k.split("/", 1)[1]: finite_mean(v)
+            for k, v in columns.items()
+            if k.startswith("cosine/")
+        },
     }
-    summary["conflict_fraction"] = mean(columns.get("conflict", []))
-    dominance = [math.log10(d) for d in columns.get("dominance", []) if math.isfinite(d) and d > 0]
-    summary["mean_log10_dominance"] = mean(dominance)
-    return summary
 
 
 # Command line ------------------------------------------------------------------------------
@@ -1102,7 +1096,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "resumed_from": resume,
         "train_seconds_this_process": train_seconds,
         "images_per_second": trained_images / train_seconds if train_seconds > 0 else None,
-        "statistics": run_statistics(train_log, objectives) if main_process else {},
+        "statistics": run_statistics(train_log, partial(objective_means, names=objectives))
+        if main_process
+        else {},
         "outputs": {
             name: str(args.output_dir / name)
             for name in ("train_log.csv", "eval_log.csv", "checkpoint.pt", "student.pt")

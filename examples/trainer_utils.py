@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from mokd_optim.diagnostics import StatsLogger
+from mokd_optim.diagnostics import StatsLogger, read_log
 from mokd_optim.distributed import is_main_process
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -226,3 +226,33 @@ def open_logs(
     logger = StatsLogger(train_log, tensorboard=writer, log_every=args.log_every, append=resume)
     eval_logger = StatsLogger(eval_log, tensorboard=writer, append=resume)
     return logger, eval_logger, writer
+
+
+def finite_mean(values: Iterable[float]) -> Optional[float]:
+    """Mean of the finite ``values`` (NaN cells of a log, from steps that did not write that
+    column, are skipped); ``None`` when there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def run_statistics(
+    train_log: Path, objective_means: Callable[[dict[str, list[float]]], dict[str, Any]]
+) -> dict[str, Any]:
+    """What the summary reports of a training log (``train_log.csv`` of :func:`open_logs`).
+
+    Returns ``{}`` without the file, else ``logged_steps`` (rows), the trainer's
+    ``objective_means(columns)`` (its means of the weights, losses and cosines, from the log's
+    columns as :func:`~mokd_optim.diagnostics.read_log` returns them; use :func:`finite_mean`),
+    ``conflict_fraction`` (mean of the ``conflict`` column) and ``mean_log10_dominance`` (mean
+    log10 of the positive finite ``dominance`` values), each ``None`` where nothing was logged.
+    """
+    if not train_log.is_file():
+        return {}
+    columns = read_log(train_log)
+    dominance = [math.log10(d) for d in columns.get("dominance", []) if math.isfinite(d) and d > 0]
+    return {
+        "logged_steps": len(columns["step"]),
+        **objective_means(columns),
+        "conflict_fraction": finite_mean(columns.get("conflict", [])),
+        "mean_log10_dominance": finite_mean(dominance),
+    }
