@@ -48,7 +48,6 @@ import io
 import json
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -66,10 +65,12 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from examples.trainer_utils import (  # noqa: E402
     AMP_DTYPES,
     EpochSampler,
+    TrainingRun,
     add_run_control_arguments,
     autocast,
+    count_steps_per_epoch,
     finite_mean,
-    open_logs,
+    optimizer_step,
     parse_pairs,
     run_statistics,
     setup_distributed,
@@ -77,9 +78,7 @@ from examples.trainer_utils import (  # noqa: E402
     write_json,
 )
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
-from mokd_optim.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from mokd_optim.diagnostics import plot_log  # noqa: E402
-from mokd_optim.distributed import is_main_process, unwrap_model  # noqa: E402
+from mokd_optim.distributed import is_main_process  # noqa: E402
 from mokd_optim.kd import FeatureLoss, FeatureRecorder, SubspaceHead, kd_loss  # noqa: E402
 from mokd_optim.methods import available as available_methods  # noqa: E402
 
@@ -807,49 +806,26 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         persistent_workers=args.workers > 0,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    steps_per_epoch = (
-        len(train_loader) if not args.limit_steps else min(args.limit_steps, len(train_loader))
-    )
-    if steps_per_epoch == 0:
-        raise SystemExit(
-            f"no full batch of {args.batch_size} per rank in {len(train_set)} training images"
-        )
+    steps_per_epoch = count_steps_per_epoch(train_loader, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, steps_per_epoch=steps_per_epoch, args=args)
     )
 
-    epoch, step = 0, 0
-    history: list[dict[str, float]] = []
-    resume = args.resume
-    if resume == "auto":
-        resume = (
-            str(args.output_dir / "checkpoint.pt")
-            if (args.output_dir / "checkpoint.pt").is_file()
-            else None
-        )
-    heads = {"heads": distiller.heads} if len(distiller.heads) else None
-    if resume:
-        state = load_checkpoint(
-            resume,
-            model=student,
-            modules=heads,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            map_location=device,
-        )
-        if state.extra.get("steps_per_epoch") != steps_per_epoch:
-            raise SystemExit(
-                f"{resume} was written with {state.extra.get('steps_per_epoch')} steps per epoch, this run has {steps_per_epoch}"
-            )
-        epoch, step, history = state.epoch, state.step, list(state.extra.get("history", []))
-        if main_process:
-            print(f"resumed from {resume}: epoch {epoch}, step {step}")
+    run = TrainingRun(
+        args,
+        steps_per_epoch=steps_per_epoch,
+        sampler=sampler,
+        model=student,
+        modules={"heads": distiller.heads} if len(distiller.heads) else None,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        main_process=main_process,
+    )
+    run.resume(map_location=device)
 
     train_log = args.output_dir / "train_log.csv"
-    logger, eval_logger, writer = open_logs(
-        args, main_process=main_process, resume=bool(resume), step=step, epoch=epoch
-    )
+    logger, eval_logger = run.open_logs()
     if main_process:
         print(
             f"{args.method}: {args.student} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M) <- "
@@ -857,36 +833,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             f"{world_size} x {args.batch_size} images, lr {lr:g}, {steps_per_epoch} steps/epoch"
         )
 
-    def save(at_epoch: int) -> None:
-        save_checkpoint(
-            args.output_dir / "checkpoint.pt",
-            model=student,
-            modules=heads,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            epoch=at_epoch,
-            step=step,
-            extra={"steps_per_epoch": steps_per_epoch, "history": history},
-        )
-
-    from tqdm import tqdm
-
-    stopped, train_seconds = False, 0.0
-    while epoch < args.epochs and not stopped:
-        skip = step - epoch * steps_per_epoch
-        sampler.set_epoch(epoch, start=skip * args.batch_size)
+    while run.running:
         model.train()
-        epoch_start = time.perf_counter()
-        bar = tqdm(
-            total=steps_per_epoch,
-            initial=skip,
-            desc=f"epoch {epoch + 1}/{args.epochs}",
-            disable=not progress,
-        )
-        batches = iter(train_loader)
-        for _ in range(skip, steps_per_epoch):
-            images, targets = next(batches)
+        for images, targets in run.epoch_batches(train_loader):
             images = [image.to(device, non_blocking=True) for image in images]
             targets = [
                 {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in t.items()}
@@ -896,41 +845,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 losses, parts = model(images, targets)
             optimizer.zero_grad(set_to_none=True)
             stats = optimizer.backward(losses)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            optimizer_step(optimizer, scaler)
             if optimizer.method.needs_losses_after:
                 with torch.no_grad(), autocast(device, amp_dtype):
                     optimizer.observe(model(images, targets)[0])
-            if logger.should_log(step):
+            if logger.should_log(run.step):
                 logger.log(
-                    step,
+                    run.step,
                     stats,
                     lr=optimizer.param_groups[0]["lr"],
-                    epoch=epoch + (step - epoch * steps_per_epoch) / steps_per_epoch,
+                    epoch=run.epoch_fraction,
                     **parts,
                 )
-                bar.set_postfix(
-                    {name: f"{float(value.detach()):.3f}" for name, value in losses.items()}
-                )
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            if args.checkpoint_every and step % args.checkpoint_every == 0:
-                save(epoch)
-            if args.stop_after and step >= args.stop_after:
-                stopped = True
-                break
-        bar.close()
-        train_seconds += time.perf_counter() - epoch_start
-        if stopped and step < (epoch + 1) * steps_per_epoch:
-            save(epoch)
-            if main_process:
-                print(
-                    f"stopped after step {step} (--stop-after); resume with --resume {args.output_dir / 'checkpoint.pt'}"
-                )
+                run.show_losses(losses)
+        if run.interrupted:
             break
         with distiller.hooks_paused():
             result = evaluate(
@@ -942,33 +870,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 limit=args.limit_val_steps,
                 progress=progress,
             )
-        epoch += 1
-        record = {
-            "epoch": float(epoch),
-            "step": float(step),
-            **{f"val/{k}": v for k, v in result.items()},
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": time.perf_counter() - epoch_start,
-        }
-        history.append(record)
-        eval_logger.log(step, **{k: v for k, v in record.items() if k != "step"})
+        run.end_epoch(result, eval_logger)
         if main_process:
             print(
-                f"epoch {epoch}: AP {result['AP']:.4f}  AP50 {result['AP50']:.4f}  AP75 {result['AP75']:.4f}  ({int(result['detections'])} detections)"
+                f"epoch {run.epoch}: AP {result['AP']:.4f}  AP50 {result['AP50']:.4f}  AP75 {result['AP75']:.4f}  ({int(result['detections'])} detections)"
             )
-        save(epoch)
+        run.save()
 
-    logger.close()
-    eval_logger.close()
-    if writer is not None:
-        writer.close()
-    if main_process:
-        torch.save(unwrap_model(student).state_dict(), args.output_dir / "student.pt")
-        if train_log.is_file() and teacher is not None:
-            try:
-                plot_log(train_log, args.output_dir / "curves.png")
-            except ImportError as error:
-                warnings.warn(f"no curves.png: {error}", stacklevel=1)
+    run.close(curves=teacher is not None)
+    epoch, step, history = run.epoch, run.step, run.history
     summary = {
         "mode": "train",
         "completed": epoch >= args.epochs,
@@ -992,8 +902,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "world_size": world_size,
         "device": str(device),
         "amp": args.amp,
-        "resumed_from": resume,
-        "train_seconds_this_process": train_seconds,
+        "resumed_from": run.resumed_from,
+        "train_seconds_this_process": run.train_seconds,
         "statistics": run_statistics(train_log, objective_means) if main_process else {},
         "seconds": time.perf_counter() - started,
         "versions": {"torch": torch.__version__},

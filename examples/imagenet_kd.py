@@ -54,7 +54,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -74,10 +73,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 from examples.trainer_utils import (  # noqa: E402
     AMP_DTYPES,
     EpochSampler,
+    TrainingRun,
     add_run_control_arguments,
     autocast,
+    count_steps_per_epoch,
     finite_mean,
-    open_logs,
+    optimizer_step,
     parse_pairs,
     run_statistics,
     setup_distributed,
@@ -85,9 +86,8 @@ from examples.trainer_utils import (  # noqa: E402
     write_json,
 )
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
-from mokd_optim.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from mokd_optim.diagnostics import StepStats, plot_log  # noqa: E402
-from mokd_optim.distributed import unwrap_model  # noqa: E402
+from mokd_optim.checkpoint import load_checkpoint  # noqa: E402
+from mokd_optim.diagnostics import StepStats  # noqa: E402
 from mokd_optim.kd import Distiller, build_heads  # noqa: E402
 from mokd_optim.methods import available as available_methods  # noqa: E402
 
@@ -844,51 +844,32 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             args.seed
         ),  # worker seeds never touch the global RNG
     )
-    steps_per_epoch = (
-        len(train_loader) if not args.limit_steps else min(args.limit_steps, len(train_loader))
-    )
-    if steps_per_epoch == 0:
-        raise SystemExit(
-            f"no full batch of {args.batch_size} per rank in {len(train_base)} training images"
-        )
+    steps_per_epoch = count_steps_per_epoch(train_loader, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, steps_per_epoch=steps_per_epoch, args=args)
     )
 
     # Resume ------------------------------------------------------------------------------
-    epoch, step = 0, 0
-    history: list[dict[str, float]] = []
-    resume = args.resume
-    if resume == "auto":
-        resume = (
-            str(args.output_dir / "checkpoint.pt")
-            if (args.output_dir / "checkpoint.pt").is_file()
-            else None
-        )
     heads_module = (
         {"heads": distiller.heads} if distiller is not None and len(distiller.heads) else None
     )
-    if resume:
-        progress_state = load_checkpoint(
-            resume,
-            model=student,
-            modules=heads_module,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            map_location=device,
-        )
-        saved_steps = progress_state.extra.get("steps_per_epoch")
-        if saved_steps != steps_per_epoch:
-            raise SystemExit(
-                f"{resume} was written with {saved_steps} steps per epoch, this run has {steps_per_epoch}: "
-                "resume with the same data, --batch-size, --limit-steps and number of processes"
-            )
-        epoch, step = progress_state.epoch, progress_state.step
-        history = list(progress_state.extra.get("history", []))
-        teacher_eval = progress_state.extra.get("teacher_eval") or None
-        if main_process:
-            print(f"resumed from {resume}: epoch {epoch}, step {step}")
+    run = TrainingRun(
+        args,
+        steps_per_epoch=steps_per_epoch,
+        sampler=sampler,
+        model=student,
+        modules=heads_module,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        main_process=main_process,
+    )
+    resumed = run.resume(
+        map_location=device,
+        mismatch_hint=": resume with the same data, --batch-size, --limit-steps and number of processes",
+    )
+    if resumed is not None:
+        teacher_eval = resumed.extra.get("teacher_eval") or None
 
     if teacher is not None and teacher_eval is None and not args.skip_teacher_eval:
         teacher_eval = evaluate(
@@ -906,12 +887,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             print(
                 f"teacher {args.teacher}: top-1 {teacher_eval['top1']:.2f} %  top-5 {teacher_eval['top5']:.2f} %"
             )
+    run.extra["teacher_eval"] = teacher_eval or {}
 
     # Logs --------------------------------------------------------------------------------
     train_log = args.output_dir / "train_log.csv"
-    logger, eval_logger, writer = open_logs(
-        args, main_process=main_process, resume=bool(resume), step=step, epoch=epoch
-    )
+    logger, eval_logger = run.open_logs()
     if main_process:
         print(
             f"{args.method}: {args.student} ({count_parameters(student) / 1e6:.2f}M) <- "
@@ -919,44 +899,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             f"lr {lr:g}, {steps_per_epoch} steps/epoch, {args.epochs} epochs"
         )
 
-    def save(at_epoch: int) -> None:
-        save_checkpoint(
-            args.output_dir / "checkpoint.pt",
-            model=student,
-            modules=heads_module,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            epoch=at_epoch,
-            step=step,
-            extra={
-                "steps_per_epoch": steps_per_epoch,
-                "history": history,
-                "teacher_eval": teacher_eval or {},
-            },
-        )
-
     # Train -------------------------------------------------------------------------------
-    from tqdm import tqdm
-
     student_params = [p for p in student.parameters() if p.requires_grad]
-    stopped = False
-    train_seconds = 0.0
-    trained_images = 0
-    while epoch < args.epochs and not stopped:
-        skip = step - epoch * steps_per_epoch
-        sampler.set_epoch(epoch, start=skip * args.batch_size)
+    while run.running:
         model.train()
-        epoch_start = time.perf_counter()
-        bar = tqdm(
-            total=steps_per_epoch,
-            initial=skip,
-            desc=f"epoch {epoch + 1}/{args.epochs}",
-            disable=not progress,
-        )
-        batches = iter(train_loader)
-        for _ in range(skip, steps_per_epoch):
-            images, targets = next(batches)
+        for images, targets in run.epoch_batches(train_loader):
             images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             targets = targets.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
@@ -971,7 +918,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                     }
             losses = {name: value.float() for name, value in losses.items()}
             optimizer.zero_grad(set_to_none=True)
-            log_now = logger.should_log(step)
+            log_now = logger.should_log(run.step)
             stats: Optional[StepStats] = None
             if multi is not None:
                 gram = (
@@ -985,11 +932,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             else:
                 loss = losses["task"]
                 (scaler.scale(loss) if scaler is not None else loss).backward()
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            optimizer_step(optimizer, scaler)
             if multi is not None and multi.method.needs_losses_after:
                 with torch.no_grad(), autocast(device, amp_dtype):
                     _, after = model(images, targets)
@@ -997,32 +940,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             if log_now:
                 extra = {
                     "lr": optimizer.param_groups[0]["lr"],
-                    "epoch": epoch + (step - epoch * steps_per_epoch) / steps_per_epoch,
+                    "epoch": run.epoch_fraction,
                     "train/top1": 100.0 * (output.argmax(1) == targets).float().mean(),
                 }
                 if stats is None:
                     extra.update({f"loss/{name}": value for name, value in losses.items()})
-                logger.log(step, stats, **extra)
-                bar.set_postfix(
-                    {name: f"{float(value.detach()):.3f}" for name, value in losses.items()}
-                )
-            scheduler.step()
-            step += 1
-            trained_images += args.batch_size * world_size
-            bar.update(1)
-            if args.checkpoint_every and step % args.checkpoint_every == 0:
-                save(epoch)
-            if args.stop_after and step >= args.stop_after:
-                stopped = True
-                break
-        bar.close()
-        train_seconds += time.perf_counter() - epoch_start
-        if stopped and step < (epoch + 1) * steps_per_epoch:
-            save(epoch)
-            if main_process:
-                print(
-                    f"stopped after step {step} (--stop-after); resume with --resume {args.output_dir / 'checkpoint.pt'}"
-                )
+                logger.log(run.step, stats, **extra)
+                run.show_losses(losses)
+        if run.interrupted:
             break
         result = evaluate(
             student,
@@ -1034,35 +959,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             progress=progress,
             description="val",
         )
-        epoch += 1
-        record = {
-            "epoch": float(epoch),
-            "step": float(step),
-            **{f"val/{k}": v for k, v in result.items()},
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": time.perf_counter() - epoch_start,
-        }
-        history.append(record)
-        eval_logger.log(step, **{k: v for k, v in record.items() if k != "step"})
+        run.end_epoch(result, eval_logger)
         if main_process:
             print(
-                f"epoch {epoch}: val top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  loss {result['loss']:.4f}"
+                f"epoch {run.epoch}: val top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  loss {result['loss']:.4f}"
             )
-        save(epoch)
+        run.save()
 
     # Summary -----------------------------------------------------------------------------
-    logger.close()
-    eval_logger.close()
-    if writer is not None:
-        writer.close()
+    run.close(curves=multi is not None)
+    epoch, step, history = run.epoch, run.step, run.history
     completed = epoch >= args.epochs
-    if main_process:
-        torch.save(unwrap_model(student).state_dict(), args.output_dir / "student.pt")
-        if multi is not None and train_log.is_file():
-            try:
-                plot_log(train_log, args.output_dir / "curves.png")
-            except ImportError as error:
-                warnings.warn(f"no curves.png: {error}", stacklevel=1)
     top1 = [row["val/top1"] for row in history]
     summary = {
         "mode": "train",
@@ -1093,9 +1000,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "amp": args.amp,
         "channels_last": args.channels_last,
         "compile": args.compile,
-        "resumed_from": resume,
-        "train_seconds_this_process": train_seconds,
-        "images_per_second": trained_images / train_seconds if train_seconds > 0 else None,
+        "resumed_from": run.resumed_from,
+        "train_seconds_this_process": run.train_seconds,
+        "images_per_second": run.steps_run * global_batch / run.train_seconds
+        if run.train_seconds > 0
+        else None,
         "statistics": run_statistics(train_log, partial(objective_means, names=objectives))
         if main_process
         else {},
