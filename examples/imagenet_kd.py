@@ -612,14 +612,32 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     num_classes = args.num_classes or len(val_base.classes)
     val_sampler = ShardSampler(len(val_base), rank, world_size)
 
-    def val_loader(mean: Sequence[float], std: Sequence[float]) -> DataLoader:
+    def validate(
+        net: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        description: str,
+        input_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ) -> dict[str, float]:
+        """``evaluate`` ``net`` on the validation set normalised with ``(mean, std)``."""
         _, val_transform = build_transforms(args, mean, std)
-        return DataLoader(
+        loader = DataLoader(
             SeededDataset(val_base, val_transform),
             batch_size=args.batch_size,
             sampler=val_sampler,
             num_workers=args.workers,
             pin_memory=device.type == "cuda",
+        )
+        return evaluate(
+            net,
+            loader,
+            device,
+            amp_dtype=amp_dtype,
+            channels_last=args.channels_last,
+            input_transform=input_transform,
+            limit=args.limit_val_steps,
+            progress=progress,
+            description=description,
         )
 
     # Teacher-only evaluation -------------------------------------------------------------
@@ -629,16 +647,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         )
         t_mean, t_std = tuple(args.teacher_mean or t_mean), tuple(args.teacher_std or t_std)
         teacher = teacher.to(device, memory_format=memory_format).eval()
-        result = evaluate(
-            teacher,
-            val_loader(t_mean, t_std),
-            device,
-            amp_dtype=amp_dtype,
-            channels_last=args.channels_last,
-            limit=args.limit_val_steps,
-            progress=progress,
-            description="teacher",
-        )
+        result = validate(teacher, t_mean, t_std, "teacher")
         summary = {
             "mode": "evaluate-teacher",
             "teacher": args.teacher,
@@ -679,16 +688,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.test_only:
         if args.resume:
             load_checkpoint(args.resume, model=student, restore_rng=False, map_location=device)
-        result = evaluate(
-            student,
-            val_loader(mean, std),
-            device,
-            amp_dtype=amp_dtype,
-            channels_last=args.channels_last,
-            limit=args.limit_val_steps,
-            progress=progress,
-            description="student",
-        )
+        result = validate(student, mean, std, "student")
         summary = {
             "mode": "test-only",
             "student": args.student,
@@ -872,16 +872,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         teacher_eval = resumed.extra.get("teacher_eval") or None
 
     if teacher is not None and teacher_eval is None and not args.skip_teacher_eval:
-        teacher_eval = evaluate(
+        teacher_eval = validate(
             teacher,
-            val_loader(mean, std),
-            device,
-            amp_dtype=amp_dtype,
-            channels_last=args.channels_last,
+            mean,
+            std,
+            "teacher",
             input_transform=distiller.teacher_input if distiller is not None else None,
-            limit=args.limit_val_steps,
-            progress=progress,
-            description="teacher",
         )
         if main_process:
             print(
@@ -949,16 +945,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 run.show_losses(losses)
         if run.interrupted:
             break
-        result = evaluate(
-            student,
-            val_loader(mean, std),
-            device,
-            amp_dtype=amp_dtype,
-            channels_last=args.channels_last,
-            limit=args.limit_val_steps,
-            progress=progress,
-            description="val",
-        )
+        result = validate(student, mean, std, "val")
         run.end_epoch(result, eval_logger)
         if main_process:
             print(
