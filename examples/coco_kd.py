@@ -825,7 +825,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     run.resume(map_location=device)
 
     train_log = args.output_dir / "train_log.csv"
-    logger, eval_logger = run.open_logs()
+    logger = run.open_logs()
     if main_process:
         print(
             f"{args.method}: {args.student} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M) <- "
@@ -870,7 +870,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 limit=args.limit_val_steps,
                 progress=progress,
             )
-        run.end_epoch(result, eval_logger)
+        run.end_epoch(result)
         if main_process:
             print(
                 f"epoch {run.epoch}: AP {result['AP']:.4f}  AP50 {result['AP50']:.4f}  AP75 {result['AP75']:.4f}  ({int(result['detections'])} detections)"

@@ -887,7 +887,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     # Logs --------------------------------------------------------------------------------
     train_log = args.output_dir / "train_log.csv"
-    logger, eval_logger = run.open_logs()
+    logger = run.open_logs()
     if main_process:
         print(
             f"{args.method}: {args.student} ({count_parameters(student) / 1e6:.2f}M) <- "
@@ -946,7 +946,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         if run.interrupted:
             break
         result = validate(student, mean, std, "val")
-        run.end_epoch(result, eval_logger)
+        run.end_epoch(result)
         if main_process:
             print(
                 f"epoch {run.epoch}: val top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  loss {result['loss']:.4f}"

@@ -1,7 +1,11 @@
 """Pieces shared by the example trainers (``imagenet_kd.py``, ``coco_kd.py``), in the manner of
-torchvision's ``references/*/utils.py``: process and AMP setup, a resumable sharded sampler,
-loading a model state dict from any of the files the trainers write, and the logs a resumed run
-continues."""
+torchvision's ``references/*/utils.py``: process and AMP setup, the run-control options, a
+resumable sharded sampler, the bookkeeping of a resumable run (:class:`TrainingRun`: checkpoint,
+resume, epochs, logs), loading a model state dict from any of the files the trainers write, and
+the statistics the summaries report.
+
+Each trainer keeps what is its own: data, models, objectives, the forward and backward of a step,
+evaluation and the summary's fields."""
 
 from __future__ import annotations
 
@@ -200,14 +204,14 @@ class TrainingRun:
 
         run = TrainingRun(args, steps_per_epoch=..., sampler=..., model=student, ...)
         run.resume(map_location=device)
-        logger, eval_logger = run.open_logs()
+        logger = run.open_logs()
         while run.running:
             model.train()
             for batch in run.epoch_batches(train_loader):
                 ...  # forward, backward, optimizer_step, log at run.step
             if run.interrupted:
                 break
-            run.end_epoch(evaluate(...), eval_logger)
+            run.end_epoch(evaluate(...))
             run.save()
         run.close(curves=True)
 
@@ -281,9 +285,10 @@ class TrainingRun:
             print(f"resumed from {resume}: epoch {self.epoch}, step {self.step}")
         return state
 
-    def open_logs(self) -> tuple[StatsLogger, StatsLogger]:
-        """The training and evaluation loggers of :func:`open_logs`, continued from where the
-        run resumed; :meth:`close` closes them."""
+    def open_logs(self) -> StatsLogger:
+        """Open the logs of :func:`open_logs`, continued from where the run resumed, and return
+        the training logger (:meth:`end_epoch` writes the evaluation log; :meth:`close` closes
+        both)."""
         self.logs = open_logs(
             self.args,
             main_process=self.main_process,
@@ -291,7 +296,7 @@ class TrainingRun:
             step=self.step,
             epoch=self.epoch,
         )
-        return self.logs[0], self.logs[1]
+        return self.logs[0]
 
     def close(self, *, curves: bool) -> None:
         """Close the logs (and the TensorBoard writer); on the main process write
@@ -396,9 +401,15 @@ class TrainingRun:
             {name: f"{float(value.detach()):.3f}" for name, value in losses.items()}
         )
 
-    def end_epoch(self, result: dict[str, float], eval_logger: StatsLogger) -> None:
+    def end_epoch(self, result: dict[str, float]) -> None:
         """Count the epoch done and record its evaluation ``result`` (``val/<key>`` in
-        ``history`` and ``eval_logger``, with the lr and the epoch's seconds)."""
+        ``history`` and the evaluation log, with the lr and the epoch's seconds).
+
+        Raises:
+            RuntimeError: before :meth:`open_logs`.
+        """
+        if self.logs is None:
+            raise RuntimeError("TrainingRun.end_epoch() needs open_logs() first")
         self.epoch += 1
         record = {
             "epoch": float(self.epoch),
@@ -408,7 +419,7 @@ class TrainingRun:
             "epoch_seconds": time.perf_counter() - self.epoch_start,
         }
         self.history.append(record)
-        eval_logger.log(self.step, **{k: v for k, v in record.items() if k != "step"})
+        self.logs[1].log(self.step, **{k: v for k, v in record.items() if k != "step"})
 
 
 def state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
