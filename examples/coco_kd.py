@@ -46,11 +46,8 @@ import argparse
 import contextlib
 import io
 import json
-import math
-import os
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -65,15 +62,26 @@ from torch import Tensor, nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from examples.trainer_utils import EpochSampler, open_logs, state_dict_from_file  # noqa: E402
+from examples.trainer_utils import (  # noqa: E402
+    AMP_DTYPES,
+    EpochSampler,
+    TrainingRun,
+    add_run_control_arguments,
+    autocast,
+    count_steps_per_epoch,
+    finite_mean,
+    optimizer_step,
+    parse_pairs,
+    run_statistics,
+    setup_distributed,
+    state_dict_from_file,
+    write_json,
+)
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
-from mokd_optim.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from mokd_optim.diagnostics import plot_log, read_log  # noqa: E402
-from mokd_optim.distributed import is_main_process, unwrap_model  # noqa: E402
+from mokd_optim.distributed import is_main_process  # noqa: E402
 from mokd_optim.kd import FeatureLoss, FeatureRecorder, SubspaceHead, kd_loss  # noqa: E402
 from mokd_optim.methods import available as available_methods  # noqa: E402
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COCO_EVAL_KEYS = (
     "AP",
     "AP50",
@@ -460,9 +468,7 @@ def evaluate(
     ):
         if limit and index >= limit:
             break
-        with torch.autocast(
-            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
+        with autocast(device, amp_dtype):
             outputs = model([image.to(device, non_blocking=True) for image in images])
         for target, output in zip(targets, outputs):
             image_ids.append(int(target["image_id"]))
@@ -514,27 +520,16 @@ def lr_factor(step: int, *, steps_per_epoch: int, args: argparse.Namespace) -> f
     return factor
 
 
-def run_statistics(train_log: Path) -> dict[str, Any]:
-    """Means over the logged steps of the weights, the cosine of the two gradients, the
-    conflict fraction and log10 of the dominance ratio."""
-    if not train_log.is_file():
-        return {}
-    columns = read_log(train_log)
-
-    def mean(values: Sequence[float]) -> Optional[float]:
-        finite = [v for v in values if math.isfinite(v)]
-        return sum(finite) / len(finite) if finite else None
-
+def objective_means(columns: dict[str, list[float]]) -> dict[str, Any]:
+    """Per-objective part of the summary's statistics (see ``run_statistics``): the mean weight
+    of each logged objective and the mean cosine of the detection and distill gradients."""
     return {
-        "logged_steps": len(columns["step"]),
         "mean_weights": {
-            k.split("/", 1)[1]: mean(v) for k, v in columns.items() if k.startswith("weight/")
+            k.split("/", 1)[1]: finite_mean(v)
+            for k, v in columns.items()
+            if k.startswith("weight/")
         },
-        "mean_cosine": mean(columns.get("cosine/detection|distill", [])),
-        "conflict_fraction": mean(columns.get("conflict", [])),
-        "mean_log10_dominance": mean(
-            [math.log10(d) for d in columns.get("dominance", []) if math.isfinite(d) and d > 0]
-        ),
+        "mean_cosine": finite_mean(columns.get("cosine/detection|distill", [])),
     }
 
 
@@ -652,32 +647,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     system.add_argument(
         "--compile", action="store_true", help="torch.compile the student's backbone (in place)"
     )
-    run = parser.add_argument_group("run control")
-    run.add_argument("--output-dir", type=Path, default=Path("runs/coco_kd"))
-    run.add_argument(
-        "--resume",
-        default=None,
-        help="checkpoint to resume from ('auto': OUTPUT_DIR/checkpoint.pt if it exists)",
+    run = add_run_control_arguments(
+        parser, output_dir=Path("runs/coco_kd"), log_every=20, brief_help=True
     )
-    run.add_argument("--checkpoint-every", type=int, default=0)
-    run.add_argument(
-        "--stop-after",
-        type=int,
-        default=0,
-        help="stop (with a checkpoint) after N optimizer steps in total",
-    )
-    run.add_argument(
-        "--limit-steps", type=int, default=0, help="smoke runs: at most N training steps per epoch"
-    )
-    run.add_argument(
-        "--limit-val-steps",
-        type=int,
-        default=0,
-        help="smoke runs: at most N validation batches per rank",
-    )
-    run.add_argument("--log-every", type=int, default=20)
-    run.add_argument("--tensorboard", action="store_true")
-    run.add_argument("--no-progress", action="store_true")
     run.add_argument(
         "--evaluate-teacher",
         action="store_true",
@@ -705,28 +677,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def parse_pairs(spec: str) -> list[tuple[str, str]]:
-    pairs = []
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        student, _, teacher = item.partition(":")
-        pairs.append((student, teacher or student))
-    return pairs
-
-
 # Main --------------------------------------------------------------------------------------
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Train (or evaluate) as the arguments say; returns the summary (OUTPUT_DIR/summary.json)."""
     args = parse_args(argv)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    device, rank, world_size = setup_distributed(args)
     main_process, progress = rank == 0, rank == 0 and not args.no_progress
     torch.manual_seed(args.seed)
     amp_dtype = AMP_DTYPES[args.amp]
@@ -742,12 +699,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         num_workers=args.workers,
         collate_fn=collate,
     )
-
-    def write_summary(summary: dict[str, Any]) -> dict[str, Any]:
-        if main_process:
-            args.output_dir.mkdir(parents=True, exist_ok=True)
-            (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
 
     teacher: Optional[nn.Module] = None
     if args.method != "none" or args.evaluate_teacher:
@@ -774,14 +725,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             print(
                 f"teacher {args.teacher}: AP {result['AP']:.3f}  AP50 {result['AP50']:.3f}  AP75 {result['AP75']:.3f}"
             )
-        return write_summary(
-            {
-                "mode": "evaluate-teacher",
-                "teacher": args.teacher,
-                "teacher_weights": args.teacher_weights,
-                "val": result,
-            }
-        )
+        summary = {
+            "mode": "evaluate-teacher",
+            "teacher": args.teacher,
+            "teacher_weights": args.teacher_weights,
+            "val": result,
+        }
+        write_json(args.output_dir / "summary.json", summary)
+        return summary
 
     # Student and distiller ---------------------------------------------------------------
     if args.train_images is None or args.train_annotations is None:
@@ -855,49 +806,26 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         persistent_workers=args.workers > 0,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    steps_per_epoch = (
-        len(train_loader) if not args.limit_steps else min(args.limit_steps, len(train_loader))
-    )
-    if steps_per_epoch == 0:
-        raise SystemExit(
-            f"no full batch of {args.batch_size} per rank in {len(train_set)} training images"
-        )
+    steps_per_epoch = count_steps_per_epoch(train_loader, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, steps_per_epoch=steps_per_epoch, args=args)
     )
 
-    epoch, step = 0, 0
-    history: list[dict[str, float]] = []
-    resume = args.resume
-    if resume == "auto":
-        resume = (
-            str(args.output_dir / "checkpoint.pt")
-            if (args.output_dir / "checkpoint.pt").is_file()
-            else None
-        )
-    heads = {"heads": distiller.heads} if len(distiller.heads) else None
-    if resume:
-        state = load_checkpoint(
-            resume,
-            model=student,
-            modules=heads,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            map_location=device,
-        )
-        if state.extra.get("steps_per_epoch") != steps_per_epoch:
-            raise SystemExit(
-                f"{resume} was written with {state.extra.get('steps_per_epoch')} steps per epoch, this run has {steps_per_epoch}"
-            )
-        epoch, step, history = state.epoch, state.step, list(state.extra.get("history", []))
-        if main_process:
-            print(f"resumed from {resume}: epoch {epoch}, step {step}")
+    run = TrainingRun(
+        args,
+        steps_per_epoch=steps_per_epoch,
+        sampler=sampler,
+        model=student,
+        modules={"heads": distiller.heads} if len(distiller.heads) else None,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        main_process=main_process,
+    )
+    run.resume(map_location=device)
 
     train_log = args.output_dir / "train_log.csv"
-    logger, eval_logger, writer = open_logs(
-        args, main_process=main_process, resume=bool(resume), step=step, epoch=epoch
-    )
+    logger = run.open_logs()
     if main_process:
         print(
             f"{args.method}: {args.student} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M) <- "
@@ -905,87 +833,32 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             f"{world_size} x {args.batch_size} images, lr {lr:g}, {steps_per_epoch} steps/epoch"
         )
 
-    def save(at_epoch: int) -> None:
-        save_checkpoint(
-            args.output_dir / "checkpoint.pt",
-            model=student,
-            modules=heads,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            epoch=at_epoch,
-            step=step,
-            extra={"steps_per_epoch": steps_per_epoch, "history": history},
-        )
-
-    from tqdm import tqdm
-
-    stopped, train_seconds = False, 0.0
-    while epoch < args.epochs and not stopped:
-        skip = step - epoch * steps_per_epoch
-        sampler.set_epoch(epoch, start=skip * args.batch_size)
+    while run.running:
         model.train()
-        epoch_start = time.perf_counter()
-        bar = tqdm(
-            total=steps_per_epoch,
-            initial=skip,
-            desc=f"epoch {epoch + 1}/{args.epochs}",
-            disable=not progress,
-        )
-        batches = iter(train_loader)
-        for _ in range(skip, steps_per_epoch):
-            images, targets = next(batches)
+        for images, targets in run.epoch_batches(train_loader):
             images = [image.to(device, non_blocking=True) for image in images]
             targets = [
                 {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in t.items()}
                 for t in targets
             ]
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-            ):
+            with autocast(device, amp_dtype):
                 losses, parts = model(images, targets)
             optimizer.zero_grad(set_to_none=True)
             stats = optimizer.backward(losses)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            optimizer_step(optimizer, scaler)
             if optimizer.method.needs_losses_after:
-                with (
-                    torch.no_grad(),
-                    torch.autocast(
-                        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                    ),
-                ):
+                with torch.no_grad(), autocast(device, amp_dtype):
                     optimizer.observe(model(images, targets)[0])
-            if logger.should_log(step):
+            if logger.should_log(run.step):
                 logger.log(
-                    step,
+                    run.step,
                     stats,
                     lr=optimizer.param_groups[0]["lr"],
-                    epoch=epoch + (step - epoch * steps_per_epoch) / steps_per_epoch,
+                    epoch=run.epoch_fraction,
                     **parts,
                 )
-                bar.set_postfix(
-                    {name: f"{float(value.detach()):.3f}" for name, value in losses.items()}
-                )
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            if args.checkpoint_every and step % args.checkpoint_every == 0:
-                save(epoch)
-            if args.stop_after and step >= args.stop_after:
-                stopped = True
-                break
-        bar.close()
-        train_seconds += time.perf_counter() - epoch_start
-        if stopped and step < (epoch + 1) * steps_per_epoch:
-            save(epoch)
-            if main_process:
-                print(
-                    f"stopped after step {step} (--stop-after); resume with --resume {args.output_dir / 'checkpoint.pt'}"
-                )
+                run.show_losses(losses)
+        if run.interrupted:
             break
         with distiller.hooks_paused():
             result = evaluate(
@@ -997,33 +870,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 limit=args.limit_val_steps,
                 progress=progress,
             )
-        epoch += 1
-        record = {
-            "epoch": float(epoch),
-            "step": float(step),
-            **{f"val/{k}": v for k, v in result.items()},
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": time.perf_counter() - epoch_start,
-        }
-        history.append(record)
-        eval_logger.log(step, **{k: v for k, v in record.items() if k != "step"})
+        run.end_epoch(result)
         if main_process:
             print(
-                f"epoch {epoch}: AP {result['AP']:.4f}  AP50 {result['AP50']:.4f}  AP75 {result['AP75']:.4f}  ({int(result['detections'])} detections)"
+                f"epoch {run.epoch}: AP {result['AP']:.4f}  AP50 {result['AP50']:.4f}  AP75 {result['AP75']:.4f}  ({int(result['detections'])} detections)"
             )
-        save(epoch)
+        run.save()
 
-    logger.close()
-    eval_logger.close()
-    if writer is not None:
-        writer.close()
-    if main_process:
-        torch.save(unwrap_model(student).state_dict(), args.output_dir / "student.pt")
-        if train_log.is_file() and teacher is not None:
-            try:
-                plot_log(train_log, args.output_dir / "curves.png")
-            except ImportError as error:
-                warnings.warn(f"no curves.png: {error}", stacklevel=1)
+    run.close(curves=teacher is not None)
+    epoch, step, history = run.epoch, run.step, run.history
     summary = {
         "mode": "train",
         "completed": epoch >= args.epochs,
@@ -1047,13 +902,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "world_size": world_size,
         "device": str(device),
         "amp": args.amp,
-        "resumed_from": resume,
-        "train_seconds_this_process": train_seconds,
-        "statistics": run_statistics(train_log) if main_process else {},
+        "resumed_from": run.resumed_from,
+        "train_seconds_this_process": run.train_seconds,
+        "statistics": run_statistics(train_log, objective_means) if main_process else {},
         "seconds": time.perf_counter() - started,
         "versions": {"torch": torch.__version__},
     }
-    write_summary(summary)
+    write_json(args.output_dir / "summary.json", summary)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return summary

@@ -52,11 +52,10 @@ import dataclasses
 import importlib
 import json
 import math
-import os
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -71,11 +70,24 @@ from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 
-from examples.trainer_utils import EpochSampler, open_logs, state_dict_from_file  # noqa: E402
+from examples.trainer_utils import (  # noqa: E402
+    AMP_DTYPES,
+    EpochSampler,
+    TrainingRun,
+    add_run_control_arguments,
+    autocast,
+    count_steps_per_epoch,
+    finite_mean,
+    optimizer_step,
+    parse_pairs,
+    run_statistics,
+    setup_distributed,
+    state_dict_from_file,
+    write_json,
+)
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
-from mokd_optim.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from mokd_optim.diagnostics import StepStats, plot_log, read_log  # noqa: E402
-from mokd_optim.distributed import is_main_process, unwrap_model  # noqa: E402
+from mokd_optim.checkpoint import load_checkpoint  # noqa: E402
+from mokd_optim.diagnostics import StepStats  # noqa: E402
 from mokd_optim.kd import Distiller, build_heads  # noqa: E402
 from mokd_optim.methods import available as available_methods  # noqa: E402
 
@@ -84,7 +96,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on (x - 127) / 128 of 0..255 pixels (TF Lite preprocessing).
 EFFICIENTNET_LITE_MEAN = (127.0 / 255.0,) * 3
 EFFICIENTNET_LITE_STD = (128.0 / 255.0,) * 3
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # Data --------------------------------------------------------------------------------------
@@ -308,9 +319,7 @@ def evaluate(
             images = input_transform(images)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(
-            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
+        with autocast(device, amp_dtype):
             logits = model(images)
         logits = logits.float()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -369,27 +378,18 @@ def lr_factor(step: int, *, steps_per_epoch: int, args: argparse.Namespace) -> f
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))
 
 
-def run_statistics(train_log: Path, names: Sequence[str]) -> dict[str, Any]:
-    """Means over the logged steps of the weights, losses, cosine of each pair, conflict and
-    dominance (what the summary reports)."""
-    if not train_log.is_file():
-        return {}
-    columns = read_log(train_log)
-
-    def mean(values: Sequence[float]) -> Optional[float]:
-        finite = [v for v in values if math.isfinite(v)]
-        return sum(finite) / len(finite) if finite else None
-
-    summary: dict[str, Any] = {"logged_steps": len(columns["step"])}
-    summary["mean_weights"] = {n: mean(columns.get(f"weight/{n}", [])) for n in names}
-    summary["mean_losses"] = {n: mean(columns.get(f"loss/{n}", [])) for n in names}
-    summary["mean_cosine"] = {
-        k.split("/", 1)[1]: mean(v) for k, v in columns.items() if k.startswith("cosine/")
+def objective_means(columns: dict[str, list[float]], names: Sequence[str]) -> dict[str, Any]:
+    """Per-objective part of the summary's statistics (see ``run_statistics``): the mean weight
+    and loss of each of ``names`` and the mean cosine of each pair of gradients (``"a|b"``)."""
+    return {
+        "mean_weights": {n: finite_mean(columns.get(f"weight/{n}", [])) for n in names},
+        "mean_losses": {n: finite_mean(columns.get(f"loss/{n}", [])) for n in names},
+        "mean_cosine": {
+            k.split("/", 1)[1]: finite_mean(v)
+            for k, v in columns.items()
+            if k.startswith("cosine/")
+        },
     }
-    summary["conflict_fraction"] = mean(columns.get("conflict", []))
-    dominance = [math.log10(d) for d in columns.get("dominance", []) if math.isfinite(d) and d > 0]
-    summary["mean_log10_dominance"] = mean(dominance)
-    return summary
 
 
 # Command line ------------------------------------------------------------------------------
@@ -552,46 +552,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     system.add_argument(
         "--sync-bn", action="store_true", help="SyncBatchNorm in the student under DDP"
     )
-    run = parser.add_argument_group("run control")
-    run.add_argument("--output-dir", type=Path, default=Path("runs/imagenet_kd"))
-    run.add_argument(
-        "--resume",
-        default=None,
-        help="checkpoint to resume from ('auto': OUTPUT_DIR/checkpoint.pt if it exists)",
-    )
-    run.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=0,
-        help="also checkpoint every N steps (0: at epoch ends only)",
-    )
-    run.add_argument(
-        "--stop-after",
-        type=int,
-        default=0,
-        help="stop (with a checkpoint) after N optimizer steps in total",
-    )
-    run.add_argument(
-        "--limit-steps", type=int, default=0, help="smoke runs: at most N training steps per epoch"
-    )
-    run.add_argument(
-        "--limit-val-steps",
-        type=int,
-        default=0,
-        help="smoke runs: at most N validation batches per rank",
-    )
-    run.add_argument(
-        "--log-every",
-        type=int,
-        default=50,
-        help="steps between log rows (losses, weights, cosine, dominance)",
-    )
-    run.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="also write TensorBoard events to OUTPUT_DIR/tensorboard",
-    )
-    run.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    run = add_run_control_arguments(parser, output_dir=Path("runs/imagenet_kd"), log_every=50)
     run.add_argument(
         "--skip-teacher-eval",
         action="store_true",
@@ -619,35 +580,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if not isinstance(args.method_options, dict):
         parser.error("--method-options must be a JSON object")
     return args
-
-
-def parse_heads(spec: str) -> list[tuple[str, str]]:
-    """``"layer3:layer3,layer4"`` -> ``[("layer3", "layer3"), ("layer4", "layer4")]``."""
-    pairs = []
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        student, _, teacher = item.partition(":")
-        pairs.append((student, teacher or student))
-    return pairs
-
-
-def setup_distributed(args: argparse.Namespace) -> tuple[torch.device, int, int]:
-    """Initialise ``torch.distributed`` under ``torchrun`` (nccl on GPUs, gloo on CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return device, rank, world_size
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    if is_main_process():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2))
 
 
 def versions() -> dict[str, str]:
@@ -680,14 +612,32 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     num_classes = args.num_classes or len(val_base.classes)
     val_sampler = ShardSampler(len(val_base), rank, world_size)
 
-    def val_loader(mean: Sequence[float], std: Sequence[float]) -> DataLoader:
+    def validate(
+        net: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        description: str,
+        input_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ) -> dict[str, float]:
+        """``evaluate`` ``net`` on the validation set normalised with ``(mean, std)``."""
         _, val_transform = build_transforms(args, mean, std)
-        return DataLoader(
+        loader = DataLoader(
             SeededDataset(val_base, val_transform),
             batch_size=args.batch_size,
             sampler=val_sampler,
             num_workers=args.workers,
             pin_memory=device.type == "cuda",
+        )
+        return evaluate(
+            net,
+            loader,
+            device,
+            amp_dtype=amp_dtype,
+            channels_last=args.channels_last,
+            input_transform=input_transform,
+            limit=args.limit_val_steps,
+            progress=progress,
+            description=description,
         )
 
     # Teacher-only evaluation -------------------------------------------------------------
@@ -697,16 +647,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         )
         t_mean, t_std = tuple(args.teacher_mean or t_mean), tuple(args.teacher_std or t_std)
         teacher = teacher.to(device, memory_format=memory_format).eval()
-        result = evaluate(
-            teacher,
-            val_loader(t_mean, t_std),
-            device,
-            amp_dtype=amp_dtype,
-            channels_last=args.channels_last,
-            limit=args.limit_val_steps,
-            progress=progress,
-            description="teacher",
-        )
+        result = validate(teacher, t_mean, t_std, "teacher")
         summary = {
             "mode": "evaluate-teacher",
             "teacher": args.teacher,
@@ -747,16 +688,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.test_only:
         if args.resume:
             load_checkpoint(args.resume, model=student, restore_rng=False, map_location=device)
-        result = evaluate(
-            student,
-            val_loader(mean, std),
-            device,
-            amp_dtype=amp_dtype,
-            channels_last=args.channels_last,
-            limit=args.limit_val_steps,
-            progress=progress,
-            description="student",
-        )
+        result = validate(student, mean, std, "student")
         summary = {
             "mode": "test-only",
             "student": args.student,
@@ -792,7 +724,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         if classes != num_classes:
             raise SystemExit(f"the teacher predicts {classes} classes, the data has {num_classes}")
         heads = None
-        pairs = parse_heads(args.heads)
+        pairs = parse_pairs(args.heads)
         if pairs:
             projector = args.head_teacher_projector or (
                 None if args.head_expansion == 1.0 else "fixed"
@@ -912,74 +844,50 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             args.seed
         ),  # worker seeds never touch the global RNG
     )
-    steps_per_epoch = (
-        len(train_loader) if not args.limit_steps else min(args.limit_steps, len(train_loader))
-    )
-    if steps_per_epoch == 0:
-        raise SystemExit(
-            f"no full batch of {args.batch_size} per rank in {len(train_base)} training images"
-        )
+    steps_per_epoch = count_steps_per_epoch(train_loader, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, steps_per_epoch=steps_per_epoch, args=args)
     )
 
     # Resume ------------------------------------------------------------------------------
-    epoch, step = 0, 0
-    history: list[dict[str, float]] = []
-    resume = args.resume
-    if resume == "auto":
-        resume = (
-            str(args.output_dir / "checkpoint.pt")
-            if (args.output_dir / "checkpoint.pt").is_file()
-            else None
-        )
     heads_module = (
         {"heads": distiller.heads} if distiller is not None and len(distiller.heads) else None
     )
-    if resume:
-        progress_state = load_checkpoint(
-            resume,
-            model=student,
-            modules=heads_module,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            map_location=device,
-        )
-        saved_steps = progress_state.extra.get("steps_per_epoch")
-        if saved_steps != steps_per_epoch:
-            raise SystemExit(
-                f"{resume} was written with {saved_steps} steps per epoch, this run has {steps_per_epoch}: "
-                "resume with the same data, --batch-size, --limit-steps and number of processes"
-            )
-        epoch, step = progress_state.epoch, progress_state.step
-        history = list(progress_state.extra.get("history", []))
-        teacher_eval = progress_state.extra.get("teacher_eval") or None
-        if main_process:
-            print(f"resumed from {resume}: epoch {epoch}, step {step}")
+    run = TrainingRun(
+        args,
+        steps_per_epoch=steps_per_epoch,
+        sampler=sampler,
+        model=student,
+        modules=heads_module,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        main_process=main_process,
+    )
+    resumed = run.resume(
+        map_location=device,
+        mismatch_hint=": resume with the same data, --batch-size, --limit-steps and number of processes",
+    )
+    if resumed is not None:
+        teacher_eval = resumed.extra.get("teacher_eval") or None
 
     if teacher is not None and teacher_eval is None and not args.skip_teacher_eval:
-        teacher_eval = evaluate(
+        teacher_eval = validate(
             teacher,
-            val_loader(mean, std),
-            device,
-            amp_dtype=amp_dtype,
-            channels_last=args.channels_last,
+            mean,
+            std,
+            "teacher",
             input_transform=distiller.teacher_input if distiller is not None else None,
-            limit=args.limit_val_steps,
-            progress=progress,
-            description="teacher",
         )
         if main_process:
             print(
                 f"teacher {args.teacher}: top-1 {teacher_eval['top1']:.2f} %  top-5 {teacher_eval['top5']:.2f} %"
             )
+    run.extra["teacher_eval"] = teacher_eval or {}
 
     # Logs --------------------------------------------------------------------------------
     train_log = args.output_dir / "train_log.csv"
-    logger, eval_logger, writer = open_logs(
-        args, main_process=main_process, resume=bool(resume), step=step, epoch=epoch
-    )
+    logger = run.open_logs()
     if main_process:
         print(
             f"{args.method}: {args.student} ({count_parameters(student) / 1e6:.2f}M) <- "
@@ -987,49 +895,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             f"lr {lr:g}, {steps_per_epoch} steps/epoch, {args.epochs} epochs"
         )
 
-    def save(at_epoch: int) -> None:
-        save_checkpoint(
-            args.output_dir / "checkpoint.pt",
-            model=student,
-            modules=heads_module,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            epoch=at_epoch,
-            step=step,
-            extra={
-                "steps_per_epoch": steps_per_epoch,
-                "history": history,
-                "teacher_eval": teacher_eval or {},
-            },
-        )
-
     # Train -------------------------------------------------------------------------------
-    from tqdm import tqdm
-
     student_params = [p for p in student.parameters() if p.requires_grad]
-    stopped = False
-    train_seconds = 0.0
-    trained_images = 0
-    while epoch < args.epochs and not stopped:
-        skip = step - epoch * steps_per_epoch
-        sampler.set_epoch(epoch, start=skip * args.batch_size)
+    while run.running:
         model.train()
-        epoch_start = time.perf_counter()
-        bar = tqdm(
-            total=steps_per_epoch,
-            initial=skip,
-            desc=f"epoch {epoch + 1}/{args.epochs}",
-            disable=not progress,
-        )
-        batches = iter(train_loader)
-        for _ in range(skip, steps_per_epoch):
-            images, targets = next(batches)
+        for images, targets in run.epoch_batches(train_loader):
             images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             targets = targets.to(device, non_blocking=True)
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-            ):
+            with autocast(device, amp_dtype):
                 if distiller is not None:
                     output, losses = model(images, targets)
                 else:
@@ -1041,7 +914,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                     }
             losses = {name: value.float() for name, value in losses.items()}
             optimizer.zero_grad(set_to_none=True)
-            log_now = logger.should_log(step)
+            log_now = logger.should_log(run.step)
             stats: Optional[StepStats] = None
             if multi is not None:
                 gram = (
@@ -1055,89 +928,35 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             else:
                 loss = losses["task"]
                 (scaler.scale(loss) if scaler is not None else loss).backward()
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            optimizer_step(optimizer, scaler)
             if multi is not None and multi.method.needs_losses_after:
-                with (
-                    torch.no_grad(),
-                    torch.autocast(
-                        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                    ),
-                ):
+                with torch.no_grad(), autocast(device, amp_dtype):
                     _, after = model(images, targets)
                 multi.observe({name: value.float() for name, value in after.items()})
             if log_now:
                 extra = {
                     "lr": optimizer.param_groups[0]["lr"],
-                    "epoch": epoch + (step - epoch * steps_per_epoch) / steps_per_epoch,
+                    "epoch": run.epoch_fraction,
                     "train/top1": 100.0 * (output.argmax(1) == targets).float().mean(),
                 }
                 if stats is None:
                     extra.update({f"loss/{name}": value for name, value in losses.items()})
-                logger.log(step, stats, **extra)
-                bar.set_postfix(
-                    {name: f"{float(value.detach()):.3f}" for name, value in losses.items()}
-                )
-            scheduler.step()
-            step += 1
-            trained_images += args.batch_size * world_size
-            bar.update(1)
-            if args.checkpoint_every and step % args.checkpoint_every == 0:
-                save(epoch)
-            if args.stop_after and step >= args.stop_after:
-                stopped = True
-                break
-        bar.close()
-        train_seconds += time.perf_counter() - epoch_start
-        if stopped and step < (epoch + 1) * steps_per_epoch:
-            save(epoch)
-            if main_process:
-                print(
-                    f"stopped after step {step} (--stop-after); resume with --resume {args.output_dir / 'checkpoint.pt'}"
-                )
+                logger.log(run.step, stats, **extra)
+                run.show_losses(losses)
+        if run.interrupted:
             break
-        result = evaluate(
-            student,
-            val_loader(mean, std),
-            device,
-            amp_dtype=amp_dtype,
-            channels_last=args.channels_last,
-            limit=args.limit_val_steps,
-            progress=progress,
-            description="val",
-        )
-        epoch += 1
-        record = {
-            "epoch": float(epoch),
-            "step": float(step),
-            **{f"val/{k}": v for k, v in result.items()},
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": time.perf_counter() - epoch_start,
-        }
-        history.append(record)
-        eval_logger.log(step, **{k: v for k, v in record.items() if k != "step"})
+        result = validate(student, mean, std, "val")
+        run.end_epoch(result)
         if main_process:
             print(
-                f"epoch {epoch}: val top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  loss {result['loss']:.4f}"
+                f"epoch {run.epoch}: val top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  loss {result['loss']:.4f}"
             )
-        save(epoch)
+        run.save()
 
     # Summary -----------------------------------------------------------------------------
-    logger.close()
-    eval_logger.close()
-    if writer is not None:
-        writer.close()
+    run.close(curves=multi is not None)
+    epoch, step, history = run.epoch, run.step, run.history
     completed = epoch >= args.epochs
-    if main_process:
-        torch.save(unwrap_model(student).state_dict(), args.output_dir / "student.pt")
-        if multi is not None and train_log.is_file():
-            try:
-                plot_log(train_log, args.output_dir / "curves.png")
-            except ImportError as error:
-                warnings.warn(f"no curves.png: {error}", stacklevel=1)
     top1 = [row["val/top1"] for row in history]
     summary = {
         "mode": "train",
@@ -1147,7 +966,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "student": args.student,
         "teacher": args.teacher if teacher is not None else None,
         "teacher_weights": args.teacher_weights if teacher is not None else None,
-        "heads": [list(pair) for pair in parse_heads(args.heads)] if teacher is not None else [],
+        "heads": [list(pair) for pair in parse_pairs(args.heads)] if teacher is not None else [],
         "student_params": count_parameters(student),
         "teacher_params": count_parameters(teacher) if teacher is not None else 0,
         "head_params": sum(p.numel() for p in distiller.head_parameters())
@@ -1168,10 +987,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "amp": args.amp,
         "channels_last": args.channels_last,
         "compile": args.compile,
-        "resumed_from": resume,
-        "train_seconds_this_process": train_seconds,
-        "images_per_second": trained_images / train_seconds if train_seconds > 0 else None,
-        "statistics": run_statistics(train_log, objectives) if main_process else {},
+        "resumed_from": run.resumed_from,
+        "train_seconds_this_process": run.train_seconds,
+        "images_per_second": run.steps_run * global_batch / run.train_seconds
+        if run.train_seconds > 0
+        else None,
+        "statistics": run_statistics(train_log, partial(objective_means, names=objectives))
+        if main_process
+        else {},
         "outputs": {
             name: str(args.output_dir / name)
             for name in ("train_log.csv", "eval_log.csv", "checkpoint.pt", "student.pt")

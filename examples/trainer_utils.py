@@ -1,21 +1,138 @@
 """Pieces shared by the example trainers (``imagenet_kd.py``, ``coco_kd.py``), in the manner of
-torchvision's ``references/*/utils.py``: a resumable sharded sampler, loading a model state
-dict from any of the files the trainers write, and the logs a resumed run continues."""
+torchvision's ``references/*/utils.py``: process and AMP setup, the run-control options, a
+resumable sharded sampler, the bookkeeping of a resumable run (:class:`TrainingRun`: checkpoint,
+resume, epochs, logs), loading a model state dict from any of the files the trainers write, and
+the statistics the summaries report.
+
+Each trainer keeps what is its own: data, models, objectives, the forward and backward of a step,
+evaluation and the summary's fields."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
-from collections.abc import Iterator
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+import torch.distributed as dist
+from torch import nn
 from torch.utils.data import Sampler
 
-from mokd_optim.diagnostics import StatsLogger
+from mokd_optim.checkpoint import Progress, load_checkpoint, save_checkpoint
+from mokd_optim.diagnostics import StatsLogger, plot_log, read_log
+from mokd_optim.distributed import is_main_process, unwrap_model
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> torch.autocast:
+    """``torch.autocast`` to ``amp_dtype`` on ``device``'s type (``AMP_DTYPES[args.amp]``);
+    disabled, i.e. float32, when ``amp_dtype`` is ``None`` (``--amp none``)."""
+    return torch.autocast(
+        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+    )
+
+
+def setup_distributed(args: argparse.Namespace) -> tuple[torch.device, int, int]:
+    """Initialise ``torch.distributed`` under ``torchrun`` (nccl on GPUs, gloo on CPU).
+
+    Returns ``(device, rank, world_size)``: ``--device`` (default cuda if available, else cpu;
+    a bare ``cuda`` becomes ``cuda:LOCAL_RANK``, made current), this process's global rank and
+    ``WORLD_SIZE`` (1 without torchrun).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return device, rank, world_size
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON to ``path`` (its folder created) on the main process;
+    the other ranks write nothing."""
+    if is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2))
+
+
+def parse_pairs(spec: str) -> list[tuple[str, str]]:
+    """``"layer3:layer3,layer4"`` -> ``[("layer3", "layer3"), ("layer4", "layer4")]``: comma-
+    separated ``student:teacher`` module paths (or FPN levels); a lone name pairs with itself."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        student, _, teacher = item.partition(":")
+        pairs.append((student, teacher or student))
+    return pairs
+
+
+def add_run_control_arguments(
+    parser: argparse.ArgumentParser, *, output_dir: Path, log_every: int, brief_help: bool = False
+) -> argparse._ArgumentGroup:
+    """Add the "run control" options both trainers share and return their group (for the
+    trainer's own options): ``--output-dir`` (default ``output_dir``), ``--resume``,
+    ``--checkpoint-every``, ``--stop-after``, ``--limit-steps``, ``--limit-val-steps``,
+    ``--log-every`` (default ``log_every``), ``--tensorboard`` and ``--no-progress``.
+
+    ``brief_help=True`` leaves ``--checkpoint-every``, ``--log-every``, ``--tensorboard`` and
+    ``--no-progress`` without a help text (coco_kd's ``--help`` as it has always been).
+    """
+
+    def described(text: str) -> Optional[str]:
+        return None if brief_help else text
+
+    run = parser.add_argument_group("run control")
+    run.add_argument("--output-dir", type=Path, default=output_dir)
+    run.add_argument(
+        "--resume",
+        default=None,
+        help="checkpoint to resume from ('auto': OUTPUT_DIR/checkpoint.pt if it exists)",
+    )
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help=described("also checkpoint every N steps (0: at epoch ends only)"),
+    )
+    run.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop (with a checkpoint) after N optimizer steps in total",
+    )
+    run.add_argument(
+        "--limit-steps", type=int, default=0, help="smoke runs: at most N training steps per epoch"
+    )
+    run.add_argument(
+        "--limit-val-steps",
+        type=int,
+        default=0,
+        help="smoke runs: at most N validation batches per rank",
+    )
+    run.add_argument(
+        "--log-every",
+        type=int,
+        default=log_every,
+        help=described("steps between log rows (losses, weights, cosine, dominance)"),
+    )
+    run.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help=described("also write TensorBoard events to OUTPUT_DIR/tensorboard"),
+    )
+    run.add_argument("--no-progress", action="store_true", help=described("no tqdm progress bars"))
+    return run
 
 
 class EpochSampler(Sampler):
@@ -48,6 +165,261 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return self.per_rank - self.start
+
+
+def count_steps_per_epoch(loader: Any, args: argparse.Namespace) -> int:
+    """Optimizer steps in one epoch: the batches of ``loader`` (a ``DataLoader`` with
+    ``drop_last=True``), at most ``--limit-steps``.
+
+    Raises:
+        SystemExit: not one full batch of ``--batch-size`` per rank in the training set.
+    """
+    steps = len(loader) if not args.limit_steps else min(args.limit_steps, len(loader))
+    if steps == 0:
+        raise SystemExit(
+            f"no full batch of {args.batch_size} per rank in {len(loader.dataset)} training images"
+        )
+    return steps
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler]
+) -> None:
+    """``optimizer.step()``; under fp16 AMP (a ``scaler``) ``scaler.step(optimizer)`` and
+    ``scaler.update()`` instead."""
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+class TrainingRun:
+    """Where a resumable training run stands, its checkpoint and its epoch bookkeeping.
+
+    Holds what a checkpoint restores (the student ``model``, other trained ``modules`` such as
+    projection heads, ``optimizer``, ``scheduler``, ``scaler``) and the progress: ``epoch``
+    (epochs done), ``step`` (optimizer steps done) and ``history`` (one record per evaluated
+    epoch). The trainer keeps its own forward, backward and evaluation::
+
+        run = TrainingRun(args, steps_per_epoch=..., sampler=..., model=student, ...)
+        run.resume(map_location=device)
+        logger = run.open_logs()
+        while run.running:
+            model.train()
+            for batch in run.epoch_batches(train_loader):
+                ...  # forward, backward, optimizer_step, log at run.step
+            if run.interrupted:
+                break
+            run.end_epoch(evaluate(...))
+            run.save()
+        run.close(curves=True)
+
+    The checkpoint is ``OUTPUT_DIR/checkpoint.pt``; its ``extra`` holds ``steps_per_epoch``,
+    ``history`` and the trainer's ``self.extra`` (e.g. the teacher's evaluation).
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        *,
+        steps_per_epoch: int,
+        sampler: EpochSampler,
+        model: nn.Module,
+        modules: Optional[Mapping[str, nn.Module]],
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        scaler: Optional[torch.amp.GradScaler],
+        main_process: bool,
+    ) -> None:
+        self.args, self.steps_per_epoch, self.sampler = args, steps_per_epoch, sampler
+        self.model, self.modules = model, modules
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.main_process = main_process
+        self.path: Path = args.output_dir / "checkpoint.pt"
+        self.epoch, self.step = 0, 0
+        self.history: list[dict[str, float]] = []
+        self.extra: dict[str, Any] = {}
+        self.resumed_from: Optional[str] = None
+        self.stopped = False  # --stop-after reached
+        self.train_seconds = 0.0  # in epoch_batches, this process
+        self.steps_run = 0  # optimizer steps this process ran (not those restored)
+        self.epoch_start = 0.0
+        self.bar: Any = None
+        self.logs: Optional[tuple[StatsLogger, StatsLogger, Optional[Any]]] = None
+
+    def resume(self, *, map_location: Any, mismatch_hint: str = "") -> Optional[Progress]:
+        """Restore the run from ``--resume`` (a checkpoint path, or ``auto``: ``self.path`` if
+        it exists) and set ``resumed_from``; print where it resumed. Returns the loaded
+        :class:`~mokd_optim.checkpoint.Progress` (its ``extra`` for trainer-specific values),
+        ``None`` when there is nothing to resume.
+
+        Raises:
+            SystemExit: the checkpoint was written with another number of steps per epoch
+                (``mismatch_hint`` is appended to the message).
+        """
+        resume = self.args.resume
+        if resume == "auto":
+            resume = str(self.path) if self.path.is_file() else None
+        self.resumed_from = resume
+        if not resume:
+            return None
+        state = load_checkpoint(
+            resume,
+            model=self.model,
+            modules=self.modules,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            map_location=map_location,
+        )
+        saved_steps = state.extra.get("steps_per_epoch")
+        if saved_steps != self.steps_per_epoch:
+            raise SystemExit(
+                f"{resume} was written with {saved_steps} steps per epoch, this run has "
+                f"{self.steps_per_epoch}{mismatch_hint}"
+            )
+        self.epoch, self.step = state.epoch, state.step
+        self.history = list(state.extra.get("history", []))
+        if self.main_process:
+            print(f"resumed from {resume}: epoch {self.epoch}, step {self.step}")
+        return state
+
+    def open_logs(self) -> StatsLogger:
+        """Open the logs of :func:`open_logs`, continued from where the run resumed, and return
+        the training logger (:meth:`end_epoch` writes the evaluation log; :meth:`close` closes
+        both)."""
+        self.logs = open_logs(
+            self.args,
+            main_process=self.main_process,
+            resume=bool(self.resumed_from),
+            step=self.step,
+            epoch=self.epoch,
+        )
+        return self.logs[0]
+
+    def close(self, *, curves: bool) -> None:
+        """Close the logs (and the TensorBoard writer); on the main process write
+        ``OUTPUT_DIR/student.pt`` (the state dict of ``model``, wrappers removed) and, with
+        ``curves`` and a training log, ``curves.png`` (skipped with a warning when matplotlib
+        is missing)."""
+        if self.logs is not None:
+            logger, eval_logger, writer = self.logs
+            logger.close()
+            eval_logger.close()
+            if writer is not None:
+                writer.close()
+        if self.main_process:
+            output_dir = self.args.output_dir
+            torch.save(unwrap_model(self.model).state_dict(), output_dir / "student.pt")
+            train_log = output_dir / "train_log.csv"
+            if curves and train_log.is_file():
+                try:
+                    plot_log(train_log, output_dir / "curves.png")
+                except ImportError as error:
+                    warnings.warn(f"no curves.png: {error}", stacklevel=1)
+
+    def save(self) -> None:
+        """Write ``self.path`` at the current epoch and step (on every rank, see
+        :func:`~mokd_optim.checkpoint.save_checkpoint`)."""
+        save_checkpoint(
+            self.path,
+            model=self.model,
+            modules=self.modules,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            epoch=self.epoch,
+            step=self.step,
+            extra={
+                "steps_per_epoch": self.steps_per_epoch,
+                "history": self.history,
+                **self.extra,
+            },
+        )
+
+    @property
+    def running(self) -> bool:
+        """Epochs remain and ``--stop-after`` was not reached."""
+        return self.epoch < self.args.epochs and not self.stopped
+
+    @property
+    def interrupted(self) -> bool:
+        """``--stop-after`` stopped the run inside the current epoch (checkpoint written)."""
+        return self.stopped and self.step < (self.epoch + 1) * self.steps_per_epoch
+
+    @property
+    def epoch_fraction(self) -> float:
+        """Where the current step stands in epochs (``epoch + steps into it / steps_per_epoch``)."""
+        return self.epoch + (self.step - self.epoch * self.steps_per_epoch) / self.steps_per_epoch
+
+    def epoch_batches(self, loader: Iterable[Any]) -> Iterator[Any]:
+        """The batches of the current epoch that remain (a resumed epoch skips those done).
+
+        After each batch the trainer has stepped the optimizer on, this steps the scheduler,
+        counts the step, advances the progress bar, checkpoints every ``--checkpoint-every``
+        steps and stops at ``--stop-after``; when that stops the run inside the epoch it saves
+        and says how to resume (see :attr:`interrupted`). Time spent is added to
+        ``train_seconds``.
+        """
+        from tqdm import tqdm
+
+        args = self.args
+        skip = self.step - self.epoch * self.steps_per_epoch
+        self.sampler.set_epoch(self.epoch, start=skip * args.batch_size)
+        self.epoch_start = time.perf_counter()
+        self.bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=skip,
+            desc=f"epoch {self.epoch + 1}/{args.epochs}",
+            disable=not (self.main_process and not args.no_progress),
+        )
+        batches = iter(loader)
+        for _ in range(skip, self.steps_per_epoch):
+            yield next(batches)
+            self.scheduler.step()
+            self.step += 1
+            self.steps_run += 1
+            self.bar.update(1)
+            if args.checkpoint_every and self.step % args.checkpoint_every == 0:
+                self.save()
+            if args.stop_after and self.step >= args.stop_after:
+                self.stopped = True
+                break
+        self.bar.close()
+        self.train_seconds += time.perf_counter() - self.epoch_start
+        if self.interrupted:
+            self.save()
+            if self.main_process:
+                print(
+                    f"stopped after step {self.step} (--stop-after); resume with --resume {self.path}"
+                )
+
+    def show_losses(self, losses: dict[str, torch.Tensor]) -> None:
+        """Show the losses (scalars) on the progress bar of the current epoch."""
+        self.bar.set_postfix(
+            {name: f"{float(value.detach()):.3f}" for name, value in losses.items()}
+        )
+
+    def end_epoch(self, result: dict[str, float]) -> None:
+        """Count the epoch done and record its evaluation ``result`` (``val/<key>`` in
+        ``history`` and the evaluation log, with the lr and the epoch's seconds).
+
+        Raises:
+            RuntimeError: before :meth:`open_logs`.
+        """
+        if self.logs is None:
+            raise RuntimeError("TrainingRun.end_epoch() needs open_logs() first")
+        self.epoch += 1
+        record = {
+            "epoch": float(self.epoch),
+            "step": float(self.step),
+            **{f"val/{k}": v for k, v in result.items()},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - self.epoch_start,
+        }
+        self.history.append(record)
+        self.logs[1].log(self.step, **{k: v for k, v in record.items() if k != "step"})
 
 
 def state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
@@ -117,3 +489,33 @@ def open_logs(
     logger = StatsLogger(train_log, tensorboard=writer, log_every=args.log_every, append=resume)
     eval_logger = StatsLogger(eval_log, tensorboard=writer, append=resume)
     return logger, eval_logger, writer
+
+
+def finite_mean(values: Iterable[float]) -> Optional[float]:
+    """Mean of the finite ``values`` (NaN cells of a log, from steps that did not write that
+    column, are skipped); ``None`` when there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def run_statistics(
+    train_log: Path, objective_means: Callable[[dict[str, list[float]]], dict[str, Any]]
+) -> dict[str, Any]:
+    """What the summary reports of a training log (``train_log.csv`` of :func:`open_logs`).
+
+    Returns ``{}`` without the file, else ``logged_steps`` (rows), the trainer's
+    ``objective_means(columns)`` (its means of the weights, losses and cosines, from the log's
+    columns as :func:`~mokd_optim.diagnostics.read_log` returns them; use :func:`finite_mean`),
+    ``conflict_fraction`` (mean of the ``conflict`` column) and ``mean_log10_dominance`` (mean
+    log10 of the positive finite ``dominance`` values), each ``None`` where nothing was logged.
+    """
+    if not train_log.is_file():
+        return {}
+    columns = read_log(train_log)
+    dominance = [math.log10(d) for d in columns.get("dominance", []) if math.isfinite(d) and d > 0]
+    return {
+        "logged_steps": len(columns["step"]),
+        **objective_means(columns),
+        "conflict_fraction": finite_mean(columns.get("conflict", [])),
+        "mean_log10_dominance": finite_mean(dominance),
+    }
