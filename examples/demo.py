@@ -45,7 +45,9 @@ from examples.fashion_mnist import distil, load_data, predict_logits, train_teac
 from mokd_optim.diagnostics import StatsLogger, plot_log, read_log  # noqa: E402
 
 
-def plot_comparison(logs: dict[str, Path], results: dict[str, dict[str, Any]], png_path: Path) -> None:
+def plot_comparison(
+    logs: dict[str, Path], results: dict[str, dict[str, Any]], png_path: Path
+) -> None:
     """One figure comparing the runs: test accuracy per epoch, the KD share of the weights
     ``w_kd / (w_task + w_kd)``, ``cos(g_task, g_kd)`` and the dominance ratio over training."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -54,24 +56,47 @@ def plot_comparison(logs: dict[str, Path], results: dict[str, dict[str, Any]], p
     figure = Figure(figsize=(11, 8), layout="constrained")
     FigureCanvasAgg(figure)
     (accuracy_axis, share_axis), (cosine_axis, dominance_axis) = figure.subplots(2, 2)
-    colours = {name: f"C{index}" for index, name in enumerate(results)}  # one colour per run in every panel
+    colours = {
+        name: f"C{index}" for index, name in enumerate(results)
+    }  # one colour per run in every panel
     for name, summary in results.items():
         epochs = range(1, len(summary["accuracy_per_epoch"]) + 1)
-        accuracy_axis.plot(list(epochs), [100 * a for a in summary["accuracy_per_epoch"]], marker="o", label=name, color=colours[name])
+        accuracy_axis.plot(
+            list(epochs),
+            [100 * a for a in summary["accuracy_per_epoch"]],
+            marker="o",
+            label=name,
+            color=colours[name],
+        )
     accuracy_axis.set(title="student test accuracy", xlabel="epoch", ylabel="accuracy %")
     accuracy_axis.legend(fontsize="small")
     for name, path in logs.items():
         columns = read_log(path)
         steps = columns["step"]
         if "weight/kd" in columns:
-            share = [k / (t + k) if (t + k) > 0 else math.nan for t, k in zip(columns["weight/task"], columns["weight/kd"])]
+            share = [
+                k / (t + k) if (t + k) > 0 else math.nan
+                for t, k in zip(columns["weight/task"], columns["weight/kd"])
+            ]
             share_axis.plot(steps, share, label=name, color=colours.get(name))
         if "cosine/task|kd" in columns:
-            cosine_axis.plot(steps, columns["cosine/task|kd"], label=name, linewidth=0.8, color=colours.get(name))
+            cosine_axis.plot(
+                steps, columns["cosine/task|kd"], label=name, linewidth=0.8, color=colours.get(name)
+            )
         if "dominance" in columns:
-            points = [(s, d) for s, d in zip(steps, columns["dominance"]) if math.isfinite(d) and d > 0]
-            dominance_axis.plot([p[0] for p in points], [p[1] for p in points], label=name, linewidth=0.8, color=colours.get(name))
-    share_axis.set(title="KD share of the weights  w_kd / (w_task + w_kd)", xlabel="step", ylim=(-0.05, 1.05))
+            points = [
+                (s, d) for s, d in zip(steps, columns["dominance"]) if math.isfinite(d) and d > 0
+            ]
+            dominance_axis.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                label=name,
+                linewidth=0.8,
+                color=colours.get(name),
+            )
+    share_axis.set(
+        title="KD share of the weights  w_kd / (w_task + w_kd)", xlabel="step", ylim=(-0.05, 1.05)
+    )
     cosine_axis.axhline(0.0, color="gray", linewidth=0.8, linestyle="--")
     cosine_axis.set(title="cos(g_task, g_kd)  (< 0: conflict)", xlabel="step", ylim=(-1.05, 1.05))
     dominance_axis.set_yscale("log")
@@ -84,24 +109,53 @@ def plot_comparison(logs: dict[str, Path], results: dict[str, dict[str, Any]], p
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (momentum 0.9), the same for every run")
     parser.add_argument(
-        "--kd-weight", type=float, nargs="+", default=[0.1, 0.5],
+        "--lr",
+        type=float,
+        default=0.05,
+        help="SGD learning rate (momentum 0.9), the same for every run",
+    )
+    parser.add_argument(
+        "--kd-weight",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.5],
         help="a in (1 - a) CE + a KD for the fixed-weight baselines (one run each)",
     )
     parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--train-images", type=int, default=None, help="student training images (default: all 60k)")
+    parser.add_argument(
+        "--train-images", type=int, default=None, help="student training images (default: all 60k)"
+    )
     parser.add_argument("--teacher-epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None, help="directory with the Fashion-MNIST .gz files")
-    parser.add_argument("--download", action="store_true", help="download Fashion-MNIST with torchvision if not found")
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download Fashion-MNIST with torchvision if not found",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
-    parser.add_argument("--probe-every", type=int, default=25, help="steps between gradient statistics (and log rows)")
-    parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to <out>/<run>/tensorboard")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures (no matplotlib needed)")
-    parser.add_argument("--quick", action="store_true", help="1 epoch on 5k images, teacher 1 epoch on 10k")
+    parser.add_argument(
+        "--probe-every",
+        type=int,
+        default=25,
+        help="steps between gradient statistics (and log rows)",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard events to <out>/<run>/tensorboard",
+    )
+    parser.add_argument(
+        "--no-plots", action="store_true", help="skip the PNG figures (no matplotlib needed)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="1 epoch on 5k images, teacher 1 epoch on 10k"
+    )
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
@@ -116,13 +170,18 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_start = time.perf_counter()
     teacher, teacher_accuracy = train_teacher(full, epochs=args.teacher_epochs, progress=print)
     teacher_seconds = time.perf_counter() - teacher_start
-    print(f"teacher test accuracy: {100 * teacher_accuracy:.2f} % ({teacher_seconds:.0f} s, cached for the next run)")
+    print(
+        f"teacher test accuracy: {100 * teacher_accuracy:.2f} % ({teacher_seconds:.0f} s, cached for the next run)"
+    )
     data = load_data(train_limit=args.train_images, root=args.data) if args.train_images else full
     teacher_logits = predict_logits(teacher, data.x_train)
 
     runs: dict[str, tuple[str, dict]] = {"ce": ("ce", dict(method="ce"))}
     for a in args.kd_weight:
-        runs[f"kd (a={a:g})"] = (f"kd_a{a:g}", dict(method="weighted", method_options={"weights": {"task": 1 - a, "kd": a}}))
+        runs[f"kd (a={a:g})"] = (
+            f"kd_a{a:g}",
+            dict(method="weighted", method_options={"weights": {"task": 1 - a, "kd": a}}),
+        )
     runs["mokd"] = ("mokd", dict(method="mokd"))
     # the recommended recipe: the paper's safeguard, clipping the combined update (docs/mokd.md)
     runs["mokd max_norm=1"] = ("mokd_clip", dict(method="mokd", max_norm=1.0))
@@ -134,8 +193,15 @@ def main(argv: list[str] | None = None) -> dict:
         tensorboard = args.out / slug / "tensorboard" if args.tensorboard else None
         with StatsLogger(log_path, tensorboard=tensorboard) as logger:
             result = distil(
-                data, teacher_logits, seed=args.seed, epochs=args.epochs, lr=args.lr, temperature=args.temperature,
-                probe_every=args.probe_every, logger=logger, **config,
+                data,
+                teacher_logits,
+                seed=args.seed,
+                epochs=args.epochs,
+                lr=args.lr,
+                temperature=args.temperature,
+                probe_every=args.probe_every,
+                logger=logger,
+                **config,
             )
         results[name] = {**result.summary(), "log": str(log_path)}
         if slug != "ce":
@@ -146,7 +212,11 @@ def main(argv: list[str] | None = None) -> dict:
     for name, summary in results.items():
         # a run whose loss became non-finite, or that ended at chance level (10 classes): say so
         summary["collapsed"] = summary["final_accuracy"] < 0.15
-        note = "diverged (non-finite loss)" if summary["diverged"] else ("collapsed to chance level" if summary["collapsed"] else "")
+        note = (
+            "diverged (non-finite loss)"
+            if summary["diverged"]
+            else ("collapsed to chance level" if summary["collapsed"] else "")
+        )
         lines.append(
             f"{name:<16} {100 * summary['final_accuracy']:>10.2f} {summary['seconds']:>8.1f} "
             f"{100 * summary['conflict_fraction']:>11.1f} {summary['mean_cosine']:>13.3f} {summary['mean_log10_dominance']:>16.2f}  {note}".rstrip()
@@ -163,7 +233,10 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "teacher_accuracy": teacher_accuracy,
         "teacher_seconds": teacher_seconds,
-        "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
+        "settings": {
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in vars(args).items()
+        },
         "runs": results,
         "table": lines,
         "figures": figures,
@@ -172,7 +245,9 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_seconds": time.perf_counter() - start,
     }
     (args.out / "summary.json").write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.out / 'summary.json'}, logs and figures in {args.out} ({report['wall_seconds']:.0f} s in total)")
+    print(
+        f"\nwrote {args.out / 'summary.json'}, logs and figures in {args.out} ({report['wall_seconds']:.0f} s in total)"
+    )
     return report
 
 

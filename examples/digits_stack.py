@@ -54,7 +54,9 @@ def load_digits_split(device: torch.device) -> tuple[torch.Tensor, ...]:
 
 
 def mlp(width: int) -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()
+    )
 
 
 class Teacher(nn.Module):
@@ -104,27 +106,50 @@ def train_teacher(x: torch.Tensor, y: torch.Tensor, epochs: int = 30) -> Teacher
     return teacher.eval().requires_grad_(False)
 
 
-def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+def kd_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+) -> torch.Tensor:
     log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)
     q = F.softmax(teacher_logits.float() / temperature, dim=-1)
     return F.kl_div(log_p, q, reduction="batchmean") * temperature**2
 
 
 def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: no limit)")
-    parser.add_argument("--batch", type=int, default=64, help="batch per process and optimizer step")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=0,
+        help="stop after this many optimizer steps (0: no limit)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=64, help="batch per process and optimizer step"
+    )
     parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--method", default="mokd")
     parser.add_argument("--strategy", default="loop")
     parser.add_argument("--sync", default="auto", choices=["auto", "exact", "weights", "none"])
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
-    parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
+    parser.add_argument(
+        "--accumulate", type=int, default=1, help="micro-batches per optimizer step"
+    )
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="save here every --save-every steps; resume if it exists")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="save here every --save-every steps; resume if it exists",
+    )
     parser.add_argument("--save-every", type=int, default=20)
-    parser.add_argument("--output", type=Path, default=None, help="directory for log.csv, curves.png and TensorBoard events")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="directory for log.csv, curves.png and TensorBoard events",
+    )
     parser.add_argument("--log-every", type=int, default=5)
     parser.add_argument("--tensorboard", action="store_true")
     return parser.parse_args(argv)
@@ -134,7 +159,11 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     """Train and return the student's test accuracy (on every rank)."""
     args = parse(argv)
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
     if distributed:
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -147,21 +176,45 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     model: nn.Module = DDP(trainee) if distributed else trainee
     base = torch.optim.SGD(trainee.parameters(), lr=args.lr, momentum=0.9)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    opt = MultiObjectiveOptimizer(base, args.method, strategy=args.strategy, sync=args.sync, scaler=scaler, max_norm=1.0)
-    sampler = DistributedSampler(TensorDataset(x_train, y_train), shuffle=True, seed=0) if distributed else None
-    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch, shuffle=sampler is None, sampler=sampler, drop_last=True)
+    opt = MultiObjectiveOptimizer(
+        base, args.method, strategy=args.strategy, sync=args.sync, scaler=scaler, max_norm=1.0
+    )
+    sampler = (
+        DistributedSampler(TensorDataset(x_train, y_train), shuffle=True, seed=0)
+        if distributed
+        else None
+    )
+    loader = DataLoader(
+        TensorDataset(x_train, y_train),
+        batch_size=args.batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
+    )
     total_steps = args.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
 
     epoch, step = 0, 0
     if args.checkpoint is not None and args.checkpoint.exists():
-        progress = load_checkpoint(args.checkpoint, model=model, optimizer=opt, scheduler=scheduler, scaler=scaler, map_location=device)
+        progress = load_checkpoint(
+            args.checkpoint,
+            model=model,
+            optimizer=opt,
+            scheduler=scheduler,
+            scaler=scaler,
+            map_location=device,
+        )
         epoch, step = progress.epoch, progress.step
     logger = None
     if args.output is not None:
         tensorboard = args.output / "tensorboard" if args.tensorboard else None
-        logger = StatsLogger(args.output / "log.csv", tensorboard=tensorboard, log_every=args.log_every, append=step > 0)
+        logger = StatsLogger(
+            args.output / "log.csv",
+            tensorboard=tensorboard,
+            log_every=args.log_every,
+            append=step > 0,
+        )
 
     while epoch < args.epochs and not (args.max_steps and step >= args.max_steps):
         if sampler is not None:
@@ -175,12 +228,17 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
             for j, (xs, ys) in enumerate(chunks):
                 with torch.no_grad():
                     teacher_logits, teacher_features = teacher(xs)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                with torch.autocast(
+                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                ):
                     logits, projected = model(xs)
                 losses = {
                     "task": F.cross_entropy(logits.float(), ys),
                     "kd": kd_kl(logits, teacher_logits),
-                    "feat": F.smooth_l1_loss(projected.float(), F.layer_norm(teacher_features, teacher_features.shape[-1:])),
+                    "feat": F.smooth_l1_loss(
+                        projected.float(),
+                        F.layer_norm(teacher_features, teacher_features.shape[-1:]),
+                    ),
                 }
                 stats = opt.backward(losses, accumulate=j < len(chunks) - 1)
             if scaler is not None:
@@ -193,7 +251,15 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
             scheduler.step()
             step += 1
             if args.checkpoint is not None and step % args.save_every == 0:
-                save_checkpoint(args.checkpoint, model=model, optimizer=opt, scheduler=scheduler, scaler=scaler, epoch=epoch, step=step)
+                save_checkpoint(
+                    args.checkpoint,
+                    model=model,
+                    optimizer=opt,
+                    scheduler=scheduler,
+                    scaler=scaler,
+                    epoch=epoch,
+                    step=step,
+                )
             if args.max_steps and step >= args.max_steps:
                 break
         else:

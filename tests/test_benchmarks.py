@@ -25,7 +25,17 @@ def _run(script: str, tmp_path: Path) -> dict[str, Any]:
     page = tmp_path / "benchmarks.md"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     completed = subprocess.run(
-        [sys.executable, f"benchmarks/{script}.py", "--quick", "--out", str(out), "--page", str(page), "--plots", str(tmp_path / "img")],
+        [
+            sys.executable,
+            f"benchmarks/{script}.py",
+            "--quick",
+            "--out",
+            str(out),
+            "--page",
+            str(page),
+            "--plots",
+            str(tmp_path / "img"),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -66,7 +76,11 @@ def test_solver_cost_quick(tmp_path: Path) -> None:
         # The loop layout (rows as autograd returns them) and the stacked layout (vmap) write
         # the same gradient.
         assert row["layouts_max_rel_diff"] < 1e-5
-        names = ["floor"] + [f"{layout} {part}" for layout in ("loop", "stacked") for part in ("gram", "combine", "total")]
+        names = ["floor"] + [
+            f"{layout} {part}"
+            for layout in ("loop", "stacked")
+            for part in ("gram", "combine", "total")
+        ]
         assert set(row["cases"]) == set(names)
         for name in names:
             _check_quantiles(row["cases"][name]["time"])
@@ -79,8 +93,16 @@ def test_solver_cost_quick(tmp_path: Path) -> None:
 def test_step_overhead_quick(tmp_path: Path) -> None:
     report = _run("step_overhead", tmp_path)
     cases = report["cases"]
-    for label in ("fixed-weight KD", "floor: fixed + 1 extra backward", "ours mokd loop", "ours mokd vmap", "ours mokd representation",
-                  "ours mokd loop validate=False", "ours famo amortized next-batch", "ours mokd-amortized amortized same-batch closure"):
+    for label in (
+        "fixed-weight KD",
+        "floor: fixed + 1 extra backward",
+        "ours mokd loop",
+        "ours mokd vmap",
+        "ours mokd representation",
+        "ours mokd loop validate=False",
+        "ours famo amortized next-batch",
+        "ours mokd-amortized amortized same-batch closure",
+    ):
         assert label in cases
     for entry in cases.values():
         _check_quantiles(entry["time"])
@@ -88,7 +110,12 @@ def test_step_overhead_quick(tmp_path: Path) -> None:
         assert entry["peak_memory_bytes"] > 0
     targets = report["targets"]
     assert not any(entry["kind"] == "candidate" for entry in cases.values())
-    for key in ("loop_vs_floor", "loop_vs_floor_no_validate", "vmap_vs_floor", "representation_vs_fixed"):
+    for key in (
+        "loop_vs_floor",
+        "loop_vs_floor_no_validate",
+        "vmap_vs_floor",
+        "representation_vs_fixed",
+    ):
         _check_quantiles(targets[key])
     # Every installed peer ran and wrote the same update as our method with its definition.
     for row in report["equivalence"]:

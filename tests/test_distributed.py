@@ -81,7 +81,9 @@ def test_exact_sync_matches_single_process_on_the_concatenated_batch(ranks, scen
     # The run really trained: parameters moved well beyond the tolerance.
     torch.manual_seed(0)
     initial = [p.detach() for p in TwoHeadMLP().parameters()]
-    assert max(float((p - q).abs().max()) for p, q in zip(ddp["params"], initial)) > 1000 * PARAM_ATOL
+    assert (
+        max(float((p - q).abs().max()) for p, q in zip(ddp["params"], initial)) > 1000 * PARAM_ATOL
+    )
 
 
 def test_weights_sync_uses_averaged_local_weights(ranks) -> None:

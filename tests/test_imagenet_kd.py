@@ -31,7 +31,19 @@ from mokd_optim.diagnostics import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "imagenet_kd.py"
-TINY = ["--train-crop-size", "32", "--val-resize-size", "36", "--val-crop-size", "32", "--batch-size", "10", "--workers", "0", "--no-progress"]
+TINY = [
+    "--train-crop-size",
+    "32",
+    "--val-resize-size",
+    "36",
+    "--val-crop-size",
+    "32",
+    "--batch-size",
+    "10",
+    "--workers",
+    "0",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +76,25 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ce_run(trainer: Any, image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+def ce_run(
+    trainer: Any, image_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("ce")
-    summary = trainer.main(["--data-path", str(image_folder), "--method", "ce", "--epochs", "1", "--log-every", "1", *TINY, "--output-dir", str(out)])
+    summary = trainer.main(
+        [
+            "--data-path",
+            str(image_folder),
+            "--method",
+            "ce",
+            "--epochs",
+            "1",
+            "--log-every",
+            "1",
+            *TINY,
+            "--output-dir",
+            str(out),
+        ]
+    )
     return summary, out
 
 
@@ -90,45 +118,100 @@ def test_ce_run_logs_every_step_and_writes_summary_and_student(ce_run: tuple[dic
     assert log["step"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert all(0.5 < loss < 10.0 for loss in log["loss/task"])  # ln(10) = 2.3 at the start
     assert log["epoch"] == pytest.approx([i / 6 for i in range(6)])
-    assert _rows(out / "eval_log.csv")[0] == ["step", "epoch", "val/top1", "val/top5", "val/loss", "val/images", "lr", "epoch_seconds"]
+    assert _rows(out / "eval_log.csv")[0] == [
+        "step",
+        "epoch",
+        "val/top1",
+        "val/top5",
+        "val/loss",
+        "val/images",
+        "lr",
+        "epoch_seconds",
+    ]
     import torchvision
 
     student = torchvision.models.resnet18(num_classes=10)
     student.load_state_dict(torch.load(out / "student.pt", weights_only=True))
 
 
-def test_mokd_with_heads_resumes_exactly_where_it_stopped(trainer: Any, image_folder: Path, ce_run: tuple[dict, Path], tmp_path: Path) -> None:
+def test_mokd_with_heads_resumes_exactly_where_it_stopped(
+    trainer: Any, image_folder: Path, ce_run: tuple[dict, Path], tmp_path: Path
+) -> None:
     ce_summary, ce_out = ce_run
     common = [
-        "--data-path", str(image_folder), "--method", "mokd", "--teacher", "resnet18", "--teacher-weights", str(ce_out / "student.pt"),
-        "--heads", "layer3:layer3,layer4:layer4", "--epochs", "2", "--log-every", "1", *TINY,
+        "--data-path",
+        str(image_folder),
+        "--method",
+        "mokd",
+        "--teacher",
+        "resnet18",
+        "--teacher-weights",
+        str(ce_out / "student.pt"),
+        "--heads",
+        "layer3:layer3,layer4:layer4",
+        "--epochs",
+        "2",
+        "--log-every",
+        "1",
+        *TINY,
     ]
     straight = trainer.main([*common, "--output-dir", str(tmp_path / "straight")])
-    stopped = trainer.main([*common, "--output-dir", str(tmp_path / "resumed"), "--stop-after", "4"])
+    stopped = trainer.main(
+        [*common, "--output-dir", str(tmp_path / "resumed"), "--stop-after", "4"]
+    )
     assert not stopped["completed"] and stopped["steps"] == 4 and stopped["history"] == []
     resumed = trainer.main([*common, "--output-dir", str(tmp_path / "resumed"), "--resume", "auto"])
 
-    assert straight["completed"] and resumed["completed"] and resumed["resumed_from"] == str(tmp_path / "resumed" / "checkpoint.pt")
+    assert (
+        straight["completed"]
+        and resumed["completed"]
+        and resumed["resumed_from"] == str(tmp_path / "resumed" / "checkpoint.pt")
+    )
     assert straight["objectives"] == ["task", "kd", "feat"] and straight["head_params"] > 0
     # the teacher is the ce run's student: evaluated through the distiller, it scores what the ce run reported
     assert straight["teacher_val"]["top1"] == pytest.approx(ce_summary["final_top1"])
-    assert straight["teacher_val"]["loss"] == pytest.approx(ce_summary["history"][0]["val/loss"], rel=1e-5)
+    assert straight["teacher_val"]["loss"] == pytest.approx(
+        ce_summary["history"][0]["val/loss"], rel=1e-5
+    )
     # exact continuation: the same parameters, log rows and evaluations as the uninterrupted run
     a = torch.load(tmp_path / "straight" / "student.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "student.pt", weights_only=True)
     assert all(torch.equal(a[key], b[key]) for key in a)
-    heads_a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["modules"]["heads"]
-    heads_b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["modules"]["heads"]
+    heads_a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["modules"][
+        "heads"
+    ]
+    heads_b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["modules"][
+        "heads"
+    ]
     assert all(torch.equal(heads_a[key], heads_b[key]) for key in heads_a)
-    assert (tmp_path / "straight" / "train_log.csv").read_text() == (tmp_path / "resumed" / "train_log.csv").read_text()
-    drop_time = [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in straight["history"]]
-    assert drop_time == [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in resumed["history"]]
+    assert (tmp_path / "straight" / "train_log.csv").read_text() == (
+        tmp_path / "resumed" / "train_log.csv"
+    ).read_text()
+    drop_time = [
+        {k: v for k, v in row.items() if k != "epoch_seconds"} for row in straight["history"]
+    ]
+    assert drop_time == [
+        {k: v for k, v in row.items() if k != "epoch_seconds"} for row in resumed["history"]
+    ]
 
     log = read_log(tmp_path / "straight" / "train_log.csv")
     assert log["step"] == [float(s) for s in range(12)]
-    for column in ("loss/feat", "weight/task", "weight/kd", "weight/feat", "cosine/task|kd", "cosine/task|feat", "cosine/kd|feat", "conflict", "dominance", "lr"):
+    for column in (
+        "loss/feat",
+        "weight/task",
+        "weight/kd",
+        "weight/feat",
+        "cosine/task|kd",
+        "cosine/task|feat",
+        "cosine/kd|feat",
+        "conflict",
+        "dominance",
+        "lr",
+    ):
         assert column in log and all(v == v for v in log[column]), column  # present and never NaN
-    assert all(-1.0 <= c <= 1.0 for c in log["cosine/task|kd"]) and all(d >= 1.0 for d in log["dominance"])
+    assert all(-1.0 <= c <= 1.0 for c in log["cosine/task|kd"]) and all(
+        d >= 1.0 for d in log["dominance"]
+    )
     assert all(w >= 0.0 for name in ("task", "kd", "feat") for w in log[f"weight/{name}"])
     statistics = straight["statistics"]
     assert statistics["logged_steps"] == 12 and 0.0 <= statistics["conflict_fraction"] <= 1.0
@@ -136,22 +219,59 @@ def test_mokd_with_heads_resumes_exactly_where_it_stopped(trainer: Any, image_fo
     assert (tmp_path / "straight" / "curves.png").stat().st_size > 10_000
 
 
-def test_fixed_weight_kd_with_bf16_and_channels_last_is_probed(trainer: Any, image_folder: Path, ce_run: tuple[dict, Path], tmp_path: Path) -> None:
+def test_fixed_weight_kd_with_bf16_and_channels_last_is_probed(
+    trainer: Any, image_folder: Path, ce_run: tuple[dict, Path], tmp_path: Path
+) -> None:
     summary = trainer.main(
         [
-            "--data-path", str(image_folder), "--method", "kd", "--kd-weight", "0.3", "--teacher", "resnet18",
-            "--teacher-weights", str(ce_run[1] / "student.pt"), "--heads", "layer4", "--feat-weight", "2.0",
-            "--amp", "bf16", "--channels-last", "--epochs", "1", "--limit-steps", "3", "--limit-val-steps", "1",
-            "--log-every", "1", "--skip-teacher-eval", *TINY, "--output-dir", str(tmp_path),
+            "--data-path",
+            str(image_folder),
+            "--method",
+            "kd",
+            "--kd-weight",
+            "0.3",
+            "--teacher",
+            "resnet18",
+            "--teacher-weights",
+            str(ce_run[1] / "student.pt"),
+            "--heads",
+            "layer4",
+            "--feat-weight",
+            "2.0",
+            "--amp",
+            "bf16",
+            "--channels-last",
+            "--epochs",
+            "1",
+            "--limit-steps",
+            "3",
+            "--limit-val-steps",
+            "1",
+            "--log-every",
+            "1",
+            "--skip-teacher-eval",
+            *TINY,
+            "--output-dir",
+            str(tmp_path),
         ]
     )
     assert summary["steps"] == 3 and summary["amp"] == "bf16" and summary["teacher_val"] is None
     assert summary["history"][0]["val/images"] == 10.0  # one validation batch
     log = read_log(tmp_path / "train_log.csv")
-    assert log["weight/task"] == [0.7] * 3 and log["weight/kd"] == [0.3] * 3 and log["weight/feat"] == [2.0] * 3
+    assert (
+        log["weight/task"] == [0.7] * 3
+        and log["weight/kd"] == [0.3] * 3
+        and log["weight/feat"] == [2.0] * 3
+    )
     # fixed weights compute no per-objective gradients; the logged steps are probed for them
-    assert all(-1.0 <= c <= 1.0 for c in log["cosine/task|kd"]) and all(d >= 1.0 for d in log["dominance"])
-    assert summary["statistics"]["mean_weights"] == {"task": pytest.approx(0.7), "kd": pytest.approx(0.3), "feat": pytest.approx(2.0)}
+    assert all(-1.0 <= c <= 1.0 for c in log["cosine/task|kd"]) and all(
+        d >= 1.0 for d in log["dominance"]
+    )
+    assert summary["statistics"]["mean_weights"] == {
+        "task": pytest.approx(0.7),
+        "kd": pytest.approx(0.3),
+        "feat": pytest.approx(2.0),
+    }
 
 
 def test_clear_errors(trainer: Any, image_folder: Path, tmp_path: Path) -> None:
@@ -165,17 +285,44 @@ def test_clear_errors(trainer: Any, image_folder: Path, tmp_path: Path) -> None:
         trainer.build_model("resnet18", "not_a_weights_name", 10, 32)
 
 
-def test_ddp_two_processes_shard_training_and_evaluation(image_folder: Path, ce_run: tuple[dict, Path], tmp_path: Path) -> None:
+def test_ddp_two_processes_shard_training_and_evaluation(
+    image_folder: Path, ce_run: tuple[dict, Path], tmp_path: Path
+) -> None:
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SCRIPT),
-        "--data-path", str(image_folder), "--teacher", "resnet18", "--teacher-weights", str(ce_run[1] / "student.pt"),
-        "--heads", "layer4", "--epochs", "1", "--log-every", "1", *TINY, "--output-dir", str(tmp_path),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(SCRIPT),
+        "--data-path",
+        str(image_folder),
+        "--teacher",
+        "resnet18",
+        "--teacher-weights",
+        str(ce_run[1] / "student.pt"),
+        "--heads",
+        "layer4",
+        "--epochs",
+        "1",
+        "--log-every",
+        "1",
+        *TINY,
+        "--output-dir",
+        str(tmp_path),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["global_batch"] == 20 and summary["steps_per_epoch"] == 3
+    assert (
+        summary["world_size"] == 2
+        and summary["global_batch"] == 20
+        and summary["steps_per_epoch"] == 3
+    )
     assert summary["lr"] == pytest.approx(0.1 * 20 / 256)
     # every validation image is evaluated exactly once across the two ranks
     assert summary["history"][0]["val/images"] == 20.0 and summary["teacher_val"]["images"] == 20.0
@@ -183,8 +330,11 @@ def test_ddp_two_processes_shard_training_and_evaluation(image_folder: Path, ce_
     assert read_log(tmp_path / "train_log.csv")["step"] == [0.0, 1.0, 2.0]  # rank 0 writes alone
 
 
-def test_evaluate_pretrained_efficientnet_lite0_teacher_on_real_imagenet_samples(tmp_path: Path) -> None:
+def test_evaluate_pretrained_efficientnet_lite0_teacher_on_real_imagenet_samples(
+    tmp_path: Path,
+) -> None:
     import foolbox  # the imagenet-test extra (installed by `make test`)
+
     samples = sorted((Path(foolbox.__file__).parent / "data").glob("imagenet_*.jpg"))
     assert len(samples) == 20
     val = tmp_path / "imagenet" / "val"
@@ -193,15 +343,37 @@ def test_evaluate_pretrained_efficientnet_lite0_teacher_on_real_imagenet_samples
     for sample in samples:  # imagenet_<n>_<label>.jpg
         shutil.copy(sample, val / f"{int(sample.stem.split('_')[2]):04d}" / sample.name)
     command = [
-        sys.executable, str(SCRIPT), "--data-path", str(tmp_path / "imagenet"), "--evaluate-teacher", "--teacher", "efficientnet_lite0",
-        "--teacher-weights", "pretrained", "--allow-empty-classes", "--batch-size", "20", "--workers", "0", "--no-progress",
-        "--output-dir", str(tmp_path / "out"),
+        sys.executable,
+        str(SCRIPT),
+        "--data-path",
+        str(tmp_path / "imagenet"),
+        "--evaluate-teacher",
+        "--teacher",
+        "efficientnet_lite0",
+        "--teacher-weights",
+        "pretrained",
+        "--allow-empty-classes",
+        "--batch-size",
+        "20",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--output-dir",
+        str(tmp_path / "out"),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["mode"] == "evaluate-teacher" and summary["classes"] == 1000 and summary["val"]["images"] == 20.0
+    assert (
+        summary["mode"] == "evaluate-teacher"
+        and summary["classes"] == 1000
+        and summary["val"]["images"] == 20.0
+    )
     assert summary["teacher_params"] == 4_652_008
-    assert summary["val"]["top1"] >= 60.0 and summary["val"]["top5"] >= 85.0  # measured: 85 % and 95 %
+    assert (
+        summary["val"]["top1"] >= 60.0 and summary["val"]["top5"] >= 85.0
+    )  # measured: 85 % and 95 %
     assert "top-1" in completed.stdout
