@@ -37,10 +37,27 @@ class TeacherCNN(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            return [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
 
-        self.features = nn.Sequential(*block(1, 32), *block(32, 32), nn.MaxPool2d(2), *block(32, 64), *block(64, 64), nn.MaxPool2d(2))
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.ReLU(inplace=True), nn.Dropout(0.3), nn.Linear(256, classes))
+        self.features = nn.Sequential(
+            *block(1, 32),
+            *block(32, 32),
+            nn.MaxPool2d(2),
+            *block(32, 64),
+            *block(64, 64),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.3),
+            nn.Linear(256, classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -52,7 +69,12 @@ class StudentCNN(nn.Module):
     def __init__(self, classes: int = 10, width: int = 8) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 7 * 7, classes))
 
@@ -60,7 +82,9 @@ class StudentCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def hinton_kd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """KL(teacher || student) at temperature T, times T^2 (Hinton et al. 2015), batch mean."""
     log_p = F.log_softmax(student_logits / temperature, dim=1)
     log_q = F.log_softmax(teacher_logits / temperature, dim=1)
@@ -77,7 +101,12 @@ class Data:
     y_test: torch.Tensor
 
 
-def load_data(train_limit: Optional[int] = None, test_limit: Optional[int] = None, root: Optional[str] = None, download: bool = False) -> Data:
+def load_data(
+    train_limit: Optional[int] = None,
+    test_limit: Optional[int] = None,
+    root: Optional[str] = None,
+    download: bool = False,
+) -> Data:
     """Fashion-MNIST as float tensors ``(N, 1, 28, 28)``; the first ``train_limit`` training items."""
     xs, ys = load_fashion_mnist("train", root, download=download, limit=train_limit)
     xt, yt = load_fashion_mnist("test", root, download=download, limit=test_limit)
@@ -91,7 +120,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.eval()
     correct = 0
     for start in range(0, len(y), batch_size):
-        correct += int((model(x[start : start + batch_size]).argmax(1) == y[start : start + batch_size]).sum())
+        correct += int(
+            (model(x[start : start + batch_size]).argmax(1) == y[start : start + batch_size]).sum()
+        )
     model.train(was_training)
     return correct / len(y)
 
@@ -99,7 +130,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(x[start : start + batch_size]) for start in range(0, len(x), batch_size)])
+    return torch.cat(
+        [model(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
+    )
 
 
 def train_teacher(
@@ -115,20 +148,25 @@ def train_teacher(
     """Train the teacher on the full training set (Adam, lr 1e-3 with cosine decay, batch 128)
     or load it from ``cache_dir``; returns the model and its test accuracy.
 
-    The cache key covers the data size, epochs and seed, so changing any retrains. ``tag``
-    names the data set in the cache file (use another tag for other data), ``flip`` turns the
-    horizontal-flip augmentation on (right for clothes, wrong for digits); both enter the key
-    unless they have their defaults, so existing Fashion-MNIST caches stay valid.
+    Training is deterministic for a given ``seed`` (initial weights, order and flips all come
+    from it; the global RNG state before the call does not matter). The cache key covers the
+    data size, epochs and seed, so changing any retrains. ``tag`` names the data set in the
+    cache file (use another tag for other data), ``flip`` turns the horizontal-flip
+    augmentation on (right for clothes, wrong for digits); both enter the key unless they have
+    their defaults. Key version ``v2``: ``v1`` teachers were initialised before seeding, so
+    each fresh cache held a different teacher.
     """
     extra = "" if (tag == "fashion" and flip) else f"-{tag}-flip{int(flip)}"
-    key = hashlib.sha1(f"teacher-v1-{len(data.y_train)}-{epochs}-{seed}{extra}".encode()).hexdigest()[:10]
+    key = hashlib.sha1(
+        f"teacher-v2-{len(data.y_train)}-{epochs}-{seed}{extra}".encode()
+    ).hexdigest()[:10]
     path = Path(cache_dir) / f"{tag}_teacher_{key}.pt"
+    torch.manual_seed(seed)  # before the model: its initial weights come from the global RNG
     teacher = TeacherCNN()
     if path.is_file():
         teacher.load_state_dict(torch.load(path, weights_only=True))
         teacher.eval()
         return teacher, evaluate(teacher, data.x_test, data.y_test)
-    torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(data.y_train) / 128)
     opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
@@ -140,13 +178,17 @@ def train_teacher(
             batch = order[start : start + 128]
             x = data.x_train[batch]
             if flip:
-                x = torch.where(torch.rand(len(batch), 1, 1, 1, generator=generator) < 0.5, x.flip(3), x)  # horizontal flips
+                x = torch.where(
+                    torch.rand(len(batch), 1, 1, 1, generator=generator) < 0.5, x.flip(3), x
+                )  # horizontal flips
             opt.zero_grad()
             F.cross_entropy(teacher(x), data.y_train[batch]).backward()
             opt.step()
             schedule.step()
         if progress:
-            progress(f"teacher epoch {epoch + 1}/{epochs}: test accuracy {evaluate(teacher, data.x_test, data.y_test):.4f}")
+            progress(
+                f"teacher epoch {epoch + 1}/{epochs}: test accuracy {evaluate(teacher, data.x_test, data.y_test):.4f}"
+            )
     teacher.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -165,8 +207,12 @@ class RunResult:
     seconds: float = 0.0
     cosine: list[float] = field(default_factory=list)  # cos(g_task, g_kd) at probed steps
     dominance: list[float] = field(default_factory=list)  # max/min gradient norm at probed steps
-    weights: list[list[float]] = field(default_factory=list)  # weights on (task, kd) at probed steps
-    grad_norms: list[list[float]] = field(default_factory=list)  # (||g_task||, ||g_kd||) at probed steps
+    weights: list[list[float]] = field(
+        default_factory=list
+    )  # weights on (task, kd) at probed steps
+    grad_norms: list[list[float]] = field(
+        default_factory=list
+    )  # (||g_task||, ||g_kd||) at probed steps
     diverged: bool = False
 
     @property
@@ -191,17 +237,31 @@ class RunResult:
             "seconds": self.seconds,
             "mean_cosine": mean(self.cosine),
             "conflict_fraction": mean([float(c < 0) for c in self.cosine]),
-            "mean_log10_dominance": mean([math.log10(d) for d in self.dominance if d > 0 and math.isfinite(d)]),
+            "mean_log10_dominance": mean(
+                [math.log10(d) for d in self.dominance if d > 0 and math.isfinite(d)]
+            ),
             # log10 ||g_kd|| / ||g_task|| (signed: > 0 when the KD gradient is the larger one)
-            "mean_log10_kd_task_ratio": mean([math.log10(kd / task) for task, kd in self.grad_norms if task > 0 and kd > 0]),
+            "mean_log10_kd_task_ratio": mean(
+                [math.log10(kd / task) for task, kd in self.grad_norms if task > 0 and kd > 0]
+            ),
             "diverged": self.diverged,
         }
 
 
-def _losses_on(student: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, kd_scale: float) -> dict[str, torch.Tensor]:
+def _losses_on(
+    student: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    kd_scale: float,
+) -> dict[str, torch.Tensor]:
     """The task and KD losses of ``student`` on one batch (the closure of amortised methods)."""
     logits = student(x)
-    return {"task": F.cross_entropy(logits, y), "kd": kd_scale * hinton_kd(logits, teacher_logits, temperature)}
+    return {
+        "task": F.cross_entropy(logits, y),
+        "kd": kd_scale * hinton_kd(logits, teacher_logits, temperature),
+    }
 
 
 def _probe_gram(losses: dict[str, torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
@@ -209,7 +269,14 @@ def _probe_gram(losses: dict[str, torch.Tensor], params: list[torch.Tensor]) -> 
     flat = []
     for loss in losses.values():
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        flat.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]))
+        flat.append(
+            torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                    for g, p in zip(grads, params)
+                ]
+            )
+        )
     j = torch.stack(flat).double()
     return j @ j.T
 
@@ -258,7 +325,11 @@ def distil(
     student = StudentCNN()
     params = list(student.parameters())
     base = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    opt = None if method == "ce" else MultiObjectiveOptimizer(base, method, max_norm=max_norm, **(method_options or {}))
+    opt = (
+        None
+        if method == "ce"
+        else MultiObjectiveOptimizer(base, method, max_norm=max_norm, **(method_options or {}))
+    )
     schedule = None
     if lr_schedule == "cosine":
         total_steps = epochs * math.ceil(len(data.y_train) / batch_size)
@@ -277,7 +348,9 @@ def distil(
                     result.diverged = True
                     break
                 if logger is not None and step % probe_every == 0:
-                    logger.log(step, **{"loss/task": task.detach(), "lr": base.param_groups[0]["lr"]})
+                    logger.log(
+                        step, **{"loss/task": task.detach(), "lr": base.param_groups[0]["lr"]}
+                    )
                 base.zero_grad()
                 task.backward()
                 if max_norm is not None:
@@ -297,7 +370,17 @@ def distil(
                 opt.zero_grad()
                 stats = opt.backward(losses)
                 if opt.method.needs_losses_after:
-                    opt.step(partial(_losses_on, student, data.x_train[batch], data.y_train[batch], teacher_logits[batch], temperature, kd_scale))
+                    opt.step(
+                        partial(
+                            _losses_on,
+                            student,
+                            data.x_train[batch],
+                            data.y_train[batch],
+                            teacher_logits[batch],
+                            temperature,
+                            kd_scale,
+                        )
+                    )
                 else:
                     opt.step()
                 if probe:
@@ -306,11 +389,17 @@ def distil(
                     result.cosine.append(float(cosine_matrix(gram)[0, 1]))
                     result.dominance.append(float(dominance_ratio(gram)))
                     result.weights.append([float(w) for w in stats.weights])
-                    result.grad_norms.append([float(v) for v in torch.diagonal(gram).clamp_min(0.0).sqrt()])
+                    result.grad_norms.append(
+                        [float(v) for v in torch.diagonal(gram).clamp_min(0.0).sqrt()]
+                    )
                     if on_step is not None:
                         on_step(step, stats.to_dict())
                     if logger is not None:
-                        logger.log(step, dataclasses.replace(stats, gram=gram), lr=base.param_groups[0]["lr"])
+                        logger.log(
+                            step,
+                            dataclasses.replace(stats, gram=gram),
+                            lr=base.param_groups[0]["lr"],
+                        )
             step += 1
             if schedule is not None:
                 schedule.step()
