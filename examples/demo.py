@@ -23,6 +23,8 @@ conflict, and their dominance ratio). Written to ``--out``:
 
     python examples/demo.py                  # ~400 s of CPU time on a fresh machine (teacher training included), ~125 s with the cached teacher
     python examples/demo.py --quick          # a one-minute smoke run on a subset
+
+Progress bars for the teacher and each student run go to stderr (``--no-progress``: none).
 """
 
 from __future__ import annotations
@@ -43,6 +45,35 @@ import torch  # noqa: E402
 
 from examples.fashion_mnist import distil, load_data, predict_logits, train_teacher  # noqa: E402
 from mokd_optim.diagnostics import StatsLogger, plot_log, read_log  # noqa: E402
+
+
+class StepBar:
+    """A tqdm progress bar (on stderr) opened at the first step, so a teacher loaded from the
+    cache shows none; ``None``-safe no-op when progress bars are off."""
+
+    def __init__(self, enabled: bool, total: int, description: str) -> None:
+        self.enabled, self.total, self.description = enabled, total, description
+        self.bar: Any = None
+
+    def step(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm  # the examples extra
+
+            self.bar = tqdm(total=self.total, desc=self.description, unit="step")
+        self.bar.update(1)
+
+    def write(self, message: str) -> None:
+        """Print ``message`` above the bar (plain ``print`` would break the bar's line)."""
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def plot_comparison(
@@ -157,6 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--quick", action="store_true", help="1 epoch on 5k images, teacher 1 epoch on 10k"
     )
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (they go to stderr)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,7 +202,15 @@ def main(argv: list[str] | None = None) -> dict:
     full = load_data(train_limit=teacher_images, root=args.data, download=args.download)
     print(f"Fashion-MNIST: {len(full.y_train)} training / {len(full.y_test)} test images")
     teacher_start = time.perf_counter()
-    teacher, teacher_accuracy = train_teacher(full, epochs=args.teacher_epochs, progress=print)
+    teacher_bar = StepBar(
+        not args.no_progress,
+        args.teacher_epochs * math.ceil(len(full.y_train) / 128),
+        "teacher",
+    )
+    teacher, teacher_accuracy = train_teacher(
+        full, epochs=args.teacher_epochs, progress=teacher_bar.write, on_step=teacher_bar.step
+    )
+    teacher_bar.close()
     teacher_seconds = time.perf_counter() - teacher_start
     print(
         f"teacher test accuracy: {100 * teacher_accuracy:.2f} % ({teacher_seconds:.0f} s, cached for the next run)"
@@ -191,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"training student: {name} ...", flush=True)
         log_path = args.out / slug / "log.csv"
         tensorboard = args.out / slug / "tensorboard" if args.tensorboard else None
+        bar = StepBar(not args.no_progress, args.epochs * math.ceil(len(data.y_train) / 64), name)
         with StatsLogger(log_path, tensorboard=tensorboard) as logger:
             result = distil(
                 data,
@@ -201,8 +244,10 @@ def main(argv: list[str] | None = None) -> dict:
                 temperature=args.temperature,
                 probe_every=args.probe_every,
                 logger=logger,
+                progress=bar.step,
                 **config,
             )
+        bar.close()
         results[name] = {**result.summary(), "log": str(log_path)}
         if slug != "ce":
             logs[name] = log_path

@@ -144,6 +144,7 @@ def train_teacher(
     progress: Optional[Callable[[str], None]] = None,
     tag: str = "fashion",
     flip: bool = True,
+    on_step: Optional[Callable[[], None]] = None,
 ) -> tuple[TeacherCNN, float]:
     """Train the teacher on the full training set (Adam, lr 1e-3 with cosine decay, batch 128)
     or load it from ``cache_dir``; returns the model and its test accuracy.
@@ -153,7 +154,8 @@ def train_teacher(
     data size, epochs and seed, so changing any retrains. ``tag`` names the data set in the
     cache file (use another tag for other data), ``flip`` turns the horizontal-flip
     augmentation on (right for clothes, wrong for digits); both enter the key unless they have
-    their defaults. Key version ``v2``: ``v1`` teachers were initialised before seeding, so
+    their defaults. ``on_step`` is called after every training step (not when loaded from the
+    cache), e.g. to advance a progress bar. Key version ``v2``: ``v1`` teachers were initialised before seeding, so
     each fresh cache held a different teacher.
     """
     extra = "" if (tag == "fashion" and flip) else f"-{tag}-flip{int(flip)}"
@@ -185,6 +187,8 @@ def train_teacher(
             F.cross_entropy(teacher(x), data.y_train[batch]).backward()
             opt.step()
             schedule.step()
+            if on_step is not None:
+                on_step()
         if progress:
             progress(
                 f"teacher epoch {epoch + 1}/{epochs}: test accuracy {evaluate(teacher, data.x_test, data.y_test):.4f}"

@@ -16,18 +16,19 @@ from mokd_optim.diagnostics import read_log
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(args: list[str], tmp_path: Path) -> str:
+def _run(args: list[str], tmp_path: Path) -> tuple[str, str]:
+    """Run a script with a fresh teacher cache; its (stdout, stderr)."""
     env = {**os.environ, "MOKD_OPTIM_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     completed = subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    return completed.stdout
+    return completed.stdout, completed.stderr
 
 
 @pytest.mark.slow
 def test_demo_quick(tmp_path: Path) -> None:
-    out = _run(["examples/demo.py", "--quick", "--out", str(tmp_path / "demo")], tmp_path)
+    out, err = _run(["examples/demo.py", "--quick", "--out", str(tmp_path / "demo")], tmp_path)
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert set(summary["runs"]) == {"ce", "kd (a=0.1)", "kd (a=0.5)", "mokd", "mokd max_norm=1"}
     assert summary["teacher_accuracy"] > 0.8
@@ -35,6 +36,11 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert mokd["final_accuracy"] > 0.6 and not mokd["diverged"]
     assert 0.0 <= mokd["conflict_fraction"] <= 1.0 and -1.0 <= mokd["mean_cosine"] <= 1.0
     assert "test acc %" in out and "mokd" in out
+    # progress bars on stderr: the teacher's (trained here) ends at 10000 / 128 -> 79 steps, each
+    # student's at 5000 / 64 -> 79 steps; the table on stdout stays clean
+    for name in ("teacher", "ce", "kd (a=0.5)", "mokd max_norm=1"):
+        assert f"{name}: 100%" in err and "79/79" in err, name
+    assert "79/79" not in out
     # the teacher was cached for the next run
     assert list((tmp_path / "cache").glob("fashion_teacher_*.pt"))
     # one StatsLogger log per run; the fixed-weight run is probed for the same gradient statistics
