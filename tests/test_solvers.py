@@ -221,3 +221,23 @@ def test_non_finite_matrix_gives_nan_weights_without_raising(backend: str) -> No
     weights = min_norm(torch.stack([good, bad]), backend=backend)
     assert torch.isnan(weights[1]).all()
     torch.testing.assert_close(weights[0], min_norm(good, backend=backend))
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1.0, 1e12])
+def test_solve_qp_handles_gram_matrices_of_any_scale(scale: float) -> None:
+    # Found by hypothesis: Clarabel failed outright ("Solver 'CLARABEL' failed") on this Gram
+    # matrix of two large, nearly parallel gradients before solve_qp rescaled it (min_norm
+    # rescales before every backend; solve_qp is public and used on raw Gram matrices).
+    from mokd_optim.solvers import solve_qp
+
+    found = np.array([[4.24831707e09, 1.13879185e10], [1.13879185e10, 3.05261322e10]])
+    _, expected = min_norm_by_enumeration(found)
+    np.testing.assert_allclose(solve_qp(found * scale), expected, atol=1e-6)
+
+
+def test_solve_qp_zero_and_non_finite_gram() -> None:
+    from mokd_optim.solvers import SolverError, solve_qp
+
+    np.testing.assert_allclose(solve_qp(np.zeros((3, 3))), np.full(3, 1 / 3))
+    with pytest.raises(SolverError, match="non-finite"):
+        solve_qp(np.array([[1.0, np.nan], [np.nan, 1.0]]))

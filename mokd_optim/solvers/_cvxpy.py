@@ -33,16 +33,34 @@ def psd_factor(gram: np.ndarray) -> np.ndarray:
 
 
 def solve_qp(gram: np.ndarray, solver: str = "CLARABEL") -> np.ndarray:
-    """Minimise ``w^T G w`` on the simplex for one ``K x K`` float64 array; returns ``(K,)``."""
+    """Minimise ``w^T G w`` on the simplex for one ``K x K`` float64 array; returns ``(K,)``.
+
+    ``G`` is divided by its largest diagonal entry first (the minimiser does not change):
+    unscaled, Clarabel fails outright on Gram matrices of large gradients (entries ~1e10).
+    An all-zero ``G`` (every point optimal) gives the uniform weights.
+
+    Raises:
+        SolverError: ``G`` is not finite, or the solver fails or ends without a solution.
+    """
     k = gram.shape[0]
     if k == 1:
         return np.ones(1)
+    if not np.all(np.isfinite(gram)):
+        raise SolverError(f"cvxpy: the {k}x{k} Gram matrix has non-finite entries")
+    scale = float(np.max(np.diag(gram)))
+    if scale <= 0.0:
+        return np.full(k, 1.0 / k)
     problem, weights, factor = _problem(k)
-    factor.value = psd_factor(gram)
+    factor.value = psd_factor(gram / scale)
     options: dict[str, Any] = {}
     if solver == "CLARABEL":
         options = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
-    problem.solve(solver=solver, **options)
+    import cvxpy as cp
+
+    try:
+        problem.solve(solver=solver, **options)
+    except cp.error.SolverError as error:
+        raise SolverError(f"cvxpy ({solver}) failed on a {k}x{k} Gram matrix: {error}") from error
     if weights.value is None or problem.status not in ("optimal", "optimal_inaccurate"):
         raise SolverError(
             f"cvxpy ({solver}) returned status {problem.status!r} for a {k}x{k} Gram matrix"
