@@ -241,3 +241,30 @@ def test_solve_qp_zero_and_non_finite_gram() -> None:
     np.testing.assert_allclose(solve_qp(np.zeros((3, 3))), np.full(3, 1 / 3))
     with pytest.raises(SolverError, match="non-finite"):
         solve_qp(np.array([[1.0, np.nan], [np.nan, 1.0]]))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e14])
+def test_dual_cone_zero_gradient_beside_tiny_ones(scale: float) -> None:
+    # Found by hypothesis in a CI run: two tiny, nearly opposite gradients and a zero one. The
+    # zero gradient's O(1) target entry swamped the O(1e-7) ones of the tiny gradients, and
+    # the enumeration backend missed the optimum by 1.3 % of the scale.
+    from mokd_optim.solvers import project_to_dual_cone
+    from mokd_optim.solvers._dual_cone import dual_objective
+
+    gram = scale * np.array(
+        [
+            [1.58080885e-14, -1.66095737e-14, 0.0],
+            [-1.66095737e-14, 1.74516949e-14, 0.0],
+            [0.0, 0.0, 0.0],
+        ]
+    )
+    g = torch.tensor(gram).expand(3, 3, 3)
+    u = torch.tensor(np.random.default_rng(0).standard_normal((3, 3)))
+    exact = project_to_dual_cone(g, u, backend="enumeration")
+    iterative = project_to_dual_cone(g, u, backend="projected_gradient")
+    unit = float(np.diag(gram).max()) * float(u.abs().max()) ** 2
+    gap = (dual_objective(g, u, exact - u) - dual_objective(g, u, iterative - u)).abs() / unit
+    assert float(gap.max()) < 1e-9
+    # the zero gradient constrains nothing: its weight is left as it was
+    torch.testing.assert_close(exact[:, 2], u[:, 2])
+    torch.testing.assert_close(iterative[:, 2], u[:, 2])

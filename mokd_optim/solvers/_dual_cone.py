@@ -78,7 +78,11 @@ def project_to_dual_cone(
         torch.ones_like(norms),
     )
     cosine = normalize(work * scales[:, :, None] * scales[:, None, :])
-    scaled_target = target / scales
+    # A zero gradient puts no constraint on the cone and no term in the objective: its
+    # multiplier stays 0 (v_i = u_i) and its target entry is left out of the solve, where an
+    # O(1) entry beside the O(||g||) ones of tiny gradients would swamp the solvers' tolerances.
+    present = norms > 0
+    scaled_target = torch.where(present, target / scales, torch.zeros_like(target))
     if backend == "auto":
         backend = (
             "closed_form"
@@ -96,6 +100,7 @@ def project_to_dual_cone(
     else:
         nu = _projected_gradient(cosine, scaled_target, max_iter=max_iter)
         nu = _polish(cosine, scaled_target, nu)
+    nu = torch.where(present, nu, torch.zeros_like(nu))
     return (target + nu * scales).reshape(*batch_shape, k)
 
 
