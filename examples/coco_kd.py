@@ -700,6 +700,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         collate_fn=collate,
     )
 
+    def validate(model: nn.Module) -> dict[str, float]:
+        """``evaluate`` ``model`` on the validation set (COCOeval metrics, every rank)."""
+        return evaluate(
+            model,
+            val_loader,
+            val_set.coco,
+            device,
+            amp_dtype=amp_dtype,
+            limit=args.limit_val_steps,
+            progress=progress,
+        )
+
     teacher: Optional[nn.Module] = None
     if args.method != "none" or args.evaluate_teacher:
         if args.teacher_weights is None:
@@ -712,15 +724,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         teacher.eval().requires_grad_(False)
     if args.evaluate_teacher:
         assert teacher is not None
-        result = evaluate(
-            teacher,
-            val_loader,
-            val_set.coco,
-            device,
-            amp_dtype=amp_dtype,
-            limit=args.limit_val_steps,
-            progress=progress,
-        )
+        result = validate(teacher)
         if main_process:
             print(
                 f"teacher {args.teacher}: AP {result['AP']:.3f}  AP50 {result['AP50']:.3f}  AP75 {result['AP75']:.3f}"
@@ -861,15 +865,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         if run.interrupted:
             break
         with distiller.hooks_paused():
-            result = evaluate(
-                student,
-                val_loader,
-                val_set.coco,
-                device,
-                amp_dtype=amp_dtype,
-                limit=args.limit_val_steps,
-                progress=progress,
-            )
+            result = validate(student)
         run.end_epoch(result)
         if main_process:
             print(
