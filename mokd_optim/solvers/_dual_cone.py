@@ -72,16 +72,12 @@ def project_to_dual_cone(
     # nu = N^-1 mu with N = diag(1 / ||g_i||) turns G into the unit-diagonal cosine matrix, so a
     # norm ratio of 1e8 (1e16 in G) does not reach the solver; zero gradients keep a scale of 1.
     norms = torch.diagonal(work, dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
-    scales = torch.where(
-        norms > 0,
-        1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)),
-        torch.ones_like(norms),
-    )
+    present = norms > 0
+    scales = torch.where(present, norms, torch.ones_like(norms)).reciprocal()
     cosine = normalize(work * scales[:, :, None] * scales[:, None, :])
     # A zero gradient puts no constraint on the cone and no term in the objective: its
     # multiplier stays 0 (v_i = u_i) and its target entry is left out of the solve, where an
     # O(1) entry beside the O(||g||) ones of tiny gradients would swamp the solvers' tolerances.
-    present = norms > 0
     scaled_target = torch.where(present, target / scales, torch.zeros_like(target))
     if backend == "auto":
         backend = (
