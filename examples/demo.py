@@ -43,13 +43,21 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from examples.fashion_mnist import distil, load_data, predict_logits, train_teacher  # noqa: E402
+from examples.fashion_mnist import (  # noqa: E402
+    TEACHER_BATCH_SIZE,
+    distil,
+    load_data,
+    predict_logits,
+    train_teacher,
+)
 from mokd_optim.diagnostics import StatsLogger, plot_log, read_log  # noqa: E402
+
+STUDENT_BATCH_SIZE = 64  # every student run (distil's default)
 
 
 class StepBar:
     """A tqdm progress bar (on stderr) opened at the first step, so a teacher loaded from the
-    cache shows none; ``None``-safe no-op when progress bars are off."""
+    cache shows none; every call is a no-op when progress bars are off (``enabled=False``)."""
 
     def __init__(self, enabled: bool, total: int, description: str) -> None:
         self.enabled, self.total, self.description = enabled, total, description
@@ -204,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_start = time.perf_counter()
     teacher_bar = StepBar(
         not args.no_progress,
-        args.teacher_epochs * math.ceil(len(full.y_train) / 128),
+        args.teacher_epochs * math.ceil(len(full.y_train) / TEACHER_BATCH_SIZE),
         "teacher",
     )
     teacher, teacher_accuracy = train_teacher(
@@ -233,7 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"training student: {name} ...", flush=True)
         log_path = args.out / slug / "log.csv"
         tensorboard = args.out / slug / "tensorboard" if args.tensorboard else None
-        bar = StepBar(not args.no_progress, args.epochs * math.ceil(len(data.y_train) / 64), name)
+        steps = args.epochs * math.ceil(len(data.y_train) / STUDENT_BATCH_SIZE)
+        bar = StepBar(not args.no_progress, steps, name)
         with StatsLogger(log_path, tensorboard=tensorboard) as logger:
             result = distil(
                 data,
@@ -242,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
                 epochs=args.epochs,
                 lr=args.lr,
                 temperature=args.temperature,
+                batch_size=STUDENT_BATCH_SIZE,
                 probe_every=args.probe_every,
                 logger=logger,
                 progress=bar.step,

@@ -28,6 +28,7 @@ from mokd_optim.diagnostics import StatsLogger, cosine_matrix, dominance_ratio
 
 # Where trained teachers are cached; override with $MOKD_OPTIM_CACHE.
 DEFAULT_CACHE = Path(os.environ.get("MOKD_OPTIM_CACHE", "~/.cache/mokd_optim")).expanduser()
+TEACHER_BATCH_SIZE = 128  # train_teacher's batch: Adam steps per epoch = ceil(N / 128)
 
 
 class TeacherCNN(nn.Module):
@@ -170,14 +171,14 @@ def train_teacher(
         teacher.eval()
         return teacher, evaluate(teacher, data.x_test, data.y_test)
     generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(data.y_train) / 128)
+    steps_per_epoch = math.ceil(len(data.y_train) / TEACHER_BATCH_SIZE)
     opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     teacher.train()
     for epoch in range(epochs):
         order = torch.randperm(len(data.y_train), generator=generator)
-        for start in range(0, len(order), 128):
-            batch = order[start : start + 128]
+        for start in range(0, len(order), TEACHER_BATCH_SIZE):
+            batch = order[start : start + TEACHER_BATCH_SIZE]
             x = data.x_train[batch]
             if flip:
                 x = torch.where(
