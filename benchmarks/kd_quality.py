@@ -22,7 +22,7 @@ Protocol (issue 8; the page lists the exact numbers used):
 
 Every finished run is saved to a JSON store (rewritten atomically) and skipped when the script
 is run again with the same protocol, so an interrupted run resumes. Writes the report JSON
-(``benchmarks/results/``, gitignored), the page ``docs/results.md`` and its plots
+(``benchmarks/results/``, gitignored), the page ``docs/results_0_1_study.md`` and its plots
 ``docs/results_*.png``.
 
     python benchmarks/kd_quality.py            # full protocol: about 55 minutes on 2 busy cores
@@ -66,7 +66,7 @@ COLLAPSE_ACCURACY = 0.2  # a run that ends below this (or diverges) counts as co
 DEFAULT_RULE = "anchor"  # MoKD's default step rule (mokd_optim.methods.MoKD)
 # Step rules run under the KD-scale stress: the default and the fully scale-invariant "log".
 STRESS_RULES = (DEFAULT_RULE, "log")
-DEFAULT_LABEL = f"mokd step={DEFAULT_RULE} (default)"
+DEFAULT_LABEL = f"mokd step={DEFAULT_RULE} (default)"  # the 0.1 default this study measured
 CHECK_PREFIX = "more data: "  # label prefix of the rows rerun on a larger training set
 
 # Balanced methods run at the best ce learning rate with their default options.
@@ -75,7 +75,8 @@ BALANCED: list[dict[str, Any]] = [
         {
             "label": f"mokd step={rule}{' (default)' if rule == DEFAULT_RULE and clip is None else ''}{', max_norm=1' if clip else ''}",
             "method": "mokd",
-            "method_options": {"step": rule},
+            # equalize=0: the paper's min-norm weights, the only ones of mokd_optim 0.1
+            "method_options": {"step": rule, "equalize": 0.0},
             "max_norm": clip,
         }
         for rule in ("anchor", "convex", "log")
@@ -497,7 +498,7 @@ def study(protocol: Protocol, runner: Runner) -> dict[str, Any]:
                         s,
                         temperature=BALANCED_TEMPERATURE,
                         kd_scale=scale,
-                        method_options={"step": rule},
+                        method_options={"step": rule, "equalize": 0.0},
                     )
                     for s in seeds
                 ]
@@ -1075,7 +1076,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "--store", type=Path, default=None, help="JSON-lines store of finished runs"
     )
     parser.add_argument(
-        "--page", type=Path, default=None, help="Markdown page (default docs/results.md)"
+        "--page", type=Path, default=None, help="Markdown page (default docs/results_0_1_study.md)"
     )
     parser.add_argument(
         "--plots",
@@ -1091,7 +1092,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args.out = args.out or ROOT / "benchmarks" / "results" / f"kd_quality{suffix}.json"
     args.store = args.store or args.out.with_name(args.out.stem + "_runs.json")
     quick_page = Path(tempfile.gettempdir()) / "mokd_optim_kd_quality_quick" / "results.md"
-    args.page = args.page or (quick_page if args.quick else ROOT / "docs" / "results.md")
+    args.page = args.page or (quick_page if args.quick else ROOT / "docs" / "results_0_1_study.md")
     args.plots = args.plots or args.page.parent
     args.seeds = args.seeds or (2 if args.quick else 3)
     command = "python " + " ".join(

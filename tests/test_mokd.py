@@ -16,6 +16,7 @@ RULES = ["anchor", "convex", "log"]
 
 
 def _update(model: TwoHeadMLP, x, y, target, scale: float, **options) -> torch.Tensor:
+    options.setdefault("equalize", 0.0)  # the paper's weights (tests/reference.py)
     opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), "mokd", **options)
     opt.zero_grad()
     logits, projected, _ = model(x)
@@ -129,10 +130,10 @@ def test_three_objectives_general_path_matches_cvxpy() -> None:
     j = rng.standard_normal((3, 20)) * np.array([[1.0], [1e3], [1e-2]])
     losses = torch.tensor([0.5, 20.0, 0.01], dtype=torch.float64)
     gram = torch.tensor(j @ j.T)
-    method = methods.get("mokd", step="log")
+    method = methods.get("mokd", step="log", equalize=0.0)
     method.bind(["a", "b", "c"])
     w = method.weights(gram, losses)
-    reference = methods.get("mokd", step="log", backend="cvxpy")
+    reference = methods.get("mokd", step="log", equalize=0.0, backend="cvxpy")
     reference.bind(["a", "b", "c"])
     np.testing.assert_allclose(w.numpy(), reference.weights(gram, losses).numpy(), rtol=1e-5)
     d = w.numpy() @ j
@@ -141,7 +142,10 @@ def test_three_objectives_general_path_matches_cvxpy() -> None:
 
 def test_options_and_repr() -> None:
     method = methods.get("mokd", step="log", anchor="task")
-    assert repr(method) == "MoKD(step='log', anchor='task', simplex=True, backend='auto')"
+    assert repr(method) == (
+        "MoKD(step='log', anchor='task', simplex=True, backend='auto', regularization=0.0, "
+        "smoothing=0.0, equalize=1.0, step_bound=None)"
+    )
     with pytest.raises(ValueError, match="unknown step rule"):
         methods.get("mokd", step="adam")
     with pytest.raises(ValueError, match="not one of the objectives"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Union
 
 import torch
@@ -12,24 +13,106 @@ from mokd_optim.methods._base import Method, as_work, inverse_norms
 from mokd_optim.methods._registry import register
 from mokd_optim.solvers import line_weights, min_norm
 
-STEP_RULES = ("anchor", "convex", "log")
+STEP_RULES = ("anchor", "bounded", "convex", "log", "log-anchor")
 
 # A combined direction shorter than this fraction of its triangle-inequality bound
 # sum_i q_i ||g_i|| is treated as Pareto-stationary by the "anchor" rule (weights 0): rescaling
 # such a vector to the anchor's norm would amplify rounding noise in the Gram matrix.
 STATIONARY_RTOL = 1e-3
 
+#: Decay of the moving average of the anchor gradient's norm behind ``step_bound`` (about the
+#: last 100 steps).
+STEP_BOUND_DECAY = 0.99
+
+
+def normalized_log_gram(gram: PSDMatrix, losses: Tensor) -> PSDMatrix:
+    """The Gram matrix of the log-loss gradients ``h_i = g_i / L_i``, divided by its mean
+    diagonal (``1`` when all gradients are 0).
+
+    Dividing by the mean squared norm makes the matrix invariant to rescaling every gradient
+    at once (a learning-rate-like scale), on top of the log's invariance to rescaling one
+    loss; only the cosines and the *ratios* of the ``||h_i||`` remain. Shapes ``(K, K)``,
+    ``(K,)`` -> ``(K, K)``.
+    """
+    log_gram = gram / (losses[:, None] * losses[None, :])
+    scale = torch.diagonal(log_gram).clamp_min(0.0).mean()
+    return log_gram / torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def trade_off(
+    log_gram: PSDMatrix,
+    *,
+    regularization: float = 0.0,
+    equalize: float = 0.0,
+    backend: str = "auto",
+) -> Weights:
+    """``pi`` on the log-gradients ``h_i`` from their Gram matrix (any positive global scale).
+
+    Solves the min-norm problem over ``v_i = h_i / ||h_i||^equalize`` with ``regularization * I``
+    added to the (mean-diagonal normalised) Gram matrix of the ``v_i``, then maps the weights
+    back onto the ``h_i`` (``pi_i ∝ alpha_i / ||h_i||^equalize``, summing to 1).
+
+    - ``equalize = 0``: MoKD's min-norm point of the ``h_i`` -- equal relative progress; an
+      objective whose relative gradient ``||g_i|| / L_i`` is much smaller takes the weight.
+    - ``equalize = 1``: the min-norm point of the unit gradients -- for two objectives their
+      bisector, each unit gradient counting the same (the direction Nash-MTL and IMTL-G give
+      for two objectives). Values in between interpolate.
+
+    Both keep the min-norm promises: no conflict with any objective, 0 at a Pareto-stationary
+    point. ``regularization > 0`` trades them for weights nearer the centre of the simplex.
+    Shapes ``(K, K)`` -> ``(K,)``.
+    """
+    norms = torch.diagonal(log_gram).clamp_min(0.0).sqrt()
+    nonzero = norms > 0
+    if equalize > 0:
+        scale = torch.where(nonzero, norms.clamp_min(1e-300) ** -equalize, torch.zeros_like(norms))
+    else:
+        scale = torch.ones_like(norms)
+    work = log_gram * scale[:, None] * scale[None, :]
+    mean_diagonal = torch.diagonal(work).clamp_min(0.0).mean()
+    work = work / torch.where(mean_diagonal > 0, mean_diagonal, torch.ones_like(mean_diagonal))
+    if regularization > 0:
+        work = work + regularization * torch.eye(
+            work.shape[-1], dtype=work.dtype, device=work.device
+        )
+    alpha = min_norm(work, backend=backend)
+    if equalize == 0:
+        return alpha
+    pi = alpha * scale
+    total = pi.sum()
+    # all the weight on zero gradients: keep alpha (the point is Pareto-stationary)
+    return torch.where(total > 0, pi / torch.where(total > 0, total, torch.ones_like(total)), alpha)
+
 
 def mokd_simplex_weights(
-    gram: PSDMatrix, losses: Tensor, *, simplex: bool = True, backend: str = "auto"
+    gram: PSDMatrix,
+    losses: Tensor,
+    *,
+    simplex: bool = True,
+    backend: str = "auto",
+    regularization: float = 0.0,
+    equalize: float = 0.0,
 ) -> Weights:
     """MoKD's trade-off weights ``pi`` for the log-loss gradients ``h_i = g_i / L_i``.
 
     ``gram`` ``(K, K)`` is the Gram matrix of the raw gradients; that of the ``h_i`` is
     ``G / (L L^T)``. With ``simplex=True`` ``pi`` is the min-norm point of the convex hull of
     the ``h_i``; with ``simplex=False`` (K = 2 only) the paper's unclipped formula, the
-    min-norm point of the whole line through ``h_1, h_2`` (may be negative). Returns ``(K,)``.
+    min-norm point of the whole line through ``h_1, h_2`` (may be negative).
+
+    ``equalize`` and ``regularization``: see :func:`trade_off`. On the simplex
+    ``||pi||^2 = ||pi - 1/K||^2 + 1/K``, so ``regularization = r`` is the min-norm problem with
+    a penalty ``r`` on the distance from the uniform weights. Returns ``(K,)``.
     """
+    if regularization > 0 or equalize > 0:
+        if not simplex:
+            raise ValueError("mokd: regularization and equalize need simplex=True")
+        return trade_off(
+            normalized_log_gram(gram, losses),
+            regularization=regularization,
+            equalize=equalize,
+            backend=backend,
+        )
     log_gram = gram / (losses[:, None] * losses[None, :])
     if simplex:
         return min_norm(log_gram, backend=backend)
@@ -46,10 +129,13 @@ def mokd_weights(
     gram: PSDMatrix,
     losses: Tensor,
     *,
-    step: str = "anchor",
+    step: str = "log-anchor",
     anchor: int = 0,
     simplex: bool = True,
     backend: str = "auto",
+    regularization: float = 0.0,
+    equalize: float = 0.0,
+    pi: Optional[Weights] = None,
 ) -> tuple[Weights, Weights]:
     """Weights on the raw gradients for MoKD under a step-length rule, and ``pi``.
 
@@ -58,15 +144,35 @@ def mokd_weights(
 
     - ``"log"``: ``w = q`` (the log-gradient combination itself);
     - ``"convex"``: ``w = q / sum(q)`` (a convex combination of the raw gradients);
-    - ``"anchor"``: ``w = q * ||g_anchor|| / ||d||``, so ``||d|| = ||g_anchor||``; a
-      Pareto-stationary point (``||d||`` below ``STATIONARY_RTOL`` of its bound, or a zero
-      gradient) gives 0.
+    - ``"anchor"``: ``w = q * ||g_anchor|| / ||d||``, so ``||d|| = ||g_anchor||``;
+    - ``"bounded"``: ``w = q * ||g_anchor|| / sum_i q_i ||g_i||``: the update is
+      ``||g_anchor|| * sum_i c_i g_i / ||g_i||`` with convex ``c_i = pi_i ||h_i|| / sum_j
+      pi_j ||h_j||`` -- a convex combination of the *unit* gradient directions, times the
+      anchor's norm. Its length is ``||g_anchor||`` when the gradients agree and shrinks as
+      they conflict (as a plain sum of gradients does); it never exceeds ``||g_anchor||``,
+      whereas ``"anchor"`` stretches a short min-norm point back to full length.
+    - ``"log-anchor"``: ``||d|| = ||g_anchor|| / L_anchor``, the norm of the anchor's
+      log-gradient: the step a plain ``log L_anchor`` training would take (short while the
+      anchor loss is high, longer as it falls), whichever objective ``pi`` favours.
 
-    Args: gram ``(K, K)``, losses ``(K,)`` positive, both float64. Returns ``(w, pi)``.
+    For ``"anchor"``, ``"bounded"`` and ``"log-anchor"`` a Pareto-stationary point (``||d||`` below
+    ``STATIONARY_RTOL`` of its bound, or a zero gradient) gives 0.
+
+    Args: gram ``(K, K)``, losses ``(K,)`` positive, both float64; ``pi`` ``(K,)`` precomputed
+    trade-off weights (e.g. from a smoothed Gram matrix) instead of solving for them here;
+    ``regularization``, ``equalize``: see :func:`trade_off`. Returns ``(w, pi)``.
     """
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
-    pi = mokd_simplex_weights(gram, losses, simplex=simplex, backend=backend)
+    if pi is None:
+        pi = mokd_simplex_weights(
+            gram,
+            losses,
+            simplex=simplex,
+            backend=backend,
+            regularization=regularization,
+            equalize=equalize,
+        )
     q = pi / losses
     if step == "log":
         return q, pi
@@ -80,8 +186,10 @@ def mokd_weights(
     # min-norm weights on the other gradients are solver noise that the rescaling would amplify.
     has_zero_gradient = (inverse_norms(gram)[1] == 0).any()
     stationary = (combined_sq <= (STATIONARY_RTOL * bound) ** 2) | has_zero_gradient
-    safe = torch.where(stationary, torch.ones_like(combined_sq), combined_sq)
-    scale = torch.where(stationary, torch.zeros_like(combined_sq), norms[anchor] / safe.sqrt())
+    length = bound if step == "bounded" else combined_sq.sqrt()
+    target = norms[anchor] / losses[anchor] if step == "log-anchor" else norms[anchor]
+    safe = torch.where(stationary, torch.ones_like(length), length)
+    scale = torch.where(stationary, torch.zeros_like(length), target / safe)
     return q * scale, pi
 
 
@@ -113,36 +221,70 @@ class MoKD(Method):
 
     def __init__(
         self,
-        step: str = "anchor",
+        step: str = "log-anchor",
         anchor: Union[int, str] = 0,
         simplex: bool = True,
         backend: str = "auto",
+        regularization: float = 0.0,
+        smoothing: float = 0.0,
+        equalize: Optional[float] = None,
+        step_bound: Optional[float] = None,
     ) -> None:
         super().__init__()
+        if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
+            equalize = 1.0 if simplex else 0.0
         if step not in STEP_RULES:
             raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
         if not isinstance(anchor, (int, str)) or isinstance(anchor, bool):
             raise TypeError(f"mokd: anchor must be an objective name or index, got {anchor!r}")
+        checks = (
+            ("regularization", regularization, lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+            ("smoothing", smoothing, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+            ("equalize", equalize, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+            (
+                "step_bound",
+                1.0 if step_bound is None else step_bound,
+                lambda v: 1 <= v < math.inf,
+                "None or a finite number >= 1",
+            ),
+        )
+        for option, value, valid, what in checks:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
+                raise ValueError(f"mokd: {option} must be {what}, got {value!r}")
+        if not simplex and (regularization > 0 or smoothing > 0 or equalize > 0):
+            raise ValueError("mokd: regularization, smoothing and equalize need simplex=True")
         self.step = step
         self.anchor = anchor
         self.simplex = simplex
         self.backend = backend
+        self.regularization = float(regularization)
+        self.smoothing = float(smoothing)
+        self.equalize = float(equalize)
+        self.step_bound = None if step_bound is None else float(step_bound)
         self._anchor_index = 0
+        # Moving average of the anchor gradient's norm (step_bound) and its step count.
+        self._anchor_average: Optional[Tensor] = None
+        self._anchor_count = 0
+        # Moving average of the normalised log-Gram matrix (smoothing > 0) and its step count.
+        self._average: Optional[Tensor] = None
+        self._count = 0
 
     @property
     def scale_invariance(self) -> str:  # type: ignore[override]
-        # "log" divides each gradient by its loss: rescaling a loss changes nothing. The other
-        # rules keep the direction; "anchor" keeps the update unless the anchor is rescaled.
-        return "update" if self.step == "log" else "direction"
+        # "log" and "log-anchor" depend on the losses only through log L_i: rescaling any loss
+        # changes nothing. The other rules keep the direction; "anchor" and "bounded" keep the
+        # update unless the anchor itself is rescaled.
+        return "update" if self.step in ("log", "log-anchor") else "direction"
 
     @property
     def conflict_free(self) -> bool:  # type: ignore[override]
-        # The unclipped formula can give an objective a negative weight.
-        return self.simplex
+        # The unclipped formula can give an objective a negative weight; the regularised or
+        # smoothed weights are not the min-norm point of this step's gradients.
+        return self.simplex and self.regularization == 0 and self.smoothing == 0
 
     @property
     def pareto_stationary(self) -> bool:  # type: ignore[override]
-        return self.simplex
+        return self.simplex and self.regularization == 0 and self.smoothing == 0
 
     def bind(self, names: Any) -> None:
         super().bind(names)
@@ -152,19 +294,86 @@ class MoKD(Method):
             )
         self._anchor_index = self.resolve_objective(self.anchor, "anchor")
 
+    def _trade_off(self, gram: PSDMatrix, losses: Tensor) -> Optional[Weights]:
+        """``pi`` from the moving average of the normalised log-Gram matrix (``smoothing > 0``),
+        else ``None`` (solved from this step's matrix). Bias-corrected like Adam's moments."""
+        if self.smoothing == 0:
+            return None
+        current = normalized_log_gram(gram, losses)
+        if self._average is None or self._average.shape != current.shape:
+            self._average, self._count = torch.zeros_like(current), 0
+        self._average = self.smoothing * self._average.to(current) + (1 - self.smoothing) * current
+        self._count += 1
+        average = self._average / (1 - self.smoothing**self._count)
+        return trade_off(
+            average,
+            regularization=self.regularization,
+            equalize=self.equalize,
+            backend=self.backend,
+        )
+
+    def _bound_step(self, w: Weights, gram: PSDMatrix) -> Weights:
+        """Shrink ``w`` so that the update is at most ``step_bound`` times the moving average
+        (decay ``STEP_BOUND_DECAY``, bias-corrected) of the anchor gradient's norm."""
+        if self.step_bound is None:
+            return w
+        anchor_norm = gram[self._anchor_index, self._anchor_index].clamp_min(0.0).sqrt()
+        if self._anchor_average is None:
+            self._anchor_average, self._anchor_count = torch.zeros_like(anchor_norm), 0
+        self._anchor_average = (
+            STEP_BOUND_DECAY * self._anchor_average.to(anchor_norm)
+            + (1 - STEP_BOUND_DECAY) * anchor_norm
+        )
+        self._anchor_count += 1
+        limit = self.step_bound * self._anchor_average / (1 - STEP_BOUND_DECAY**self._anchor_count)
+        norm = (w @ gram @ w).clamp_min(0.0).sqrt()
+        factor = torch.where(norm > limit, limit / norm.clamp_min(1e-300), torch.ones_like(norm))
+        return w * factor
+
     def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:
         if gram is None:
             raise ValueError("mokd needs the Gram matrix of the per-objective gradients")
+        gram, losses = as_work(gram), as_work(losses)
         w, pi = mokd_weights(
-            as_work(gram),
-            as_work(losses),
+            gram,
+            losses,
             step=self.step,
             anchor=self._anchor_index,
             simplex=self.simplex,
             backend=self.backend,
+            regularization=self.regularization,
+            equalize=self.equalize,
+            pi=self._trade_off(gram, losses),
         )
         self.info = {"simplex_weights": pi}
-        return w
+        return self._bound_step(w, gram)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        if self._average is not None:
+            state.update(average=self._average.clone(), count=self._count)
+        if self._anchor_average is not None:
+            state.update(
+                anchor_average=self._anchor_average.clone(), anchor_count=self._anchor_count
+            )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        known = {"average", "count", "anchor_average", "anchor_count"}
+        if set(state) - known:
+            raise ValueError(
+                f"mokd: unexpected method state keys {sorted(set(state) - known)}; expected {sorted(known)}"
+            )
+        if ("average" in state) != ("count" in state) or ("anchor_average" in state) != (
+            "anchor_count" in state
+        ):
+            raise ValueError(f"mokd: incomplete method state {sorted(state)}")
+        self._average = state["average"].clone() if "average" in state else None
+        self._count = int(state.get("count", 0))
+        self._anchor_average = (
+            state["anchor_average"].clone() if "anchor_average" in state else None
+        )
+        self._anchor_count = int(state.get("anchor_count", 0))
 
     def options(self) -> dict[str, Any]:
         return {
@@ -172,4 +381,8 @@ class MoKD(Method):
             "anchor": self.anchor,
             "simplex": self.simplex,
             "backend": self.backend,
+            "regularization": self.regularization,
+            "smoothing": self.smoothing,
+            "equalize": self.equalize,
+            "step_bound": self.step_bound,
         }

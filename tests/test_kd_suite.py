@@ -1,0 +1,104 @@
+"""The condition suite (benchmarks/kd_suite.py): its machinery, not its accuracy numbers.
+
+``--quick`` runs the first selection condition at tiny sizes end to end (learning-rate grid,
+baselines, a candidate, the store, the page); the rest checks the protocol's rules: safeguards
+shared with the baselines, the split declared up front, the relative bound of the baselines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import kd_suite
+
+
+def test_quick_run_writes_the_store_and_the_page(tmp_path) -> None:
+    store_path, page = tmp_path / "suite.json", tmp_path / "results.md"
+    code = kd_suite.main(
+        [
+            "--quick",
+            "--candidates",
+            "default",
+            "--no-progress",
+            "--store",
+            str(store_path),
+            "--page",
+            str(page),
+        ]
+    )
+    assert code == 0
+    runs = json.loads(store_path.read_text())["runs"].values()
+    lr_grid = [r for r in runs if r["stage"] == "lr"]
+    main = [r for r in runs if r["stage"] == "main"]
+    assert len(lr_grid) == len(kd_suite.LR_GRID["sgd"]) * 2  # two seeds in quick mode
+    configs = {r["config"] for r in main}
+    assert {"ce", *(f"fixed a={a:g}" for a in kd_suite.FIXED_WEIGHTS)} <= configs
+    assert "mokd (library default)" in configs
+    for run in main:
+        assert 0.0 <= run["final"] <= 1.0 and isinstance(run["collapsed"], bool)
+        assert run["seed"] in (0, 1) and math.isfinite(run["seconds"])
+    balanced = [r for r in main if r["config"] == "mokd (library default)"]
+    assert len(balanced) == 2
+    for run in balanced:
+        diagnostics = run["diagnostics"]
+        assert 0.0 <= diagnostics["task_share"] <= 1.0
+        assert len(diagnostics["loss_first"]) == 2  # task and KD
+    text = page.read_text()
+    assert "## The default on the confirmation conditions" not in text or "confirmation" in text
+    assert "| mokd (library default) |" in text
+    assert "S1 fashion-cnn (selection)" in text
+
+
+def test_split_is_declared_and_both_sides_are_large_enough() -> None:
+    splits = [c.split for c in kd_suite.CONDITIONS]
+    assert set(splits) == {"selection", "confirmation"}
+    assert splits.count("confirmation") >= 5 and len(splits) >= 12
+    names = [c.name for c in kd_suite.CONDITIONS]
+    assert len(set(names)) == len(names)
+
+
+def test_a_safeguarded_candidate_brings_its_safeguard_to_the_baselines() -> None:
+    clipped = kd_suite.CANDIDATES["anchor-clip1"]
+    bounded = kd_suite.CANDIDATES["anchor-sb2"]
+    assert kd_suite.safeguard_of(clipped) == ("max_norm", 1.0)
+    assert kd_suite.safeguard_of(bounded) == ("step_bound", 2.0)
+    assert kd_suite.safeguard_of(kd_suite.CANDIDATES["default"]) is None
+    labels = [c.label for c in kd_suite.baseline_configs({None, ("max_norm", 1.0)})]
+    assert "ce" in labels and "ce, max_norm=1" in labels
+    assert "fixed a=0.5" in labels and "fixed a=0.5, max_norm=1" in labels
+
+
+def test_representation_variants_skip_feature_conditions() -> None:
+    variant = kd_suite.CANDIDATES["default-representation"]
+    feature = next(c for c in kd_suite.CONDITIONS if "feat" in c.objectives)
+    logits_only = next(c for c in kd_suite.CONDITIONS if c.objectives == "kd")
+    assert kd_suite.applicable([variant], feature) == []
+    assert kd_suite.applicable([variant], logits_only) == [variant]
+
+
+def test_relative_bound_clips_spikes_against_the_running_average() -> None:
+    bound = kd_suite.RelativeBound(2.0)
+    p = torch.nn.Parameter(torch.zeros(4))
+    for _ in range(20):  # a steady norm of 1 is never clipped
+        p.grad = torch.tensor([1.0, 0.0, 0.0, 0.0])
+        bound([p])
+        assert float(p.grad.norm()) == pytest.approx(1.0)
+    p.grad = torch.tensor([100.0, 0.0, 0.0, 0.0])  # a spike: clipped to 2x the average
+    bound([p])  # (the average includes the spike, as mokd's step_bound does)
+    expected = 2.0 * bound.average / (1 - bound.decay**bound.count)
+    assert float(p.grad.norm()) == pytest.approx(expected)
+    assert expected < 15.0
+
+
+def test_mokd_candidates_spell_out_every_option() -> None:
+    # a stored run keeps its meaning when the library's defaults change
+    for config in kd_suite.CANDIDATES.values():
+        if config.method == "mokd":
+            assert set(dict(config.options)) == set(kd_suite.PREVIOUS_MOKD_DEFAULTS)
+    from mokd_optim.methods import get
+
+    assert dict(kd_suite.CANDIDATES["default"].options) == get("mokd").options()
