@@ -31,7 +31,7 @@ def trainer() -> Any:
 
 @pytest.fixture(scope="module")
 def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    foolbox = pytest.importorskip("foolbox")
+    import foolbox  # the imagenet-test extra (installed by `make test`)
     from PIL import Image
 
     files = sorted((Path(foolbox.__file__).parent / "data").glob("cifar100_*.png"))
