@@ -548,6 +548,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     system.add_argument("--compile", action="store_true", help="torch.compile the student")
     run = add_run_control_arguments(parser, output_dir=Path("runs/imagenet_deit_kd"), log_every=50)
     run.add_argument("--skip-teacher-eval", action="store_true")
+    run.add_argument(
+        "--evaluate-teacher",
+        action="store_true",
+        help="only evaluate the teacher (with its own input statistics) on the validation set",
+    )
     args = parser.parse_args(argv)
     if args.method not in ("ce", "kd") and args.method not in available_methods():
         parser.error(
@@ -624,6 +629,44 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if train_base.classes != val_base.classes:
         raise SystemExit("train and val class folders differ")
     num_classes = args.num_classes or len(val_base.classes)
+
+    if args.evaluate_teacher:
+        if args.teacher_weights is None:
+            raise SystemExit("--evaluate-teacher needs --teacher-weights ('pretrained' or a file)")
+        teacher, t_mean, t_std = build_model(
+            args.teacher, args.teacher_weights, num_classes, args.input_size
+        )
+        teacher = teacher.to(device, memory_format=memory_format).eval()
+        loader = DataLoader(
+            SeededDataset(val_base, deit_transforms(args, t_mean, t_std)[1]),
+            batch_size=args.batch_size,
+            sampler=ShardSampler(len(val_base), rank, world_size),
+            num_workers=args.workers,
+        )
+        result = evaluate(
+            teacher,
+            loader,
+            device,
+            amp_dtype=amp_dtype,
+            channels_last=args.channels_last,
+            limit=args.limit_val_steps,
+            progress=progress,
+            description="teacher",
+        )
+        summary = {
+            "mode": "evaluate-teacher",
+            "teacher": args.teacher,
+            "teacher_weights": args.teacher_weights,
+            "teacher_mean_std": [list(t_mean), list(t_std)],
+            "val": result,
+            "versions": versions(),
+        }
+        if main_process:
+            print(
+                f"teacher {args.teacher}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %"
+            )
+        write_json(args.output_dir / "summary.json", summary)
+        return summary
 
     # Student, teacher, heads ---------------------------------------------------------------
     student, mean, std = build_model(

@@ -124,6 +124,27 @@ def test_distillation_token_objective_and_mixed_targets(trainer: Any, teacher_fi
         assert torch.allclose(wrapped(images), average, atol=1e-6)
 
 
+def test_model_files_load_through_timm(trainer: Any, teacher_file: Path, tmp_path: Path) -> None:
+    """A ``{"model": ...}`` checkpoint loads exactly; a 224 px DeiT file fits a 32 px student
+    (timm resamples the position embedding); a torchvision-only name goes to torchvision."""
+    import timm
+
+    teacher, _, _ = trainer.build_model("regnety_002", str(teacher_file), 10, 32)
+    saved = torch.load(teacher_file, weights_only=True)["model"]
+    assert all(torch.equal(saved[k], v) for k, v in teacher.state_dict().items())
+    with pytest.raises(ValueError, match="does not fit regnety_002"):
+        trainer.build_model("regnety_002", str(teacher_file), 100, 32)
+    full = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=10)
+    torch.save(full.state_dict(), tmp_path / "deit.pth")
+    small, _, _ = trainer.build_model(
+        "deit_tiny_distilled_patch16_224", str(tmp_path / "deit.pth"), 10, 32
+    )
+    assert small.pos_embed.shape == (1, 2 + 4, 192)
+    assert torch.equal(small.blocks[3].mlp.fc1.weight, full.blocks[3].mlp.fc1.weight)
+    torchvision_only, _, _ = trainer.build_model("mobilenet_v2", None, 10, 32)
+    assert type(torchvision_only).__module__.startswith("torchvision.")
+
+
 def test_repeated_augmentation_sampler(trainer: Any) -> None:
     """timm's RepeatAugSampler order, a different seed for each copy, resumable."""
     whole = trainer.RepeatedAugmentationSampler(40, seed=3)
@@ -257,5 +278,24 @@ def test_fixed_weight_kd_without_mixup_and_torchvision_recipe(
     assert not summary["distillation_token"] and summary["objectives"] == ["task", "kd"]
     log = read_log(tmp_path / "kd" / "train_log.csv")
     assert log["weight/task"] == [0.5, 0.5] and log["weight/kd"] == [0.5, 0.5]
-    with pytest.raises(SystemExit):
-        trainer.main(["--recipe", "torchvision", "--help"])
+    evaluated = trainer.main(
+        [
+            "--data-path",
+            str(image_folder),
+            "--teacher",
+            "regnety_002",
+            "--teacher-weights",
+            str(teacher_file),
+            "--evaluate-teacher",
+            "--limit-val-steps",
+            "1",
+            *TINY,
+            "--output-dir",
+            str(tmp_path / "teacher"),
+        ]
+    )
+    assert evaluated["mode"] == "evaluate-teacher" and evaluated["val"]["images"] == 8
+    assert evaluated["teacher_mean_std"][0] == pytest.approx([0.485, 0.456, 0.406])
+    # --recipe torchvision hands the other arguments to imagenet_kd.py
+    with pytest.raises(SystemExit, match="--teacher-weights is required"):
+        trainer.main(["--recipe", "torchvision", "--data-path", str(image_folder), *TINY[2:]])
