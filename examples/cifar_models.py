@@ -26,8 +26,11 @@ from torch import Tensor, nn
 __all__ = ["LIGHT_STUDENTS", "MODELS", "build"]
 
 
-def _init_like_benchmark(model: nn.Module) -> None:
-    """He-normal convolutions (fan-out), BatchNorm 1/0, linear N(0, 0.01) with zero bias."""
+def _init_like_benchmark(model: nn.Module, linear: str) -> None:
+    """The reference definitions' initialisation: He-normal convolutions (fan-out, zero bias),
+    BatchNorm 1/0, and the classifier ``linear``: ``"default"`` (PyTorch's, ResNet),
+    ``"zero_bias"`` (PyTorch's weight, zero bias: WRN) or ``"normal"`` (N(0, 0.01), zero bias:
+    VGG, MobileNetV2)."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -36,8 +39,9 @@ def _init_like_benchmark(model: nn.Module) -> None:
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
+        elif isinstance(module, nn.Linear) and linear != "default":
+            if linear == "normal":
+                nn.init.normal_(module.weight, 0.0, 0.01)
             nn.init.zeros_(module.bias)
 
 
@@ -87,7 +91,7 @@ class CifarResNet(nn.Module):
                 channels = width
             self.add_module(f"layer{stage}", nn.Sequential(*layer))
         self.fc = nn.Linear(channels, num_classes)
-        _init_like_benchmark(self)
+        _init_like_benchmark(self, "default")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -157,7 +161,7 @@ class WideResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(widths[3], num_classes)
-        _init_like_benchmark(self)
+        _init_like_benchmark(self, "zero_bias")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
@@ -204,7 +208,7 @@ class VGG(nn.Module):
             self.add_module(f"pool{index}", nn.MaxPool2d(2, 2))
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)
-        _init_like_benchmark(self)
+        _init_like_benchmark(self, "normal")
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[2]
@@ -280,7 +284,7 @@ class MobileNetV2(nn.Module):
         last = int(1280 * width) if width > 1.0 else 1280
         self.conv2 = _conv_bn_relu(channels, last, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(last, num_classes))
-        _init_like_benchmark(self)
+        _init_like_benchmark(self, "normal")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(x)

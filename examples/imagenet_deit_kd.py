@@ -811,9 +811,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     groups = param_groups_weight_decay(student, args.weight_decay, no_weight_decay_list=skip)
     if distiller is not None and len(distiller.heads):
         groups += param_groups_weight_decay(distiller.heads, args.weight_decay)
-    options = {"momentum": args.momentum} if "sgd" in args.opt or "momentum" in args.opt else {}
     base_optimizer = create_optimizer_v2(
-        groups, opt=args.opt, lr=lr, weight_decay=args.weight_decay, **options
+        groups, opt=args.opt, lr=lr, weight_decay=args.weight_decay, momentum=args.momentum
     )
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     optimizer: torch.optim.Optimizer = base_optimizer

@@ -48,7 +48,7 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_architectures_match_the_benchmark_definitions() -> None:
-    """Parameter counts of the papers' tables and the reference definitions' state-dict keys."""
+    """Parameter counts usually reported for the benchmark and the reference definitions' state-dict keys."""
     from examples import cifar_models
 
     counts = {
