@@ -87,7 +87,7 @@ from examples.trainer_utils import (  # noqa: E402
     write_json,
 )
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
-from mokd_optim.kd import Distiller, build_heads  # noqa: E402
+from mokd_optim.kd import Distiller, FeatureRecorder, build_heads  # noqa: E402
 from mokd_optim.methods import available as available_methods  # noqa: E402
 
 # Per-channel statistics of the CIFAR-100 training images (the benchmark's normalisation).
@@ -238,6 +238,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     method.add_argument("--method-options", default="{}", help="JSON options of the method")
     method.add_argument("--strategy", default="auto", help="gradient strategy")
+    method.add_argument(
+        "--representation",
+        default="",
+        help="--strategy representation: the student module whose output is the shared tensor "
+        "(default: the logits; with --heads, the tapped stage, e.g. layer3)",
+    )
     method.add_argument("--sync", default="auto", choices=["auto", "exact", "weights", "none"])
     method.add_argument(
         "--clip-grad-norm",
@@ -494,6 +500,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if multi is not None:
         optimizer = multi
 
+    # --strategy representation: weights from the gradients at one shared student tensor
+    shared: Optional[FeatureRecorder] = None
+    if multi is not None and args.strategy == "representation" and args.representation:
+        shared = FeatureRecorder(student, args.representation)
+
     sampler = EpochSampler(len(train_base), seed=args.seed, rank=rank, world_size=world_size)
     train_loader = DataLoader(
         SeededDataset(train_base, train_transform),
@@ -566,7 +577,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             if multi is not None:
                 needs_probe = log_now and not multi.method.needs_gradients
                 gram = probe_gram(losses, student_params) if needs_probe else None
-                stats = multi.backward(losses)
+                if args.strategy == "representation":
+                    shared_tensor = next(iter(shared.pop().values())) if shared else output
+                    stats = multi.backward(losses, features=shared_tensor)
+                else:
+                    stats = multi.backward(losses)
                 if gram is not None:
                     stats = dataclasses.replace(stats, gram=gram.to(stats.losses))
             else:

@@ -106,7 +106,14 @@ from examples.trainer_utils import (  # noqa: E402
     write_json,
 )
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
-from mokd_optim.kd import Distiller, DISTLoss, KDLoss, SubspaceHead, build_heads  # noqa: E402
+from mokd_optim.kd import (  # noqa: E402
+    Distiller,
+    DISTLoss,
+    FeatureRecorder,
+    KDLoss,
+    SubspaceHead,
+    build_heads,
+)
 from mokd_optim.kd.heads import align_features  # noqa: E402
 from mokd_optim.methods import available as available_methods  # noqa: E402
 
@@ -491,6 +498,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     method.add_argument("--method", default="mokd", help="'ce', 'kd' or a mokd_optim method")
     method.add_argument("--method-options", default="{}", help="JSON options of the method")
     method.add_argument("--strategy", default="auto")
+    method.add_argument(
+        "--representation",
+        default="auto",
+        help="--strategy representation: the student module whose output is the shared tensor the "
+        "weights are computed at (auto: the final norm of a transformer, else the logits)",
+    )
     method.add_argument("--sync", default="auto", choices=["auto", "exact", "weights", "none"])
     method.add_argument(
         "--clip-grad-norm", "--max-norm", dest="clip_grad_norm", type=float, default=None
@@ -874,6 +887,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     )
     scheduler = StepwiseSchedule(timm_scheduler, steps_per_epoch, args.sched_on_updates)
 
+    # --strategy representation: weights from the gradients at one shared student tensor
+    shared: Optional[FeatureRecorder] = None
+    if multi is not None and args.strategy == "representation":
+        path = args.representation
+        if path == "auto":
+            path = "norm" if isinstance(getattr(student, "norm", None), nn.Module) else ""
+        if path:
+            shared = FeatureRecorder(trained_student, ("model." if distilled else "") + path)
+
     # Resume, teacher evaluation, logs --------------------------------------------------------
     modules: dict[str, nn.Module] = {}
     if distiller is not None and len(distiller.heads):
@@ -937,7 +959,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             if multi is not None:
                 needs_probe = log_now and not multi.method.needs_gradients
                 gram = probe_gram(losses, student_params) if needs_probe else None
-                stats = multi.backward(losses)
+                if args.strategy == "representation":
+                    shared_tensor = next(iter(shared.pop().values())) if shared else output
+                    stats = multi.backward(losses, features=shared_tensor)
+                else:
+                    stats = multi.backward(losses)
                 if gram is not None:
                     stats = dataclasses.replace(stats, gram=gram.to(stats.losses))
             else:

@@ -190,3 +190,19 @@ def _save(folder: Path, name: str) -> Path:
     path = folder / f"{name}.pth"
     torch.save(cifar_models.build(name).state_dict(), path)
     return path
+
+
+def test_representation_strategy_at_the_tapped_stage(
+    trainer: Any, cifar_root: Path, tmp_path: Path
+) -> None:
+    common = ["--data-path", str(cifar_root), "--teacher", "resnet8", "--teacher-weights"]
+    common += ["random", "--student", "resnet8", "--method", "mokd", "--heads", "layer3:layer3"]
+    common += ["--strategy", "representation", "--epochs", "1", "--limit-steps", "1"]
+    common += ["--skip-teacher-eval", *TINY]
+    summary = trainer.main([*common, "--representation", "layer3", "--output-dir", str(tmp_path)])
+    log = read_log(tmp_path / "train_log.csv")
+    weights = [log[f"weight/{name}"][0] for name in summary["objectives"]]
+    assert summary["objectives"] == ["task", "kd", "feat"] and all(w == w for w in weights)
+    # at the logits (the default) the feature objective has no gradient: a clear error
+    with pytest.raises(Exception, match="feat.*does not depend on the tensors passed as features"):
+        trainer.main([*common, "--output-dir", str(tmp_path / "logits")])

@@ -278,6 +278,37 @@ def test_fixed_weight_kd_without_mixup_and_torchvision_recipe(
     assert not summary["distillation_token"] and summary["objectives"] == ["task", "kd"]
     log = read_log(tmp_path / "kd" / "train_log.csv")
     assert log["weight/task"] == [0.5, 0.5] and log["weight/kd"] == [0.5, 0.5]
+    # the representation strategy at the final tokens, under bf16 autocast and channels-last
+    fast = trainer.main(
+        [
+            "--data-path",
+            str(image_folder),
+            "--teacher",
+            "regnety_002",
+            "--teacher-weights",
+            str(teacher_file),
+            "--strategy",
+            "representation",
+            "--amp",
+            "bf16",
+            "--channels-last",
+            "--epochs",
+            "1",
+            "--limit-steps",
+            "1",
+            "--limit-val-steps",
+            "1",
+            "--skip-teacher-eval",
+            "--log-every",
+            "1",
+            *TINY,
+            "--output-dir",
+            str(tmp_path / "representation"),
+        ]
+    )
+    log = read_log(tmp_path / "representation" / "train_log.csv")
+    assert fast["objectives"] == ["task", "kd"] and fast["amp"] == "bf16"
+    assert all(0.0 <= log[f"weight/{n}"][0] < float("inf") for n in ("task", "kd"))
     evaluated = trainer.main(
         [
             "--data-path",
