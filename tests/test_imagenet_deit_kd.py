@@ -278,7 +278,8 @@ def test_fixed_weight_kd_without_mixup_and_torchvision_recipe(
     assert not summary["distillation_token"] and summary["objectives"] == ["task", "kd"]
     log = read_log(tmp_path / "kd" / "train_log.csv")
     assert log["weight/task"] == [0.5, 0.5] and log["weight/kd"] == [0.5, 0.5]
-    # the representation strategy at the final tokens, under bf16 autocast and channels-last
+    # the representation strategy at the final tokens, channels-last (bf16 autocast of the
+    # shared step is covered by test_imagenet_kd; on CPU it costs seconds here)
     fast = trainer.main(
         [
             "--data-path",
@@ -289,8 +290,6 @@ def test_fixed_weight_kd_without_mixup_and_torchvision_recipe(
             str(teacher_file),
             "--strategy",
             "representation",
-            "--amp",
-            "bf16",
             "--channels-last",
             "--epochs",
             "1",
@@ -307,7 +306,7 @@ def test_fixed_weight_kd_without_mixup_and_torchvision_recipe(
         ]
     )
     log = read_log(tmp_path / "representation" / "train_log.csv")
-    assert fast["objectives"] == ["task", "kd"] and fast["amp"] == "bf16"
+    assert fast["objectives"] == ["task", "kd"]
     assert all(0.0 <= log[f"weight/{n}"][0] < float("inf") for n in ("task", "kd"))
     evaluated = trainer.main(
         [
