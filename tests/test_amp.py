@@ -195,7 +195,11 @@ def test_scaler_type_is_checked() -> None:
 
 @pytest.mark.parametrize(
     ("method", "options"),
-    [("famo", {"observe": "next_batch"}), ("sum", {}), ("mokd-amortized", {"observe": "next_batch"})],
+    [
+        ("famo", {"observe": "next_batch"}),
+        ("sum", {}),
+        ("mokd-amortized", {"observe": "next_batch"}),
+    ],
 )
 def test_amortized_strategy_applies_the_loss_scale_once(method: str, options: dict) -> None:
     """Regression: the amortized strategy multiplied the already scaled losses by the scale
