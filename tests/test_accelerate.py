@@ -151,8 +151,8 @@ def test_bf16_follows_the_float32_run() -> None:
     accelerator, run = _run(8, STEPS, mixed_precision="bf16")
     assert accelerator.native_amp and accelerator.scaler is None
     reference, _, _ = plain_run(8, STEPS)
-    # bfloat16 keeps 8 significand bits: observed 1.9% of the distance travelled.
-    assert max_difference(run.params(), reference) < 0.05 * distance_travelled(reference)
+    # bfloat16 keeps 8 significand bits: observed 0.22% of the distance travelled.
+    assert max_difference(run.params(), reference) < 0.02 * distance_travelled(reference)
 
 
 def _fp16() -> Any:
@@ -166,8 +166,8 @@ def test_fp16_uses_the_accelerators_grad_scaler(scenario: str) -> None:
     _, run = _run(8, STEPS, scaler=scaler, autocast=_fp16, **options)
     assert unwrap_optimizer(run.optimizer).scaler is scaler and run.skipped == 0
     reference, _, _ = plain_run(8, STEPS, **options)
-    # observed: 0.09% (loop) and 0.2% (famo) of the distance travelled
-    assert max_difference(run.params(), reference) < 0.01 * distance_travelled(reference)
+    # observed: 0.03% (loop) and 0.06% (famo) of the distance travelled
+    assert max_difference(run.params(), reference) < 0.005 * distance_travelled(reference)
 
 
 def test_fp16_overflow_skips_the_step() -> None:

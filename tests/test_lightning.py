@@ -128,8 +128,8 @@ def test_bf16_mixed_follows_the_float32_run() -> None:
     fit = _fit(module, precision="bf16-mixed")
     assert fit.precision_plugin.scaler is None
     reference, _, _ = plain_run(8, STEPS)
-    # bfloat16 keeps 8 significand bits: observed 1.9% of the distance travelled.
-    assert max_difference(_params(module), reference) < 0.05 * distance_travelled(reference)
+    # bfloat16 keeps 8 significand bits: observed 0.22% of the distance travelled.
+    assert max_difference(_params(module), reference) < 0.02 * distance_travelled(reference)
 
 
 @pytest.mark.parametrize("scenario", ["loop", "famo-same-batch"])
@@ -143,8 +143,8 @@ def test_16_mixed_uses_the_trainers_grad_scaler(scenario: str) -> None:
     opt = module.optimizers().optimizer
     assert opt.scaler is plugin.scaler and plugin.scaler.get_scale() == 2.0**16  # no overflow
     reference, _, state = plain_run(8, STEPS, **options)
-    # observed: 0.09% (loop) and 0.2% (famo) of the distance travelled
-    assert max_difference(_params(module), reference) < 0.01 * distance_travelled(reference)
+    # observed: 0.03% (loop) and 0.05% (famo) of the distance travelled
+    assert max_difference(_params(module), reference) < 0.005 * distance_travelled(reference)
     if options.get("method") == "famo":
         torch.testing.assert_close(
             opt.state_dict()["methods"][0]["logits"],
