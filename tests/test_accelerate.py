@@ -37,6 +37,7 @@ from tests._framework_support import (  # noqa: E402
     losses_of,
     max_difference,
     new_model,
+    new_optimizer,
     plain_run,
 )
 
@@ -215,4 +216,7 @@ def test_unsupported_setups_raise_before_anything_changes() -> None:
     plain = accelerator.prepare(torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(TypeError, match="does not wrap a MultiObjectiveOptimizer"):
         balanced_backward(accelerator, plain, losses_of(model, dataset().tensors))
+    own = accelerator.prepare(new_optimizer(model, scaler=torch.amp.GradScaler("cpu")))
+    with pytest.raises(ValueError, match="GradScaler other than the accelerator's"):
+        balanced_backward(accelerator, own, losses_of(model, dataset().tensors))
     assert all(p.grad is None for p in model.parameters())

@@ -282,3 +282,19 @@ def test_sharded_strategies_and_their_precision_plugins_are_refused() -> None:
     with pytest.raises(NotImplementedError, match="FSDPPrecision"):
         check_trainer(trainer(plugins=[FSDPPrecision("bf16-mixed")]))
     check_trainer(trainer(strategy="ddp_spawn", devices=2))  # supported, like "ddp"
+
+
+def test_the_library_and_its_integrations_import_no_framework() -> None:
+    """The frameworks are an optional extra: importing mokd_optim (and the helper modules,
+    until a trainer is inspected) loads neither."""
+    code = (
+        "import sys, mokd_optim, mokd_optim.integrations.lightning, "
+        "mokd_optim.integrations.accelerate; "
+        "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'accelerate') if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == "[]"

@@ -180,7 +180,8 @@ def balanced_step(
         NotImplementedError: an unsupported strategy or precision plugin (:func:`check_trainer`).
         ValueError: bad ``accumulate_grad_batches`` / ``batch_idx``, a ``GradScaler`` that is
             not the trainer's, or any error of :meth:`MultiObjectiveOptimizer.backward`
-            (raised before anything changed).
+            (parameters and optimizer state unchanged; at the start of a step ``.grad`` has
+            been zeroed).
     """
     if module.automatic_optimization:
         raise RuntimeError(
