@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[examples,test,imagenet-test,dev,benchmarks]'
+	$(BIN)/python -m pip install --quiet -e '.[examples,test,imagenet-test,dev,benchmarks,frameworks]'
 	touch $@
 
 # Fashion-MNIST (70k real images, MIT licence) from Debian's dataset-fashion-mnist package.

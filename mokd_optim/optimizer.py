@@ -538,9 +538,12 @@ class MultiObjectiveOptimizer(Optimizer):
             loss_values = self._all_reduce_mean([loss_values])[0]
         weights = self.method.weights(None, loss_values)
         if not accumulate and self._window is None:
-            # One weighted backward; under DDP its reducer averages the gradients.
+            # One weighted backward; under DDP its reducer averages the gradients. The losses
+            # are already scaled: the factor only turns the update into NaN after an overflow.
             applied = (
-                weights if scale is None else weights * self._amp_factor(scale, None, loss_values)
+                weights
+                if scale is None
+                else weights * (self._amp_factor(scale, None, loss_values) / scale)
             )
             grad_strategies.weighted_backward(tensors, applied, params, retain_graph=retain_graph)
             return StepStats(
@@ -747,8 +750,9 @@ class MultiObjectiveOptimizer(Optimizer):
         """Clip (``max_norm``) and step the wrapped optimizer.
 
         For methods that learn from the losses after the step (``needs_losses_after``), a
-        ``closure`` is called after the step under ``torch.no_grad()`` and must return the
-        losses on the same batch (mapping or sequence); they are passed to :meth:`observe`.
+        ``closure`` is called after the step under ``torch.no_grad()`` and returns the
+        losses on the same batch (mapping or sequence), which are passed to :meth:`observe`,
+        or ``None`` to observe nothing (e.g. ``observe="next_batch"``).
         For every other method ``closure`` is handed to the wrapped optimizer (torch
         semantics, e.g. LBFGS). With a ``GradScaler`` call ``scaler.step(opt)`` instead: it
         unscales ``.grad``, skips the step after an overflow and calls this method otherwise.
@@ -775,7 +779,8 @@ class MultiObjectiveOptimizer(Optimizer):
             result = self.optimizer.step()
             with torch.no_grad():
                 losses_after = closure()
-            self.observe(losses_after)
+            if losses_after is not None:  # a framework's bookkeeping closure (Lightning) has none
+                self.observe(losses_after)
             return result
         return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
 

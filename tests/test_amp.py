@@ -191,3 +191,25 @@ def test_scaler_type_is_checked() -> None:
     model = TwoHeadMLP()
     with pytest.raises(TypeError, match="GradScaler"):
         MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), scaler=object())
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("famo", {"observe": "next_batch"}),
+        ("sum", {}),
+        ("mokd-amortized", {"observe": "next_batch"}),
+    ],
+)
+def test_amortized_strategy_applies_the_loss_scale_once(method: str, options: dict) -> None:
+    """Regression: the amortized strategy multiplied the already scaled losses by the scale
+    again, so the update after ``unscale_`` was ``scale`` (65536) times too large in float32
+    and every float16 step overflowed and was skipped."""
+    model, opt = _make("amortized", method=method, **options)
+    _train(model, opt, None, 3)
+    scaled_model, scaled_opt = _make(
+        "amortized", scaler=torch.amp.GradScaler("cpu"), method=method, **options
+    )
+    _train(scaled_model, scaled_opt, scaled_opt.scaler, 3)
+    for a, b in zip(model.parameters(), scaled_model.parameters()):
+        assert torch.equal(a, b)

@@ -1,0 +1,58 @@
+"""examples/lightning_kd.py and examples/accelerate_kd.py run on real Fashion-MNIST (quick
+mode, one shared teacher cache) and resume from their own checkpoints."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("lightning.pytorch")
+pytest.importorskip("accelerate")
+
+from accelerate.state import AcceleratorState, GradientState
+
+from examples import accelerate_kd, lightning_kd
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("teacher_cache")
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@pytest.mark.slow
+def test_lightning_example_trains_and_resumes(cache: Path, tmp_path: Path) -> None:
+    common = ["--quick", "--cache-dir", str(cache), "--out", str(tmp_path)]
+    accuracy = lightning_kd.main([*common, "--epochs", "1"])
+    assert accuracy > 0.5  # ten classes: chance is 0.1
+    first = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    method_state = first["optimizer_states"][0]["methods"]
+    assert first["global_step"] == 16 and method_state  # 1024 / 64 steps, method state saved
+    lightning_kd.main([*common, "--epochs", "2", "--resume", str(tmp_path / "last.ckpt")])
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 32
+
+
+@pytest.mark.slow
+def test_accelerate_example_trains_and_resumes(cache: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    common = ["--quick", "--cache-dir", str(cache), "--state", str(state), "--accumulate", "2"]
+    for epochs in ("1", "2"):
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        accuracy = accelerate_kd.main([*common, "--epochs", epochs])
+        assert (state / "epoch.txt").read_text() == epochs
+    assert accuracy > 0.5
+    saved = torch.load(state / "optimizer.bin", weights_only=True)
+    assert saved["methods"] and "format" in saved  # the optimizer's own state dict
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
