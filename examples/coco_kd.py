@@ -66,6 +66,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
+import torch._functorch.config  # noqa: E402  (--compile sets donated_buffer)
 import torch.distributed as dist  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
@@ -876,7 +877,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             )
         run.save()
 
-    run.close(curves=teacher is not None)
+    run.close(curves=True)
     epoch, step, history = run.epoch, run.step, run.history
     summary = {
         "mode": "train",

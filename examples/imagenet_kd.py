@@ -72,6 +72,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
+import torch._functorch.config  # noqa: E402  (--compile sets donated_buffer)
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
@@ -941,7 +942,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         run.save()
 
     # Summary -----------------------------------------------------------------------------
-    run.close(curves=multi is not None)
+    run.close(curves=True)
     epoch, step, history = run.epoch, run.step, run.history
     completed = epoch >= args.epochs
     top1 = [row["val/top1"] for row in history]

@@ -61,11 +61,24 @@ def setup_distributed(args: argparse.Namespace) -> tuple[torch.device, int, int]
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON to ``path`` (its folder created) on the main process;
-    the other ranks write nothing."""
+    """Write ``payload`` as indented, strict JSON (non-finite numbers as ``null``, see
+    :func:`strict_json`) to ``path`` (its folder created) on the main process; the other ranks
+    write nothing."""
     if is_main_process():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2))
+        path.write_text(json.dumps(strict_json(payload), indent=2, allow_nan=False))
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by ``None``, recursively, so
+    that the JSON written is standard (``null``; strict parsers reject a bare ``NaN``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
 
 
 def parse_pairs(spec: str) -> list[tuple[str, str]]:
@@ -548,9 +561,14 @@ class TrainingRun:
             output_dir = self.args.output_dir
             torch.save(unwrap_model(self.model).state_dict(), output_dir / "student.pt")
             train_log = output_dir / "train_log.csv"
+            eval_log = output_dir / "eval_log.csv"
             if curves and train_log.is_file():
                 try:
-                    plot_log(train_log, output_dir / "curves.png")
+                    plot_log(
+                        train_log,
+                        output_dir / "curves.png",
+                        eval_path=eval_log if eval_log.is_file() else None,
+                    )
                 except ImportError as error:
                     warnings.warn(f"no curves.png: {error}", stacklevel=1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+import types
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -882,7 +883,8 @@ def _caller_stacklevel() -> int:
     inside = tuple(
         os.path.dirname(os.path.abspath(path)) + os.sep for path in (__file__, torch.optim.__file__)
     )
-    frame, level = sys._getframe(2), 2
+    frame: Optional[types.FrameType] = sys._getframe(2)
+    level = 2
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
         frame, level = frame.f_back, level + 1
     return level

@@ -264,11 +264,18 @@ def example_commands(path: Path) -> list[list[str]]:
 
 
 def import_lines(code: str) -> str:
+    """The imports of a fragment and its settings of ``torch.*`` attributes (e.g.
+    ``torch._functorch.config.donated_buffer = False``, which fails unless its module was
+    imported: regression of docs/compile.md)."""
     tree = ast.parse(code)
     return "\n".join(
         ast.get_source_segment(code, node)
         for node in tree.body
         if isinstance(node, (ast.Import, ast.ImportFrom))
+        or (
+            isinstance(node, ast.Assign)
+            and all(ast.unparse(target).startswith("torch.") for target in node.targets)
+        )
     )
 
 

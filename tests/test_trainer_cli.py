@@ -7,6 +7,7 @@ tests/test_imagenet_kd.py and tests/test_coco_kd.py."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -235,3 +236,21 @@ def test_a_copied_trainer_says_what_it_needs(tmp_path: Path) -> None:
     shutil.copy(EXAMPLES / "trainer_utils.py", alone)  # the documented fix
     done = _python([str(alone / "imagenet_kd.py"), "--help"], cwd=tmp_path, pythonpath=ROOT)
     assert done.returncode == 0, done.stderr
+
+
+def test_summaries_are_strict_json(tmp_path: Path) -> None:
+    """Regression: summary.json held bare NaN (a statistic a run does not have), which strict
+    JSON parsers reject; it is null now."""
+    module = _load("trainer_utils")
+    payload = {"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": "x"}
+    module.write_json(tmp_path / "summary.json", payload)
+
+    def reject(constant: str) -> None:
+        raise ValueError(constant)
+
+    text = (tmp_path / "summary.json").read_text()
+    assert json.loads(text, parse_constant=reject) == {
+        "a": None,
+        "b": [1.0, None, {"c": None}],
+        "d": "x",
+    }
