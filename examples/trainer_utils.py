@@ -116,6 +116,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """``--help`` keeps the module docstring's layout and shows every option's default, also
     for options without a help text (which ``ArgumentDefaultsHelpFormatter`` leaves out)."""
 
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        # an option whose help already says what an unset value means keeps just that
+        if action.default is None and action.help and "default" in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
     def _format_action(self, action: argparse.Action) -> str:
         if not action.help and action.option_strings and action.default is not argparse.SUPPRESS:
             action = copy.copy(action)
@@ -177,7 +183,7 @@ def add_method_arguments(
         dest="max_norm",
         type=float,
         default=None,
-        help="clip the norm of the combined gradient (MoKD's safeguard; none by default)",
+        help="clip the norm of the combined gradient (MoKD's safeguard)",
     )
     method.add_argument(
         "--kd-weight",
