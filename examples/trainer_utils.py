@@ -573,7 +573,10 @@ class TrainingRun:
                     plot_log(
                         train_log,
                         output_dir / "curves.png",
-                        eval_path=eval_log if eval_log.is_file() else None,
+                        # an interrupted first epoch leaves an empty evaluation log
+                        eval_path=eval_log
+                        if eval_log.is_file() and eval_log.stat().st_size
+                        else None,
                     )
                 except ImportError as error:
                     warnings.warn(f"no curves.png: {error}", stacklevel=1)
