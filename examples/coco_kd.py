@@ -35,6 +35,12 @@ Examples (GPU machines; docs/examples.md has the full commands)::
     python examples/coco_kd.py --data-path /data/coco --evaluate-teacher \\
         --teacher-weights FasterRCNN_ResNet50_FPN_Weights.COCO_V1
 
+``--method none`` (alias ``ce``) trains the student on the detection losses alone; ``kd`` adds
+``--kd-weight`` x distill (alias ``--distill-weight``). Options follow torchvision's
+``references/detection/train.py`` where they overlap and are shared with
+``examples/imagenet_kd.py``. Run it from a clone of the repository (it imports
+``trainer_utils.py`` from its own folder) against the installed ``mokd_optim``.
+
 Weights are torchvision weights names (downloaded by torchvision only because you named them),
 files (state dicts or mokd_optim checkpoints; a ResNet student's backbone can start from an
 ``examples/imagenet_kd.py`` ``student.pt``), or ``random``. Nothing is downloaded otherwise.
@@ -45,42 +51,61 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
+import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# Run from a clone of the repository, as torchvision's references/ are, against whatever
+# mokd_optim is installed: only this folder (for trainer_utils.py) goes on the import path, never
+# the repository root, so a checkout's mokd_optim cannot shadow the installed one.
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
+import torch._functorch.config  # noqa: E402  (--compile sets donated_buffer)
 import torch.distributed as dist  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from examples.trainer_utils import (  # noqa: E402
-    AMP_DTYPES,
-    EpochSampler,
-    TrainingRun,
-    add_run_control_arguments,
-    autocast,
-    count_steps_per_epoch,
-    finite_mean,
-    optimizer_step,
-    parse_pairs,
-    run_statistics,
-    setup_distributed,
-    state_dict_from_file,
-    write_json,
-)
+try:
+    from trainer_utils import (
+        AMP_DTYPES,
+        BASELINE_METHODS,
+        EpochSampler,
+        TrainingRun,
+        add_method_arguments,
+        add_optimization_arguments,
+        add_run_control_arguments,
+        add_system_arguments,
+        add_workers_argument,
+        autocast,
+        check_arguments,
+        count_steps_per_epoch,
+        finite_mean,
+        make_parser,
+        optimizer_step,
+        parse_pairs,
+        print_outputs,
+        run_statistics,
+        setup_distributed,
+        state_dict_from_file,
+        write_json,
+    )
+except ModuleNotFoundError as error:  # the script was copied without its neighbour
+    if error.name != "trainer_utils":
+        raise
+    raise SystemExit(
+        f"coco_kd.py needs trainer_utils.py from the same folder ({HERE}): run it from a clone "
+        "of the mokd_optim repository (examples/), or copy trainer_utils.py beside it"
+    ) from error
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
 from mokd_optim.distributed import is_main_process  # noqa: E402
 from mokd_optim.kd import FeatureLoss, FeatureRecorder, SubspaceHead, kd_loss  # noqa: E402
-from mokd_optim.methods import available as available_methods  # noqa: E402
 
 COCO_EVAL_KEYS = (
     "AP",
@@ -509,12 +534,18 @@ def evaluate(
 
 
 def lr_factor(step: int, *, steps_per_epoch: int, args: argparse.Namespace) -> float:
-    """Linear warm-up from ``--warmup-factor`` over ``--warmup-iters`` steps (at most one
-    epoch), times ``--lr-gamma`` for every milestone epoch of ``--lr-steps`` passed."""
+    """Multiplier of the base learning rate after ``step`` optimizer steps: ``--lr-gamma`` for
+    every milestone epoch of ``--lr-steps`` passed (``--lr-scheduler step``) or a cosine from 1
+    to 0 over ``--epochs`` (``cosine``), times a linear warm-up from ``--warmup-factor`` over
+    ``--warmup-iters`` steps (at most one epoch)."""
     warmup = min(args.warmup_iters, steps_per_epoch - 1)
-    factor = args.lr_gamma ** sum(
-        step // steps_per_epoch >= milestone for milestone in args.lr_steps
-    )
+    if args.lr_scheduler == "step":
+        factor = args.lr_gamma ** sum(
+            step // steps_per_epoch >= milestone for milestone in args.lr_steps
+        )
+    else:
+        total = max(args.epochs * steps_per_epoch, 1)
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
     if step < warmup:
         factor *= args.warmup_factor + (1.0 - args.warmup_factor) * step / warmup
     return factor
@@ -537,9 +568,7 @@ def objective_means(columns: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = make_parser(__doc__)
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data-path",
@@ -562,13 +591,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     data.add_argument(
         "--flip", type=float, default=0.5, help="horizontal flip probability in training"
     )
-    data.add_argument("--workers", type=int, default=4)
+    add_workers_argument(data, default=4)
     models = parser.add_argument_group("models")
     models.add_argument("--teacher", default="resnet50_fpn")
     models.add_argument(
         "--teacher-weights",
         default=None,
-        help="e.g. FasterRCNN_ResNet50_FPN_Weights.COCO_V1, a file, or 'random'",
+        help="required unless --method none: e.g. FasterRCNN_ResNet50_FPN_Weights.COCO_V1, a "
+        "file, or 'random'",
     )
     models.add_argument(
         "--student", default="resnet18_fpn", help="resnet<N>_fpn or mobilenet_v3_large_fpn"
@@ -586,23 +616,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     models.add_argument("--trainable-backbone-layers", type=int, default=3)
     models.add_argument("--score-thresh", type=float, default=0.05)
     models.add_argument("--detections-per-img", type=int, default=100)
-    method = parser.add_argument_group("objectives and balancing")
-    method.add_argument(
-        "--method",
-        default="mokd",
-        help="'none' (no teacher), 'kd' (fixed weights) or a mokd_optim method name",
-    )
-    method.add_argument("--method-options", default="{}", help="JSON options of the method")
-    method.add_argument("--strategy", default="auto")
-    method.add_argument("--sync", default="auto", choices=["auto", "exact", "weights", "none"])
-    method.add_argument(
-        "--max-norm", type=float, default=None, help="clip the combined gradient norm"
-    )
-    method.add_argument(
-        "--distill-weight",
-        type=float,
-        default=1.0,
-        help="weight of 'distill' for --method kd ('detection' has 1)",
+    method = add_method_arguments(
+        parser,
+        kd_weight=1.0,
+        kd_weight_help="weight of 'distill' for --method kd ('detection' has weight 1)",
+        baseline_help="the detection losses alone, no teacher",
     )
     method.add_argument(
         "--feature-pairs", default=None, help="student:teacher FPN levels (default: same strides)"
@@ -627,40 +645,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="add this x KD of the RoI class logits to 'distill' (0: off)",
     )
     method.add_argument("--roi-temperature", type=float, default=1.0)
-    optim = parser.add_argument_group("optimisation (torchvision's Faster R-CNN recipe)")
-    optim.add_argument("--epochs", type=int, default=26)
-    optim.add_argument("--batch-size", type=int, default=2, help="images per rank and step")
-    optim.add_argument("--lr", type=float, default=None, help="default 0.02 x global batch / 16")
-    optim.add_argument("--momentum", type=float, default=0.9)
-    optim.add_argument("--weight-decay", type=float, default=1e-4)
-    optim.add_argument("--lr-steps", type=int, nargs="+", default=[16, 22])
-    optim.add_argument("--lr-gamma", type=float, default=0.1)
+    optim = add_optimization_arguments(
+        parser,
+        title="optimisation (torchvision's Faster R-CNN recipe)",
+        epochs=26,
+        batch_size=2,
+        lr_help="unset: 0.02 x global batch / 16",
+        weight_decay=1e-4,
+        lr_scheduler="step",
+        lr_steps=[16, 22],
+    )
     optim.add_argument("--warmup-iters", type=int, default=1000)
     optim.add_argument("--warmup-factor", type=float, default=1e-3)
-    optim.add_argument("--seed", type=int, default=0)
-    system = parser.add_argument_group("system")
-    system.add_argument("--device", default=None)
-    system.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
-    system.add_argument(
-        "--channels-last", action="store_true", help="channels-last student and teacher weights"
-    )
-    system.add_argument(
-        "--compile", action="store_true", help="torch.compile the student's backbone (in place)"
-    )
-    run = add_run_control_arguments(
-        parser, output_dir=Path("runs/coco_kd"), log_every=20, brief_help=True
-    )
+    add_system_arguments(parser, compile_help="torch.compile the student's backbone (in place)")
+    run = add_run_control_arguments(parser, output_dir=Path("runs/coco_kd"), log_every=20)
     run.add_argument(
         "--evaluate-teacher",
         action="store_true",
         help="only evaluate the teacher (COCOeval on the val set)",
     )
     args = parser.parse_args(argv)
-    if args.method not in ("none", "kd") and args.method not in available_methods():
-        parser.error(
-            f"unknown --method {args.method!r}; choose 'none', 'kd' or one of {available_methods()}"
-        )
-    args.method_options = json.loads(args.method_options)
+    check_arguments(
+        parser, args, teacher_needed=args.evaluate_teacher or args.method not in BASELINE_METHODS
+    )
     if args.data_path is not None:
         args.train_images = args.train_images or args.data_path / "train2017"
         args.train_annotations = (
@@ -714,10 +721,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     teacher: Optional[nn.Module] = None
     if args.method != "none" or args.evaluate_teacher:
-        if args.teacher_weights is None:
-            raise SystemExit(
-                "--teacher-weights is required (a torchvision weights name such as FasterRCNN_ResNet50_FPN_Weights.COCO_V1, a file, or 'random')"
-            )
         teacher = build_detector(args.teacher, args.teacher_weights, None, args, num_classes).to(
             device, memory_format=memory_format
         )
@@ -736,6 +739,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             "val": result,
         }
         write_json(args.output_dir / "summary.json", summary)
+        print_outputs(args.output_dir)
         return summary
 
     # Student and distiller ---------------------------------------------------------------
@@ -785,7 +789,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     elif args.method == "kd":
         method, options = (
             "weighted",
-            {"weights": {"detection": 1.0, "distill": args.distill_weight}},
+            {"weights": {"detection": 1.0, "distill": args.kd_weight}},
         )
     else:
         method, options = args.method, args.method_options
@@ -873,7 +877,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             )
         run.save()
 
-    run.close(curves=teacher is not None)
+    run.close(curves=True)
     epoch, step, history = run.epoch, run.step, run.history
     summary = {
         "mode": "train",
@@ -905,6 +909,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "versions": {"torch": torch.__version__},
     }
     write_json(args.output_dir / "summary.json", summary)
+    print_outputs(args.output_dir)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return summary

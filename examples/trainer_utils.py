@@ -10,13 +10,14 @@ evaluation and the summary's fields."""
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -60,11 +61,24 @@ def setup_distributed(args: argparse.Namespace) -> tuple[torch.device, int, int]
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON to ``path`` (its folder created) on the main process;
-    the other ranks write nothing."""
+    """Write ``payload`` as indented, strict JSON (non-finite numbers as ``null``, see
+    :func:`strict_json`) to ``path`` (its folder created) on the main process; the other ranks
+    write nothing."""
     if is_main_process():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2))
+        path.write_text(json.dumps(strict_json(payload), indent=2, allow_nan=False))
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by ``None``, recursively, so
+    that the JSON written is standard (``null``; strict parsers reject a bare ``NaN``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
 
 
 def parse_pairs(spec: str) -> list[tuple[str, str]]:
@@ -77,23 +91,261 @@ def parse_pairs(spec: str) -> list[tuple[str, str]]:
     return pairs
 
 
+# Command line ------------------------------------------------------------------------------
+#
+# The trainers' options follow torchvision's references/classification/train.py and
+# references/detection/train.py where they overlap (-b/--batch-size, -j/--workers, --wd,
+# --lr-scheduler, --lr-step-size/--lr-steps, --clip-grad-norm, --print-freq, --amp, ...); the
+# names this project documented first stay as aliases (--weight-decay, --max-norm, --log-every,
+# --distill-weight, --method ce). Every trainer builds its parser from the functions below, so
+# the trainers agree with each other.
+
+#: Names of the no-teacher baseline (``--method``), the first one canonical.
+BASELINE_METHODS = ("none", "ce")
+#: ``--lr-scheduler`` names: ours first, then torchvision's spellings of the same schedules.
+LR_SCHEDULERS = {
+    "step": "step",
+    "cosine": "cosine",
+    "steplr": "step",
+    "multisteplr": "step",
+    "cosineannealinglr": "cosine",
+}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` keeps the module docstring's layout and shows every option's default, also
+    for options without a help text (which ``ArgumentDefaultsHelpFormatter`` leaves out)."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        # an option whose help already says what an unset value means keeps just that
+        if action.default is None and action.help and "default" in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.default is not argparse.SUPPRESS:
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
+def make_parser(description: Optional[str]) -> argparse.ArgumentParser:
+    """The trainers' parser: ``description`` (the module docstring) as written, defaults shown."""
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
+def add_workers_argument(group: Any, *, default: int) -> None:
+    """``-j/--workers``: data-loading processes per rank (torchvision's spelling)."""
+    group.add_argument(
+        "-j", "--workers", type=int, default=default, help="data loading processes per rank"
+    )
+
+
+def add_method_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    kd_weight: float,
+    kd_weight_help: str,
+    baseline_help: str,
+) -> argparse._ArgumentGroup:
+    """Add the "objectives and balancing" options every trainer shares and return the group:
+    ``--method`` (``none``/``ce``: no teacher, ``kd``: fixed weights, or a method name),
+    ``--method-options`` (JSON), ``--strategy``, ``--sync``, ``--clip-grad-norm`` (alias
+    ``--max-norm``) and ``--kd-weight`` (alias ``--distill-weight``; default ``kd_weight``).
+    :func:`check_arguments` validates them after parsing."""
+    method = parser.add_argument_group("objectives and balancing")
+    method.add_argument(
+        "--method",
+        default="mokd",
+        help=f"'none' (alias 'ce': {baseline_help}), 'kd' (fixed weights) or a mokd_optim "
+        "method name (mokd_optim.methods.available())",
+    )
+    method.add_argument(
+        "--method-options",
+        default="{}",
+        help='JSON options of the method, e.g. \'{"step": "anchor"}\'',
+    )
+    method.add_argument(
+        "--strategy",
+        default="auto",
+        choices=["auto", "loop", "vmap", "representation", "amortized"],
+        help="how the per-objective gradients are obtained (docs/strategies.md)",
+    )
+    method.add_argument(
+        "--sync",
+        default="auto",
+        choices=["auto", "exact", "weights", "none"],
+        help="cross-rank synchronisation of the balancing (docs/distributed.md)",
+    )
+    method.add_argument(
+        "--clip-grad-norm",
+        "--max-norm",
+        dest="max_norm",
+        type=float,
+        default=None,
+        help="clip the norm of the combined gradient (MoKD's safeguard)",
+    )
+    method.add_argument(
+        "--kd-weight",
+        "--distill-weight",
+        dest="kd_weight",
+        type=float,
+        default=kd_weight,
+        help=kd_weight_help,
+    )
+    return method
+
+
+def add_optimization_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    title: str,
+    epochs: int,
+    batch_size: int,
+    lr_help: str,
+    weight_decay: float,
+    lr_scheduler: str,
+    lr_steps: Sequence[int],
+) -> argparse._ArgumentGroup:
+    """Add the optimisation options every trainer shares and return the group (for the
+    trainer's own: ``--opt``, warm-up, ...): ``--epochs``, ``-b/--batch-size`` (per rank),
+    ``--lr`` (default ``None``: the trainer's linear-scaling rule, ``lr_help``), ``--momentum``,
+    ``--wd/--weight-decay``, ``--lr-scheduler`` (:data:`LR_SCHEDULERS`), ``--lr-steps``
+    (milestone epochs), ``--lr-step-size`` (decay every N epochs; replaces ``--lr-steps``),
+    ``--lr-gamma`` and ``--seed``."""
+    optim = parser.add_argument_group(title)
+    optim.add_argument("--epochs", type=int, default=epochs)
+    optim.add_argument(
+        "-b", "--batch-size", type=int, default=batch_size, help="images per rank and step"
+    )
+    optim.add_argument("--lr", type=float, default=None, help=lr_help)
+    optim.add_argument("--momentum", type=float, default=0.9)
+    optim.add_argument(
+        "--wd", "--weight-decay", dest="weight_decay", type=float, default=weight_decay
+    )
+    optim.add_argument(
+        "--lr-scheduler",
+        default=lr_scheduler,
+        choices=list(LR_SCHEDULERS),
+        help="step decay at --lr-steps, or a cosine to 0 at the last epoch (torchvision's names "
+        "steplr / multisteplr / cosineannealinglr are accepted)",
+    )
+    optim.add_argument(
+        "--lr-steps",
+        type=int,
+        nargs="+",
+        default=list(lr_steps),
+        help="epochs at which the lr is multiplied by --lr-gamma",
+    )
+    optim.add_argument(
+        "--lr-step-size",
+        type=int,
+        default=None,
+        help="multiply the lr by --lr-gamma every N epochs (replaces --lr-steps)",
+    )
+    optim.add_argument("--lr-gamma", type=float, default=0.1)
+    optim.add_argument("--seed", type=int, default=0)
+    return optim
+
+
+def add_system_arguments(
+    parser: argparse.ArgumentParser, *, compile_help: str
+) -> argparse._ArgumentGroup:
+    """Add ``--device``, ``--amp`` (``none``, ``bf16``, ``fp16``; a bare ``--amp`` is fp16 with
+    a ``GradScaler``, torchvision's meaning), ``--channels-last`` and ``--compile`` and return
+    the group."""
+    system = parser.add_argument_group("system")
+    system.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    system.add_argument(
+        "--amp",
+        nargs="?",
+        const="fp16",
+        default="none",
+        choices=list(AMP_DTYPES),
+        help="autocast dtype; fp16 adds a GradScaler; a bare --amp means fp16 (as in torchvision)",
+    )
+    system.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    system.add_argument("--compile", action="store_true", help=compile_help)
+    return system
+
+
+def check_arguments(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, *, teacher_needed: bool
+) -> argparse.Namespace:
+    """Validate and normalise what :func:`add_method_arguments` and
+    :func:`add_optimization_arguments` parsed, in place, and return ``args``: ``--method ce``
+    becomes ``none``; an unknown method, ``--method-options`` that are not a JSON object and a
+    missing ``--teacher-weights`` where ``teacher_needed`` are ``parser.error`` s (exit code 2,
+    the usage and the fix); ``--lr-scheduler`` is reduced to ``step`` / ``cosine``;
+    ``--lr-step-size N`` becomes ``--lr-steps N 2N ...`` below ``--epochs``."""
+    from mokd_optim.methods import available
+
+    if args.method in BASELINE_METHODS:
+        args.method = BASELINE_METHODS[0]
+    elif args.method != "kd" and args.method not in available():
+        parser.error(
+            f"unknown --method {args.method!r}; choose 'none' (alias 'ce'), 'kd' or one of "
+            f"{available()}"
+        )
+    try:
+        args.method_options = json.loads(args.method_options)
+    except json.JSONDecodeError as error:
+        parser.error(f"--method-options is not JSON: {error}")
+    if not isinstance(args.method_options, dict):
+        parser.error('--method-options must be a JSON object, e.g. \'{"step": "anchor"}\'')
+    args.lr_scheduler = LR_SCHEDULERS[args.lr_scheduler]
+    if args.lr_step_size is not None:
+        if args.lr_step_size < 1:
+            parser.error(
+                f"--lr-step-size must be a positive number of epochs, not {args.lr_step_size}"
+            )
+        args.lr_steps = list(range(args.lr_step_size, max(args.epochs, 1), args.lr_step_size))
+    if teacher_needed and getattr(args, "teacher_weights", None) is None:
+        parser.error(
+            f"--teacher-weights is required with --method {args.method} (a torchvision weights "
+            "name, a file, 'pretrained' for EfficientNet-Lite, or 'random' to distil from an "
+            "untrained teacher on purpose); --method none trains the student alone"
+        )
+    return args
+
+
+#: What a trainer may write in ``--output-dir`` (see :func:`print_outputs`).
+RUN_OUTPUTS = (
+    "summary.json",
+    "train_log.csv",
+    "eval_log.csv",
+    "curves.png",
+    "checkpoint.pt",
+    "student.pt",
+    "tensorboard",
+)
+
+
+def print_outputs(output_dir: Path, names: Iterable[str] = RUN_OUTPUTS) -> None:
+    """Print, on the main process, where the run's outputs are: the absolute ``output_dir``
+    and those of ``names`` that exist in it."""
+    if not is_main_process():
+        return
+    written = [name for name in names if (output_dir / name).exists()]
+    print(f"outputs in {output_dir.resolve()}: {', '.join(written)}")
+
+
 def add_run_control_arguments(
     parser: argparse.ArgumentParser, *, output_dir: Path, log_every: int, brief_help: bool = False
 ) -> argparse._ArgumentGroup:
     """Add the "run control" options both trainers share and return their group (for the
     trainer's own options): ``--output-dir`` (default ``output_dir``), ``--resume``,
     ``--checkpoint-every``, ``--stop-after``, ``--limit-steps``, ``--limit-val-steps``,
-    ``--log-every`` (default ``log_every``), ``--tensorboard`` and ``--no-progress``.
+    ``--print-freq`` (alias ``--log-every``; default ``log_every``), ``--tensorboard`` and
+    ``--no-progress``.
 
-    ``brief_help=True`` leaves ``--checkpoint-every``, ``--log-every``, ``--tensorboard`` and
-    ``--no-progress`` without a help text (coco_kd's ``--help`` as it has always been).
+    ``brief_help`` is accepted for compatibility and ignored: every option has a help text.
     """
-
-    def described(text: str) -> Optional[str]:
-        return None if brief_help else text
-
+    del brief_help
     run = parser.add_argument_group("run control")
-    run.add_argument("--output-dir", type=Path, default=output_dir)
+    run.add_argument(
+        "--output-dir", type=Path, default=output_dir, help="logs, checkpoint and student.pt"
+    )
     run.add_argument(
         "--resume",
         default=None,
@@ -103,7 +355,7 @@ def add_run_control_arguments(
         "--checkpoint-every",
         type=int,
         default=0,
-        help=described("also checkpoint every N steps (0: at epoch ends only)"),
+        help="also checkpoint every N steps (0: at epoch ends only)",
     )
     run.add_argument(
         "--stop-after",
@@ -121,17 +373,19 @@ def add_run_control_arguments(
         help="smoke runs: at most N validation batches per rank",
     )
     run.add_argument(
+        "--print-freq",
         "--log-every",
+        dest="log_every",
         type=int,
         default=log_every,
-        help=described("steps between log rows (losses, weights, cosine, dominance)"),
+        help="steps between rows of train_log.csv (losses, weights, cosine, dominance)",
     )
     run.add_argument(
         "--tensorboard",
         action="store_true",
-        help=described("also write TensorBoard events to OUTPUT_DIR/tensorboard"),
+        help="also write TensorBoard events to OUTPUT_DIR/tensorboard",
     )
-    run.add_argument("--no-progress", action="store_true", help=described("no tqdm progress bars"))
+    run.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return run
 
 
@@ -313,9 +567,17 @@ class TrainingRun:
             output_dir = self.args.output_dir
             torch.save(unwrap_model(self.model).state_dict(), output_dir / "student.pt")
             train_log = output_dir / "train_log.csv"
+            eval_log = output_dir / "eval_log.csv"
             if curves and train_log.is_file():
                 try:
-                    plot_log(train_log, output_dir / "curves.png")
+                    plot_log(
+                        train_log,
+                        output_dir / "curves.png",
+                        # an interrupted first epoch leaves an empty evaluation log
+                        eval_path=eval_log
+                        if eval_log.is_file() and eval_log.stat().st_size
+                        else None,
+                    )
                 except ImportError as error:
                     warnings.warn(f"no curves.png: {error}", stacklevel=1)
 

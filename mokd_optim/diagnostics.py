@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -369,75 +370,190 @@ def read_log(csv_path: Union[str, os.PathLike[str]]) -> dict[str, list[float]]:
     return columns
 
 
+def smooth(values: Sequence[float], window: int) -> list[float]:
+    """Centred moving average of ``values`` over ``window`` points (shrunk at the ends; NaNs
+    are skipped, a window of only NaNs gives NaN). ``window <= 1`` returns the values."""
+    if window <= 1:
+        return list(values)
+    half = window // 2
+    out = []
+    for index in range(len(values)):
+        part = [v for v in values[max(0, index - half) : index + half + 1] if math.isfinite(v)]
+        out.append(sum(part) / len(part) if part else math.nan)
+    return out
+
+
+def _panel_columns(columns: dict[str, list[float]], pattern: str) -> list[str]:
+    """Keys of ``columns`` matching ``pattern`` (a ``prefix/`` or an exact name), with or
+    without a ``group<g>/`` prefix."""
+    keys = []
+    for key in columns:
+        tail = key.split("/", 1)[1] if key.startswith("group") and "/" in key else key
+        if tail.startswith(pattern) if pattern.endswith("/") else tail == pattern:
+            keys.append(key)
+    return keys
+
+
 def plot_log(
     csv_path: Union[str, os.PathLike[str]],
     png_path: Optional[Union[str, os.PathLike[str]]] = None,
     *,
+    eval_path: Optional[Union[str, os.PathLike[str]]] = None,
+    normalize_weights: bool = True,
+    smoothing: Optional[int] = None,
     dpi: int = 100,
 ) -> Any:
-    """Curves of a :class:`StatsLogger` CSV over training: weights, cosines, dominance.
+    """Curves of a :class:`StatsLogger` CSV over training, to answer "is it working?".
 
-    Three stacked panels sharing the step axis: the weight of each objective (``weight/*``),
-    the pairwise cosine similarities (``cosine/*``, with the conflict line at 0) and the
-    dominance ratio ``max_i ||g_i|| / min_i ||g_i||`` on a log scale. Per-group columns
-    (``group<g>/...``) are drawn as separate curves. Uses the Agg renderer, no display needed.
+    Panels sharing the step axis:
+
+    1. **losses** (``loss/*``, log scale when all are positive);
+    2. **evaluation**, when ``eval_path`` names a log with ``val/*`` columns (the trainers'
+       ``eval_log.csv``: accuracy, AP, ... per epoch, drawn with markers at their steps) or the
+       training log has columns that are neither statistics nor ``lr`` (e.g. ``accuracy``);
+    3. **weights**: by default the *shares* ``w_i / sum_j w_j`` (they sum to 1, so a raw
+       weight of 267 next to 0.3 does not flatten the other curves); ``normalize_weights=False``
+       draws the raw weights on the gradients;
+    4. **cosine** of every pair of gradients, with the conflict line at 0;
+    5. **dominance** ``max_i ||g_i|| / min_i ||g_i||`` on a log scale.
+
+    Noisy series are smoothed with a centred moving average of ``smoothing`` rows (default:
+    1/25 of the rows); the raw series stay drawn, faint. Legends sit to the right of the
+    panels, never over the data. Per-group columns (``group<g>/...``) are separate curves. A
+    panel without data (e.g. the cosine of a one-objective run) says so. Uses the Agg
+    renderer, no display needed.
 
     Args:
         csv_path: a file written by :class:`StatsLogger`.
         png_path: where to save the PNG (``None``: only return the figure).
+        eval_path: an evaluation log (a :class:`StatsLogger` CSV with a ``step`` column).
+        normalize_weights: plot weight shares (default) instead of raw weights.
+        smoothing: moving-average window in rows (``1``: no smoothing).
         dpi: resolution of the PNG.
 
     Returns:
-        The ``matplotlib.figure.Figure`` (three axes).
+        The ``matplotlib.figure.Figure``; its axes in the order above (4 or 5).
 
     Raises:
         ImportError: matplotlib is not installed.
-        ValueError: the file is not a StatsLogger CSV.
+        ValueError: a file is not a StatsLogger CSV.
     """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as error:
-        raise ImportError("plot_log needs matplotlib: pip install matplotlib") from error
+        raise ImportError(
+            "plot_log needs matplotlib: pip install matplotlib (or the 'logging' extra)"
+        ) from error
     columns = read_log(csv_path)
     steps = columns["step"]
-    figure = Figure(figsize=(8, 9), layout="constrained")
+    window = smoothing if smoothing is not None else max(1, len(steps) // 25)
+    known = ("loss/", "weight/", "cosine/", "grad_norm/", "simplex_weights/")
+    evaluation: dict[str, tuple[list[float], list[float]]] = {}
+    if eval_path is not None:
+        eval_columns = read_log(eval_path)
+        for key, values in eval_columns.items():
+            if key.startswith("val/"):
+                evaluation[key] = (eval_columns["step"], values)
+    for key, values in columns.items():
+        tail = key.split("/", 1)[1] if key.startswith("group") and "/" in key else key
+        if key == "step" or tail.startswith(known) or tail in ("conflict", "dominance", "lr"):
+            continue
+        if tail == "combined_norm" or tail.startswith("train/"):
+            continue
+        evaluation[key] = (steps, values)
+    panels = ["losses", *(["evaluation"] if evaluation else []), "weights", "cosine", "dominance"]
+    figure = Figure(figsize=(10, 2.3 * len(panels) + 0.6), layout="constrained")
     FigureCanvasAgg(figure)
-    weights_axis, cosine_axis, dominance_axis = figure.subplots(3, 1, sharex=True)
+    axes = dict(zip(panels, figure.subplots(len(panels), 1, sharex=True)))
 
-    def draw(axis: Any, pattern: str, *, positive: bool = False) -> int:
+    def draw(axis: Any, series: dict[str, list[float]], *, positive: bool = False) -> int:
+        """Each series faint as logged and solid smoothed; the legend outside on the right."""
         drawn = 0
-        for key, values in columns.items():
-            tail = key.split("/", 1)[1] if key.startswith("group") and "/" in key else key
-            if not (tail.startswith(pattern) if pattern.endswith("/") else tail == pattern):
-                continue
+        for index, (label, values) in enumerate(series.items()):
             points = [
-                (s, v)
-                for s, v in zip(steps, values)
+                (x, v)
+                for x, v in zip(steps, values)
                 if math.isfinite(v) and (v > 0 or not positive)
             ]
-            if points:
-                axis.plot([p[0] for p in points], [p[1] for p in points], label=key)
-                drawn += 1
-        if drawn:
-            axis.legend(loc="best", fontsize="small")
-        else:
-            axis.text(0.5, 0.5, "no data", transform=axis.transAxes, ha="center", va="center")
+            if not points:
+                continue
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            colour = f"C{index % 10}"
+            if window > 1 and len(ys) > window:
+                axis.plot(xs, ys, color=colour, alpha=0.25, linewidth=0.8)
+                axis.plot(xs, smooth(ys, window), color=colour, linewidth=1.6, label=label)
+            else:
+                axis.plot(xs, ys, color=colour, linewidth=1.2, label=label)
+            drawn += 1
+        finish(axis, drawn)
         return drawn
 
-    draw(weights_axis, "weight/")
-    weights_axis.set_ylabel("weight")
-    weights_axis.set_title("weights on the raw gradients")
-    draw(cosine_axis, "cosine/")
-    cosine_axis.axhline(0.0, color="gray", linewidth=0.8, linestyle="--")
-    cosine_axis.set_ylim(-1.05, 1.05)
-    cosine_axis.set_ylabel("cosine")
-    cosine_axis.set_title("gradient cosine similarity (< 0: conflict)")
-    if draw(dominance_axis, "dominance", positive=True):
-        dominance_axis.set_yscale("log")
-    dominance_axis.set_ylabel("max ||g|| / min ||g||")
-    dominance_axis.set_title("gradient dominance ratio")
-    dominance_axis.set_xlabel("step")
+    def finish(axis: Any, drawn: int) -> None:
+        if drawn:
+            axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+        else:
+            axis.text(0.5, 0.5, "no data", transform=axis.transAxes, ha="center", va="center")
+
+    losses = {key: columns[key] for key in _panel_columns(columns, "loss/")}
+    positive = all(v > 0 for values in losses.values() for v in values if math.isfinite(v))
+    if draw(axes["losses"], losses) and positive:
+        axes["losses"].set_yscale("log")
+    axes["losses"].set(ylabel="loss", title="losses (faint: as logged; solid: smoothed)")
+    if evaluation:
+        axis = axes["evaluation"]
+        for index, (label, (xs, values)) in enumerate(evaluation.items()):
+            points = [(x, v) for x, v in zip(xs, values) if math.isfinite(v)]
+            axis.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                marker="o",
+                color=f"C{index % 10}",
+                label=label,
+            )
+            if points:
+                axis.annotate(
+                    f"{points[-1][1]:.4g}",
+                    points[-1],
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize="small",
+                )
+        finish(axis, len(evaluation))
+        axis.set(ylabel="value", title="evaluation (last value written)")
+    weight_keys = _panel_columns(columns, "weight/")
+    weights = {key: columns[key] for key in weight_keys}
+    if normalize_weights and weights:
+        groups: dict[str, list[str]] = {}
+        for key in weight_keys:
+            groups.setdefault(key.split("weight/", 1)[0], []).append(key)
+        shares = {}
+        for keys in groups.values():
+            totals = [sum(values) for values in zip(*(columns[k] for k in keys))]
+            for key in keys:
+                shares[key.replace("weight/", "share/", 1)] = [
+                    v / t if math.isfinite(t) and t != 0 else math.nan
+                    for v, t in zip(columns[key], totals)
+                ]
+        weights = shares
+    draw(axes["weights"], weights)
+    if normalize_weights:
+        axes["weights"].set(
+            ylabel="share", ylim=(-0.05, 1.05), title="weight shares w_i / sum_j w_j (sum to 1)"
+        )
+    else:
+        axes["weights"].set(ylabel="weight", title="weights on the raw gradients")
+    draw(axes["cosine"], {key: columns[key] for key in _panel_columns(columns, "cosine/")})
+    axes["cosine"].axhline(0.0, color="gray", linewidth=0.8, linestyle="--")
+    axes["cosine"].set(
+        ylim=(-1.05, 1.05), ylabel="cosine", title="gradient cosine similarity (< 0: conflict)"
+    )
+    dominance = {key: columns[key] for key in _panel_columns(columns, "dominance")}
+    if draw(axes["dominance"], dominance, positive=True):
+        axes["dominance"].set_yscale("log")
+    axes["dominance"].set(
+        ylabel="max ||g|| / min ||g||", title="gradient dominance ratio", xlabel="step"
+    )
     if png_path is not None:
         Path(png_path).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(png_path, dpi=dpi)

@@ -197,7 +197,8 @@ def _assemble(
 DONATED_BUFFERS_MESSAGE = (
     "a torch.compile'd module was compiled with 'donated buffers' (its backward frees saved tensors "
     "as it runs), but per-objective gradients need the graph for one backward pass per objective; "
-    "nothing was changed. Set torch._functorch.config.donated_buffer = False before the first call "
+    "nothing was changed. Run `import torch._functorch.config` and set "
+    "torch._functorch.config.donated_buffer = False before the first call "
     "of the compiled module, or use an exact strategy without retained graphs: "
     "strategy='representation' (features=...) or an amortised method (docs/compile.md)"
 )

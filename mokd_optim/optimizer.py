@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import sys
+import types
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -153,6 +156,10 @@ class MultiObjectiveOptimizer(Optimizer):
         self._last_stats: Optional[StepStats] = None
         self._window: Optional[_Window] = None
         self._communication = Communication()
+        # step() warns once when no backward() ran since the last step but .grad is set: the
+        # classic slip `loss.backward(); opt.step()`, which trains without balancing anything.
+        self._backward_since_step = False
+        self._warned_bypass = False
         # What torch.optim.Optimizer.__init__ would set up, without taking over the param
         # groups: those belong to the wrapped optimizer and are exposed through properties.
         self._optimizer_step_pre_hooks = OrderedDict()
@@ -496,6 +503,7 @@ class MultiObjectiveOptimizer(Optimizer):
         if stats is not None:
             self._last_losses = stats.losses
             self._last_stats = stats
+        self._backward_since_step = True
         return stats
 
     def _all_reduce_mean(self, tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -757,6 +765,10 @@ class MultiObjectiveOptimizer(Optimizer):
         semantics, e.g. LBFGS). With a ``GradScaler`` call ``scaler.step(opt)`` instead: it
         unscales ``.grad``, skips the step after an overflow and calls this method otherwise.
 
+        Warns (once per optimizer) when no :meth:`backward` ran since the last step but some
+        ``.grad`` is set, e.g. after ``loss.backward()``: that gradient is stepped as it is and
+        nothing is balanced.
+
         Raises:
             RuntimeError: an accumulation window is open (the last ``backward`` had
                 ``accumulate=True``); nothing is changed.
@@ -766,6 +778,9 @@ class MultiObjectiveOptimizer(Optimizer):
                 "an accumulation window is open: the last backward() had accumulate=True, so no gradient "
                 "was written; close the window with backward(losses, accumulate=False) before step()"
             )
+        if not self._backward_since_step and not self._warned_bypass and closure is None:
+            self._warn_if_bypassed()
+        self._backward_since_step = False
         if self.max_norm is not None:
             grads = [
                 p
@@ -783,6 +798,21 @@ class MultiObjectiveOptimizer(Optimizer):
                 self.observe(losses_after)
             return result
         return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+
+    def _warn_if_bypassed(self) -> None:
+        """Warn (once) that ``.grad`` was written without :meth:`backward` since the last step."""
+        if any(
+            p.grad is not None for group in self.optimizer.param_groups for p in group["params"]
+        ):
+            self._warned_bypass = True
+            warnings.warn(
+                "MultiObjectiveOptimizer.step() found gradients but no backward(losses) since the "
+                "last step (e.g. after loss.backward()): they are applied as they are and nothing "
+                f"is balanced by {self.method.name!r}. Call opt.backward({{'task': ..., 'kd': ...}}) "
+                "instead of loss.backward(), after opt.zero_grad().",
+                UserWarning,
+                stacklevel=_caller_stacklevel(),
+            )
 
     def observe(self, losses_after: Losses) -> None:
         """Tell an amortised method the losses measured after the last step.
@@ -849,3 +879,17 @@ class MultiObjectiveOptimizer(Optimizer):
         for method, method_state in zip(self._methods, method_states):
             method.load_state_dict(method_state)
         self.optimizer.load_state_dict(state_dict["optimizer"])
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of ``warnings.warn`` (called by the caller of this function) that
+    names the first frame outside mokd_optim and ``torch.optim`` (whose step wrappers sit
+    between the user's ``opt.step()`` and ours): the user's line."""
+    inside = tuple(
+        os.path.dirname(os.path.abspath(path)) + os.sep for path in (__file__, torch.optim.__file__)
+    )
+    frame: Optional[types.FrameType] = sys._getframe(2)
+    level = 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level

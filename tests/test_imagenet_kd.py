@@ -106,7 +106,7 @@ def _rows(path: Path) -> list[list[str]]:
 def test_ce_run_logs_every_step_and_writes_summary_and_student(ce_run: tuple[dict, Path]) -> None:
     summary, out = ce_run
     assert summary == json.loads((out / "summary.json").read_text())
-    assert summary["mode"] == "train" and summary["completed"] and summary["method"] == "ce"
+    assert summary["mode"] == "train" and summary["completed"] and summary["method"] == "none"
     assert summary["teacher"] is None and summary["objectives"] == ["task"]
     # 60 training images, batch 10: 6 steps; lr scaled linearly from 0.1 per 256 images
     assert summary["steps"] == summary["steps_per_epoch"] == 6
@@ -274,11 +274,15 @@ def test_fixed_weight_kd_with_bf16_and_channels_last_is_probed(
     }
 
 
-def test_clear_errors(trainer: Any, image_folder: Path, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="--teacher-weights is required"):
+def test_clear_errors(
+    trainer: Any, image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
         trainer.main(["--data-path", str(image_folder), *TINY, "--output-dir", str(tmp_path)])
+    assert "--teacher-weights is required with --method mokd" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         trainer.main(["--data-path", str(image_folder), "--method", "no-such-method"])
+    assert "unknown --method 'no-such-method'" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="train/ and val/"):
         trainer.main(["--data-path", str(tmp_path / "missing"), "--method", "ce"])
     with pytest.raises(ValueError, match="neither a file nor a torchvision weights name"):

@@ -26,10 +26,17 @@ def _run(args: list[str], tmp_path: Path) -> tuple[str, str]:
     return completed.stdout, completed.stderr
 
 
+def _reject_non_json(constant: str) -> None:
+    raise ValueError(f"summary.json holds {constant}, which strict JSON parsers reject")
+
+
 @pytest.mark.slow
 def test_demo_quick(tmp_path: Path) -> None:
     out, err = _run(["examples/demo.py", "--quick", "--out", str(tmp_path / "demo")], tmp_path)
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    summary = json.loads(
+        (tmp_path / "demo" / "summary.json").read_text(), parse_constant=_reject_non_json
+    )  # strict JSON: ce's missing statistics are null, not NaN
+    assert summary["runs"]["ce"]["mean_cosine"] is None
     assert set(summary["runs"]) == {"ce", "kd (a=0.1)", "kd (a=0.5)", "mokd", "mokd max_norm=1"}
     assert summary["teacher_accuracy"] > 0.8
     mokd = summary["runs"]["mokd"]
@@ -66,8 +73,12 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert summary["runs"]["mokd"]["mean_cosine"] == pytest.approx(
         sum(mokd_log["cosine/task|kd"]) / 4
     )
+    assert read_log(demo / "mokd" / "eval_log.csv")["val/accuracy %"] == [
+        pytest.approx(100 * mokd["final_accuracy"])
+    ]
     for figure in (
         "comparison.png",
+        "ce/curves.png",
         "kd_a0.5/curves.png",
         "mokd/curves.png",
         "mokd_clip/curves.png",
