@@ -239,7 +239,7 @@ def test_deit_recipe_mokd_resumes_exactly(
 
 
 def test_fixed_weight_kd_without_mixup_and_torchvision_recipe(
-    trainer: Any, image_folder: Path, teacher_file: Path, tmp_path: Path
+    trainer: Any, image_folder: Path, teacher_file: Path, tmp_path: Path, capsys: Any
 ) -> None:
     summary = trainer.main(
         [
@@ -327,5 +327,9 @@ def test_fixed_weight_kd_without_mixup_and_torchvision_recipe(
     assert evaluated["mode"] == "evaluate-teacher" and evaluated["val"]["images"] == 8
     assert evaluated["teacher_mean_std"][0] == pytest.approx([0.485, 0.456, 0.406])
     # --recipe torchvision hands the other arguments to imagenet_kd.py
-    with pytest.raises(SystemExit, match="--teacher-weights is required"):
+    # (imagenet_kd.py's parser refuses a missing --teacher-weights: exit code 2, the message on
+    # stderr)
+    with pytest.raises(SystemExit) as refused:
         trainer.main(["--recipe", "torchvision", "--data-path", str(image_folder), *TINY[2:]])
+    assert refused.value.code == 2
+    assert "--teacher-weights is required" in capsys.readouterr().err
