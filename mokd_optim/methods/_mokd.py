@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
+from mokd_optim._validation import OptionError, check_choice, check_flag
 from mokd_optim.methods._base import Method, as_work, inverse_norms
 from mokd_optim.methods._registry import register
-from mokd_optim.solvers import line_weights, min_norm
+from mokd_optim.solvers import BACKENDS, line_weights, min_norm
 
 STEP_RULES = ("anchor", "convex", "log")
 
@@ -122,7 +123,9 @@ class MoKD(Method):
         if step not in STEP_RULES:
             raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
         if not isinstance(anchor, (int, str)) or isinstance(anchor, bool):
-            raise TypeError(f"mokd: anchor must be an objective name or index, got {anchor!r}")
+            raise OptionError(f"mokd: anchor must be an objective name or index, got {anchor!r}")
+        check_flag("mokd", "simplex", simplex)
+        check_choice("mokd", "backend", backend, BACKENDS)
         self.step = step
         self.anchor = anchor
         self.simplex = simplex
