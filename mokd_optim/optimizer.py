@@ -168,6 +168,9 @@ class MultiObjectiveOptimizer(Optimizer):
         self._last_losses: Optional[Tensor] = None
         self._last_stats: Optional[StepStats] = None
         self._window: Optional[_Window] = None
+        # A GradScaler may skip the step after a backward; amortised methods must then not
+        # learn from that backward's losses (set by a closing backward under AMP, cleared by step).
+        self._awaiting_step = False
         self._communication = Communication()
         # What torch.optim.Optimizer.__init__ would set up, without taking over the param
         # groups: those belong to the wrapped optimizer and are exposed through properties.
@@ -555,6 +558,11 @@ class MultiObjectiveOptimizer(Optimizer):
         loss_values = torch.stack([t.detach().reshape(()) for t in tensors]).to(
             torch.float32 if tensors[0].device.type == "mps" else torch.float64
         )
+        if amp and self._awaiting_step:
+            # The previous backward's step never ran: the scaler found an overflow and skipped it.
+            for method in self._methods:
+                method.discard_pending()
+            self._awaiting_step = False
         scale = self._loss_scale(tensors[0].device) if amp else None
         scaled = tensors if scale is None else [t * scale for t in tensors]
         self._communication = Communication()
@@ -584,6 +592,7 @@ class MultiObjectiveOptimizer(Optimizer):
         if stats is not None:
             self._last_losses = stats.losses
             self._last_stats = stats
+            self._awaiting_step = amp
         return stats
 
     def _all_reduce_mean(self, tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -986,6 +995,7 @@ class MultiObjectiveOptimizer(Optimizer):
                 "an accumulation window is open: the last backward() had accumulate=True, so no gradient "
                 "was written; close the window with backward(losses, accumulate=False) before step()"
             )
+        self._awaiting_step = False
         if self.max_norm is not None:
             grads = [
                 p
@@ -1014,6 +1024,11 @@ class MultiObjectiveOptimizer(Optimizer):
         """
         if not self.method.needs_losses_after:
             return
+        if self._awaiting_step:
+            # Under AMP the scaler skipped the step of the last backward: nothing to learn from.
+            for method in self._methods:
+                method.discard_pending()
+            return
         if self._last_losses is None:
             raise RuntimeError(
                 "observe() needs a previous backward(): there is no 'before' to compare with"
@@ -1040,8 +1055,19 @@ class MultiObjectiveOptimizer(Optimizer):
             "balance": self.balance,
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned. Raises ``ValueError`` on a mismatch."""
+    def check_state_dict(self, state_dict: dict[str, Any]) -> list[Method]:
+        """Check that :meth:`load_state_dict` can restore ``state_dict``, changing nothing.
+
+        Checks the format, the balance mode, the wrapped optimizer's parameter groups (their
+        number and sizes), and each method state, loaded into a copy of the method (and bound
+        to the objectives this optimizer has seen, so that K = 3 state is refused by an
+        optimizer used with K = 2). Returns those loaded copies.
+
+        Raises:
+            ValueError: the first mismatch found.
+        """
+        from mokd_optim.checkpoint import check_optimizer_groups
+
         if (
             not isinstance(state_dict, dict)
             or state_dict.get("format") != _STATE_FORMAT
@@ -1056,15 +1082,43 @@ class MultiObjectiveOptimizer(Optimizer):
                 f"state dict was saved with balance={state_dict.get('balance')!r}, this optimizer uses {self.balance!r}"
             )
         method_states = state_dict.get("methods", [])
+        expected = len(method_states) if self.balance == "per_group" else len(self._methods)
+        if (
+            not isinstance(method_states, list)
+            or not method_states
+            or len(method_states) != expected
+        ):
+            raise ValueError(
+                f"state dict holds {len(method_states) if isinstance(method_states, list) else '?'} method states, "
+                f"expected {expected}"
+            )
+        check_optimizer_groups(self.optimizer, state_dict["optimizer"])
+        loaded: list[Method] = []
+        for method_state in method_states:
+            candidate = copy.deepcopy(self.method)
+            try:
+                candidate.load_state_dict(method_state)
+                if self._bound_names is not None:
+                    candidate.bind(self._bound_names)
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                raise ValueError(
+                    f"the method state does not fit method {self.method.name!r}"
+                    + (f" with objectives {list(self._bound_names)}" if self._bound_names else "")
+                    + f": {error}"
+                ) from error
+            loaded.append(candidate)
+        return loaded
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned: every part is checked first
+        (:meth:`check_state_dict`), so a mismatch raises ``ValueError`` and changes nothing."""
+        self.check_state_dict(state_dict)
+        method_states = state_dict["methods"]
+        self.optimizer.load_state_dict(state_dict["optimizer"])
         if self.balance == "per_group" and len(self._methods) != len(method_states):
             self._methods = [self.method] + [
                 copy.deepcopy(self.method) for _ in range(len(method_states) - 1)
             ]
             self._bound_names = None
-        if len(method_states) != len(self._methods):
-            raise ValueError(
-                f"state dict holds {len(method_states)} method states, expected {len(self._methods)}"
-            )
         for method, method_state in zip(self._methods, method_states):
             method.load_state_dict(method_state)
-        self.optimizer.load_state_dict(state_dict["optimizer"])

@@ -370,7 +370,7 @@ def test_sparse_gradients_work_with_the_single_backward_strategies() -> None:
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("method", ["mokd", "mgda", "nash-mtl", "upgrad"])
+@pytest.mark.parametrize("method", ["mokd", "mgda", "imtl-g", "upgrad"])
 def test_one_objective_statistics_describe_the_written_update(method: str) -> None:
     torch.manual_seed(0)
     model = TwoHeadMLP()
@@ -391,3 +391,325 @@ def test_finite_gradient_whose_squared_norm_overflows_is_not_called_non_finite()
         opt.backward(losses)
     assert info.value.objective == "big"
     assert shared.grad is None
+
+
+# Loading state and checkpoints: check everything, then change ---------------------------
+
+
+def _famo_optimizer(model: nn.Module, groups: int = 1, **options) -> MultiObjectiveOptimizer:
+    params = list(model.parameters())
+    param_groups = (
+        [{"params": params}]
+        if groups == 1
+        else [{"params": params[:2]}, {"params": params[2:], "lr": 0.01}]
+    )
+    return MultiObjectiveOptimizer(
+        torch.optim.SGD(param_groups, lr=0.1, momentum=0.9), "famo", observe="next_batch", **options
+    )
+
+
+def _train(model: TwoHeadMLP, opt: MultiObjectiveOptimizer, steps: int, names=("task", "kd")):
+    for step in range(steps):
+        losses, _ = _losses(model, _data(step))
+        if len(names) == 3:
+            losses["feat"] = losses["kd"] * 0.5 + 0.1
+        opt.zero_grad()
+        opt.backward(losses)
+        opt.step()
+
+
+def test_load_state_dict_with_a_wrong_optimizer_part_changes_nothing() -> None:
+    torch.manual_seed(0)
+    model = TwoHeadMLP()
+    opt = _famo_optimizer(model)
+    _train(model, opt, 3)
+    other = TwoHeadMLP()
+    source = _famo_optimizer(other, groups=2)
+    _train(other, source, 5)
+    state = copy.deepcopy(source.state_dict())  # 2 parameter groups, other logits
+    assert not torch.equal(state["methods"][0]["logits"], opt.method.logits)
+    before = _flatten(opt.state_dict())
+    with pytest.raises(ValueError, match="2 parameter groups"):
+        opt.load_state_dict(state)
+    assert _flatten(opt.state_dict()) == before
+
+
+def test_method_state_for_another_number_of_objectives_is_refused_at_load() -> None:
+    torch.manual_seed(0)
+    model = TwoHeadMLP()
+    opt = _famo_optimizer(model)
+    _train(model, opt, 2)
+    other = TwoHeadMLP()
+    three = _famo_optimizer(other)
+    _train(other, three, 2, names=("task", "kd", "feat"))
+    state = copy.deepcopy(three.state_dict())
+    state["optimizer"] = copy.deepcopy(opt.state_dict()["optimizer"])
+    before = _flatten(opt.state_dict())
+    with pytest.raises(ValueError, match="3 logits but got 2 objectives"):
+        opt.load_state_dict(state)
+    assert _flatten(opt.state_dict()) == before
+
+
+def test_load_checkpoint_checks_every_component_before_changing_any(tmp_path) -> None:
+    from mokd_optim.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    saved_model = TwoHeadMLP()
+    famo = _famo_optimizer(saved_model)
+    _train(saved_model, famo, 2)
+    path = tmp_path / "famo.pt"
+    save_checkpoint(path, model=saved_model, optimizer=famo, step=2)
+
+    torch.manual_seed(1)
+    model = TwoHeadMLP()
+    mokd = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    _train(model, mokd, 1)
+    before_model = [p.detach().clone() for p in model.parameters()]
+    before_opt = _flatten(mokd.state_dict())
+    rng_before = torch.get_rng_state()
+    with pytest.raises(ValueError, match="optimizer.*does not fit method 'mokd'"):
+        load_checkpoint(path, model=model, optimizer=mokd)
+    assert all(torch.equal(a, b) for a, b in zip(before_model, model.parameters()))
+    assert _flatten(mokd.state_dict()) == before_opt
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    wider = nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="does not fit the checkpoint"):
+        load_checkpoint(path, model=wider)
+
+
+def test_save_removes_temporaries_left_by_a_killed_save(tmp_path) -> None:
+    from mokd_optim.checkpoint import save_checkpoint
+
+    path = tmp_path / "ckpt.pt"
+    stale = [tmp_path / ".ckpt.pt.a1b2c3d4.tmp", tmp_path / ".ckpt.pt.zz_9yy8x.tmp"]
+    for file in stale:
+        file.write_bytes(b"partial checkpoint")
+    others = [tmp_path / ".ckpt.pt.1.abcdefgh.tmp", tmp_path / ".other.pt.abcdefgh.tmp"]
+    for file in others:
+        file.write_bytes(b"another checkpoint's temporary")
+    save_checkpoint(path, model=TwoHeadMLP(), step=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["ckpt.pt", *(p.name for p in others)]
+    )
+
+
+def test_truncated_and_corrupted_checkpoints_are_named(tmp_path) -> None:
+    from mokd_optim.checkpoint import CheckpointCorruptError, load_checkpoint, save_checkpoint
+
+    path = tmp_path / "ckpt.pt"
+    model = TwoHeadMLP()
+    save_checkpoint(path, model=model, step=1)
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointCorruptError, match="truncated.pt is truncated or corrupt"):
+        load_checkpoint(truncated, model=TwoHeadMLP())
+    # Flip one bit inside the classifier's weights: the file still loads, the digest does not match.
+    weights = model.classifier.weight.detach().numpy().tobytes()
+    offset = data.index(weights[:64]) + 10
+    flipped = bytearray(data)
+    flipped[offset] ^= 0x10
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(bytes(flipped))
+    target = TwoHeadMLP()
+    before = [p.detach().clone() for p in target.parameters()]
+    with pytest.raises(CheckpointCorruptError, match="corrupt.pt is corrupt.*digest"):
+        load_checkpoint(corrupt, model=target)
+    assert all(torch.equal(a, b) for a, b in zip(before, target.parameters()))
+    load_checkpoint(corrupt, model=target, verify=False, restore_rng=False)  # opt-out loads
+    assert not torch.equal(target.classifier.weight, model.classifier.weight)
+
+
+# Accumulation when the objective-to-parameter pattern changes between micro-batches -------
+
+PATTERNS = [(), (0,), (1,), (2,), (0, 1), (1, 2), (0, 1, 2)]
+
+
+def _part(reaching: list[tuple[int, ...]], shapes, stacked: bool, seed: int):
+    """An ObjectiveGradients as a strategy returns it: for parameter ``j``, the objectives in
+    ``reaching[j]`` have random gradients (one -> exclusive; several -> a block, stacked as
+    vmap returns it or a list with ``None`` rows as loop does)."""
+    from mokd_optim.gradients import ObjectiveGradients
+
+    generator = torch.Generator().manual_seed(seed)
+    result = ObjectiveGradients(reached=[False] * 3)
+    dense = {}
+    for j, (objectives, shape) in enumerate(zip(reaching, shapes)):
+        rows = {k: torch.randn(shape, generator=generator, dtype=torch.float64) for k in objectives}
+        dense[j] = torch.stack(
+            [rows.get(k, torch.zeros(shape, dtype=torch.float64)) for k in range(3)]
+        )
+        for k in objectives:
+            result.reached[k] = True
+        if len(objectives) == 1:
+            result.exclusive.append((PARAMS[j], rows[objectives[0]], objectives[0]))
+        elif objectives:
+            result.params.append(PARAMS[j])
+            result.groups.append(0)
+            result.blocks.append(dense[j].clone() if stacked else [rows.get(k) for k in range(3)])
+    return result, dense
+
+
+def _densify(gradients) -> dict[int, torch.Tensor]:
+    from mokd_optim.gradients import stacked_block
+
+    index = {id(p): j for j, p in enumerate(PARAMS)}
+    out: dict[int, torch.Tensor] = {}
+    for param, block in zip(gradients.params, gradients.blocks):
+        out[index[id(param)]] = stacked_block(block, param).clone()
+    for param, grad, k in gradients.exclusive:
+        assert index[id(param)] not in out
+        rows = torch.zeros((3, *param.shape), dtype=torch.float64)
+        rows[k] = grad
+        out[index[id(param)]] = rows
+    return out
+
+
+PAIRS = [(a, b) for a in PATTERNS for b in PATTERNS]
+PARAMS = [nn.Parameter(torch.zeros(2 + j % 3, dtype=torch.float64)) for j in range(len(PAIRS))]
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["loop-rows", "vmap-blocks"])
+def test_merge_covers_every_change_of_the_reach_pattern(stacked: bool) -> None:
+    """Every (earlier, later) pair of objective subsets reaching a parameter: the merged
+    window holds, per parameter and objective, the sum of the micro-batches' gradients, as a
+    block when two or more objectives reached it in the window, else as that one's plain
+    gradient."""
+    from mokd_optim.gradients import merge_gradients
+
+    shapes = [p.shape for p in PARAMS]
+    placement = {id(p): (j, 0) for j, p in enumerate(PARAMS)}
+    first, dense_first = _part([a for a, _ in PAIRS], shapes, stacked, seed=1)
+    second, dense_second = _part([b for _, b in PAIRS], shapes, not stacked, seed=2)
+    merged = merge_gradients(first, second, placement, 3)
+    dense = _densify(merged)
+    for j, (a, b) in enumerate(PAIRS):
+        union = set(a) | set(b)
+        if not union:
+            assert j not in dense
+            continue
+        torch.testing.assert_close(dense[j], dense_first[j] + dense_second[j], rtol=0, atol=0)
+        balanced = any(p is PARAMS[j] for p in merged.params)
+        assert balanced == (len(union) >= 2), (a, b)
+    # Optimizer order is kept.
+    order = [placement[id(p)][0] for p in merged.params]
+    assert order == sorted(order)
+
+
+def test_accumulation_with_a_micro_batch_that_leaves_out_a_head() -> None:
+    """End to end: the second micro-batch computes the feature loss from the classifier, so
+    the projector head is reached in the first micro-batch only, and the classifier by two
+    objectives first and three later. The window must equal the mean of the per-objective
+    gradients of the two micro-batches, and its Gram matrix the one over the parameters that
+    two or more objectives reached."""
+    torch.manual_seed(0)
+    model = TwoHeadMLP().double()
+    params = list(model.parameters())
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), "sum", strategy="loop")
+    generator = torch.Generator().manual_seed(3)
+    batches = [
+        (
+            torch.rand(8, 1, 8, 8, generator=generator, dtype=torch.float64),
+            torch.randint(0, 10, (8,), generator=generator),
+            torch.randn(8, 48, generator=generator, dtype=torch.float64),
+        )
+        for _ in range(2)
+    ]
+
+    def losses(index: int) -> dict[str, torch.Tensor]:
+        x, y, target = batches[index]
+        logits, projected, _ = model(x)
+        feat_input = projected if index == 0 else logits.repeat(1, 5)[:, :48]
+        return {
+            "task": F.cross_entropy(logits, y),
+            "kd": logits.pow(2).mean(),
+            "feat": F.mse_loss(feat_input, target),
+        }
+
+    per_batch = []
+    for index in range(2):
+        rows = []
+        for loss in losses(index).values():
+            grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+            rows.append([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
+        per_batch.append(rows)
+    mean = [[(a + b) / 2 for a, b in zip(r0, r1)] for r0, r1 in zip(*per_batch)]
+    reached = [
+        {k for k in range(3) if any(per_batch[i][k][j].abs().sum() > 0 for i in range(2))}
+        for j in range(len(params))
+    ]
+    assert reached[-1] == {2} and reached[-3] == {0, 1, 2}  # projector.bias, classifier.bias
+    balanced = [j for j in range(len(params)) if len(reached[j]) >= 2]
+    expected_gram = torch.tensor(
+        [
+            [sum(float((mean[a][j] * mean[b][j]).sum()) for j in balanced) for b in range(3)]
+            for a in range(3)
+        ],
+        dtype=torch.float64,
+    )
+    opt.backward(losses(0), accumulate=True)
+    stats = opt.backward(losses(1))
+    for j, param in enumerate(params):
+        torch.testing.assert_close(param.grad, sum(mean[k][j] for k in range(3)))
+    torch.testing.assert_close(stats.gram, expected_gram)
+
+
+# AMP: a skipped step teaches the amortised methods nothing -------------------------------
+
+
+@pytest.mark.parametrize("method", ["famo", "mokd-amortized"])
+def test_overflow_skipped_step_is_not_learned_from_with_next_batch(method: str) -> None:
+    """The scaler skips the step of an overflowing backward; the next backward's losses must
+    not be compared with that skipped step's losses (no Adam step of the logits)."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    torch.manual_seed(0)
+    model = TwoHeadMLP()
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), method, observe="next_batch", scaler=scaler
+    )
+
+    def step(index: int, poison: bool = False) -> None:
+        losses, _ = _losses(model, _data(index))
+        if poison:
+            losses = {**losses, "kd": losses["kd"] * float("inf")}
+        opt.zero_grad()
+        opt.backward(losses)
+        scaler.step(opt)
+        scaler.update()
+
+    step(0)
+    step(1)
+    logits = opt.method.logits.clone()
+    steps = opt.method.state_dict()["steps"]
+    step(2, poison=True)  # skipped by the scaler
+    assert scaler.get_scale() < 2.0**10
+    losses, _ = _losses(model, _data(3))
+    opt.zero_grad()
+    opt.backward(losses)  # would learn from the skipped step's losses
+    # One Adam step (from step 1 to step 2 was learned when step 2's backward ran); none from
+    # the skipped step to step 3.
+    assert opt.method.state_dict()["steps"] == steps + 1
+    assert not torch.equal(opt.method.logits, logits)
+    learned = opt.method.logits.clone()
+    scaler.step(opt)
+    scaler.update()
+    step(4)
+    assert opt.method.state_dict()["steps"] == steps + 2  # learning resumes after a real step
+    assert not torch.equal(opt.method.logits, learned)
+
+
+def test_observe_after_a_skipped_step_learns_nothing() -> None:
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    torch.manual_seed(0)
+    model = TwoHeadMLP()
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), "famo", scaler=scaler
+    )
+    losses, _ = _losses(model, _data(0))
+    opt.backward({**losses, "kd": losses["kd"] * float("inf")})
+    scaler.step(opt)
+    scaler.update()
+    before = _flatten(opt.method.state_dict())
+    with torch.no_grad():
+        opt.observe(_losses(model, _data(0))[0])
+    assert _flatten(opt.method.state_dict())[:4] == before[:4]  # logits, moments, steps

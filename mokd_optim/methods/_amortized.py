@@ -182,6 +182,10 @@ class AmortizedLogits(Method):
         self._pending = None
         self._awaiting_observe = False
 
+    def discard_pending(self) -> None:
+        self._pending = None
+        self._awaiting_observe = False
+
     def extra_state(self) -> dict[str, Any]:
         """Subclass state to checkpoint besides the logits and Adam moments."""
         return {}
