@@ -16,8 +16,10 @@ gathered) and only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
+import re
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -126,6 +128,7 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         # mkstemp creates the file readable by its owner only; keep the mode of the file being
@@ -142,6 +145,66 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
         raise
     _fsync_directory(directory)
     return target
+
+
+def remove_stale_temporaries(path: PathLike) -> list[Path]:
+    """Delete the temporary files that an interrupted :func:`atomic_save` of ``path`` left.
+
+    A process killed between ``mkstemp`` and ``os.replace`` (SIGKILL, power loss) cannot clean
+    up; its hidden ``.<name>.<8 random characters>.tmp`` file, up to a whole checkpoint, stays.
+    Only names of exactly that pattern for this ``path`` are removed, so other files and the
+    temporaries of other checkpoints are never touched. Called by every save of ``path`` (only
+    one process saves a given checkpoint at a time: rank 0).
+
+    Returns:
+        The paths removed.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+    removed: list[Path] = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def payload_digest(payload: Any) -> str:
+    """SHA-256 of a checkpoint payload's contents: every tensor's dtype, shape and bytes, every
+    number, string and container, in order (not of the file's bytes, so it is independent of
+    how ``torch.save`` lays the file out). Objects of other types count by their type name and
+    attributes."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"T{tensor.dtype}{tuple(value.shape)}".encode())
+            if tensor.numel():
+                digest.update(tensor.view(torch.uint8).numpy().data)
+        elif isinstance(value, Mapping):
+            digest.update(f"D{len(value)}".encode())
+            for key, item in value.items():
+                feed(key)
+                feed(item)
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{type(value).__name__[0]}{len(value)}".encode())
+            for item in value:
+                feed(item)
+        elif value is None or isinstance(value, (bool, int, float, str, bytes, complex)):
+            digest.update(f"{type(value).__name__}:{value!r}".encode())
+        elif isinstance(value, np.ndarray):
+            digest.update(f"N{value.dtype}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        else:
+            digest.update(f"O{type(value).__qualname__}".encode())
+            feed(dict(getattr(value, "__dict__", {})))
+
+    feed(payload)
+    return digest.hexdigest()
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -222,6 +285,7 @@ def save_checkpoint(
         ):
             if component is not None:
                 payload[key] = _state_of(component)
+        payload["digest"] = payload_digest(payload)
         written = atomic_save(payload, path)
     distributed.barrier(group)
     return written
@@ -239,9 +303,15 @@ def load_checkpoint(
     restore_rng: bool = True,
     strict: bool = True,
     weights_only: bool = True,
+    verify: bool = True,
     group: Optional[Any] = None,
 ) -> Progress:
     """Restore the components given from a :func:`save_checkpoint` file.
+
+    Every component is checked against the checkpoint before any is changed (model and module
+    keys and shapes, the optimizer's parameter groups and, for a
+    :class:`~mokd_optim.MultiObjectiveOptimizer`, its method state): a checkpoint that does not
+    fit raises and leaves everything as it was.
 
     Each rank restores its own RNG states (saved per rank); when the world size changed, rank
     ``r`` takes the states of rank ``r mod saved_world_size`` and a warning says the random
@@ -257,6 +327,8 @@ def load_checkpoint(
         strict: passed to ``load_state_dict`` of the model and modules.
         weights_only: load with ``torch.load(weights_only=True)`` (safe for untrusted files).
             Set ``False`` only for your own files that hold arbitrary Python objects.
+        verify: compare the contents with the SHA-256 digest written with them (files from
+            before the digest was added load without the check).
         group: process group the checkpoint was saved from (for the RNG states).
 
     Returns:
@@ -264,25 +336,28 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: no file at ``path``.
+        CheckpointCorruptError: (a ``ValueError``) the file is truncated or corrupt: it cannot
+            be read, or its contents do not match their digest.
         ValueError: not a checkpoint of this format, or a component was requested that the
             checkpoint does not hold (e.g. ``scaler=`` for a run saved without one), or the
-            ``modules`` names differ.
-        RuntimeError: ``weights_only`` loading refused the file (the message says why).
+            ``modules`` names differ, or a component does not fit its saved state.
+        RuntimeError: ``weights_only`` loading refused an object type in the checkpoint (the
+            message says which).
     """
     target = Path(path)
     if not target.is_file():
         raise FileNotFoundError(f"no checkpoint at {target}")
-    try:
-        payload = torch.load(target, map_location=map_location, weights_only=weights_only)
-    except Exception as error:
-        if weights_only and "weights_only" in str(error):
-            raise RuntimeError(
-                f"{target}: weights_only loading refused an object in the checkpoint ({error}); "
-                "if you wrote this file yourself and trust it, pass weights_only=False"
-            ) from error
-        raise
+    payload = _read(target, map_location, weights_only)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{target} is not a mokd_optim checkpoint (format {CHECKPOINT_FORMAT})")
+    if verify and "digest" in payload:
+        saved_digest = payload["digest"]
+        contents = {key: value for key, value in payload.items() if key != "digest"}
+        if payload_digest(contents) != saved_digest:
+            raise CheckpointCorruptError(
+                f"{target} is corrupt: its contents do not match the SHA-256 digest written with them "
+                "(bytes changed on disk or in transfer); restore it from a copy or use an earlier checkpoint"
+            )
     wanted = {
         "model": model,
         "modules": modules,
@@ -293,8 +368,11 @@ def load_checkpoint(
     missing = [key for key, value in wanted.items() if value is not None and key not in payload]
     if missing:
         raise ValueError(f"{target} holds no state for {missing}; it was saved without them")
+    # Check everything before changing anything.
     if model is not None:
-        distributed.unwrap_model(model).load_state_dict(payload["model"], strict=strict)
+        _check_module_state(
+            distributed.unwrap_model(model), payload["model"], strict, f"{target}: model"
+        )
     if modules is not None:
         saved = payload["modules"]
         if set(saved) != {str(name) for name in modules}:
@@ -302,7 +380,24 @@ def load_checkpoint(
                 f"{target} holds modules {sorted(saved)}, got {sorted(str(n) for n in modules)}"
             )
         for name, module in modules.items():
-            distributed.unwrap_model(module).load_state_dict(saved[str(name)], strict=strict)
+            _check_module_state(
+                distributed.unwrap_model(module),
+                saved[str(name)],
+                strict,
+                f"{target}: module {name!r}",
+            )
+    if optimizer is not None:
+        _check_optimizer_state(optimizer, payload["optimizer"], f"{target}: optimizer")
+    if restore_rng and not payload.get("rng"):
+        raise ValueError(f"{target} holds no RNG states; pass restore_rng=False")
+    # Apply.
+    if model is not None:
+        distributed.unwrap_model(model).load_state_dict(payload["model"], strict=strict)
+    if modules is not None:
+        for name, module in modules.items():
+            distributed.unwrap_model(module).load_state_dict(
+                payload["modules"][str(name)], strict=strict
+            )
     if optimizer is not None:
         optimizer.load_state_dict(payload["optimizer"])
     if scheduler is not None:
@@ -325,3 +420,87 @@ def load_checkpoint(
         step=int(progress["step"]),
         extra=dict(payload.get("extra", {})),
     )
+
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint file is truncated or corrupt (the message names the file)."""
+
+
+def _read(target: Path, map_location: Any, weights_only: bool) -> Any:
+    """``torch.load`` with errors that say which file is truncated or corrupt.
+
+    Only a refusal of an object *type* by the ``weights_only`` unpickler (an "Unsupported
+    global") suggests ``weights_only=False``; any other failure of a file that this module wrote
+    means its bytes are damaged, and the unsafe loader would not help.
+    """
+    try:
+        return torch.load(target, map_location=map_location, weights_only=weights_only)
+    except Exception as error:
+        text = str(error)
+        if weights_only and "Unsupported global" in text:
+            raise RuntimeError(
+                f"{target}: weights_only loading refused an object in the checkpoint ({text.splitlines()[0]}); "
+                "if you wrote this file yourself and trust it, pass weights_only=False"
+            ) from error
+        size = target.stat().st_size
+        raise CheckpointCorruptError(
+            f"{target} is truncated or corrupt ({size} bytes; torch.load failed with "
+            f"{type(error).__name__}: {text.splitlines()[0] if text else ''}); restore it from a copy or "
+            "use an earlier checkpoint"
+        ) from error
+
+
+def _check_module_state(module: nn.Module, state: Any, strict: bool, what: str) -> None:
+    """Raise ``ValueError`` when ``module.load_state_dict(state, strict)`` would fail on keys or
+    shapes (what ``load_state_dict`` checks), without loading anything."""
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{what}: saved state is a {type(state).__name__}, not a state dict")
+    own = module.state_dict()
+    if strict:
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"{what} does not fit the checkpoint: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} (strict=False loads the "
+                "matching keys only)"
+            )
+    for key, value in state.items():
+        mine = own.get(key)
+        if isinstance(mine, torch.Tensor) and isinstance(value, torch.Tensor):
+            if mine.shape != value.shape:
+                raise ValueError(
+                    f"{what}: {key} has shape {list(value.shape)} in the checkpoint, {list(mine.shape)} in the model"
+                )
+
+
+def _check_optimizer_state(optimizer: Any, state: Any, what: str) -> None:
+    """Raise ``ValueError`` when ``optimizer.load_state_dict(state)`` would fail on structure,
+    without loading anything (a ``MultiObjectiveOptimizer`` also checks its method state)."""
+    check = getattr(optimizer, "check_state_dict", None)
+    try:
+        if callable(check):
+            check(state)
+        else:
+            check_optimizer_groups(optimizer, state)
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from error
+
+
+def check_optimizer_groups(optimizer: torch.optim.Optimizer, state: Any) -> None:
+    """Raise ``ValueError`` unless ``state`` is a ``torch.optim`` state dict with as many
+    parameter groups, and parameters in each, as ``optimizer`` (what its ``load_state_dict``
+    requires); changes nothing."""
+    if not isinstance(state, Mapping) or "param_groups" not in state or "state" not in state:
+        raise ValueError("not a torch.optim state dict (expected keys 'state' and 'param_groups')")
+    saved, own = state["param_groups"], optimizer.param_groups
+    if len(saved) != len(own):
+        raise ValueError(
+            f"the state holds {len(saved)} parameter groups, the optimizer has {len(own)}"
+        )
+    for index, (a, b) in enumerate(zip(saved, own)):
+        if len(a["params"]) != len(b["params"]):
+            raise ValueError(
+                f"parameter group {index} holds {len(a['params'])} parameters in the state, "
+                f"{len(b['params'])} in the optimizer"
+            )

@@ -206,6 +206,26 @@ def check_same_layout(signature: Sequence[int], what: str, *, group: Optional[An
         )
 
 
+def gather_rows(values: Sequence[float], *, group: Optional[Any] = None) -> Tensor:
+    """Every rank's ``values`` as a ``(world_size, n)`` float64 CPU tensor (row ``r`` from rank
+    ``r``), with one small ``all_reduce``; ``(1, n)`` in a single process.
+
+    The optimizer's checks under ``validate=True`` use it so that all ranks see the same
+    verdict and raise together, instead of one rank raising while the others wait in the next
+    collective until the process group times out. Integers up to 2**53 are exact.
+    """
+    row = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    size = world_size(group)
+    if size == 1:
+        return row[None]
+    table = torch.zeros(size, len(row), dtype=torch.float64)
+    table[rank(group)] = row
+    if dist.get_backend(group) == "nccl":
+        table = table.cuda()
+    dist.all_reduce(table, group=group)
+    return table.cpu()
+
+
 def all_gather_objects(obj: Any, *, group: Optional[Any] = None) -> list[Any]:
     """``[obj from rank 0, obj from rank 1, ...]`` (``[obj]`` in a single process)."""
     if world_size(group) == 1:

@@ -204,6 +204,16 @@ DONATED_BUFFERS_MESSAGE = (
 )
 
 
+class SparseGradientError(ValueError):
+    """Objective ``objective`` produced a sparse gradient for parameter ``index`` (of the list
+    passed to :func:`loop_gradients`), which the per-objective strategies cannot combine."""
+
+    def __init__(self, objective: int, index: int, shape: tuple[int, ...]) -> None:
+        super().__init__(f"its gradient for parameter #{index} (shape {list(shape)}) is sparse")
+        self.objective = objective
+        self.index = index
+
+
 def loop_gradients(
     losses: Sequence[Tensor],
     params: Sequence[Tensor],
@@ -227,6 +237,8 @@ def loop_gradients(
                 raise RuntimeError(DONATED_BUFFERS_MESSAGE) from error
             raise
         for index, g in enumerate(grads):
+            if g is not None and g.is_sparse:
+                raise SparseGradientError(k, index, tuple(params[index].shape))
             per_param[index][k] = g
         del grads
     return _assemble(per_param, params, group_of, k_total)
@@ -307,6 +319,97 @@ def vmap_gradients(
     return result
 
 
+def _max_abs(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """``max |t|`` of each tensor (NaN when it holds a NaN), in one fused call per dtype where
+    torch has one. Sparse tensors are measured on their stored values."""
+    dense = [t.coalesce().values() if t.is_sparse else t for t in tensors]
+    if not dense:
+        return []
+    return list(torch._foreach_norm(dense, float("inf")))
+
+
+def nonfinite_objectives(gradients: ObjectiveGradients, num_objectives: int) -> Tensor:
+    """``(K,)`` bool on the gradients' device: objective ``k`` has a non-finite (inf or NaN)
+    entry in a gradient it produced, on a balanced or an exclusive parameter.
+
+    Combined gradients (a weighted sum of all objectives, amortized accumulation) count for
+    every objective that reached the parameters. One fused max-norm over the gradients, no
+    host synchronisation; an exact test (a sum of squares could overflow where the gradient
+    is finite).
+    """
+    tensors: list[Tensor] = []
+    owners: list[int] = []
+    for block in gradients.blocks:
+        if isinstance(block, Tensor):
+            for k in range(num_objectives):
+                tensors.append(block[k])
+                owners.append(k)
+        else:
+            for k, row in enumerate(block):
+                if row is not None:
+                    tensors.append(row)
+                    owners.append(k)
+    for _, grad, k in gradients.exclusive:
+        tensors.append(grad)
+        owners.append(k)
+    everyone = [k for k, reached in enumerate(gradients.reached) if reached] or list(
+        range(num_objectives)
+    )
+    for _, grad in gradients.combined:
+        tensors.append(grad)
+        owners.append(-1)
+    if not tensors:
+        return torch.zeros(num_objectives, dtype=torch.bool)
+    device = tensors[0].device
+    bad = ~torch.isfinite(_stack_norms(_max_abs(tensors), device))
+    rows = []
+    index = []
+    for position, owner in enumerate(owners):
+        for k in everyone if owner < 0 else [owner]:
+            rows.append(position)
+            index.append(k)
+    flags = torch.zeros(num_objectives, dtype=torch.int32, device=device)
+    flags.index_add_(
+        0,
+        torch.tensor(index, device=device),
+        bad[torch.tensor(rows, device=device)].to(torch.int32),
+    )
+    return flags > 0
+
+
+def nonfinite_tensors(grads: Sequence[Optional[Tensor]]) -> Tensor:
+    """``(n,)`` bool: whether each tensor holds a non-finite entry (False for ``None``), e.g.
+    ``[p.grad for p in params]``. One fused max-norm, no host synchronisation."""
+    present = [j for j, g in enumerate(grads) if g is not None]
+    flags = torch.zeros(len(grads), dtype=torch.bool)
+    if not present:
+        return flags
+    norms = _max_abs([grads[j] for j in present])  # type: ignore[misc]
+    device = norms[0].device
+    flags = flags.to(device)
+    flags[torch.tensor(present, device=device)] = ~torch.isfinite(_stack_norms(norms, device))
+    return flags
+
+
+def _stack_norms(norms: Sequence[Tensor], device: torch.device) -> Tensor:
+    """Stack 0-dim norms on ``device``; mixed dtypes meet in float64 (which holds every value)."""
+    dtype = norms[0].dtype
+    if any(n.dtype != dtype for n in norms):
+        dtype = torch.float64
+    return torch.stack([n.to(device=device, dtype=dtype) for n in norms])
+
+
+def sparse_parameters(gradients: ObjectiveGradients) -> list[Tensor]:
+    """The parameters whose per-objective gradients are sparse (``nn.Embedding(sparse=True)``)."""
+    found: list[Tensor] = []
+    for param, block in zip(gradients.params, gradients.blocks):
+        rows = [block] if isinstance(block, Tensor) else [r for r in block if r is not None]
+        if any(r.is_sparse for r in rows):
+            found.append(param)
+    found.extend(p for p, g, _ in gradients.exclusive if g.is_sparse)
+    return found
+
+
 def gram_matrix(
     blocks: Sequence[Block],
     groups: Sequence[int],
@@ -354,10 +457,34 @@ def gram_matrix(
     return gram
 
 
-def _accumulate(param: Tensor, grad: Tensor) -> None:
-    """Add ``grad`` into ``param.grad`` (or set it), like autograd's gradient accumulation."""
+def _obeys_layout(param: Tensor, grad: Tensor) -> bool:
+    """Whether ``grad`` can become ``param.grad`` as it is: same dtype, shape and strides as
+    the (dense) parameter, so it is dense and has no overlapping elements. Autograd returns
+    expanded (stride-0) views for some inputs (the gradient of ``p.sum()``); fused optimizers
+    and in-place additions go wrong on them."""
+    return (
+        grad.layout == torch.strided
+        and grad.dtype == param.dtype
+        and grad.shape == param.shape
+        and grad.stride() == param.stride()
+    )
+
+
+def _accumulate(param: Tensor, grad: Tensor, *, fresh: bool = True) -> None:
+    """Add ``grad`` into ``param.grad`` (or set it), like autograd's gradient accumulation.
+
+    A new ``.grad`` is always a dense tensor with the parameter's layout and dtype, as
+    ``loss.backward()`` leaves it: ``grad`` is used as it is only when it obeys that layout and
+    ``fresh`` says no other ``.grad`` shares its memory; otherwise it is copied.
+    """
     if param.grad is None:
-        param.grad = grad.to(param.dtype) if grad.dtype != param.dtype else grad
+        if grad.is_sparse:
+            param.grad = grad if fresh else grad.clone()
+        elif fresh and _obeys_layout(param, grad):
+            param.grad = grad
+        else:
+            dense = torch.empty_like(param, memory_format=torch.preserve_format)
+            param.grad = dense.copy_(grad)
     else:
         param.grad.add_(grad)
 
@@ -498,9 +625,20 @@ def combine(
 
 
 def accumulate_grads(pairs: Sequence[tuple[Tensor, Tensor]]) -> None:
-    """Add each gradient into its parameter's ``.grad`` (or set it), as autograd does."""
+    """Add each gradient into its parameter's ``.grad`` (or set it), as autograd does.
+
+    Every new ``.grad`` is dense, in the parameter's layout, and shares its memory with no
+    other ``.grad`` written here (autograd may hand the same tensor to several inputs).
+    """
+    used: set[tuple[int, int]] = set()
     for param, grad in pairs:
-        _accumulate(param, grad)
+        key = (
+            (grad.untyped_storage().data_ptr(), int(grad.storage_offset()))
+            if grad.layout == torch.strided
+            else (id(grad), 0)
+        )
+        _accumulate(param, grad, fresh=key not in used)
+        used.add(key)
 
 
 def write_combined(

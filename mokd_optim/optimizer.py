@@ -7,6 +7,7 @@ import os
 import sys
 import types
 import warnings
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,15 @@ from torch.optim import Optimizer
 from mokd_optim import distributed
 from mokd_optim import gradients as grad_strategies
 from mokd_optim._typing import Losses
-from mokd_optim._validation import ObjectiveError, check_losses, normalize_losses
+from mokd_optim._validation import (
+    ObjectiveError,
+    check_flag,
+    check_loss_structure,
+    check_number,
+    loss_problems,
+    normalize_losses,
+    raise_loss_problem,
+)
 from mokd_optim.diagnostics import StepStats
 from mokd_optim.distributed import Communication
 from mokd_optim.gradients import ObjectiveGradients
@@ -123,12 +132,19 @@ class MultiObjectiveOptimizer(Optimizer):
             )
         if balance not in BALANCE_MODES:
             raise ValueError(f"unknown balance mode {balance!r}; choose one of {BALANCE_MODES}")
-        if max_norm is not None and not max_norm > 0:
-            raise ValueError(f"max_norm must be positive or None, got {max_norm}")
+        if max_norm is not None:
+            check_number("MultiObjectiveOptimizer", "max_norm", max_norm, low=0.0, low_open=True)
+        check_flag("MultiObjectiveOptimizer", "validate", validate)
         if sync not in distributed.SYNC_MODES:
             raise ValueError(f"unknown sync mode {sync!r}; choose one of {distributed.SYNC_MODES}")
-        if not isinstance(bucket_bytes, int) or bucket_bytes <= 0:
-            raise ValueError(f"bucket_bytes must be a positive integer, got {bucket_bytes!r}")
+        check_number(
+            "MultiObjectiveOptimizer",
+            "bucket_bytes",
+            bucket_bytes,
+            low=0,
+            low_open=True,
+            integer=True,
+        )
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise TypeError(
                 f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
@@ -155,6 +171,9 @@ class MultiObjectiveOptimizer(Optimizer):
         self._last_losses: Optional[Tensor] = None
         self._last_stats: Optional[StepStats] = None
         self._window: Optional[_Window] = None
+        # A GradScaler may skip the step after a backward; amortised methods must then not
+        # learn from that backward's losses (set by a closing backward under AMP, cleared by step).
+        self._awaiting_step = False
         self._communication = Communication()
         # step() warns once when no backward() ran since the last step but .grad is set: the
         # classic slip `loss.backward(); opt.step()`, which trains without balancing anything.
@@ -310,7 +329,7 @@ class MultiObjectiveOptimizer(Optimizer):
     ) -> dict[int, tuple[int, int]]:
         return {id(p): (index, group) for index, (p, group) in enumerate(zip(params, groups))}
 
-    def _add_to_window(
+    def _merged_window(
         self,
         names: tuple[str, ...],
         kind: str,
@@ -318,6 +337,8 @@ class MultiObjectiveOptimizer(Optimizer):
         loss_values: Tensor,
         placement: dict[int, tuple[int, int]],
     ) -> _Window:
+        """The open window with this micro-batch added (the optimizer's window is not changed:
+        the caller assigns it once every check has passed)."""
         window = self._window
         if window is None:
             window = _Window(
@@ -334,7 +355,6 @@ class MultiObjectiveOptimizer(Optimizer):
                 loss_sum=window.loss_sum + loss_values,
                 count=window.count + 1,
             )
-        self._window = window
         return window
 
     def _loss_scale(self, device: torch.device) -> Optional[Tensor]:
@@ -359,35 +379,110 @@ class MultiObjectiveOptimizer(Optimizer):
             bad = bad | ~torch.isfinite(torch.diagonal(gram, dim1=-2, dim2=-1)).all()
         return torch.where(bad, torch.full_like(scale, float("nan")), scale)
 
-    def _gram_for_methods(
-        self, gram: Tensor, names: Sequence[str], scale: Optional[Tensor]
-    ) -> Tensor:
-        """The Gram matrix the methods see, after a check for non-finite gradients.
+    def _gram_for_methods(self, gram: Tensor, scale: Optional[Tensor]) -> Tensor:
+        """The Gram matrix the methods see.
 
         Under AMP an overflow makes the Gram matrix non-finite; :meth:`_amp_factor` then turns
         the update into NaN so that the scaler skips the step, and the methods get the identity
         in its place so that none of them raises (or learns) from the skipped step. Without a
-        scaler, ``validate=True`` raises :class:`ObjectiveError` for an objective whose gradient
-        is not finite, before anything is written (one more host synchronisation).
+        scaler, ``validate=True`` has already refused non-finite gradients
+        (:meth:`_check_gradients`).
         """
+        if scale is None:
+            return gram
         finite = torch.isfinite(gram).flatten(-2).all(dim=-1)
-        if scale is not None:
-            eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-            return torch.where(finite[..., None, None], gram, eye)
-        if self.validate:
-            bad = (
-                (~torch.isfinite(torch.diagonal(gram, dim1=-2, dim2=-1)))
-                .reshape(-1, len(names))
-                .any(dim=0)
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        return torch.where(finite[..., None, None], gram, eye)
+
+    def _check_loss_values(
+        self, names: tuple[str, ...], tensors: Sequence[Tensor], amp: bool, sync: str
+    ) -> None:
+        """``validate=True``: refuse non-finite losses (and non-positive ones for log-based
+        methods) before anything changes. Under ``torch.distributed`` the ranks first agree
+        (one small collective): every rank raises the same error, naming the objective and the
+        rank, and a rank whose objectives differ in names or order is refused on every rank."""
+        codes, values = loss_problems(
+            tensors, positive=bool(self.method.log_losses), allow_nonfinite=amp
+        )
+        if sync == "none":
+            for name, code, value in zip(names, codes, values):
+                raise_loss_problem(name, code, value)
+            return
+        signature = zlib.crc32("\x00".join(names).encode("utf-8"))
+        first = next((k for k, code in enumerate(codes) if code), -1)
+        # Fixed width, so that ranks with a different number of objectives still agree.
+        summary: list[float] = [signature, len(names), first, codes[first] if first >= 0 else 0]
+        summary.append(values[first] if first >= 0 else 0.0)
+        table = distributed.gather_rows(summary, group=self.process_group).tolist()
+        if any(row[:2] != table[0][:2] for row in table):
+            everyone = distributed.all_gather_objects(list(names), group=self.process_group)
+            listing = "; ".join(f"rank {r}: {n}" for r, n in enumerate(everyone))
+            raise ValueError(
+                f"ranks pass different objectives or the same ones in another order ({listing}); "
+                "per-objective gradients are averaged across ranks position by position, so every "
+                "rank must pass the same names in the same order (build the losses dict in a fixed order)"
             )
-            for name, flag in zip(names, bad.tolist()):
-                if flag:
+        for r, (_, _, index, code, value) in enumerate(table):
+            if index >= 0:
+                raise_loss_problem(names[int(index)], int(code), value, where=f" on rank {r}")
+
+    def _check_gradients(
+        self,
+        names: tuple[str, ...],
+        bad: Tensor,
+        gram: Optional[Tensor],
+        sync: str,
+        layout: Optional[list[int]] = None,
+    ) -> None:
+        """``validate=True``: refuse non-finite gradients before anything is written.
+
+        ``bad``: ``(K,)`` bool, objective ``k`` produced a non-finite gradient entry (on any
+        parameter, balanced or not). ``gram``: the Gram matrix whose diagonal must be finite
+        (with finite gradients, a diagonal entry overflows only when a squared norm exceeds
+        the float64 range). ``layout``: the structure every rank must share. One host
+        synchronisation; under ``torch.distributed`` (``sync`` not ``"none"``) one small
+        collective, so every rank raises the same error together.
+        """
+        k_total = len(names)
+        flags = bad.to(torch.float64).reshape(k_total)
+        overflow = torch.zeros_like(flags)
+        if gram is not None:
+            diagonal = torch.diagonal(gram, dim1=-2, dim2=-1).reshape(-1, k_total)
+            overflow = (~torch.isfinite(diagonal)).any(dim=0).to(flags)
+        local = torch.cat([flags, overflow.to(flags.device)]).cpu().tolist()
+        if sync == "none":
+            table = [local]
+        else:
+            shape = list(layout) if layout is not None else []
+            table = distributed.gather_rows([*shape, *local], group=self.process_group).tolist()
+            shapes = [row[: len(shape)] for row in table]
+            if any(row != shapes[0] for row in shapes):
+                low = [int(min(column)) for column in zip(*shapes)]
+                high = [int(max(column)) for column in zip(*shapes)]
+                raise RuntimeError(
+                    f"ranks disagree on which objectives reach which parameters (min {low} vs max {high}): "
+                    "every rank must compute the same objectives from the same parameters (data-dependent "
+                    "control flow that skips a head or a loss on some ranks is not supported)"
+                )
+            table = [row[len(shape) :] for row in table]
+        for r, row in enumerate(table):
+            where = f" on rank {r}" if sync != "none" else ""
+            for k, name in enumerate(names):
+                if row[k]:
                     raise ObjectiveError(
                         name,
-                        "its gradient is not finite (an overflow in the backward pass); nothing was changed. "
-                        "Lower the learning rate or the loss scale, or attach a GradScaler under mixed precision",
+                        f"its gradient is not finite{where} although the loss is (an inf or NaN in the backward "
+                        "pass, e.g. sqrt or log of an exact 0, or an overflow); nothing was changed. Guard the "
+                        "operation (clamp its input), lower the learning rate, or attach a GradScaler under "
+                        "mixed precision",
                     )
-        return gram
+            for k, name in enumerate(names):
+                if row[k_total + k]:
+                    raise ObjectiveError(
+                        name,
+                        f"its gradient is finite but its squared norm overflows the float64 Gram matrix{where} "
+                        "(a gradient norm above about 1e154); nothing was changed. Scale this loss down",
+                    )
 
     @overload
     def backward(
@@ -453,13 +548,10 @@ class MultiObjectiveOptimizer(Optimizer):
         """
         names, tensors = normalize_losses(losses)
         amp = self.scaler is not None and self.scaler.is_enabled()
-        check_losses(
-            names,
-            tensors,
-            positive=bool(self.method.log_losses),
-            check_values=self.validate,
-            allow_nonfinite=amp,
-        )
+        check_loss_structure(names, tensors)
+        sync = distributed.resolve_sync(self.sync, self.process_group)
+        if self.validate:
+            self._check_loss_values(names, tensors, amp, sync)
         feature_list: Optional[list[Tensor]] = None
         if features is not None:
             feature_list = [features] if isinstance(features, Tensor) else list(features)
@@ -473,7 +565,11 @@ class MultiObjectiveOptimizer(Optimizer):
         loss_values = torch.stack([t.detach().reshape(()) for t in tensors]).to(
             torch.float32 if tensors[0].device.type == "mps" else torch.float64
         )
-        sync = distributed.resolve_sync(self.sync, self.process_group)
+        if amp and self._awaiting_step:
+            # The previous backward's step never ran: the scaler found an overflow and skipped it.
+            for method in self._methods:
+                method.discard_pending()
+            self._awaiting_step = False
         scale = self._loss_scale(tensors[0].device) if amp else None
         scaled = tensors if scale is None else [t * scale for t in tensors]
         self._communication = Communication()
@@ -503,6 +599,7 @@ class MultiObjectiveOptimizer(Optimizer):
         if stats is not None:
             self._last_losses = stats.losses
             self._last_stats = stats
+            self._awaiting_step = amp
         self._backward_since_step = True
         return stats
 
@@ -515,7 +612,7 @@ class MultiObjectiveOptimizer(Optimizer):
 
     def _check_reach(
         self, names: Sequence[str], tensors: Sequence[Tensor], params: Sequence[Tensor]
-    ) -> None:
+    ) -> list[list[bool]]:
         reach = grad_strategies.reach_matrix(tensors, params)
         for name, row in zip(names, reach):
             if not any(row):
@@ -523,6 +620,49 @@ class MultiObjectiveOptimizer(Optimizer):
                     name,
                     "the loss reaches no parameter of the optimizer; check that it is computed from the model being optimized",
                 )
+        return reach
+
+    @staticmethod
+    def _objectives_of(bad_params: Tensor, reach: list[list[bool]]) -> Tensor:
+        """``(K,)`` bool: objective ``k`` reaches a parameter flagged in ``bad_params`` ``(n,)``."""
+        matrix = torch.tensor(reach, dtype=torch.bool, device=bad_params.device)
+        return (matrix & bad_params[None, :]).any(dim=1)
+
+    def _guarded_backward(
+        self,
+        names: tuple[str, ...],
+        params: list[Tensor],
+        reach: Optional[list[list[bool]]],
+        sync: str,
+        run: Callable[[], None],
+    ) -> None:
+        """Run a backward that writes ``.grad`` directly (one weighted backward), then, with
+        ``validate=True`` (``reach`` given), refuse a non-finite result: ``.grad`` is put back
+        as it was (gradients that existed before are copied first; the usual ``.grad = None``
+        after ``zero_grad()`` costs nothing) and :class:`ObjectiveError` names an objective
+        that reaches the parameter. Method state is restored by the caller."""
+        if reach is None:
+            run()
+            return
+        previous = [p.grad for p in params]
+        copies = [None if g is None else g.detach().clone() for g in previous]
+        run()
+        try:
+            bad_params = grad_strategies.nonfinite_tensors([p.grad for p in params])
+            self._check_gradients(names, self._objectives_of(bad_params, reach), None, sync)
+        except BaseException:
+            for param, old, copy_ in zip(params, previous, copies):
+                if old is None or copy_ is None:
+                    param.grad = None
+                else:
+                    old.copy_(copy_)
+                    param.grad = old
+            raise
+
+    def _restore_methods(self, states: Optional[list[dict[str, Any]]]) -> None:
+        if states is not None:
+            for method, state in zip(self._methods, states):
+                method.load_state_dict(state)
 
     def _backward_amortized(
         self,
@@ -539,11 +679,13 @@ class MultiObjectiveOptimizer(Optimizer):
             raise ValueError(
                 "balance='per_group' needs per-objective gradients; use strategy 'loop' or 'vmap'"
             )
-        if self.validate:
-            self._check_reach(names, tensors, params)
+        check = self.validate and scale is None
+        reach = self._check_reach(names, tensors, params) if self.validate else None
         if sync != "none":
             # Every rank must feed its method the same numbers, or method states drift apart.
             loss_values = self._all_reduce_mean([loss_values])[0]
+        # The weights may move the method's state (amortised logits): kept to undo on error.
+        states = [method.state_dict() for method in self._methods] if check else None
         weights = self.method.weights(None, loss_values)
         if not accumulate and self._window is None:
             # One weighted backward; under DDP its reducer averages the gradients. The losses
@@ -553,7 +695,19 @@ class MultiObjectiveOptimizer(Optimizer):
                 if scale is None
                 else weights * (self._amp_factor(scale, None, loss_values) / scale)
             )
-            grad_strategies.weighted_backward(tensors, applied, params, retain_graph=retain_graph)
+            try:
+                self._guarded_backward(
+                    names,
+                    params,
+                    reach if check else None,
+                    sync,
+                    lambda: grad_strategies.weighted_backward(
+                        tensors, applied, params, retain_graph=retain_graph
+                    ),
+                )
+            except BaseException:
+                self._restore_methods(states)
+                raise
             return StepStats(
                 names=names,
                 losses=loss_values,
@@ -564,14 +718,28 @@ class MultiObjectiveOptimizer(Optimizer):
         gradients = grad_strategies.weighted_gradients(
             tensors, weights, params, retain_graph=retain_graph
         )
+        if check:
+            assert reach is not None
+            position = {id(p): j for j, p in enumerate(params)}
+            flags = torch.zeros(len(params), dtype=torch.bool)
+            if gradients.combined:
+                found = grad_strategies.nonfinite_tensors([g for _, g in gradients.combined])
+                index = torch.tensor([position[id(p)] for p, _ in gradients.combined])
+                flags = flags.to(found.device).index_copy(0, index.to(found.device), found)
+            try:
+                self._check_gradients(names, self._objectives_of(flags, reach), None, sync)
+            except BaseException:
+                self._restore_methods(states)
+                raise
         if scale is not None:
             gradients = grad_strategies.scale_gradients(
                 gradients, scale.double().reciprocal().float()
             )
-        window = self._add_to_window(
+        window = self._merged_window(
             names, "amortized", gradients, loss_values, self._placement(params, [0] * len(params))
         )
         if accumulate:
+            self._window = window
             return None
         self._window = None
         total, mean_losses = window.mean()
@@ -612,8 +780,8 @@ class MultiObjectiveOptimizer(Optimizer):
                 raise ValueError(
                     f"features[{index}] must be a tensor that requires grad (the shared representation the losses are computed from)"
                 )
-        if self.validate:
-            self._check_reach(names, tensors, params)
+        check = self.validate and scale is None
+        reach = self._check_reach(names, tensors, params) if self.validate else None
         per_objective = grad_strategies.representation_gradients(tensors, features)
         for name, grads in zip(names, per_objective):
             if grads is None:
@@ -632,6 +800,15 @@ class MultiObjectiveOptimizer(Optimizer):
         gram = grad_strategies.gram_matrix(
             blocks, [0] * len(blocks), 1, k_total, loss_values.device
         )[0]
+        if check:
+            at_features = grad_strategies.ObjectiveGradients(
+                params=list(features),
+                blocks=list(blocks),
+                groups=[0] * len(blocks),
+                reached=[True] * k_total,
+            )
+            bad = grad_strategies.nonfinite_objectives(at_features, k_total)
+            self._check_gradients(names, bad, gram, sync)
         if sync == "exact":
             # Rows of the shared tensor belong to different samples on different ranks, so the
             # Gram matrix of the global batch is the sum of the local ones, scaled by 1/W^2
@@ -643,13 +820,24 @@ class MultiObjectiveOptimizer(Optimizer):
             self._communication = self._communication + sent
             gram = packed[: k_total * k_total].reshape(k_total, k_total) / size**2
             loss_values = packed[k_total * k_total :] / size
-        weights = self.method.weights(self._gram_for_methods(gram, names, scale), loss_values)
+        states = [method.state_dict() for method in self._methods] if check else None
+        weights = self.method.weights(self._gram_for_methods(gram, scale), loss_values)
         if sync == "weights":
             weights = self._all_reduce_mean([weights])[0]
         applied = weights if scale is None else weights * self._amp_factor(scale, gram, loss_values)
-        grad_strategies.representation_backward(
-            tensors, features, blocks, applied, params, retain_graph=retain_graph
-        )
+        try:
+            self._guarded_backward(
+                names,
+                params,
+                reach if check else None,
+                sync,
+                lambda: grad_strategies.representation_backward(
+                    tensors, features, blocks, applied, params, retain_graph=retain_graph
+                ),
+            )
+        except BaseException:
+            self._restore_methods(states)
+            raise
         return StepStats(
             names=names,
             losses=loss_values,
@@ -687,36 +875,79 @@ class MultiObjectiveOptimizer(Optimizer):
                 )
                 strategy = "loop"
         if result is None:
-            result = grad_strategies.loop_gradients(
-                tensors, params, groups, retain_graph=retain_graph
-            )
+            try:
+                result = grad_strategies.loop_gradients(
+                    tensors, params, groups, retain_graph=retain_graph
+                )
+            except grad_strategies.SparseGradientError as error:
+                raise ObjectiveError(
+                    names[error.objective],
+                    f"{error}; the {strategy!r} strategy needs dense per-objective gradients and nothing was "
+                    "changed. Use nn.Embedding(..., sparse=False), or strategy='representation' "
+                    "(backward(losses, features=...)) or an amortised method, whose single backward leaves "
+                    "sparse .grad as autograd does",
+                ) from None
         for name, reached in zip(names, result.reached):
             if not reached:
                 raise ObjectiveError(
                     name,
                     "the loss reaches no parameter of the optimizer; check that it is computed from the model being optimized",
                 )
+        # validate=True: which objectives produced an inf/NaN gradient entry, on any parameter
+        # (balanced or exclusive); checked before anything is written or accumulated.
+        check = self.validate and scale is None
+        bad = grad_strategies.nonfinite_objectives(result, len(names)) if check else None
         if scale is not None:
             result = grad_strategies.scale_gradients(result, scale.double().reciprocal().float())
+        closing: Optional[_Window] = None
         if accumulate or self._window is not None:
-            window = self._add_to_window(
+            window = self._merged_window(
                 names, "exact", result, loss_values, self._placement(params, groups)
             )
             if accumulate:
+                if bad is not None:
+                    self._check_gradients(names, bad, None, sync)
+                self._window = window
                 return None
-            self._window = None
+            closing = window
             result, loss_values = window.mean()
-        if sync != "none" and self.validate:
-            distributed.check_same_layout(
-                result.layout(), "which objectives reach which parameters", group=self.process_group
-            )
         if sync == "exact":
+            if bad is not None:
+                self._check_gradients(names, bad, None, sync, layout=result.layout())
+            elif sync != "none" and self.validate:
+                distributed.check_same_layout(
+                    result.layout(),
+                    "which objectives reach which parameters",
+                    group=self.process_group,
+                )
             reduced = self._all_reduce_mean([*result.tensors(), loss_values])
             result, loss_values = result.with_tensors(reduced[:-1]), reduced[-1]
         gram = grad_strategies.gram_matrix(
             result.blocks, result.groups, num_groups, len(tensors), loss_values.device
         )
-        method_gram = self._gram_for_methods(gram, names, scale)
+        single = len(names) == 1
+        if single:
+            # One objective: nothing is balanced (every parameter is its own and gets its plain
+            # gradient), so the statistics describe that update: its squared norm, weight 1.
+            group_by_param = {id(p): g for p, g in zip(params, groups)}
+            extra = torch.zeros_like(gram)
+            for param, grad, _ in result.exclusive:
+                flat = grad.reshape(-1)
+                flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+                extra[group_by_param[id(param)], 0, 0] += torch.dot(flat, flat).to(extra)
+            gram = gram + extra
+        if bad is not None:
+            if sync == "exact":
+                self._check_gradients(names, torch.zeros_like(bad), gram, "none")
+            else:
+                self._check_gradients(names, bad, gram, sync, layout=result.layout())
+        elif sync == "weights" and self.validate:
+            distributed.check_same_layout(
+                result.layout(), "which objectives reach which parameters", group=self.process_group
+            )
+        if closing is not None:
+            self._window = None
+        method_gram = self._gram_for_methods(gram, scale)
         weights = torch.stack(
             [
                 method.weights(method_gram[g], loss_values)
@@ -725,6 +956,8 @@ class MultiObjectiveOptimizer(Optimizer):
         )
         if sync == "weights":
             weights = self._all_reduce_mean([weights])[0]
+        if single and self.method.needs_gradients:
+            weights = torch.ones_like(weights)  # the plain gradient is what is written
         exclusive_weights = None if self.method.needs_gradients else weights[0]
         factor = None if scale is None else self._amp_factor(scale, gram, loss_values)
         pairs = grad_strategies.combine(
@@ -781,6 +1014,7 @@ class MultiObjectiveOptimizer(Optimizer):
         if not self._backward_since_step and not self._warned_bypass and closure is None:
             self._warn_if_bypassed()
         self._backward_since_step = False
+        self._awaiting_step = False
         if self.max_norm is not None:
             grads = [
                 p
@@ -825,6 +1059,11 @@ class MultiObjectiveOptimizer(Optimizer):
         """
         if not self.method.needs_losses_after:
             return
+        if self._awaiting_step:
+            # Under AMP the scaler skipped the step of the last backward: nothing to learn from.
+            for method in self._methods:
+                method.discard_pending()
+            return
         if self._last_losses is None:
             raise RuntimeError(
                 "observe() needs a previous backward(): there is no 'before' to compare with"
@@ -851,8 +1090,19 @@ class MultiObjectiveOptimizer(Optimizer):
             "balance": self.balance,
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned. Raises ``ValueError`` on a mismatch."""
+    def check_state_dict(self, state_dict: dict[str, Any]) -> list[Method]:
+        """Check that :meth:`load_state_dict` can restore ``state_dict``, changing nothing.
+
+        Checks the format, the balance mode, the wrapped optimizer's parameter groups (their
+        number and sizes), and each method state, loaded into a copy of the method (and bound
+        to the objectives this optimizer has seen, so that K = 3 state is refused by an
+        optimizer used with K = 2). Returns those loaded copies.
+
+        Raises:
+            ValueError: the first mismatch found.
+        """
+        from mokd_optim.checkpoint import check_optimizer_groups
+
         if (
             not isinstance(state_dict, dict)
             or state_dict.get("format") != _STATE_FORMAT
@@ -867,18 +1117,46 @@ class MultiObjectiveOptimizer(Optimizer):
                 f"state dict was saved with balance={state_dict.get('balance')!r}, this optimizer uses {self.balance!r}"
             )
         method_states = state_dict.get("methods", [])
+        expected = len(method_states) if self.balance == "per_group" else len(self._methods)
+        if (
+            not isinstance(method_states, list)
+            or not method_states
+            or len(method_states) != expected
+        ):
+            raise ValueError(
+                f"state dict holds {len(method_states) if isinstance(method_states, list) else '?'} method states, "
+                f"expected {expected}"
+            )
+        check_optimizer_groups(self.optimizer, state_dict["optimizer"])
+        loaded: list[Method] = []
+        for method_state in method_states:
+            candidate = copy.deepcopy(self.method)
+            try:
+                candidate.load_state_dict(method_state)
+                if self._bound_names is not None:
+                    candidate.bind(self._bound_names)
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                raise ValueError(
+                    f"the method state does not fit method {self.method.name!r}"
+                    + (f" with objectives {list(self._bound_names)}" if self._bound_names else "")
+                    + f": {error}"
+                ) from error
+            loaded.append(candidate)
+        return loaded
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned: every part is checked first
+        (:meth:`check_state_dict`), so a mismatch raises ``ValueError`` and changes nothing."""
+        self.check_state_dict(state_dict)
+        method_states = state_dict["methods"]
+        self.optimizer.load_state_dict(state_dict["optimizer"])
         if self.balance == "per_group" and len(self._methods) != len(method_states):
             self._methods = [self.method] + [
                 copy.deepcopy(self.method) for _ in range(len(method_states) - 1)
             ]
             self._bound_names = None
-        if len(method_states) != len(self._methods):
-            raise ValueError(
-                f"state dict holds {len(method_states)} method states, expected {len(self._methods)}"
-            )
         for method, method_state in zip(self._methods, method_states):
             method.load_state_dict(method_state)
-        self.optimizer.load_state_dict(state_dict["optimizer"])
 
 
 def _caller_stacklevel() -> int:

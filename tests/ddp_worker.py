@@ -8,6 +8,7 @@ process (no DDP) on the concatenated batch, as the reference.
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 from typing import Any
@@ -74,7 +75,7 @@ def run(scenario: dict[str, Any], rank: int, world: int, distributed: bool) -> d
         **options,
     )
     micro = scenario.get("micro", 1)
-    weights, communication = [], []
+    weights, communication, grams = [], [], []
     for step in range(STEPS):
         data = batch(step)
         if distributed:
@@ -90,11 +91,14 @@ def run(scenario: dict[str, Any], rank: int, world: int, distributed: bool) -> d
             else:
                 stats = opt.backward(losses, accumulate=index < len(chunks) - 1)
         weights.append(stats.weights.detach().clone())
+        if stats.gram is not None:
+            grams.append(stats.gram.detach().clone())
         communication.append((opt.last_communication.collectives, opt.last_communication.bytes))
         opt.step()
     return {
         "params": [p.detach().clone() for p in params],
         "weights": torch.stack(weights),
+        "grams": torch.stack(grams) if grams else None,
         "communication": communication,
         "buckets": len(
             bucket_plan([p.grad for p in params], scenario.get("bucket_bytes", 25 * 2**20))
@@ -109,6 +113,14 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "exact_representation": {"method": "mokd", "strategy": "representation", "sync": "exact"},
     "weights_representation": {"method": "mokd", "strategy": "representation", "sync": "weights"},
     "sum_amortized": {"method": "sum", "strategy": "amortized", "sync": "exact"},
+    # nash-mtl's update does not scale with the gradients, so its weights see the absolute scale
+    # of the Gram matrix (a wrong power of the world size in the summed Gram changes the steps).
+    "exact_representation_nash": {
+        "method": "nash-mtl",
+        "strategy": "representation",
+        "sync": "exact",
+    },
+    "exact_loop_nash": {"method": "nash-mtl", "strategy": "loop", "sync": "exact"},
     "weighted_amortized_accumulate": {
         "method": "weighted",
         "strategy": "amortized",
@@ -140,6 +152,38 @@ def layout_mismatch(rank: int, world: int) -> str:
     return ""
 
 
+def bad_input(rank: int, world: int) -> dict[str, str]:
+    """One rank's bad input must make every rank raise promptly, naming the objective and the
+    rank (no rank left waiting in a collective), and ranks passing the objectives in another
+    order must be refused. Each case returns the message this rank raised ("" if none)."""
+    results = {}
+    cases = ("nan_loss", "inf_head_gradient_weights", "inf_head_gradient_exact", "swapped_names")
+    for case in cases:
+        torch.manual_seed(0)
+        model = TwoHeadMLP()
+        sync = "weights" if case.endswith("weights") else "exact"
+        opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), sync=sync)
+        losses, _ = losses_of(model, shard(batch(0), rank, world))
+        if rank == 1 and case == "nan_loss":
+            losses["task"] = losses["task"] * float("nan")
+        if rank == 1 and case.startswith("inf_head_gradient"):
+            bias = model.projector.bias[0]
+            losses["feat"] = losses["feat"] + torch.sqrt(bias - bias.detach())
+        if rank == 1 and case == "swapped_names":
+            losses = {name: losses[name] for name in ("kd", "task", "feat")}
+        try:
+            opt.backward(losses)
+            results[case] = ""
+        except (ValueError, RuntimeError) as error:
+            results[case] = f"{type(error).__name__}: {error}"
+        results[case + "/untouched"] = str(all(p.grad is None for p in model.parameters()))
+    # The process group still works afterwards.
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    results["group_usable"] = str(float(total) == world)
+    return results
+
+
 def checkpoint_round_trip(rank: int, out_dir: str) -> dict[str, Any]:
     """Every rank saves; rank 0 writes; every rank gets its own RNG stream back. Only rank 0
     writes a StatsLogger file."""
@@ -166,7 +210,8 @@ def checkpoint_round_trip(rank: int, out_dir: str) -> dict[str, Any]:
 
 def main(out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    # A short timeout: a rank left waiting in a collective fails the run in seconds, not 30 min.
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=90))
     rank, world = dist.get_rank(), dist.get_world_size()
     results: dict[str, Any] = {}
     for name, scenario in SCENARIOS.items():
@@ -176,6 +221,7 @@ def main(out_dir: str) -> None:
         dist.barrier()
     results["layout_mismatch"] = layout_mismatch(rank, world)
     results["checkpoint"] = checkpoint_round_trip(rank, out_dir)
+    results["bad_input"] = bad_input(rank, world)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 

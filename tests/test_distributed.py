@@ -34,6 +34,8 @@ EXACT_SCENARIOS = [
     "exact_representation",
     "sum_amortized",
     "weighted_amortized_accumulate",
+    "exact_representation_nash",
+    "exact_loop_nash",
 ]
 ALL_SCENARIOS = [*EXACT_SCENARIOS, "weights_loop", "weights_representation"]
 # float32 training for 4 steps: DDP averages two half-batch means where the reference takes one
@@ -84,6 +86,33 @@ def test_exact_sync_matches_single_process_on_the_concatenated_batch(ranks, scen
     assert (
         max(float((p - q).abs().max()) for p, q in zip(ddp["params"], initial)) > 1000 * PARAM_ATOL
     )
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    ["exact_loop", "exact_representation", "exact_representation_nash", "exact_loop_nash"],
+)
+def test_exact_sync_reports_the_gram_matrix_of_the_concatenated_batch(ranks, scenario) -> None:
+    """``stats.gram`` under ``sync="exact"`` is the single-process Gram matrix of the whole
+    batch, at its absolute scale (a scale-insensitive method would hide a wrong power of the
+    world size; nash-mtl's steps would have the wrong length)."""
+    ddp, reference = ranks[0][scenario], ranks[0][scenario + "/reference"]
+    torch.testing.assert_close(ddp["grams"], reference["grams"], rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(ranks[1][scenario]["grams"], ddp["grams"], rtol=0, atol=0)
+
+
+def test_one_ranks_bad_input_raises_on_every_rank_promptly(ranks) -> None:
+    for result in ranks:
+        bad = result["bad_input"]
+        assert "objective 'task'" in bad["nan_loss"] and "on rank 1" in bad["nan_loss"]
+        for case in ("inf_head_gradient_weights", "inf_head_gradient_exact"):
+            assert "objective 'feat'" in bad[case], bad[case]
+            assert "gradient is not finite on rank 1" in bad[case]
+        assert "another order" in bad["swapped_names"]
+        assert "rank 1: ['kd', 'task', 'feat']" in bad["swapped_names"]
+        for case in ("nan_loss", "inf_head_gradient_weights", "inf_head_gradient_exact"):
+            assert bad[case + "/untouched"] == "True"
+        assert bad["group_usable"] == "True"
 
 
 def test_weights_sync_uses_averaged_local_weights(ranks) -> None:

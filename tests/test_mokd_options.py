@@ -239,3 +239,17 @@ def test_promises_follow_the_options() -> None:
     assert methods.get("mokd", simplex=False).equalize == 0.0
     with pytest.raises(ValueError, match="simplex=True"):
         methods.get("mokd", simplex=False, equalize=1.0)
+
+
+@pytest.mark.parametrize("equalize", [0.0, 1.0])
+@pytest.mark.parametrize("step", ["anchor", "log-anchor", "bounded"])
+def test_orthogonal_gradients_twelve_decades_apart_still_give_the_min_norm_step(
+    equalize: float, step: str
+) -> None:
+    # issue 12: norms 1e-6 and 1e6 gave weights [0, 0] (the small gradient was taken for zero)
+    jacobian = np.array([[1e-6, 0.0], [0.0, 1e6]])
+    losses = np.array([1.0, 1.0])
+    method = _bound(2, step=step, equalize=equalize)
+    update = _weights(method, jacobian, losses) @ jacobian
+    assert np.linalg.norm(update) > 0
+    assert np.all(jacobian @ update >= 0)

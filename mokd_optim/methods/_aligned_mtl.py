@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
+from mokd_optim._validation import check_choice, check_number
 from mokd_optim.methods._base import Method, as_work
 from mokd_optim.methods._registry import register
 from mokd_optim.solvers import normalize
@@ -131,12 +132,9 @@ class AlignedMTL(Method):
 
     def __init__(self, scale_mode: str = "min", rtol: Optional[float] = None) -> None:
         super().__init__()
-        if scale_mode not in SCALE_MODES:
-            raise ValueError(
-                f"aligned-mtl: unknown scale_mode {scale_mode!r}; choose one of {SCALE_MODES}"
-            )
-        if rtol is not None and not 0 <= rtol < 1:
-            raise ValueError(f"aligned-mtl: rtol must be in [0, 1), got {rtol}")
+        check_choice("aligned-mtl", "scale_mode", scale_mode, SCALE_MODES)
+        if rtol is not None:
+            check_number("aligned-mtl", "rtol", rtol, low=0.0, high=1.0, high_open=True)
         self.scale_mode = scale_mode
         self.rtol = rtol
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
+from mokd_optim._validation import OptionError, check_choice, check_number
 from mokd_optim.methods._base import Method, as_work
 
 OBSERVE_MODES = ("same_batch", "next_batch")
@@ -55,16 +56,14 @@ class AmortizedLogits(Method):
         eps: float = 1e-8,
     ) -> None:
         super().__init__()
-        if not lr > 0:
-            raise ValueError(f"{self.name}: lr must be positive, got {lr}")
-        if not weight_decay >= 0:
-            raise ValueError(f"{self.name}: weight_decay must be >= 0, got {weight_decay}")
-        if observe not in OBSERVE_MODES:
-            raise ValueError(
-                f"{self.name}: unknown observe mode {observe!r}; choose one of {OBSERVE_MODES}"
-            )
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"{self.name}: betas must be in [0, 1), got {betas}")
+        check_number(self.name, "lr", lr, low=0.0, low_open=True)
+        check_number(self.name, "weight_decay", weight_decay, low=0.0)
+        check_choice(self.name, "observe mode", observe, OBSERVE_MODES)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise OptionError(f"{self.name}: betas must be a pair of numbers, got {betas!r}")
+        for index, beta in enumerate(betas):
+            check_number(self.name, f"betas[{index}]", beta, low=0.0, high=1.0, high_open=True)
+        check_number(self.name, "eps", eps, low=0.0)
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.observe_mode = observe
@@ -180,6 +179,10 @@ class AmortizedLogits(Method):
         before = as_work(losses_before.detach())
         self._ensure_state(before)
         self._update(before, as_work(losses_after.detach()).to(before))
+        self._pending = None
+        self._awaiting_observe = False
+
+    def discard_pending(self) -> None:
         self._pending = None
         self._awaiting_observe = False
 

@@ -82,6 +82,10 @@ class Method(abc.ABC):
     def observe(self, losses_before: Tensor, losses_after: Tensor) -> None:  # noqa: B027
         """Learn from the loss values after the step (amortised methods). Default: nothing."""
 
+    def discard_pending(self) -> None:  # noqa: B027
+        """Forget the losses of the last weighting, which the optimizer step did not follow
+        (a ``GradScaler`` skipped it): there is no "after" to learn from. Default: nothing."""
+
     def state_dict(self) -> dict[str, Any]:
         """Internal state to checkpoint (tensors cloned). Stateless methods return ``{}``."""
         return {}

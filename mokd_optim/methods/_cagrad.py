@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
+from mokd_optim._validation import check_choice, check_number
 from mokd_optim.methods._base import Method, as_work
 from mokd_optim.methods._registry import register
 from mokd_optim.solvers import SolverError, normalize, project_to_dual_cone, psd_factor
@@ -274,14 +275,11 @@ class CAGrad(Method):
         self, c: float = 0.4, rescale: int = 1, reduction: str = "sum", solver: str = "auto"
     ) -> None:
         super().__init__()
-        if not c >= 0:
-            raise ValueError(f"cagrad: c must be >= 0, got {c}")
-        if rescale not in RESCALES:
-            raise ValueError(f"cagrad: rescale must be one of {RESCALES}, got {rescale!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"cagrad: unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
-        if solver not in SOLVERS:
-            raise ValueError(f"cagrad: unknown solver {solver!r}; choose one of {SOLVERS}")
+        check_number("cagrad", "c", c, low=0.0)
+        check_number("cagrad", "rescale", rescale, integer=True)
+        check_choice("cagrad", "rescale", rescale, RESCALES)
+        check_choice("cagrad", "reduction", reduction, REDUCTIONS)
+        check_choice("cagrad", "solver", solver, SOLVERS)
         self.c = float(c)
         self.rescale = rescale
         self.reduction = reduction

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import Weights
+from mokd_optim._validation import check_number, check_per_objective
 from mokd_optim.methods._amortized import AmortizedLogits
 from mokd_optim.methods._registry import register
 
@@ -51,12 +52,9 @@ class FAMO(AmortizedLogits):
         observe: str = "same_batch",
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, observe=observe)
-        if not eps >= 0:
-            raise ValueError(f"famo: eps must be >= 0, got {eps}")
-        if min_losses is not None and not isinstance(min_losses, (Mapping, Sequence)):
-            raise TypeError(
-                f"famo: min_losses must be a mapping or a sequence, got {type(min_losses).__name__}"
-            )
+        check_number("famo", "eps", eps, low=0.0)
+        if min_losses is not None:
+            check_per_objective("famo", "min_losses", min_losses)
         self.min_losses = min_losses
         self.log_eps = float(eps)
         self._minima: Optional[tuple[float, ...]] = None

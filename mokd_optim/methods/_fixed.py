@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
+from mokd_optim._validation import check_per_objective
 from mokd_optim.methods._base import Method
 from mokd_optim.methods._registry import register
 
@@ -38,16 +39,11 @@ class Weighted(Method):
 
     def __init__(self, weights: Union[Mapping[str, float], Sequence[float]]) -> None:
         super().__init__()
-        if isinstance(weights, Mapping):
-            self.fixed: Union[dict[str, float], tuple[float, ...]] = {
-                str(k): float(v) for k, v in weights.items()
-            }
-        elif isinstance(weights, Sequence) and not isinstance(weights, str):
-            self.fixed = tuple(float(v) for v in weights)
-        else:
-            raise TypeError(
-                f"weighted: weights must be a mapping or a sequence of numbers, got {type(weights).__name__}"
-            )
+        # Finite and >= 0: a NaN or inf weight would turn every parameter into NaN at the
+        # first step, and a negative one would train against that objective.
+        self.fixed: Union[dict[str, float], tuple[float, ...]] = check_per_objective(
+            "weighted", "weights", weights, low=0.0
+        )
         self._resolved: tuple[float, ...] = ()
 
     def bind(self, names: Any) -> None:

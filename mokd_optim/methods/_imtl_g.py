@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
+from mokd_optim._validation import check_flag
 from mokd_optim.methods._base import Method, as_work, cosine_gram, inverse_norms
 from mokd_optim.methods._registry import register
 from mokd_optim.solvers import normalize
@@ -88,7 +89,7 @@ class IMTLG(Method):
 
     def __init__(self, fix_sign: bool = True) -> None:
         super().__init__()
-        self.fix_sign = bool(fix_sign)
+        self.fix_sign = check_flag("imtl-g", "fix_sign", fix_sign)
 
     @property
     def scale_invariance(self) -> str:  # type: ignore[override]

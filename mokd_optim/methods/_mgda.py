@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
+from mokd_optim._validation import check_choice
 from mokd_optim.methods._base import Method, as_work
 from mokd_optim.methods._registry import register
-from mokd_optim.solvers import min_norm
+from mokd_optim.solvers import BACKENDS, min_norm
 
 NORMALIZERS = ("none", "l2", "loss", "loss+")
 
@@ -63,10 +64,8 @@ class MGDA(Method):
 
     def __init__(self, normalizer: str = "none", backend: str = "auto") -> None:
         super().__init__()
-        if normalizer not in NORMALIZERS:
-            raise ValueError(
-                f"mgda: unknown normalizer {normalizer!r}; choose one of {NORMALIZERS}"
-            )
+        check_choice("mgda", "normalizer", normalizer, NORMALIZERS)
+        check_choice("mgda", "backend", backend, BACKENDS)
         self.normalizer = normalizer
         self.backend = backend
 

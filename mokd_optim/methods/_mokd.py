@@ -9,9 +9,10 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
-from mokd_optim.methods._base import Method, as_work, inverse_norms
+from mokd_optim._validation import OptionError, check_choice, check_flag
+from mokd_optim.methods._base import Method, as_work
 from mokd_optim.methods._registry import register
-from mokd_optim.solvers import line_weights, min_norm
+from mokd_optim.solvers import BACKENDS, line_weights, min_norm
 
 STEP_RULES = ("anchor", "bounded", "convex", "log", "log-anchor")
 
@@ -184,7 +185,9 @@ def mokd_weights(
     bound = (q.abs() * norms).sum()
     # A zero gradient puts 0 in the convex hull: the point is Pareto-stationary, and the
     # min-norm weights on the other gradients are solver noise that the rescaling would amplify.
-    has_zero_gradient = (inverse_norms(gram)[1] == 0).any()
+    # (exactly zero: a relative threshold would call the smaller of two gradients 1e12 apart
+    # zero and return no update at all)
+    has_zero_gradient = (torch.diagonal(gram) <= 0).any()
     stationary = (combined_sq <= (STATIONARY_RTOL * bound) ** 2) | has_zero_gradient
     length = bound if step == "bounded" else combined_sq.sqrt()
     target = norms[anchor] / losses[anchor] if step == "log-anchor" else norms[anchor]
@@ -236,7 +239,7 @@ class MoKD(Method):
         if step not in STEP_RULES:
             raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
         if not isinstance(anchor, (int, str)) or isinstance(anchor, bool):
-            raise TypeError(f"mokd: anchor must be an objective name or index, got {anchor!r}")
+            raise OptionError(f"mokd: anchor must be an objective name or index, got {anchor!r}")
         checks = (
             ("regularization", regularization, lambda v: 0 <= v < math.inf, "a finite number >= 0"),
             ("smoothing", smoothing, lambda v: 0 <= v < 1, "a number in [0, 1)"),
@@ -248,9 +251,11 @@ class MoKD(Method):
                 "None or a finite number >= 1",
             ),
         )
+        check_flag("mokd", "simplex", simplex)
+        check_choice("mokd", "backend", backend, BACKENDS)
         for option, value, valid, what in checks:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
-                raise ValueError(f"mokd: {option} must be {what}, got {value!r}")
+                raise OptionError(f"mokd: {option} must be {what}, got {value!r}")
         if not simplex and (regularization > 0 or smoothing > 0 or equalize > 0):
             raise ValueError("mokd: regularization, smoothing and equalize need simplex=True")
         self.step = step

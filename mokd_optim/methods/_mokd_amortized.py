@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import Weights
+from mokd_optim._validation import check_choice, check_number
 from mokd_optim.methods._amortized import AmortizedLogits
 from mokd_optim.methods._registry import register
 
@@ -59,12 +60,8 @@ class MoKDAmortized(AmortizedLogits):
         observe: str = "same_batch",
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, observe=observe)
-        if not 0 <= floor < 1:
-            raise ValueError(f"mokd-amortized: floor must be in [0, 1), got {floor}")
-        if step not in STEP_RULES:
-            raise ValueError(
-                f"mokd-amortized: unknown step rule {step!r}; choose one of {STEP_RULES}"
-            )
+        check_number("mokd-amortized", "floor", floor, low=0.0, high=1.0, high_open=True)
+        check_choice("mokd-amortized", "step rule", step, STEP_RULES)
         self.floor = float(floor)
         self.step = step
         self._reference: Optional[Tensor] = None

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
+from mokd_optim._validation import check_choice, check_number
 from mokd_optim.methods._base import Method, as_work, cosine_gram, inverse_norms
 from mokd_optim.methods._registry import register
 from mokd_optim.solvers import min_norm
@@ -166,14 +167,10 @@ class NashMTL(Method):
         self, update_every: int = 1, max_iter: int = 20, tol: float = 1e-6, solver: str = "auto"
     ) -> None:
         super().__init__()
-        if not isinstance(update_every, int) or isinstance(update_every, bool) or update_every < 1:
-            raise ValueError(f"nash-mtl: update_every must be a positive int, got {update_every!r}")
-        if not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"nash-mtl: max_iter must be a positive int, got {max_iter!r}")
-        if not tol > 0:
-            raise ValueError(f"nash-mtl: tol must be positive, got {tol}")
-        if solver not in SOLVERS:
-            raise ValueError(f"nash-mtl: unknown solver {solver!r}; choose one of {SOLVERS}")
+        check_number("nash-mtl", "update_every", update_every, low=1, integer=True)
+        check_number("nash-mtl", "max_iter", max_iter, low=1, integer=True)
+        check_number("nash-mtl", "tol", tol, low=0.0, low_open=True)
+        check_choice("nash-mtl", "solver", solver, SOLVERS)
         self.update_every = update_every
         self.max_iter = max_iter
         self.tol = float(tol)

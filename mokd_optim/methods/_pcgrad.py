@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
+from mokd_optim._validation import check_choice, check_number
 from mokd_optim.methods._base import Method, as_work
 from mokd_optim.methods._registry import register
 from mokd_optim.solvers import normalize
@@ -99,10 +100,9 @@ class PCGrad(Method):
 
     def __init__(self, seed: Optional[int] = None, reduction: str = "sum") -> None:
         super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"pcgrad: unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise TypeError(f"pcgrad: seed must be an int or None, got {seed!r}")
+        check_choice("pcgrad", "reduction", reduction, REDUCTIONS)
+        if seed is not None:
+            check_number("pcgrad", "seed", seed, integer=True)
         self.seed = seed
         self.reduction = reduction
         generator = torch.Generator()

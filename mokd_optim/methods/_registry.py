@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar, Union
 
+from mokd_optim._validation import OptionError
 from mokd_optim.methods._base import Method
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -52,5 +53,7 @@ def get(name: Union[str, Method], **options: Any) -> Method:
     factory: Callable[..., Method] = _REGISTRY[key]
     try:
         return factory(**options)
+    except OptionError:
+        raise  # already names the method and the option
     except TypeError as error:
         raise TypeError(f"method {key!r}: {error}") from error

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
+from mokd_optim._validation import check_choice
 from mokd_optim.methods._base import Method, as_work
 from mokd_optim.methods._registry import register
 from mokd_optim.solvers import DUAL_CONE_BACKENDS, project_to_dual_cone
@@ -38,10 +39,7 @@ class DualConeMethod(Method):
 
     def __init__(self, backend: str = "auto") -> None:
         super().__init__()
-        if backend not in DUAL_CONE_BACKENDS:
-            raise ValueError(
-                f"{self.name}: unknown backend {backend!r}; choose one of {DUAL_CONE_BACKENDS}"
-            )
+        check_choice(self.name, "backend", backend, DUAL_CONE_BACKENDS)
         self.backend = backend
 
     @staticmethod
