@@ -37,7 +37,7 @@ def test_demo_quick(tmp_path: Path) -> None:
         (tmp_path / "demo" / "summary.json").read_text(), parse_constant=_reject_non_json
     )  # strict JSON: ce's missing statistics are null, not NaN
     assert summary["runs"]["ce"]["mean_cosine"] is None
-    assert set(summary["runs"]) == {"ce", "kd (a=0.1)", "kd (a=0.5)", "mokd", "mokd max_norm=1"}
+    assert set(summary["runs"]) == {"ce", "kd (a=0.1)", "kd (a=0.5)", "mokd", "mokd 0.1 default"}
     assert summary["teacher_accuracy"] > 0.8
     mokd = summary["runs"]["mokd"]
     assert mokd["final_accuracy"] > 0.6 and not mokd["diverged"]
@@ -45,7 +45,7 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert "test acc %" in out and "mokd" in out
     # progress bars on stderr: the teacher's (trained here) ends at 10000 / 128 -> 79 steps, each
     # student's at 5000 / 64 -> 79 steps; the table on stdout stays clean
-    for name in ("teacher", "ce", "kd (a=0.5)", "mokd max_norm=1"):
+    for name in ("teacher", "ce", "kd (a=0.5)", "mokd 0.1 default"):
         assert f"{name}: 100%" in err and "79/79" in err, name
     assert "79/79" not in out
     # the teacher was cached for the next run
@@ -64,8 +64,8 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert light["weight/task"] == pytest.approx([0.9] * 4) and light["weight/kd"] == pytest.approx(
         [0.1] * 4
     )
-    clipped = summary["runs"]["mokd max_norm=1"]
-    assert clipped["final_accuracy"] > 0.6 and not clipped["diverged"]
+    previous = summary["runs"]["mokd 0.1 default"]
+    assert previous["final_accuracy"] > 0.6 and not previous["diverged"]
     for log in (kd_log, mokd_log):
         assert all(-1.0 <= c <= 1.0 for c in log["cosine/task|kd"]) and all(
             d >= 1.0 for d in log["dominance"]
@@ -81,7 +81,7 @@ def test_demo_quick(tmp_path: Path) -> None:
         "ce/curves.png",
         "kd_a0.5/curves.png",
         "mokd/curves.png",
-        "mokd_clip/curves.png",
+        "mokd_v01/curves.png",
     ):
         assert (demo / figure).stat().st_size > 20_000, figure
 
