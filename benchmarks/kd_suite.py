@@ -668,6 +668,17 @@ def train_run(
             **dict(config.options),
         )
     bound = RelativeBound(config.step_bound) if config.step_bound is not None else None
+
+    def plain_step(loss: torch.Tensor) -> None:
+        """A baseline's step: ``loss.backward()``, its safeguard, the optimizer step."""
+        base.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.max_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, config.max_norm)
+        if bound is not None:
+            bound(params)
+        base.step()
+
     n = len(data.y_train)
     steps_per_epoch = math.ceil(n / BATCH_SIZE)
     total = recipe.epochs * steps_per_epoch
@@ -687,13 +698,7 @@ def train_run(
                 if not torch.isfinite(loss):
                     collapsed = True
                     break
-                base.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.max_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_norm)
-                if bound is not None:
-                    bound(params)
-                base.step()
+                plain_step(loss)
             else:
                 t_logits = teacher["logits"][batch]
                 t_feats = [f[batch] for f in teacher["features"]]
@@ -708,13 +713,7 @@ def train_run(
                     total_loss = (1 - a) * losses["task"] + a * sum(
                         v for k, v in losses.items() if k != "task"
                     )
-                    base.zero_grad(set_to_none=True)
-                    total_loss.backward()
-                    if config.max_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(params, config.max_norm)
-                    if bound is not None:
-                        bound(params)
-                    base.step()
+                    plain_step(total_loss)
                 else:
                     assert opt is not None
                     opt.zero_grad(set_to_none=True)
