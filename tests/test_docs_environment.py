@@ -45,7 +45,9 @@ RUNNABLE = {"README.md", "kd.md", "methods.md", "datasets.md"}
 # Commands that cannot run here as written (GPU datasets) run with --help (imports and options);
 # --compile compiles for minutes on two cores and imports nothing that the other runs do not
 # (the static check covers the script; tests/test_example_stack.py runs it).
-HELP_ONLY = ("imagenet_kd.py", "coco_kd.py")
+HELP_ONLY = ("imagenet_kd.py", "coco_kd.py", "imagenet_deit_kd.py", "cifar100_kd.py")
+# Examples documented with another install (docs/frameworks.md: pip install '...[frameworks]').
+FRAMEWORK_EXAMPLES = ("lightning_kd.py", "accelerate_kd.py")
 
 
 def _pyproject() -> dict:
@@ -153,7 +155,14 @@ def missing_modules(files: list[Path], extras: list[str]) -> dict[str, set[str]]
 def test_examples_import_only_what_the_documented_install_provides() -> None:
     extras = documented_extras()
     assert extras == ["examples"]
-    assert missing_modules(sorted((ROOT / "examples").glob("*.py")), extras) == {}
+    examples = sorted((ROOT / "examples").glob("*.py"))
+    plain = [p for p in examples if p.name not in FRAMEWORK_EXAMPLES]
+    assert missing_modules(plain, extras) == {}
+    frameworks = [p for p in examples if p.name in FRAMEWORK_EXAMPLES]
+    assert "pip install 'mokd-optim[frameworks]'" in (ROOT / "docs" / "frameworks.md").read_text()
+    assert len(frameworks) == 2
+    assert missing_modules(frameworks, [*extras, "frameworks"]) == {}
+    assert missing_modules(frameworks, extras) != {}  # they do need the frameworks extra
 
 
 def test_the_package_imports_only_its_core_dependencies() -> None:
@@ -286,7 +295,9 @@ def test_docs_have_only_known_pages() -> None:
 
 def test_docs_run_in_the_documented_environment(tmp_path: Path) -> None:
     items = []
-    for page in [README, *DOCS]:
+    # docs/frameworks.md documents another install (the frameworks extra); its blocks run in
+    # tests/test_frameworks_docs.py
+    for page in [README, *(d for d in DOCS if d.name != "frameworks.md")]:
         for index, code in enumerate(python_blocks(page)):
             runnable = page.name in RUNNABLE
             items.append(

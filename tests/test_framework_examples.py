@@ -34,7 +34,9 @@ def _quiet() -> Any:
 def test_lightning_example_trains_and_resumes(cache: Path, tmp_path: Path) -> None:
     common = ["--quick", "--cache-dir", str(cache), "--out", str(tmp_path)]
     accuracy = lightning_kd.main([*common, "--epochs", "1"])
-    assert accuracy > 0.5  # ten classes: chance is 0.1
+    # ten classes: chance is 0.1. 16 steps: the default mokd's first steps are 1 / ln 10 of a
+    # cross-entropy step ("log-anchor"), measured 0.449 here (0.5+ with the 0.1 default)
+    assert accuracy > 0.3
     first = torch.load(tmp_path / "last.ckpt", weights_only=True)
     method_state = first["optimizer_states"][0]["methods"]
     assert first["global_step"] == 16 and method_state  # 1024 / 64 steps, method state saved

@@ -58,7 +58,7 @@ def test_mokd_grad_equals_hand_combination_mlp(digits, strategy: str, step: str)
     target = torch.randn(64, 48)
     params = list(model.parameters())
     opt = MultiObjectiveOptimizer(
-        torch.optim.SGD(params, lr=0.1), "mokd", strategy=strategy, step=step
+        torch.optim.SGD(params, lr=0.1), "mokd", strategy=strategy, step=step, equalize=0.0
     )
 
     losses = _mlp_losses(model, x, y, target)
@@ -114,7 +114,7 @@ def test_loop_and_vmap_agree_and_accumulate_into_existing_grad(digits) -> None:
         model = TwoHeadMLP()
         target = torch.randn(32, 48)
         opt = MultiObjectiveOptimizer(
-            torch.optim.SGD(model.parameters(), lr=0.1), "mokd", strategy=strategy
+            torch.optim.SGD(model.parameters(), lr=0.1), "mokd", strategy=strategy, equalize=0.0
         )
         for p in model.parameters():
             p.grad = torch.ones_like(p)  # existing gradient: backward adds, as autograd does
@@ -128,7 +128,7 @@ def test_loop_and_vmap_agree_and_accumulate_into_existing_grad(digits) -> None:
     model = TwoHeadMLP()
     target = torch.randn(32, 48)
     opt = MultiObjectiveOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.1), "mokd", strategy="loop"
+        torch.optim.SGD(model.parameters(), lr=0.1), "mokd", strategy="loop", equalize=0.0
     )
     opt.backward(_mlp_losses(model, x, y, target))
     for fresh, accumulated in zip([p.grad for p in model.parameters()], results[0][0]):
@@ -142,7 +142,7 @@ def test_per_group_balancing_uses_each_groups_gram(digits) -> None:
     first, second = list(model.trunk[1].parameters()), list(model.trunk[3].parameters())
     rest = list(model.classifier.parameters()) + list(model.projector.parameters())
     base = torch.optim.SGD([{"params": first}, {"params": second + rest}], lr=0.1)
-    opt = MultiObjectiveOptimizer(base, "mokd", strategy="loop", balance="per_group", step="log")
+    opt = MultiObjectiveOptimizer(base, "mokd", strategy="loop", balance="per_group", step="log", equalize=0.0)
     losses = _mlp_losses(model, x, y, target)
     grads_1 = _per_objective(losses, first)
     grads_2 = _per_objective(losses, second)
@@ -179,7 +179,7 @@ def test_representation_strategy_balances_at_the_shared_tensor(digits) -> None:
     model = TwoHeadMLP()
     target = torch.randn(32, 48)
     params = list(model.parameters())
-    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), "mokd", step="anchor")
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), "mokd", step="anchor", equalize=0.0)
     logits, projected, features = model(x)
     losses = {"task": F.cross_entropy(logits, y), "feat": F.smooth_l1_loss(projected, target)}
     gz = [torch.autograd.grad(loss, features, retain_graph=True)[0] for loss in losses.values()]
@@ -271,7 +271,7 @@ def test_stats_values(digits) -> None:
     model = TwoHeadMLP()
     target = torch.randn(32, 48)
     params = list(model.parameters())
-    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), "mokd", step="anchor")
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), "mokd", step="anchor", equalize=0.0)
     losses = _mlp_losses(model, x, y, target)
     grads = _per_objective(losses, params)
     shared = [a is not None and b is not None for a, b in zip(*grads)]
@@ -320,7 +320,7 @@ def test_in_place_combination_never_corrupts_shared_or_expanded_gradients(step: 
     expected = mokd_two_objectives(
         _flat(grads[0], params, [True] * 3), _flat(grads[1], params, [True] * 3), *values, step=step
     )
-    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), "mokd", step=step)
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), "mokd", step=step, equalize=0.0)
     opt.backward(losses)
     np.testing.assert_allclose(
         _flat([p.grad for p in params], params, [True] * 3), expected, rtol=1e-5, atol=1e-7
@@ -336,7 +336,7 @@ def test_non_finite_gradient_raises_and_changes_nothing(digits) -> None:
     x, y = digits[0][:16], digits[1][:16]
     model = TwoHeadMLP()
     opt = MultiObjectiveOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.1), "mokd", strategy="loop"
+        torch.optim.SGD(model.parameters(), lr=0.1), "mokd", strategy="loop", equalize=0.0
     )
     logits, _, features = model(x)
     # d/dz of sqrt(|z|) is infinite at z = 0: a finite loss with a non-finite gradient.
