@@ -142,7 +142,9 @@ def test_per_group_balancing_uses_each_groups_gram(digits) -> None:
     first, second = list(model.trunk[1].parameters()), list(model.trunk[3].parameters())
     rest = list(model.classifier.parameters()) + list(model.projector.parameters())
     base = torch.optim.SGD([{"params": first}, {"params": second + rest}], lr=0.1)
-    opt = MultiObjectiveOptimizer(base, "mokd", strategy="loop", balance="per_group", step="log", equalize=0.0)
+    opt = MultiObjectiveOptimizer(
+        base, "mokd", strategy="loop", balance="per_group", step="log", equalize=0.0
+    )
     losses = _mlp_losses(model, x, y, target)
     grads_1 = _per_objective(losses, first)
     grads_2 = _per_objective(losses, second)
@@ -179,7 +181,9 @@ def test_representation_strategy_balances_at_the_shared_tensor(digits) -> None:
     model = TwoHeadMLP()
     target = torch.randn(32, 48)
     params = list(model.parameters())
-    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), "mokd", step="anchor", equalize=0.0)
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(params, lr=0.1), "mokd", step="anchor", equalize=0.0
+    )
     logits, projected, features = model(x)
     losses = {"task": F.cross_entropy(logits, y), "feat": F.smooth_l1_loss(projected, target)}
     gz = [torch.autograd.grad(loss, features, retain_graph=True)[0] for loss in losses.values()]
@@ -271,7 +275,9 @@ def test_stats_values(digits) -> None:
     model = TwoHeadMLP()
     target = torch.randn(32, 48)
     params = list(model.parameters())
-    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), "mokd", step="anchor", equalize=0.0)
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(params, lr=0.1), "mokd", step="anchor", equalize=0.0
+    )
     losses = _mlp_losses(model, x, y, target)
     grads = _per_objective(losses, params)
     shared = [a is not None and b is not None for a, b in zip(*grads)]
