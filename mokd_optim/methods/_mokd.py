@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
-from mokd_optim._validation import OptionError, check_choice, check_flag
+from mokd_optim._validation import OptionError, check_choice, check_flag, check_number
 from mokd_optim.methods._base import Method, as_work
 from mokd_optim.methods._registry import register
 from mokd_optim.solvers import BACKENDS, line_weights, min_norm
@@ -105,16 +104,13 @@ def mokd_simplex_weights(
     ``||pi||^2 = ||pi - 1/K||^2 + 1/K``, so ``regularization = r`` is the min-norm problem with
     a penalty ``r`` on the distance from the uniform weights. Returns ``(K,)``.
     """
+    log_gram = gram / (losses[:, None] * losses[None, :])
     if regularization > 0 or equalize > 0:
         if not simplex:
             raise ValueError("mokd: regularization and equalize need simplex=True")
         return trade_off(
-            normalized_log_gram(gram, losses),
-            regularization=regularization,
-            equalize=equalize,
-            backend=backend,
+            log_gram, regularization=regularization, equalize=equalize, backend=backend
         )
-    log_gram = gram / (losses[:, None] * losses[None, :])
     if simplex:
         return min_norm(log_gram, backend=backend)
     if gram.shape[-1] != 2:
@@ -196,6 +192,17 @@ def mokd_weights(
     return q * scale, pi
 
 
+def _moving_average(
+    average: Optional[Tensor], count: int, value: Tensor, decay: float
+) -> tuple[Tensor, int, Tensor]:
+    """One step of an exponential moving average started at 0: ``(average, count,
+    bias-corrected average)``, the correction as Adam's (``average / (1 - decay^count)``)."""
+    previous = torch.zeros_like(value) if average is None else average.to(value)
+    average = decay * previous + (1 - decay) * value
+    count += 1
+    return average, count, average / (1 - decay**count)
+
+
 @register
 class MoKD(Method):
     """Exact MoKD weighting: min-norm trade-off of the log-loss gradients.
@@ -240,22 +247,13 @@ class MoKD(Method):
             raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
         if not isinstance(anchor, (int, str)) or isinstance(anchor, bool):
             raise OptionError(f"mokd: anchor must be an objective name or index, got {anchor!r}")
-        checks = (
-            ("regularization", regularization, lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-            ("smoothing", smoothing, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-            ("equalize", equalize, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-            (
-                "step_bound",
-                1.0 if step_bound is None else step_bound,
-                lambda v: 1 <= v < math.inf,
-                "None or a finite number >= 1",
-            ),
-        )
         check_flag("mokd", "simplex", simplex)
         check_choice("mokd", "backend", backend, BACKENDS)
-        for option, value, valid, what in checks:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
-                raise OptionError(f"mokd: {option} must be {what}, got {value!r}")
+        check_number("mokd", "regularization", regularization, low=0.0)
+        check_number("mokd", "smoothing", smoothing, low=0.0, high=1.0, high_open=True)
+        check_number("mokd", "equalize", equalize, low=0.0, high=1.0)
+        if step_bound is not None:
+            check_number("mokd", "step_bound", step_bound, low=1.0)
         if not simplex and (regularization > 0 or smoothing > 0 or equalize > 0):
             raise ValueError("mokd: regularization, smoothing and equalize need simplex=True")
         self.step = step
@@ -305,11 +303,11 @@ class MoKD(Method):
         if self.smoothing == 0:
             return None
         current = normalized_log_gram(gram, losses)
-        if self._average is None or self._average.shape != current.shape:
-            self._average, self._count = torch.zeros_like(current), 0
-        self._average = self.smoothing * self._average.to(current) + (1 - self.smoothing) * current
-        self._count += 1
-        average = self._average / (1 - self.smoothing**self._count)
+        if self._average is not None and self._average.shape != current.shape:
+            self._average, self._count = None, 0  # the objectives changed: start afresh
+        self._average, self._count, average = _moving_average(
+            self._average, self._count, current, self.smoothing
+        )
         return trade_off(
             average,
             regularization=self.regularization,
@@ -323,14 +321,10 @@ class MoKD(Method):
         if self.step_bound is None:
             return w
         anchor_norm = gram[self._anchor_index, self._anchor_index].clamp_min(0.0).sqrt()
-        if self._anchor_average is None:
-            self._anchor_average, self._anchor_count = torch.zeros_like(anchor_norm), 0
-        self._anchor_average = (
-            STEP_BOUND_DECAY * self._anchor_average.to(anchor_norm)
-            + (1 - STEP_BOUND_DECAY) * anchor_norm
+        self._anchor_average, self._anchor_count, average = _moving_average(
+            self._anchor_average, self._anchor_count, anchor_norm, STEP_BOUND_DECAY
         )
-        self._anchor_count += 1
-        limit = self.step_bound * self._anchor_average / (1 - STEP_BOUND_DECAY**self._anchor_count)
+        limit = self.step_bound * average
         norm = (w @ gram @ w).clamp_min(0.0).sqrt()
         factor = torch.where(norm > limit, limit / norm.clamp_min(1e-300), torch.ones_like(norm))
         return w * factor
