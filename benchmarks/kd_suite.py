@@ -559,6 +559,13 @@ def teacher_outputs(data_name: str, strength: str, data: Tensors, quick: bool) -
 # One run
 
 
+def feature_pairs(condition: Condition) -> list[tuple[int, int]]:
+    """(student stage, teacher feature) of each feature loss: one head connects the last student
+    stage to the teacher's last features; two connect both stages."""
+    count = {"kd": 0, "dkd": 0, "kd+feat": 1, "kd+2feat": 2}[condition.objectives]
+    return [(1, 1)] if count == 1 else [(0, 0), (1, 1)][:count]
+
+
 def _distill_losses(
     condition: Condition,
     logits: torch.Tensor,
@@ -577,10 +584,7 @@ def _distill_losses(
         losses["dkd"] = scale * dkd_loss(logits, t_logits, y, T=T)
     else:
         losses["kd"] = scale * kd_loss(logits, t_logits, T=T)
-    n_feat = {"kd": 0, "dkd": 0, "kd+feat": 1, "kd+2feat": 2}[condition.objectives]
-    # one head: the last student stage -> the teacher's last features; two: both stages
-    pairs = [(1, 1)] if n_feat == 1 else [(0, 0), (1, 1)][:n_feat]
-    for index, (s, t) in enumerate(pairs):
+    for index, (s, t) in enumerate(feature_pairs(condition)):
         student_side, teacher_side = heads[index](feats[s], t_feats[t])
         losses[f"feat{index + 1}"] = scale * smooth_l1_feature_loss(
             student_side, teacher_side, teacher_norm="layernorm"
@@ -636,10 +640,9 @@ def train_run(
     student = build_student(recipe.student, recipe.data)
     with torch.no_grad():
         _, s_feats = student(data.x_train[:2], features=True)
-    n_feat = {"kd": 0, "dkd": 0, "kd+feat": 1, "kd+2feat": 2}[condition.objectives]
-    pairs = [(1, 1)] if n_feat == 1 else [(0, 0), (1, 1)][:n_feat]
     heads = nn.ModuleList(
-        SubspaceHead(s_feats[s].shape[1], teacher["features"][t].shape[1]) for s, t in pairs
+        SubspaceHead(s_feats[s].shape[1], teacher["features"][t].shape[1])
+        for s, t in feature_pairs(condition)
     )
     params = [*student.parameters(), *heads.parameters()]
     decay = WEIGHT_DECAY[recipe.optimizer]
