@@ -81,6 +81,7 @@ from examples.trainer_utils import (  # noqa: E402
     count_steps_per_epoch,
     optimizer_step,
     parse_pairs,
+    print_outputs,
     run_statistics,
     setup_distributed,
     state_dict_from_file,
@@ -660,10 +661,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "versions": versions(),
     }
     write_json(args.output_dir / "summary.json", summary)
-    if main_process:
-        print(
-            f"outputs in {args.output_dir}: student.pt, checkpoint.pt, train_log.csv, eval_log.csv, summary.json"
-        )
+    print_outputs(args.output_dir)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return summary
