@@ -17,6 +17,9 @@ better of the plain and the clipped baseline.
 **Split before looking.** ``CONDITIONS`` below declares, before anything ran, which
 conditions are *selection* (looked at while designing the default) and which are
 *confirmation* (run once, at the end, with the chosen default; never used for a decision).
+Conditions come in rounds (``ROUNDS``): a later round adds selection conditions and fresh
+confirmation conditions; an earlier round's confirmation conditions, once looked at, are not
+confirmation for a later choice.
 
 The learning rate of a condition is the cross-entropy-best one of its recipe (data, student,
 optimizer, schedule, epochs), found by a small grid (``LR_GRID``, 2 seeds) that the suite runs
@@ -28,7 +31,8 @@ each).
 
     python benchmarks/kd_suite.py --split selection --candidates default,anchor,...
     python benchmarks/kd_suite.py --split confirmation --candidates default
-    python benchmarks/kd_suite.py --report            # docs/results.md from the stored runs
+    python benchmarks/kd_suite.py --report            # docs/results_round2.md from the stored runs
+    python benchmarks/kd_suite.py --round 1 --report  # docs/results.md (round 1)
     python benchmarks/kd_suite.py --quick             # tiny sizes, every stage; CI checks the JSON
 """
 
@@ -69,7 +73,7 @@ LR_GRID = {
 }
 WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.01}
 DEFAULT_STORE = ROOT / "benchmarks" / "results" / "kd_suite.json"
-DEFAULT_PAGE = ROOT / "docs" / "results.md"
+DEFAULT_PAGES = {1: ROOT / "docs" / "results.md", 2: ROOT / "docs" / "results_round2.md"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,6 +106,8 @@ class Condition:
     temperature: float = 4.0
     # Extra runs of the candidates with the distillation losses multiplied by these factors.
     stress: tuple[float, ...] = ()
+    # The round that declared the condition (see ROUNDS).
+    round: int = 1
 
     def describe(self) -> str:
         r = self.recipe
@@ -127,6 +133,26 @@ MNIST_RESNET_SGD_WC = _r("mnist5k", "resnet", "sgd", "warmup_cosine", 3)
 DIGITS_MLP_SGD_COS = _r("digits", "mlp", "sgd", "cosine", 10)
 DIGITS_MLP_SGD_CONST = _r("digits", "mlp", "sgd", "constant", 10)
 DIGITS_MLP_ADAMW_CONST = _r("digits", "mlp", "adamw", "constant", 10)
+# round 2
+FASHION_RESNET_SGD_CONST = _r("fashion", "resnet", "sgd", "constant", 2)
+MNIST_CNN_ADAMW_COS = _r("mnist5k", "cnn", "adamw", "cosine", 4)
+FASHION_MLP_SGD_CONST = _r("fashion", "mlp", "sgd", "constant", 3)
+MNIST_RESNET_ADAMW_CONST = _r("mnist5k", "resnet", "adamw", "constant", 3)
+FASHION_CNN_SGD_WC = _r("fashion", "cnn", "sgd", "warmup_cosine", 3)
+MNIST_CNN_SGD_CONST = _r("mnist5k", "cnn", "sgd", "constant", 4)
+MNIST_MLP_ADAMW_COS = _r("mnist5k", "mlp", "adamw", "cosine", 4)
+
+#: Round 1 chose ``step="log-anchor", equalize=1`` on S1-S8 and ran C1-C8 once. Measured after
+#: that choice, at a constant learning rate the rule's step grows as ``1 / L_task`` (up to 11x
+#: the task gradient) and lost to plain training on 8x8 digits. Round 2 was declared (here,
+#: before any of its runs) to choose between step rules with constant-learning-rate conditions
+#: in selection: its selection data are S1-S14 (round 1's selection conditions stay selection
+#: data), its confirmation conditions are C9-C16, fresh. C1-C8 have been looked at: they no
+#: longer count as confirmation for any later choice and are reported as round 1's.
+ROUNDS = {
+    1: "round 1 (chose the 0.2 default)",
+    2: "round 2 (step rules at constant learning rates)",
+}
 
 CONDITIONS: tuple[Condition, ...] = (
     # --- selection: looked at while designing the default ---
@@ -155,7 +181,89 @@ CONDITIONS: tuple[Condition, ...] = (
         temperature=8.0,
     ),
     Condition("C8 mnist-mlp cos lr x3", "confirmation", MNIST_MLP_SGD_COS, lr_scale=3.0),
+    # --- round 2, selection ---
+    Condition("S9 digits-mlp const", "selection", DIGITS_MLP_SGD_CONST, round=2),
+    Condition(
+        "S10 digits-mlp const lr x3", "selection", DIGITS_MLP_SGD_CONST, lr_scale=3.0, round=2
+    ),
+    Condition("S11 mnist-mlp const lr x3", "selection", MNIST_MLP_SGD_CONST, lr_scale=3.0, round=2),
+    Condition(
+        "S12 fashion-cnn weak +2feat",
+        "selection",
+        FASHION_CNN_SGD_COS,
+        "weak",
+        objectives="kd+2feat",
+        round=2,
+    ),
+    Condition("S13 fashion-resnet sgd const", "selection", FASHION_RESNET_SGD_CONST, round=2),
+    Condition(
+        "S14 mnist-cnn adamw T8 +feat",
+        "selection",
+        MNIST_CNN_ADAMW_COS,
+        objectives="kd+feat",
+        temperature=8.0,
+        round=2,
+    ),
+    # --- round 2, confirmation: run once, after round 2's choice ---
+    Condition(
+        "C9 fashion-mlp const", "confirmation", FASHION_MLP_SGD_CONST, stress=(1e3, 1e-2), round=2
+    ),
+    Condition(
+        "C10 fashion-mlp const lr x0.3",
+        "confirmation",
+        FASHION_MLP_SGD_CONST,
+        lr_scale=0.3,
+        round=2,
+    ),
+    Condition(
+        "C11 fashion-mlp const lr x3", "confirmation", FASHION_MLP_SGD_CONST, lr_scale=3.0, round=2
+    ),
+    Condition("C12 mnist-resnet adamw const", "confirmation", MNIST_RESNET_ADAMW_CONST, round=2),
+    Condition(
+        "C13 digits-mlp weak dkd",
+        "confirmation",
+        DIGITS_MLP_SGD_COS,
+        "weak",
+        objectives="dkd",
+        round=2,
+    ),
+    Condition(
+        "C14 fashion-cnn warmup +feat",
+        "confirmation",
+        FASHION_CNN_SGD_WC,
+        objectives="kd+feat",
+        round=2,
+    ),
+    Condition(
+        "C15 mnist-cnn const +2feat T2",
+        "confirmation",
+        MNIST_CNN_SGD_CONST,
+        objectives="kd+2feat",
+        temperature=2.0,
+        round=2,
+    ),
+    Condition(
+        "C16 mnist-mlp adamw weak T8",
+        "confirmation",
+        MNIST_MLP_ADAMW_COS,
+        "weak",
+        temperature=8.0,
+        round=2,
+    ),
 )
+
+
+def conditions_of_round(round_number: int, split: str = "all") -> list[Condition]:
+    """A round's conditions: the selection conditions of every round up to it (earlier
+    selection data stay selection data), and its own confirmation conditions."""
+    if round_number not in ROUNDS:
+        raise ValueError(f"unknown round {round_number}; rounds are {sorted(ROUNDS)}")
+    return [
+        c
+        for c in CONDITIONS
+        if split in ("all", c.split)
+        and (c.round == round_number if c.split == "confirmation" else c.round <= round_number)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,6 +369,10 @@ CANDIDATES: dict[str, Config] = {
     ),
     "reg-log-anchor": _m(
         "mokd step=log-anchor, regularization=1", "mokd", step="log-anchor", regularization=1.0
+    ),
+    # round 2
+    "eq1-capped-log-anchor": _m(
+        "mokd step=capped-log-anchor, equalize=1", "mokd", step="capped-log-anchor", equalize=1.0
     ),
     # the zoo at defaults
     "mgda": _m("mgda", "mgda"),
@@ -1220,9 +1332,11 @@ def leaderboard(
     return lines
 
 
-def default_verdict(candidate: Config, store: Store, quick: bool) -> list[str]:
-    """The done-criteria of issue 13, checked on the confirmation conditions."""
-    conditions = [c for c in CONDITIONS if c.split == "confirmation"]
+def default_verdict(
+    candidate: Config, store: Store, quick: bool, round_number: int = max(ROUNDS)
+) -> list[str]:
+    """The done-criteria of issue 13, checked on the round's confirmation conditions."""
+    conditions = conditions_of_round(round_number, "confirmation")
     results = {c.name: verdicts(c, candidate, store, quick) for c in conditions}
     results = {name: v for name, v in results.items() if v and "fixed" in v}
     if not results:
@@ -1313,12 +1427,14 @@ def write_report(
     page: Path,
     header: Sequence[str] = (),
     confirmation_candidates: Optional[Sequence[Config]] = None,
+    round_number: int = max(ROUNDS),
 ) -> None:
     from benchmarks.environment import as_text, describe
 
     confirmation_candidates = confirmation_candidates or candidates
-    selection = [c for c in CONDITIONS if c.split == "selection"]
-    confirmation = [c for c in CONDITIONS if c.split == "confirmation"]
+    conditions = conditions_of_round(round_number)
+    selection = [c for c in conditions if c.split == "selection"]
+    confirmation = [c for c in conditions if c.split == "confirmation"]
     lines = [
         "# Distillation quality: the condition suite",
         "",
@@ -1327,10 +1443,13 @@ def write_report(
         *header,
         "## Protocol",
         "",
-        f"- {len(CONDITIONS)} conditions, declared in `benchmarks/kd_suite.py` before any run: "
-        f"{len(selection)} *selection* conditions (looked at while designing the default) and "
-        f"{len(confirmation)} *confirmation* conditions (run once, at the end, with the chosen "
-        "default; no decision was taken on them).",
+        f"- {ROUNDS[round_number]}: {len(conditions)} conditions, declared in "
+        "`benchmarks/kd_suite.py` before any of their runs: "
+        f"{len(selection)} *selection* conditions (looked at while designing the default; a "
+        "round's selection data include every earlier round's) and "
+        f"{len(confirmation)} *confirmation* conditions (run once, at the end of the round, with "
+        "the chosen default; no decision was taken on them). A selection condition without "
+        "stored runs for a candidate has an empty cell.",
         f"- Every condition: cross-entropy alone, fixed-weight KD `(1 - a) task + a distill` for "
         f"a in {list(FIXED_WEIGHTS)} (distill: the KD or DKD loss plus the feature losses), and "
         f"the candidates; seeds {list(SEEDS)}, paired (seed s: same initial student, same batch "
@@ -1350,7 +1469,7 @@ def write_report(
         "",
         "## The default on the confirmation conditions",
         "",
-        *default_verdict(CANDIDATES["default"], store, quick),
+        *default_verdict(CANDIDATES["default"], store, quick, round_number),
         "### Confirmation conditions",
         "",
         *leaderboard(confirmation, confirmation_candidates, store, quick),
@@ -1362,14 +1481,16 @@ def write_report(
         "## Learning rates (cross-entropy grid)",
         "",
     ]
-    for recipe in sorted({c.recipe for c in CONDITIONS}, key=lambda r: r.key):
+    for recipe in sorted({c.recipe for c in conditions}, key=lambda r: r.key):
         try:
             lr = ce_best_lr(recipe, store, quick)
         except RuntimeError:
             continue
         lines.append(f"- {recipe.key}: grid {list(LR_GRID[recipe.optimizer])}, best {lr:g}")
     lines += ["", "## Conditions", ""]
-    for condition in CONDITIONS:
+    for condition in conditions:
+        if not gather(condition, baseline_configs({None}), store, quick):
+            continue  # not run in this store
         shown = confirmation_candidates if condition.split == "confirmation" else candidates
         lines += report_condition(condition, shown, store, quick)
     lines += ["## Environment", "", "```", as_text(describe()), "```", ""]
@@ -1385,6 +1506,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument(
         "--split", choices=("selection", "confirmation", "all"), default="selection"
+    )
+    parser.add_argument(
+        "--round",
+        type=int,
+        choices=sorted(ROUNDS),
+        default=max(ROUNDS),
+        help="the round: its confirmation conditions and the selection conditions up to it",
     )
     parser.add_argument(
         "--conditions", default="", help="comma-separated condition name prefixes (e.g. S1,S3)"
@@ -1415,7 +1543,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     quick = args.quick
     tmp = Path(tempfile.mkdtemp(prefix="kd_suite_")) if quick else None
     store_path = args.store or (tmp / "kd_suite.json" if tmp else DEFAULT_STORE)
-    page = args.page or (tmp / "results.md" if tmp else DEFAULT_PAGE)
+    page = args.page or (tmp / "results.md" if tmp else DEFAULT_PAGES[args.round])
     store = Store(store_path)
     unknown = [n for n in args.candidates.split(",") if n and n not in CANDIDATES]
     if unknown:
@@ -1428,7 +1556,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         confirmation_candidates = [
             CANDIDATES[n] for n in args.confirmation_candidates.split(",") if n
         ]
-    conditions = [c for c in CONDITIONS if args.split in ("all", c.split)]
+    conditions = conditions_of_round(args.round, args.split)
     if args.conditions:
         prefixes = args.conditions.split(",")
         conditions = [
@@ -1446,7 +1574,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.workers,
             not args.no_progress,
         )
-    write_report(candidates, store, quick, page, confirmation_candidates=confirmation_candidates)
+    write_report(
+        candidates,
+        store,
+        quick,
+        page,
+        confirmation_candidates=confirmation_candidates,
+        round_number=args.round,
+    )
     print(f"runs stored in {store_path}; page written to {page}")
     return 0
 

@@ -61,6 +61,24 @@ def test_split_is_declared_and_both_sides_are_large_enough() -> None:
     assert len(set(names)) == len(names)
 
 
+def test_each_round_has_fresh_confirmation_conditions() -> None:
+    seen: set[str] = set()
+    for round_number in sorted(kd_suite.ROUNDS):
+        confirmation = kd_suite.conditions_of_round(round_number, "confirmation")
+        names = {c.name for c in confirmation}
+        assert len(names) >= 5 and not names & seen  # never reused by a later round
+        seen |= names
+        selection = kd_suite.conditions_of_round(round_number, "selection")
+        # earlier selection data stay selection data; no confirmation condition among them
+        assert {c.round for c in selection} == set(range(1, round_number + 1))
+        assert all(c.split == "selection" for c in selection)
+        # the learning-rate criterion needs x1 and x0.3 / x3 of one recipe among the confirmation
+        scales = {c.lr_scale for c in confirmation if c.recipe == confirmation[0].recipe}
+        assert {0.3, 1.0, 3.0} <= scales or round_number == 1
+    with pytest.raises(ValueError, match="unknown round"):
+        kd_suite.conditions_of_round(99)
+
+
 def test_a_safeguarded_candidate_brings_its_safeguard_to_the_baselines() -> None:
     clipped = kd_suite.CANDIDATES["anchor-clip1"]
     bounded = kd_suite.CANDIDATES["anchor-sb2"]

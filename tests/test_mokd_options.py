@@ -49,6 +49,8 @@ def _reference_update(
         return direction * anchor / np.linalg.norm(direction)
     if step == "log-anchor":
         return direction * anchor / losses[0] / np.linalg.norm(direction)
+    if step == "capped-log-anchor":
+        return direction * anchor * min(1.0, 1.0 / losses[0]) / np.linalg.norm(direction)
     if step == "bounded":
         return direction * anchor / float(pi @ np.linalg.norm(h, axis=1))
     return direction
@@ -57,7 +59,7 @@ def _reference_update(
 @pytest.mark.parametrize("k", [2, 3, 4])
 @pytest.mark.parametrize("regularization", [0.0, 0.3, 10.0])
 @pytest.mark.parametrize("equalize", [0.0, 0.5, 1.0])
-@pytest.mark.parametrize("step", ["anchor", "bounded", "log", "log-anchor"])
+@pytest.mark.parametrize("step", ["anchor", "bounded", "log", "log-anchor", "capped-log-anchor"])
 def test_update_matches_the_reference(
     k: int, regularization: float, equalize: float, step: str
 ) -> None:
@@ -104,7 +106,13 @@ def test_bounded_length_never_exceeds_the_anchor_and_equals_it_for_parallel_grad
 
 
 @pytest.mark.parametrize(
-    "options", [{"step": "bounded"}, {"regularization": 1.0}, {"smoothing": 0.9}]
+    "options",
+    [
+        {"step": "bounded"},
+        {"step": "capped-log-anchor"},
+        {"regularization": 1.0},
+        {"smoothing": 0.9},
+    ],
 )
 def test_rescaling_a_non_anchor_loss_changes_nothing(digits, options) -> None:
     # both losses reach every parameter (no private head), so whole trajectories can be compared
@@ -127,6 +135,21 @@ def test_rescaling_a_non_anchor_loss_changes_nothing(digits, options) -> None:
         trajectories.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
     for other in trajectories[1:]:
         torch.testing.assert_close(other, trajectories[0], rtol=1e-4, atol=1e-6)
+
+
+def test_capped_log_anchor_is_the_shorter_of_anchor_and_log_anchor() -> None:
+    rng = np.random.default_rng(7)
+    jacobian = rng.standard_normal((2, 20))
+    for task_loss in (0.05, 0.5, 1.0, 2.0, 30.0):
+        losses = np.array([task_loss, 0.7])
+        lengths = {
+            step: np.linalg.norm(_weights(_bound(2, step=step), jacobian, losses) @ jacobian)
+            for step in ("anchor", "log-anchor", "capped-log-anchor")
+        }
+        assert lengths["capped-log-anchor"] == pytest.approx(
+            min(lengths["anchor"], lengths["log-anchor"]), rel=1e-9
+        )
+        assert lengths["capped-log-anchor"] <= np.linalg.norm(jacobian[0]) * (1 + 1e-9)
 
 
 def test_smoothing_averages_the_normalised_log_gram_with_bias_correction() -> None:
@@ -242,7 +265,7 @@ def test_promises_follow_the_options() -> None:
 
 
 @pytest.mark.parametrize("equalize", [0.0, 1.0])
-@pytest.mark.parametrize("step", ["anchor", "log-anchor", "bounded"])
+@pytest.mark.parametrize("step", ["anchor", "log-anchor", "capped-log-anchor", "bounded"])
 def test_orthogonal_gradients_twelve_decades_apart_still_give_the_min_norm_step(
     equalize: float, step: str
 ) -> None:

@@ -13,7 +13,7 @@ from mokd_optim.methods._base import Method, as_work
 from mokd_optim.methods._registry import register
 from mokd_optim.solvers import BACKENDS, line_weights, min_norm
 
-STEP_RULES = ("anchor", "bounded", "convex", "log", "log-anchor")
+STEP_RULES = ("anchor", "bounded", "capped-log-anchor", "convex", "log", "log-anchor")
 
 # A combined direction shorter than this fraction of its triangle-inequality bound
 # sum_i q_i ||g_i|| is treated as Pareto-stationary by the "anchor" rule (weights 0): rescaling
@@ -151,8 +151,12 @@ def mokd_weights(
     - ``"log-anchor"``: ``||d|| = ||g_anchor|| / L_anchor``, the norm of the anchor's
       log-gradient: the step a plain ``log L_anchor`` training would take (short while the
       anchor loss is high, longer as it falls), whichever objective ``pi`` favours.
+    - ``"capped-log-anchor"``: the shorter of ``"anchor"`` and ``"log-anchor"``,
+      ``||d|| = ||g_anchor|| * min(1, 1 / L_anchor)``: short while the anchor loss is above 1,
+      never longer than the plain step on the anchor (``"log-anchor"`` grows as ``1 / L_anchor``
+      once the loss falls below 1, which at a constant learning rate destabilised training).
 
-    For ``"anchor"``, ``"bounded"`` and ``"log-anchor"`` a Pareto-stationary point (``||d||`` below
+    For every rule but ``"log"`` and ``"convex"`` a Pareto-stationary point (``||d||`` below
     ``STATIONARY_RTOL`` of its bound, or a zero gradient) gives 0.
 
     Args: gram ``(K, K)``, losses ``(K,)`` positive, both float64; ``pi`` ``(K,)`` precomputed
@@ -186,7 +190,12 @@ def mokd_weights(
     has_zero_gradient = (torch.diagonal(gram) <= 0).any()
     stationary = (combined_sq <= (STATIONARY_RTOL * bound) ** 2) | has_zero_gradient
     length = bound if step == "bounded" else combined_sq.sqrt()
-    target = norms[anchor] / losses[anchor] if step == "log-anchor" else norms[anchor]
+    if step == "log-anchor":
+        target = norms[anchor] / losses[anchor]
+    elif step == "capped-log-anchor":
+        target = norms[anchor] / losses[anchor].clamp_min(1.0)
+    else:
+        target = norms[anchor]
     safe = torch.where(stationary, torch.ones_like(length), length)
     scale = torch.where(stationary, torch.zeros_like(length), target / safe)
     return q * scale, pi
@@ -208,11 +217,12 @@ class MoKD(Method):
     """Exact MoKD weighting: min-norm trade-off of the log-loss gradients.
 
     Options:
-        step: ``"anchor"`` (default), ``"log"`` or ``"convex"`` -- how long the step is
-            (METHOD.md "Step size"; docs/mokd.md has the measurements behind the default:
-            ``"anchor"`` keeps the step at the scale of the user's plain-training recipe;
-            ``"log"`` was more accurate on Fashion-MNIST and MNIST but takes steps a
-            data-dependent fraction as long, which failed at small learning rates on digits).
+        step: the step-length rule, one of ``STEP_RULES`` (see :func:`mokd_weights`); default
+            ``"log-anchor"``. docs/mokd.md and docs/results.md have the measurements behind
+            the default and where each rule fails.
+        equalize: ``0`` is MoKD's min-norm point of the log-gradients, ``1`` (the default with
+            ``simplex=True``) that of their unit vectors (see :func:`trade_off`).
+        regularization, smoothing, step_bound: see docs/mokd.md ("Options").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
             keeps; default the first objective (put the task loss first).
         simplex: clip ``pi`` to the simplex (default). ``False`` is the paper's literal
