@@ -365,7 +365,10 @@ CANDIDATES: dict[str, Config] = {
     ),
     "log-anchor": _m("mokd step=log-anchor", "mokd", step="log-anchor"),
     "eq1-log-anchor": _m(
-        "mokd step=log-anchor, equalize=1", "mokd", step="log-anchor", equalize=1.0
+        "mokd step=log-anchor, equalize=1 (the 0.2 default)",
+        "mokd",
+        step="log-anchor",
+        equalize=1.0,
     ),
     "reg-log-anchor": _m(
         "mokd step=log-anchor, regularization=1", "mokd", step="log-anchor", regularization=1.0

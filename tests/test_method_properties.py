@@ -64,7 +64,7 @@ DECLARED = {
     "famo": (False, False, True, "direction", 1),
     "imtl-g": (False, False, True, "direction", 1),
     "mgda": (True, True, True, "none", 1),
-    "mokd": (True, True, True, "update", 1),  # the defaults: step="log-anchor", equalize=1
+    "mokd": (True, True, True, "direction", 1),  # defaults: step="capped-log-anchor", equalize=1
     "mokd-amortized": (False, False, True, "direction", 1),
     "nash-mtl": (False, False, True, "update", 0),
     "pcgrad": (False, False, False, "none", 1),

@@ -254,7 +254,9 @@ def test_two_objectives_equalized_is_the_bisector_of_the_unit_gradients() -> Non
 
 def test_promises_follow_the_options() -> None:
     assert _bound(2).conflict_free and _bound(2, step="bounded").conflict_free
-    assert _bound(2).scale_invariance == "update"  # the default step rule, "log-anchor"
+    # the default step rule, "capped-log-anchor", is tied to the anchor loss's value
+    assert _bound(2).scale_invariance == "direction"
+    assert _bound(2, step="log-anchor").scale_invariance == "update"
     assert _bound(2, step="anchor").scale_invariance == "direction"
     assert not _bound(2, regularization=1.0).conflict_free
     assert not _bound(2, smoothing=0.5).pareto_stationary

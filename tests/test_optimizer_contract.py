@@ -54,7 +54,7 @@ def test_shares_groups_state_and_defaults_with_the_base() -> None:
     extra = torch.nn.Parameter(torch.zeros(3))
     opt.add_param_group({"params": [extra], "lr": 0.5})
     assert opt.optimizer.param_groups[-1]["params"] == [extra]
-    assert "MoKD(step='log-anchor'" in repr(opt) and "AdamW" in repr(opt)
+    assert "MoKD(step='capped-log-anchor'" in repr(opt) and "AdamW" in repr(opt)
 
 
 @pytest.mark.parametrize(

@@ -126,7 +126,7 @@ def mokd_weights(
     gram: PSDMatrix,
     losses: Tensor,
     *,
-    step: str = "log-anchor",
+    step: str = "capped-log-anchor",
     anchor: int = 0,
     simplex: bool = True,
     backend: str = "auto",
@@ -218,8 +218,9 @@ class MoKD(Method):
 
     Options:
         step: the step-length rule, one of ``STEP_RULES`` (see :func:`mokd_weights`); default
-            ``"log-anchor"``. docs/mokd.md and docs/results.md have the measurements behind
-            the default and where each rule fails.
+            ``"capped-log-anchor"`` (since 0.3; ``"log-anchor"`` in 0.2, ``"anchor"`` in 0.1).
+            docs/mokd.md, docs/results.md and docs/results_round2.md have the measurements
+            behind the default and where each rule fails.
         equalize: ``0`` is MoKD's min-norm point of the log-gradients, ``1`` (the default with
             ``simplex=True``) that of their unit vectors (see :func:`trade_off`).
         regularization, smoothing, step_bound: see docs/mokd.md ("Options").
@@ -241,7 +242,7 @@ class MoKD(Method):
 
     def __init__(
         self,
-        step: str = "log-anchor",
+        step: str = "capped-log-anchor",
         anchor: Union[int, str] = 0,
         simplex: bool = True,
         backend: str = "auto",
@@ -285,8 +286,8 @@ class MoKD(Method):
     @property
     def scale_invariance(self) -> str:  # type: ignore[override]
         # "log" and "log-anchor" depend on the losses only through log L_i: rescaling any loss
-        # changes nothing. The other rules keep the direction; "anchor" and "bounded" keep the
-        # update unless the anchor itself is rescaled.
+        # changes nothing. The other rules keep the direction; "anchor", "bounded" and
+        # "capped-log-anchor" keep the update unless the anchor itself is rescaled.
         return "update" if self.step in ("log", "log-anchor") else "direction"
 
     @property
