@@ -150,7 +150,7 @@ MNIST_MLP_ADAMW_COS = _r("mnist5k", "mlp", "adamw", "cosine", 4)
 #: data), its confirmation conditions are C9-C16, fresh. C1-C8 have been looked at: they no
 #: longer count as confirmation for any later choice and are reported as round 1's.
 ROUNDS = {
-    1: "round 1 (chose the 0.2 default)",
+    1: 'round 1 (chose step="log-anchor", replaced in round 2)',
     2: "round 2 (step rules at constant learning rates)",
 }
 
@@ -365,7 +365,7 @@ CANDIDATES: dict[str, Config] = {
     ),
     "log-anchor": _m("mokd step=log-anchor", "mokd", step="log-anchor"),
     "eq1-log-anchor": _m(
-        "mokd step=log-anchor, equalize=1 (the 0.2 default)",
+        "mokd step=log-anchor, equalize=1 (round 1's choice)",
         "mokd",
         step="log-anchor",
         equalize=1.0,

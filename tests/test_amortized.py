@@ -142,7 +142,7 @@ VARIANTS = [
 def test_amortized_methods_reach_exact_mokd_accuracy(digits: Digits) -> None:
     assert digits.teacher_accuracy >= 0.96
     # the paper's exact weights and the step length the amortised rules are compared with (the
-    # library default, step="log-anchor", reached 0.915 here: its first steps are 1 / ln 10 of
+    # round-1 choice, step="log-anchor", reached 0.915 here: its first steps are 1 / ln 10 of
     # these, and 168 steps at a constant lr do not make up for it -- docs/mokd.md)
     exact = Run(digits, "mokd", use_closure=False, step="anchor", equalize=0.0)
     exact.train()

@@ -218,7 +218,8 @@ class MoKD(Method):
 
     Options:
         step: the step-length rule, one of ``STEP_RULES`` (see :func:`mokd_weights`); default
-            ``"capped-log-anchor"`` (since 0.3; ``"log-anchor"`` in 0.2, ``"anchor"`` in 0.1).
+            ``"capped-log-anchor"`` (chosen in round 2 of the condition suite; ``"anchor"`` is the
+            0.1 default, ``"log-anchor"`` round 1's choice, never released).
             docs/mokd.md, docs/results.md and docs/results_round2.md have the measurements
             behind the default and where each rule fails.
         equalize: ``0`` is MoKD's min-norm point of the log-gradients, ``1`` (the default with
