@@ -73,7 +73,11 @@ LR_GRID = {
 }
 WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.01}
 DEFAULT_STORE = ROOT / "benchmarks" / "results" / "kd_suite.json"
-DEFAULT_PAGES = {1: ROOT / "docs" / "results.md", 2: ROOT / "docs" / "results_round2.md"}
+DEFAULT_PAGES = {
+    1: ROOT / "docs" / "results.md",
+    2: ROOT / "docs" / "results_round2.md",
+    3: ROOT / "docs" / "results_round3.md",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +156,7 @@ MNIST_MLP_ADAMW_COS = _r("mnist5k", "mlp", "adamw", "cosine", 4)
 ROUNDS = {
     1: 'round 1 (chose step="log-anchor", replaced in round 2)',
     2: "round 2 (step rules at constant learning rates)",
+    3: 'round 3 (more than two objectives: balance="anchor")',
 }
 
 CONDITIONS: tuple[Condition, ...] = (
@@ -250,20 +255,72 @@ CONDITIONS: tuple[Condition, ...] = (
         temperature=8.0,
         round=2,
     ),
+    # --- round 3: only the trade-off of more than two objectives changes (balance="anchor" is
+    # the same as the round-2 rule for two), so its conditions all have feature heads.
+    # Selection: the feature conditions already looked at (S7, S12, S14 and the used C6, C14,
+    # C15: REUSED_AS_SELECTION); confirmation: five fresh ones.
+    Condition(
+        "C17 fashion-mlp const +2feat",
+        "confirmation",
+        FASHION_MLP_SGD_CONST,
+        objectives="kd+2feat",
+        round=3,
+    ),
+    Condition(
+        "C18 digits-mlp +2feat", "confirmation", DIGITS_MLP_SGD_COS, objectives="kd+2feat", round=3
+    ),
+    Condition(
+        "C19 mnist-mlp adamw weak +feat",
+        "confirmation",
+        MNIST_MLP_ADAMW_COS,
+        "weak",
+        objectives="kd+feat",
+        round=3,
+    ),
+    Condition(
+        "C20 fashion-resnet adamw +2feat",
+        "confirmation",
+        FASHION_RESNET_ADAMW_WC,
+        objectives="kd+2feat",
+        round=3,
+    ),
+    Condition(
+        "C21 mnist-cnn +feat T8",
+        "confirmation",
+        MNIST_CNN_SGD_COS,
+        objectives="kd+feat",
+        temperature=8.0,
+        round=3,
+    ),
 )
+
+#: Earlier confirmation conditions (looked at) that a later round uses as selection data.
+REUSED_AS_SELECTION: dict[int, tuple[str, ...]] = {3: ("C6", "C14", "C15")}
+#: Rounds that change only the trade-off of more than two objectives: feature conditions only.
+FEATURE_ROUNDS = (3,)
 
 
 def conditions_of_round(round_number: int, split: str = "all") -> list[Condition]:
     """A round's conditions: the selection conditions of every round up to it (earlier
-    selection data stay selection data), and its own confirmation conditions."""
+    selection data stay selection data, and so do earlier confirmation conditions named in
+    ``REUSED_AS_SELECTION``), then its own confirmation conditions. A round in
+    ``FEATURE_ROUNDS`` keeps only conditions with feature losses."""
     if round_number not in ROUNDS:
         raise ValueError(f"unknown round {round_number}; rounds are {sorted(ROUNDS)}")
-    return [
+    reused = REUSED_AS_SELECTION.get(round_number, ())
+    selection = [
         c
         for c in CONDITIONS
-        if split in ("all", c.split)
-        and (c.round == round_number if c.split == "confirmation" else c.round <= round_number)
+        if (c.split == "selection" and c.round <= round_number) or c.name.split()[0] in reused
     ]
+    confirmation = [c for c in CONDITIONS if c.split == "confirmation" and c.round == round_number]
+    if round_number in FEATURE_ROUNDS:
+        selection = [c for c in selection if "feat" in c.objectives]
+    return {
+        "selection": selection,
+        "confirmation": confirmation,
+        "all": selection + confirmation,
+    }[split]
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,9 +372,19 @@ PREVIOUS_MOKD_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Options added to mokd after runs were stored, at the value that reproduces the earlier
+# behaviour: left out of a candidate's options (and so of its store key) at that value.
+NEUTRAL_MOKD_OPTIONS: dict[str, Any] = {"balance": "objectives"}
+
+
 def _m(label: str, method: str, max_norm: Optional[float] = None, **options: Any) -> Config:
     if method == "mokd":
         options = {**PREVIOUS_MOKD_DEFAULTS, **options}
+        options = {
+            k: v
+            for k, v in options.items()
+            if not (k in NEUTRAL_MOKD_OPTIONS and v == NEUTRAL_MOKD_OPTIONS[k])
+        }
     return Config(
         label, "method", method=method, options=tuple(sorted(options.items())), max_norm=max_norm
     )
@@ -376,6 +443,14 @@ CANDIDATES: dict[str, Config] = {
     # round 2
     "eq1-capped-log-anchor": _m(
         "mokd step=capped-log-anchor, equalize=1", "mokd", step="capped-log-anchor", equalize=1.0
+    ),
+    # round 3
+    "anchor-balance": _m(
+        "mokd balance=anchor",
+        "mokd",
+        step="capped-log-anchor",
+        equalize=1.0,
+        balance="anchor",
     ),
     # the zoo at defaults
     "mgda": _m("mgda", "mgda"),
@@ -1212,8 +1287,14 @@ def _diag_text(row: Row) -> str:
 
 
 def report_condition(
-    condition: Condition, candidates: Sequence[Config], store: Store, quick: bool
+    condition: Condition,
+    candidates: Sequence[Config],
+    store: Store,
+    quick: bool,
+    split: Optional[str] = None,
 ) -> list[str]:
+    """The condition's section of the page; ``split`` is its role in the round (default: the
+    one it was declared with)."""
     clips = {None, *(safeguard_of(c) for c in candidates)}
     configs = [*baseline_configs(clips), *candidates]
     rows = gather(condition, configs, store, quick)
@@ -1229,7 +1310,7 @@ def report_condition(
         None,
     )
     lines = [
-        f"### {condition.name} ({condition.split})",
+        f"### {condition.name} ({split or condition.split})",
         "",
         f"{condition.describe()}; lr {lr:g}; teacher test accuracy "
         + (f"{_pct(teacher)} %" if teacher is not None else "?"),
@@ -1436,8 +1517,8 @@ def write_report(
 
     confirmation_candidates = confirmation_candidates or candidates
     conditions = conditions_of_round(round_number)
-    selection = [c for c in conditions if c.split == "selection"]
-    confirmation = [c for c in conditions if c.split == "confirmation"]
+    selection = conditions_of_round(round_number, "selection")
+    confirmation = conditions_of_round(round_number, "confirmation")
     lines = [
         "# Distillation quality: the condition suite",
         "",
@@ -1494,8 +1575,9 @@ def write_report(
     for condition in conditions:
         if not gather(condition, baseline_configs({None}), store, quick):
             continue  # not run in this store
-        shown = confirmation_candidates if condition.split == "confirmation" else candidates
-        lines += report_condition(condition, shown, store, quick)
+        shown = confirmation_candidates if condition in confirmation else candidates
+        role = "confirmation" if condition in confirmation else "selection"
+        lines += report_condition(condition, shown, store, quick, role)
     lines += ["## Environment", "", "```", as_text(describe()), "```", ""]
     page.write_text("\n".join(lines))
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mokd_optim import MultiObjectiveOptimizer, methods
+from mokd_optim._validation import OptionError
 from tests.models import TwoHeadMLP
 from tests.reference import min_norm_by_enumeration
 
@@ -278,3 +279,63 @@ def test_orthogonal_gradients_twelve_decades_apart_still_give_the_min_norm_step(
     update = _weights(method, jacobian, losses) @ jacobian
     assert np.linalg.norm(update) > 0
     assert np.all(jacobian @ update >= 0)
+
+
+def _reference_anchor_balance(jacobian: np.ndarray, losses: np.ndarray, anchor: int) -> np.ndarray:
+    """balance="anchor" from first principles (equalize=1): unit log-gradients v_i; the others'
+    min-norm point u; the min-norm point of v_anchor and u / ||u||; the direction, unit length."""
+    h = jacobian / losses[:, None]
+    v = h / np.linalg.norm(h, axis=1, keepdims=True)
+    others = [i for i in range(len(losses)) if i != anchor]
+    _, alpha = min_norm_by_enumeration(v[others] @ v[others].T)
+    u = alpha @ v[others]
+    pair = np.stack([v[anchor], u / np.linalg.norm(u)])
+    _, beta = min_norm_by_enumeration(pair @ pair.T)
+    direction = beta @ pair
+    return direction / np.linalg.norm(direction)
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+@pytest.mark.parametrize("anchor", [0, 2])
+def test_anchor_balance_matches_the_reference(k: int, anchor: int) -> None:
+    rng = np.random.default_rng(100 + k + anchor)
+    for _ in range(5):
+        jacobian = rng.standard_normal((k, 30)) * rng.uniform(0.01, 100, size=(k, 1))
+        losses = rng.uniform(0.05, 5.0, size=k)
+        method = methods.get("mokd", step="anchor", balance="anchor", anchor=anchor)
+        method.bind([f"l{i}" for i in range(k)])
+        update = _weights(method, jacobian, losses) @ jacobian
+        expected = _reference_anchor_balance(jacobian, losses, anchor)
+        np.testing.assert_allclose(update / np.linalg.norm(update), expected, rtol=1e-6, atol=1e-9)
+        # "anchor" length: the anchor's raw gradient norm
+        assert np.linalg.norm(update) == pytest.approx(np.linalg.norm(jacobian[anchor]), rel=1e-9)
+
+
+def test_anchor_balance_gives_the_anchor_half_of_the_say_and_nothing_for_two() -> None:
+    # four orthogonal objectives: "objectives" gives each a quarter of the update; "anchor"
+    # makes the anchor's part of the update as long as the other three parts together
+    jacobian = np.diag([3.0, 0.5, 7.0, 2.0])
+    losses = np.array([1.5, 0.2, 4.0, 0.9])
+
+    def parts(balance: str) -> np.ndarray:
+        w = _weights(_bound(4, balance=balance), jacobian, losses)
+        return w[:, None] * jacobian  # each objective's part of the update
+
+    even = np.linalg.norm(parts("objectives"), axis=1)
+    np.testing.assert_allclose(even / even.sum(), [0.25] * 4, rtol=1e-9)
+    anchored = parts("anchor")
+    assert np.linalg.norm(anchored[0]) == pytest.approx(
+        np.linalg.norm(anchored[1:].sum(0)), rel=1e-9
+    )
+    rng = np.random.default_rng(3)
+    pair = rng.standard_normal((2, 12))
+    two = np.array([0.7, 2.0])
+    np.testing.assert_allclose(
+        _weights(_bound(2, balance="anchor"), pair, two),
+        _weights(_bound(2), pair, two),
+        rtol=1e-12,
+    )
+    assert not _bound(3, balance="anchor").conflict_free
+    assert not _bound(3, balance="anchor").pareto_stationary
+    with pytest.raises(OptionError, match="balance"):
+        methods.get("mokd", balance="task")

@@ -14,6 +14,7 @@ from mokd_optim.methods._registry import register
 from mokd_optim.solvers import BACKENDS, line_weights, min_norm
 
 STEP_RULES = ("anchor", "bounded", "capped-log-anchor", "convex", "log", "log-anchor")
+BALANCES = ("objectives", "anchor")
 
 # A combined direction shorter than this fraction of its triangle-inequality bound
 # sum_i q_i ||g_i|| is treated as Pareto-stationary by the "anchor" rule (weights 0): rescaling
@@ -45,6 +46,8 @@ def trade_off(
     regularization: float = 0.0,
     equalize: float = 0.0,
     backend: str = "auto",
+    balance: str = "objectives",
+    anchor: int = 0,
 ) -> Weights:
     """``pi`` on the log-gradients ``h_i`` from their Gram matrix (any positive global scale).
 
@@ -60,7 +63,12 @@ def trade_off(
 
     Both keep the min-norm promises: no conflict with any objective, 0 at a Pareto-stationary
     point. ``regularization > 0`` trades them for weights nearer the centre of the simplex.
-    Shapes ``(K, K)`` -> ``(K,)``.
+
+    ``balance="anchor"`` (K > 2; the same as ``"objectives"`` for K = 2): the anchor counts as
+    much as all the other objectives together -- the min-norm point ``u`` of the others' ``v_j``
+    is found first, then the min-norm point of the two unit vectors ``v_anchor / ||v_anchor||``
+    and ``u / ||u||``. No conflict with the anchor or with ``u``; an individual other objective
+    may be conflicted. Shapes ``(K, K)`` -> ``(K,)``.
     """
     norms = torch.diagonal(log_gram).clamp_min(0.0).sqrt()
     nonzero = norms > 0
@@ -75,13 +83,52 @@ def trade_off(
         work = work + regularization * torch.eye(
             work.shape[-1], dtype=work.dtype, device=work.device
         )
-    alpha = min_norm(work, backend=backend)
+    if balance == "anchor" and work.shape[-1] > 2:
+        alpha = _anchor_against_the_rest(work, anchor, backend)
+    else:
+        alpha = min_norm(work, backend=backend)
     if equalize == 0:
         return alpha
     pi = alpha * scale
     total = pi.sum()
     # all the weight on zero gradients: keep alpha (the point is Pareto-stationary)
     return torch.where(total > 0, pi / torch.where(total > 0, total, torch.ones_like(total)), alpha)
+
+
+def _anchor_against_the_rest(work: PSDMatrix, anchor: int, backend: str) -> Weights:
+    """Simplex weights on the vectors behind ``work`` (their Gram matrix): the min-norm point
+    of the anchor's unit vector and the unit min-norm point of the others. ``(K, K)`` -> ``(K,)``."""
+    k = work.shape[-1]
+    others = torch.tensor([i for i in range(k) if i != anchor], device=work.device)
+    rest = min_norm(work[others][:, others], backend=backend)
+    rest_sq = (rest @ work[others][:, others] @ rest).clamp_min(0.0)
+    anchor_sq = work[anchor, anchor].clamp_min(0.0)
+    cross = work[anchor, others] @ rest
+    rest_norm = rest_sq.sqrt()
+    anchor_norm = anchor_sq.sqrt()
+    both = (rest_norm > 0) & (anchor_norm > 0)
+    safe_rest = torch.where(both, rest_norm, torch.ones_like(rest_norm))
+    safe_anchor = torch.where(both, anchor_norm, torch.ones_like(anchor_norm))
+    cosine = (cross / (safe_rest * safe_anchor)).clamp(-1.0, 1.0)
+    pair = torch.stack(
+        [
+            torch.stack([torch.ones_like(cosine), cosine]),
+            torch.stack([cosine, torch.ones_like(cosine)]),
+        ]
+    )
+    beta = min_norm(pair, backend=backend)
+    weights = torch.zeros(k, dtype=work.dtype, device=work.device)
+    weights[anchor] = beta[0] / safe_anchor
+    weights[others] = beta[1] * rest / safe_rest
+    weights = weights / weights.sum()
+    # A zero vector on either side is a Pareto-stationary point, as in min_norm: all the weight
+    # on a zero anchor, or the others' own min-norm point when it is 0.
+    at_anchor = torch.zeros_like(weights)
+    at_anchor[anchor] = 1.0
+    at_rest = torch.zeros_like(weights)
+    at_rest[others] = rest
+    fallback = torch.where(anchor_norm > 0, at_rest, at_anchor)
+    return torch.where(both, weights, fallback)
 
 
 def mokd_simplex_weights(
@@ -92,6 +139,8 @@ def mokd_simplex_weights(
     backend: str = "auto",
     regularization: float = 0.0,
     equalize: float = 0.0,
+    balance: str = "objectives",
+    anchor: int = 0,
 ) -> Weights:
     """MoKD's trade-off weights ``pi`` for the log-loss gradients ``h_i = g_i / L_i``.
 
@@ -100,16 +149,21 @@ def mokd_simplex_weights(
     the ``h_i``; with ``simplex=False`` (K = 2 only) the paper's unclipped formula, the
     min-norm point of the whole line through ``h_1, h_2`` (may be negative).
 
-    ``equalize`` and ``regularization``: see :func:`trade_off`. On the simplex
+    ``equalize``, ``regularization``, ``balance`` and ``anchor``: see :func:`trade_off`. On the simplex
     ``||pi||^2 = ||pi - 1/K||^2 + 1/K``, so ``regularization = r`` is the min-norm problem with
     a penalty ``r`` on the distance from the uniform weights. Returns ``(K,)``.
     """
     log_gram = gram / (losses[:, None] * losses[None, :])
-    if regularization > 0 or equalize > 0:
+    if regularization > 0 or equalize > 0 or balance != "objectives":
         if not simplex:
-            raise ValueError("mokd: regularization and equalize need simplex=True")
+            raise ValueError("mokd: regularization, equalize and balance need simplex=True")
         return trade_off(
-            log_gram, regularization=regularization, equalize=equalize, backend=backend
+            log_gram,
+            regularization=regularization,
+            equalize=equalize,
+            backend=backend,
+            balance=balance,
+            anchor=anchor,
         )
     if simplex:
         return min_norm(log_gram, backend=backend)
@@ -133,6 +187,7 @@ def mokd_weights(
     regularization: float = 0.0,
     equalize: float = 0.0,
     pi: Optional[Weights] = None,
+    balance: str = "objectives",
 ) -> tuple[Weights, Weights]:
     """Weights on the raw gradients for MoKD under a step-length rule, and ``pi``.
 
@@ -161,7 +216,7 @@ def mokd_weights(
 
     Args: gram ``(K, K)``, losses ``(K,)`` positive, both float64; ``pi`` ``(K,)`` precomputed
     trade-off weights (e.g. from a smoothed Gram matrix) instead of solving for them here;
-    ``regularization``, ``equalize``: see :func:`trade_off`. Returns ``(w, pi)``.
+    ``regularization``, ``equalize``, ``balance``: see :func:`trade_off`. Returns ``(w, pi)``.
     """
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
@@ -173,6 +228,8 @@ def mokd_weights(
             backend=backend,
             regularization=regularization,
             equalize=equalize,
+            balance=balance,
+            anchor=anchor,
         )
     q = pi / losses
     if step == "log":
@@ -224,6 +281,9 @@ class MoKD(Method):
             behind the default and where each rule fails.
         equalize: ``0`` is MoKD's min-norm point of the log-gradients, ``1`` (the default with
             ``simplex=True``) that of their unit vectors (see :func:`trade_off`).
+        balance: ``"objectives"`` (default; every objective's unit gradient counts the same) or
+            ``"anchor"`` (the anchor counts as much as all the others together; K > 2 only
+            differs), see :func:`trade_off`.
         regularization, smoothing, step_bound: see docs/mokd.md ("Options").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
             keeps; default the first objective (put the task loss first).
@@ -251,6 +311,7 @@ class MoKD(Method):
         smoothing: float = 0.0,
         equalize: Optional[float] = None,
         step_bound: Optional[float] = None,
+        balance: str = "objectives",
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
@@ -264,10 +325,15 @@ class MoKD(Method):
         check_number("mokd", "regularization", regularization, low=0.0)
         check_number("mokd", "smoothing", smoothing, low=0.0, high=1.0, high_open=True)
         check_number("mokd", "equalize", equalize, low=0.0, high=1.0)
+        check_choice("mokd", "balance", balance, BALANCES)
         if step_bound is not None:
             check_number("mokd", "step_bound", step_bound, low=1.0)
-        if not simplex and (regularization > 0 or smoothing > 0 or equalize > 0):
-            raise ValueError("mokd: regularization, smoothing and equalize need simplex=True")
+        if not simplex and (
+            regularization > 0 or smoothing > 0 or equalize > 0 or balance != "objectives"
+        ):
+            raise ValueError(
+                "mokd: regularization, smoothing, equalize and balance need simplex=True"
+            )
         self.step = step
         self.anchor = anchor
         self.simplex = simplex
@@ -276,6 +342,7 @@ class MoKD(Method):
         self.smoothing = float(smoothing)
         self.equalize = float(equalize)
         self.step_bound = None if step_bound is None else float(step_bound)
+        self.balance = balance
         self._anchor_index = 0
         # Moving average of the anchor gradient's norm (step_bound) and its step count.
         self._anchor_average: Optional[Tensor] = None
@@ -294,12 +361,24 @@ class MoKD(Method):
     @property
     def conflict_free(self) -> bool:  # type: ignore[override]
         # The unclipped formula can give an objective a negative weight; the regularised or
-        # smoothed weights are not the min-norm point of this step's gradients.
-        return self.simplex and self.regularization == 0 and self.smoothing == 0
+        # smoothed weights are not the min-norm point of this step's gradients; balance="anchor"
+        # promises no conflict with the anchor and the others' min-norm point only.
+        return (
+            self.simplex
+            and self.regularization == 0
+            and self.smoothing == 0
+            and self.balance == "objectives"
+        )
 
     @property
     def pareto_stationary(self) -> bool:  # type: ignore[override]
-        return self.simplex and self.regularization == 0 and self.smoothing == 0
+        # balance="anchor" can step where the anchor and one other objective cancel exactly
+        return (
+            self.simplex
+            and self.regularization == 0
+            and self.smoothing == 0
+            and self.balance == "objectives"
+        )
 
     def bind(self, names: Any) -> None:
         super().bind(names)
@@ -325,6 +404,8 @@ class MoKD(Method):
             regularization=self.regularization,
             equalize=self.equalize,
             backend=self.backend,
+            balance=self.balance,
+            anchor=self._anchor_index,
         )
 
     def _bound_step(self, w: Weights, gram: PSDMatrix) -> Weights:
@@ -355,6 +436,7 @@ class MoKD(Method):
             regularization=self.regularization,
             equalize=self.equalize,
             pi=self._trade_off(gram, losses),
+            balance=self.balance,
         )
         self.info = {"simplex_weights": pi}
         return self._bound_step(w, gram)
@@ -396,4 +478,5 @@ class MoKD(Method):
             "smoothing": self.smoothing,
             "equalize": self.equalize,
             "step_bound": self.step_bound,
+            "balance": self.balance,
         }
