@@ -2,7 +2,8 @@
 
 Each script writes its JSON into ``benchmarks/results/`` and then calls :func:`write_page`,
 which renders a section for every result file present there (``solver_cost.json``,
-``step_overhead.json``, ``scaling.json``), so the page always shows the latest run of each.
+``step_overhead.json``, ``scaling.json``, ``small_models.json``), so the page always shows the
+latest run of each. ``small_models.py`` replaces only its own section (:func:`update_section`).
 
     python benchmarks/report.py    # re-render the page from the stored results
 """
@@ -21,7 +22,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.environment import as_text  # noqa: E402
 
-SCRIPTS = ("solver_cost", "step_overhead", "scaling")
+SCRIPTS = ("solver_cost", "step_overhead", "scaling", "small_models")
 
 
 def _load(results: Path) -> dict[str, dict[str, Any]]:
@@ -653,6 +654,78 @@ def summary_lines(loaded: dict[str, dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def small_model_lines(report: dict[str, Any]) -> list[str]:
+    """The "Small models" section: the fixed per-step cost, in time and in tensor ops."""
+    settings = report["settings"]
+    lines = [
+        "## Small models (`benchmarks/small_models.py`)",
+        "",
+        f"- Command: `{report['command']}` ({report['wall_seconds']:.0f} s)",
+        f"- Hardware and versions: {as_text(report['environment'])}; device `{settings['device']}`",
+        f"- {settings['rounds']} interleaved rounds of {settings['steps']} training steps per case; every ratio is to the"
+        " fixed-weight KD step measured just before and after it (the floor ratio: paired per round).",
+        "- Each model has a frozen teacher of the same kind; K = 2 losses (cross-entropy, KD at T = 4) on the"
+        " student logits; SGD with momentum. Tensor ops and host synchronisations per step are counted by"
+        " `mokd_optim.diagnostics.step_cost` (torch profiler events not nested in another op; reads of tensor"
+        " values on the host).",
+        "",
+        "On ResNet-18 the two backward passes hide the optimizer's own work; here it shows. The work per step"
+        " that does not depend on the model's arithmetic is a number of tensor operations (each a kernel"
+        " launch on a GPU, a few microseconds of Python and dispatch on the CPU) and host synchronisations.",
+        "For K = 2 and the default `mokd` with the `loop` strategy, the ops added to the fixed-weight step are"
+        " **a constant plus 3 per balanced parameter tensor**: one `dot` (the off-diagonal Gram entry) and the"
+        " combination's `mul_` and `addcmul_`, with the diagonal of the Gram matrix from one fused"
+        " `_foreach_norm` over all gradients, the K x K weights in a fixed number of ops, and the"
+        " non-finite-gradient check (`validate=True`) read off the Gram diagonal (one host synchronisation"
+        " for the losses and one for the gradients). A parameter reached by one objective only costs no"
+        " Gram or combination op, only its share of one fused norm when validating.",
+        "",
+    ]
+    for row in report["models"]:
+        cases = row["cases"]
+        lines += [
+            f"### {row['model']}: {row['parameters']:,} parameters in {row['parameter_tensors']} tensors, batch {row['batch']}",
+            "",
+            "| case | ms / step | time / fixed-weight KD | tensor ops / step | extra over fixed | host syncs / step |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, entry in cases.items():
+            launches = entry.get("kernel_launches")
+            ops = f"{entry['tensor_ops']}" + ("" if launches is None else f" ({launches} launches)")
+            lines.append(
+                f"| {label} | {ms(entry['time_per_step']['median'])} | {ratio(entry['ratio'])} | {ops}"
+                f" | {entry['extra_tensor_ops']:+d} | {entry['host_syncs']} |"
+            )
+        t = row["targets"]
+        lines += [
+            "",
+            f"`loop` over the floor: {ratio(t['loop_vs_floor'])} (validate=False {ratio(t['loop_vs_floor_no_validate'])});"
+            f" `representation` over the fixed-weight step: {ratio(t['representation_vs_fixed'])}"
+            f" (validate=False {ratio(t['representation_vs_fixed_no_validate'])}).",
+            "",
+        ]
+    return lines
+
+
+def _marked(name: str, lines: list[str]) -> list[str]:
+    return [f"<!-- section {name} -->", *lines, f"<!-- end of section {name} -->"]
+
+
+def update_section(page: Path, name: str, lines: list[str]) -> None:
+    """Replace section ``name`` of ``page`` (between its markers) by ``lines``, leaving the rest
+    as it is; append it when the page has none, create the page when there is none."""
+    block = "\n".join(_marked(name, lines))
+    text = page.read_text() if page.exists() else "\n".join(["# Benchmarks", "", ""])
+    start, end = f"<!-- section {name} -->", f"<!-- end of section {name} -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(text)
+
+
 def ours_loop(method: str) -> str:
     """The step benchmark's label of our ``loop`` case for ``method``."""
     return f"ours {method} loop"
@@ -687,6 +760,8 @@ def write_page(results: Path, page: Path, plots: Optional[Path] = None) -> None:
         lines += scaling_lines(loaded["scaling"], plots, rel)
     if "solver_cost" in loaded:
         lines += solver_lines(loaded["solver_cost"], plots, rel)
+    if "small_models" in loaded:
+        lines += _marked("small_models", small_model_lines(loaded["small_models"]))
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text("\n".join(lines))
 
