@@ -662,31 +662,38 @@ def small_model_lines(report: dict[str, Any]) -> list[str]:
         "",
         f"- Command: `{report['command']}` ({report['wall_seconds']:.0f} s)",
         f"- Hardware and versions: {as_text(report['environment'])}; device `{settings['device']}`",
-        f"- {settings['rounds']} interleaved rounds of {settings['steps']} training steps per case; every ratio is to the"
-        " fixed-weight KD step measured just before and after it (the floor ratio: paired per round).",
+        f"- {settings['rounds']} interleaved rounds per case (each timed call runs a number of training steps, given"
+        " per model); every ratio is to the fixed-weight KD step measured just before and after it (over the floor:"
+        " the ratio of the two ratios in each round).",
         "- Each model has a frozen teacher of the same kind; K = 2 losses (cross-entropy, KD at T = 4) on the"
         " student logits; SGD with momentum. Tensor ops and host synchronisations per step are counted by"
         " `mokd_optim.diagnostics.step_cost` (torch profiler events not nested in another op; reads of tensor"
         " values on the host).",
         "",
-        "On ResNet-18 the two backward passes hide the optimizer's own work; here it shows. The work per step"
-        " that does not depend on the model's arithmetic is a number of tensor operations (each a kernel"
-        " launch on a GPU, a few microseconds of Python and dispatch on the CPU) and host synchronisations.",
-        "For K = 2 and the default `mokd` with the `loop` strategy, the ops added to the fixed-weight step are"
-        " **a constant plus 3 per balanced parameter tensor**: one `dot` (the off-diagonal Gram entry) and the"
-        " combination's `mul_` and `addcmul_`, with the diagonal of the Gram matrix from one fused"
-        " `_foreach_norm` over all gradients, the K x K weights in a fixed number of ops, and the"
-        " non-finite-gradient check (`validate=True`) read off the Gram diagonal (one host synchronisation"
-        " for the losses and one for the gradients). A parameter reached by one objective only costs no"
-        " Gram or combination op, only its share of one fused norm when validating.",
+        "On ResNet-18 the two backward passes hide the optimizer's own work; here it shows. What a step costs"
+        " beyond the model's arithmetic is a number of tensor operations (each a kernel launch on a GPU, a few"
+        " microseconds of Python and dispatch on the CPU) and host synchronisations.",
+        "",
+        "**Tensor ops per step, K = 2** (default `mokd`, `loop` strategy, `validate=False`): the ops added to the"
+        " floor (two backward passes) are **c + 3 T** for T balanced parameter tensors -- the"
+        " `K (K + 1) / 2 = 3` dot products of the Gram matrix per tensor -- plus a constant c of about 111: the"
+        " Gram matrix's sum over tensors in float64 and its placement (about 8 ops), the combination (one"
+        " `_foreach_mul_` and one `_foreach_addcmul_` over all tensors), the K x K weighting (about 97 ops for"
+        " the default MoKD weighting, 37 of them the closed-form min-norm) and the step statistics."
+        " `validate=True` adds about 9 ops and 2 host synchronisations (the losses; the gradients, read off the"
+        " Gram diagonal), independent of T. Before issue 17 the same step added 156 + 11 T ops (an 8-op"
+        " float64 sum per Gram entry and tensor, 2 combination ops per tensor) and `validate=True` another"
+        " 50 + 2 T (an exact max-norm over every gradient, much slower than a euclidean norm on the CPU)."
+        " `tests/test_fixed_cost.py` bounds the count at 200 + 5 T.",
         "",
     ]
     for row in report["models"]:
         cases = row["cases"]
         lines += [
-            f"### {row['model']}: {row['parameters']:,} parameters in {row['parameter_tensors']} tensors, batch {row['batch']}",
+            f"### {row['model']}: {row['parameters']:,} parameters in {row['parameter_tensors']} tensors, batch"
+            f" {row['batch']}, {row['steps_per_call']} steps per timed call",
             "",
-            "| case | ms / step | time / fixed-weight KD | tensor ops / step | extra over fixed | host syncs / step |",
+            "| case | ms / step | time / fixed-weight KD | tensor ops / step | ops over fixed | host syncs / step |",
             "|---|---|---|---|---|---|",
         ]
         for label, entry in cases.items():

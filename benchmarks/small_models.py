@@ -66,6 +66,8 @@ REPRESENTATION_NO_VALIDATE = "ours mokd representation validate=False"
 AMORTIZED = "ours mokd-amortized amortized next-batch"
 WRAPPED_FIXED = "ours weighted (fixed weights through the wrapper)"
 MODELS = ("mlp", "resnet8x4", "transformer")
+#: Training steps per timed call on the CPU (about 0.1 to 2 s each); ``--steps`` overrides.
+STEPS = {"mlp": 50, "resnet8x4": 1, "transformer": 10}
 
 
 class TransformerClassifier(nn.Module):
@@ -160,6 +162,7 @@ def measure_model(
     name: str, device: torch.device, args: argparse.Namespace, log: Callable[[str], None]
 ) -> dict[str, Any]:
     setup = build_setup(name, device, args.quick)
+    steps = args.steps or STEPS[name]
     params = setup.params()
     cases = build_cases(setup)
     with warnings.catch_warnings():
@@ -169,7 +172,7 @@ def measure_model(
             step()
         costs = {label: step_cost(step) for label, step in cases.items()}
         timing = interleaved(
-            {label: repeated(step, args.steps) for label, step in cases.items()},
+            {label: repeated(step, steps) for label, step in cases.items()},
             BASELINE,
             device,
             rounds=args.rounds,
@@ -183,15 +186,14 @@ def measure_model(
         "parameter_tensors": len(params),
         "batch": int(setup.x.shape[0]),
         "input_shape": list(setup.x.shape[1:]),
+        "steps_per_call": steps,
         "cases": {},
     }
     for label in cases:
         entry = timing[label]
         cost = costs[label]
         result["cases"][label] = {
-            "time_per_step": {
-                k: v / args.steps if k != "n" else v for k, v in entry["time"].items()
-            },
+            "time_per_step": {k: v / steps if k != "n" else v for k, v in entry["time"].items()},
             "ratio": entry["ratio"],
             "ratios": entry["ratios"],
             "tensor_ops": cost.tensor_ops,
@@ -222,14 +224,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=50, help="training steps per timed call")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps per timed call (default per model: {STEPS})",
+    )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "small_models.json"
     )
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.steps = 2, 2
+        args.rounds, args.steps = 2, 1
     device = configure(args.threads, args.device)
     environment = describe()
     print("environment:", as_text(environment), f"device {device.type}", flush=True)

@@ -55,19 +55,18 @@ def _sole_owners(tensors: Sequence[Tensor]) -> set[int]:
     storage, and not sharing it with any other tensor in ``tensors``. Autograd may return the
     same tensor (or views of one) for several inputs, and expanded tensors for others."""
 
-    def key(t: Tensor) -> int:
-        return t.untyped_storage().data_ptr()
-
+    storages = [t.untyped_storage() for t in tensors]
     counts: dict[int, int] = {}
-    for t in tensors:
-        counts[key(t)] = counts.get(key(t), 0) + 1
+    for storage in storages:
+        pointer = storage.data_ptr()
+        counts[pointer] = counts.get(pointer, 0) + 1
     return {
         id(t)
-        for t in tensors
-        if counts[key(t)] == 1
-        and t.is_contiguous()
+        for t, storage in zip(tensors, storages)
+        if counts[storage.data_ptr()] == 1
         and t.storage_offset() == 0
-        and t.numel() * t.element_size() == t.untyped_storage().nbytes()
+        and t.numel() * t.element_size() == storage.nbytes()
+        and t.is_contiguous()
     }
 
 
@@ -468,19 +467,52 @@ def _uniform_rows(blocks: Sequence[Block], num_objectives: int) -> Optional[list
     return rows
 
 
+#: Gradient tensors of at most this many elements (biases, normalisation layers, small
+#: layers) enter the fused Gram matrix through one float64 buffer per objective, so that they
+#: cost no dot product of their own ...
+PACK_MAX_NUMEL = 1 << 16
+#: ... up to this many elements in all (the buffers hold ``K`` float64 copies of them).
+PACK_BUDGET = 1 << 21
+
+
+def _flat(row: Tensor) -> Tensor:
+    return row if row.dim() == 1 else row.reshape(-1)
+
+
 def _fused_gram(rows: list[list[Tensor]], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """The ``(K, K)`` Gram matrix of :func:`_uniform_rows`' rows: one ``dot`` per tensor and
-    pair ``i <= j`` (in the gradients' dtype, as BLAS computes it), then one ``stack``, one cast
-    and one sum over tensors in float64, and a fixed number of ops to place the
-    ``K (K + 1) / 2`` entries -- no per-entry Python bookkeeping."""
+    """The ``(K, K)`` Gram matrix of :func:`_uniform_rows`' rows in a fixed number of ops plus
+    ``K (K + 1) / 2`` dot products per large tensor.
+
+    Large tensors: one ``dot`` per tensor and pair ``i <= j`` in the gradients' dtype (as
+    BLAS computes it), stacked, cast and summed over tensors in float64. Small tensors
+    (:data:`PACK_MAX_NUMEL`, :data:`PACK_BUDGET`): concatenated into one float64 buffer per
+    objective and multiplied there, so their products are float64 too. The ``K (K + 1) / 2``
+    entries are then placed by a few ops, with no per-entry Python bookkeeping."""
     k_total = len(rows)
-    flat = [
-        [row if row.dim() == 1 else row.reshape(-1) for row in per_objective]
-        for per_objective in rows
-    ]
     pairs = [(i, j) for i in range(k_total) for j in range(i, k_total)]
-    dots = [torch.dot(a, b) for i, j in pairs for a, b in zip(flat[i], flat[j])]
-    entries = torch.stack(dots).to(dtype).view(len(pairs), -1).sum(dim=1)
+    small: list[int] = []
+    large: list[int] = []
+    packed_numel = 0
+    for index, row in enumerate(rows[0]):
+        size = row.numel()
+        if size <= PACK_MAX_NUMEL and packed_numel + size <= PACK_BUDGET:
+            small.append(index)
+            packed_numel += size
+        else:
+            large.append(index)
+    if len(small) < 2:  # packing one tensor saves nothing
+        large, small = list(range(len(rows[0]))), []
+    parts: list[Tensor] = []
+    if large:
+        flat = [[_flat(per_objective[j]) for j in large] for per_objective in rows]
+        dots = [torch.dot(a, b) for i, j in pairs for a, b in zip(flat[i], flat[j])]
+        parts.append(torch.stack(dots).to(dtype).view(len(pairs), -1).sum(dim=1))
+    if small:
+        packed = [
+            torch.cat([_flat(per_objective[j]) for j in small]).to(dtype) for per_objective in rows
+        ]
+        parts.append(torch.stack([torch.dot(packed[i], packed[j]) for i, j in pairs]))
+    entries = parts[0] if len(parts) == 1 else parts[0] + parts[1]
     if k_total == 1:
         return entries.view(1, 1).to(device)
     if k_total == 2:
@@ -506,8 +538,10 @@ def gram_matrix(
     computed in float32 (float64 for float64 gradients) and accumulated in float64.
 
     When every block is a complete list of rows of one dtype (the ``loop`` strategy's common
-    case) and there is one group, the same products are summed by a fixed number of ops: a
-    small constant plus the ``K (K + 1) / 2`` dot products per tensor (:func:`_fused_gram`).
+    case) and there is one group, the products are summed by a fixed number of ops: a small
+    constant plus the ``K (K + 1) / 2`` dot products per large tensor; small tensors are
+    packed into one float64 buffer per objective and cost no dot of their own
+    (:func:`_fused_gram`).
     """
     dtype = torch.float32 if device.type == "mps" else torch.float64
     if num_groups == 1:
