@@ -676,10 +676,10 @@ def small_model_lines(report: dict[str, Any]) -> list[str]:
         "",
         "**Tensor ops per step, K = 2** (default `mokd`, `loop` strategy, `validate=False`): the ops added to the"
         " floor (two backward passes) are **c + 3 L**, where L counts the balanced parameter tensors of more"
-        " than 65,536 elements (`gradients.PACK_MAX_NUMEL`), each with its `K (K + 1) / 2 = 3` dot products;"
+        " than 4,096 elements (`gradients.PACK_MAX_NUMEL`), each with its `K (K + 1) / 2 = 3` dot products;"
         " smaller tensors (biases, normalisation layers, small layers) are packed into one float64 buffer per"
-        " objective and add no op of their own. The constant c is about 115 (120 once there is a large"
-        " tensor): the Gram matrix's packing, sums and placement (about 15 ops), the combination (one"
+        " objective and add no op of their own (when there are at least 4 of them; fewer are cheaper as"
+        " large ones). The constant c is about 115 (120 once there is a large tensor): the Gram matrix's packing, sums and placement (about 15 ops), the combination (one"
         " `_foreach_mul_` and one `_foreach_addcmul_` over all tensors), the K x K weighting (about 97 ops for"
         " the default MoKD weighting, 37 of them the closed-form min-norm) and the step statistics."
         " `validate=True` adds 9 ops and 2 host synchronisations (the losses; the gradients, read off the"

@@ -469,10 +469,19 @@ def _uniform_rows(blocks: Sequence[Block], num_objectives: int) -> Optional[list
 
 #: Gradient tensors of at most this many elements (biases, normalisation layers, small
 #: layers) enter the fused Gram matrix through one float64 buffer per objective, so that they
-#: cost no dot product of their own ...
-PACK_MAX_NUMEL = 1 << 16
-#: ... up to this many elements in all (the buffers hold ``K`` float64 copies of them).
+#: cost no dot products of their own (chosen on the CPU, where copying a larger tensor costs
+#: more than its dot products' dispatch; on a GPU a launch is the larger cost) ...
+PACK_MAX_NUMEL = 4096
+#: ... up to this many elements in all (the buffers hold ``K`` float64 copies of them) ...
 PACK_BUDGET = 1 << 21
+
+
+def _packing_pays(small: int, k_total: int) -> bool:
+    """... and only when it saves ops: packing costs ``2 K + P + 2`` ops (a ``cat`` and a cast
+    per objective, ``P = K (K + 1) / 2`` dots, a ``stack`` and an ``add``) and saves ``P``
+    dots per small tensor."""
+    pairs = k_total * (k_total + 1) // 2
+    return small * pairs > 2 * k_total + pairs + 2
 
 
 def _flat(row: Tensor) -> Tensor:
@@ -485,8 +494,9 @@ def _fused_gram(rows: list[list[Tensor]], dtype: torch.dtype, device: torch.devi
 
     Large tensors: one ``dot`` per tensor and pair ``i <= j`` in the gradients' dtype (as
     BLAS computes it), stacked, cast and summed over tensors in float64. Small tensors
-    (:data:`PACK_MAX_NUMEL`, :data:`PACK_BUDGET`): concatenated into one float64 buffer per
-    objective and multiplied there, so their products are float64 too. The ``K (K + 1) / 2``
+    (:data:`PACK_MAX_NUMEL`, :data:`PACK_BUDGET`, when :func:`_packing_pays`): concatenated
+    into one float64 buffer per objective and multiplied there, so their products are float64
+    too. The ``K (K + 1) / 2``
     entries are then placed by a few ops, with no per-entry Python bookkeeping."""
     k_total = len(rows)
     pairs = [(i, j) for i in range(k_total) for j in range(i, k_total)]
@@ -500,7 +510,7 @@ def _fused_gram(rows: list[list[Tensor]], dtype: torch.dtype, device: torch.devi
             packed_numel += size
         else:
             large.append(index)
-    if len(small) < 2:  # packing one tensor saves nothing
+    if not _packing_pays(len(small), k_total):
         large, small = list(range(len(rows[0]))), []
     parts: list[Tensor] = []
     if large:
@@ -540,7 +550,8 @@ def gram_matrix(
     When every block is a complete list of rows of one dtype (the ``loop`` strategy's common
     case) and there is one group, the products are summed by a fixed number of ops: a small
     constant plus the ``K (K + 1) / 2`` dot products per large tensor; small tensors are
-    packed into one float64 buffer per objective and cost no dot of their own
+    packed into one float64 buffer per objective (when there are enough of them to save ops)
+    and cost no dot of their own
     (:func:`_fused_gram`).
     """
     dtype = torch.float32 if device.type == "mps" else torch.float64

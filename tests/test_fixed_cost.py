@@ -18,9 +18,9 @@ from mokd_optim.diagnostics import HOST_READS, StepCost, step_cost
 
 #: Ops the default K = 2 ``loop`` step may add over the floor (two backward passes), per
 #: balanced parameter tensor above ``gradients.PACK_MAX_NUMEL`` elements (its 3 dot products;
-#: smaller tensors share one buffer per objective), ...
+#: smaller tensors share one buffer per objective when there are at least 4), ...
 OPS_PER_LARGE_TENSOR = 3
-#: ... and independent of the model (docs/benchmarks.md, "Small models"; about 112 today).
+#: ... and independent of the model (docs/benchmarks.md, "Small models"; 115-120 today).
 OPS_CONSTANT = 150
 
 
@@ -190,7 +190,8 @@ def test_fused_gram_with_large_and_small_tensors(k: int) -> None:
     sums, as before); the small ones share one float64 buffer per objective."""
     torch.manual_seed(0)
     big = gradients.PACK_MAX_NUMEL + 1
-    shapes = [(big,), (4, 3), (5,), (2, big // 2 + 1), (7, 1, 1)]
+    shapes = [(big,), (4, 3), (5,), (2, big // 2 + 1), (7, 1, 1), (3,), (2, 2), (6,)]
+    assert gradients._packing_pays(6, k)  # the six small ones are packed
     rows = [[torch.randn(shape) * 10.0 ** (3 * i - 4) for shape in shapes] for i in range(k)]
     blocks = [list(per_tensor) for per_tensor in zip(*rows)]
     cpu = torch.device("cpu")
