@@ -92,23 +92,39 @@ NOT_POSITIVE = 2
 
 
 def loss_problems(
-    tensors: Sequence[Tensor], *, positive: bool, allow_nonfinite: bool = False
+    tensors: Sequence[Tensor],
+    *,
+    positive: bool,
+    allow_nonfinite: bool = False,
+    values: Optional[Tensor] = None,
 ) -> tuple[list[int], list[float]]:
     """Per loss, a problem code (0 fine, :data:`NOT_FINITE`, :data:`NOT_POSITIVE`) and its value.
 
-    One device-to-host synchronisation. ``positive``: the method takes logarithms, so every
-    loss must be > 0. ``allow_nonfinite``: inf/NaN losses pass (under AMP they are the
-    ``GradScaler``'s business).
+    One device-to-host synchronisation: the K values are read once and classified on the host.
+    ``positive``: the method takes logarithms, so every loss must be > 0. ``allow_nonfinite``:
+    inf/NaN losses pass (under AMP they are the ``GradScaler``'s business). ``values``: the
+    ``(K,)`` loss values when the caller has already stacked them (saves the stacking ops).
     """
-    values = torch.stack([loss.detach().reshape(()).double() for loss in tensors])
-    finite = torch.isfinite(values)
-    codes = torch.zeros(len(tensors), dtype=torch.float64, device=values.device)
-    if not allow_nonfinite:
-        codes = torch.where(finite, codes, torch.full_like(codes, NOT_FINITE))
-    if positive:
-        codes = torch.where((values <= 0) & finite, torch.full_like(codes, NOT_POSITIVE), codes)
-    table = torch.stack([codes, values]).cpu().tolist()
-    return [int(c) for c in table[0]], table[1]
+    if values is None:
+        values = stacked_losses(tensors)
+    read = values.double().cpu().tolist()
+    codes = []
+    for value in read:
+        finite = math.isfinite(value)
+        if not finite and not allow_nonfinite:
+            codes.append(NOT_FINITE)
+        elif positive and finite and value <= 0:
+            codes.append(NOT_POSITIVE)
+        else:
+            codes.append(0)
+    return codes, read
+
+
+def stacked_losses(tensors: Sequence[Tensor]) -> Tensor:
+    """The ``(K,)`` detached values of scalar losses, in their dtype (one ``stack``; scalars
+    that are not 0-dim are reshaped first)."""
+    with torch.no_grad():
+        return torch.stack([t if t.dim() == 0 else t.reshape(()) for t in tensors])
 
 
 def raise_loss_problem(name: str, code: int, value: float, *, where: str = "") -> None:

@@ -558,3 +558,107 @@ def plot_log(
         Path(png_path).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(png_path, dpi=dpi)
     return figure
+
+
+# Fixed per-step cost ----------------------------------------------------------------------
+
+#: Tensor methods that read a value on the host: on a GPU each one waits for the device
+#: (a host synchronisation); :func:`step_cost` counts their calls.
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy")
+
+_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """What one call of a training step dispatched, from :func:`step_cost`.
+
+    Attributes:
+        tensor_ops: tensor operations dispatched (``aten::`` events of ``torch.profiler`` not
+            nested in another one: every op the Python code or autograd's engine called, each a
+            kernel launch or more on a GPU).
+        host_syncs: reads of a tensor value on the host (``item``, ``tolist``, ``bool(t)``,
+            ``float(t)``, ``int(t)``, ``numpy``): on a GPU each waits for the queued work.
+        seconds: wall time of the profiled call (profiler overhead included: not a timing).
+        kernel_launches: CUDA kernel launches (``None`` without CUDA activity).
+        ops: ``name -> count`` of the tensor operations.
+    """
+
+    tensor_ops: int
+    host_syncs: int
+    seconds: float
+    kernel_launches: Optional[int] = None
+    ops: dict[str, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        launches = (
+            "" if self.kernel_launches is None else f", {self.kernel_launches} kernel launches"
+        )
+        return f"{self.tensor_ops} tensor ops, {self.host_syncs} host syncs{launches}"
+
+
+def step_cost(step: Any) -> StepCost:
+    """Run ``step()`` once under ``torch.profiler`` and count what it dispatched.
+
+    The fixed cost of a training step on a small model (or on a GPU, where every tensor op is
+    a kernel launch) grows with the number of tensor operations and host synchronisations,
+    not with the model's arithmetic. Compare a balanced step with the plain step of the same
+    model (``benchmarks/small_models.py`` does; docs/benchmarks.md, "Small models")::
+
+        plain = step_cost(lambda: train_step(fixed_weights))
+        ours = step_cost(lambda: train_step(opt))
+        print(ours.tensor_ops - plain.tensor_ops, "extra ops,", ours.host_syncs, "host syncs")
+
+    Run a step or two first (lazy initialisation, e.g. momentum buffers, is counted
+    otherwise). Host reads are counted by wrapping ``torch.Tensor``'s reading methods for the
+    duration of the call (not thread-safe). Returns a :class:`StepCost`.
+    """
+    import time
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        activities.append(ProfilerActivity.CUDA)
+    saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+    reads = [0]
+
+    def counting(original: Any) -> Any:
+        def read(self: Tensor, *args: Any, **kwargs: Any) -> Any:
+            reads[0] += 1
+            return original(self, *args, **kwargs)
+
+        return read
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with profile(activities=activities) as prof:
+            try:
+                for name, original in saved.items():
+                    setattr(torch.Tensor, name, counting(original))
+                begin = time.perf_counter()
+                step()
+                seconds = time.perf_counter() - begin
+            finally:
+                for name, original in saved.items():
+                    setattr(torch.Tensor, name, original)
+    ops: dict[str, int] = {}
+    launches = 0
+    for event in prof.events():
+        if event.name in _LAUNCHES:
+            launches += 1
+        if not event.name.startswith("aten::"):
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        if parent is None:
+            ops[event.name] = ops.get(event.name, 0) + 1
+    return StepCost(
+        tensor_ops=sum(ops.values()),
+        host_syncs=reads[0],
+        seconds=seconds,
+        kernel_launches=launches if ProfilerActivity.CUDA in activities else None,
+        ops=dict(sorted(ops.items(), key=lambda item: -item[1])),
+    )

@@ -55,19 +55,18 @@ def _sole_owners(tensors: Sequence[Tensor]) -> set[int]:
     storage, and not sharing it with any other tensor in ``tensors``. Autograd may return the
     same tensor (or views of one) for several inputs, and expanded tensors for others."""
 
-    def key(t: Tensor) -> int:
-        return t.untyped_storage().data_ptr()
-
+    storages = [t.untyped_storage() for t in tensors]
     counts: dict[int, int] = {}
-    for t in tensors:
-        counts[key(t)] = counts.get(key(t), 0) + 1
+    for storage in storages:
+        pointer = storage.data_ptr()
+        counts[pointer] = counts.get(pointer, 0) + 1
     return {
         id(t)
-        for t in tensors
-        if counts[key(t)] == 1
-        and t.is_contiguous()
+        for t, storage in zip(tensors, storages)
+        if counts[storage.data_ptr()] == 1
         and t.storage_offset() == 0
-        and t.numel() * t.element_size() == t.untyped_storage().nbytes()
+        and t.numel() * t.element_size() == storage.nbytes()
+        and t.is_contiguous()
     }
 
 
@@ -328,6 +327,32 @@ def _max_abs(tensors: Sequence[Tensor]) -> list[Tensor]:
     return list(torch._foreach_norm(dense, float("inf")))
 
 
+def all_finite(tensors: Sequence[Tensor], gram: Optional[Tensor] = None) -> Tensor:
+    """0-dim bool, no host synchronisation: True when every tensor's entries are finite (and
+    the Gram matrix's diagonal is), as far as one fused euclidean norm can tell.
+
+    A sufficient test, not an exact one: an inf or NaN entry always makes the norm (and a
+    squared norm on the Gram diagonal) non-finite, but a finite tensor whose norm overflows
+    its dtype reads as non-finite too. Callers run the exact :func:`nonfinite_objectives` /
+    :func:`nonfinite_tensors` only when this is False, so the common case costs one
+    vectorised norm (much cheaper than the exact max-abs test on the CPU) and no pass at all
+    over gradients whose squared norms are already on the Gram diagonal.
+    """
+    parts: list[Tensor] = []
+    if gram is not None:
+        parts.append(torch.diagonal(gram, dim1=-2, dim2=-1).reshape(-1))
+    dense = [t.coalesce().values() if t.is_sparse else t for t in tensors]
+    if dense:
+        norms = torch._foreach_norm(dense)
+        device = parts[0].device if parts else norms[0].device
+        parts.append(_stack_norms(norms, device))
+    if not parts:
+        return torch.ones((), dtype=torch.bool)
+    if len(parts) == 2 and parts[0].dtype != parts[1].dtype:
+        parts[1] = parts[1].to(parts[0].dtype)
+    return torch.isfinite(torch.cat(parts) if len(parts) > 1 else parts[0]).all()
+
+
 def nonfinite_objectives(gradients: ObjectiveGradients, num_objectives: int) -> Tensor:
     """``(K,)`` bool on the gradients' device: objective ``k`` has a non-finite (inf or NaN)
     entry in a gradient it produced, on a balanced or an exclusive parameter.
@@ -394,6 +419,8 @@ def nonfinite_tensors(grads: Sequence[Optional[Tensor]]) -> Tensor:
 def _stack_norms(norms: Sequence[Tensor], device: torch.device) -> Tensor:
     """Stack 0-dim norms on ``device``; mixed dtypes meet in float64 (which holds every value)."""
     dtype = norms[0].dtype
+    if all(n.dtype == dtype and n.device == device for n in norms):
+        return torch.stack(list(norms))
     if any(n.dtype != dtype for n in norms):
         dtype = torch.float64
     return torch.stack([n.to(device=device, dtype=dtype) for n in norms])
@@ -410,6 +437,103 @@ def sparse_parameters(gradients: ObjectiveGradients) -> list[Tensor]:
     return found
 
 
+def _uniform_rows(blocks: Sequence[Block], num_objectives: int) -> Optional[list[list[Tensor]]]:
+    """The rows of list blocks, objective by objective (``rows[k][j]``: block ``j``'s row
+    ``k``), when every block is a list with all K rows present, all of one floating dtype
+    (float32 or float64) on one device, and dense; else ``None``. This is what the ``loop``
+    strategy returns for parameters that every objective reaches, and what the fused paths of
+    :func:`gram_matrix` and :func:`combine` need."""
+    if not blocks:
+        return None
+    rows: list[list[Tensor]] = [[] for _ in range(num_objectives)]
+    first = None
+    for block in blocks:
+        if isinstance(block, Tensor) or len(block) != num_objectives:
+            return None
+        for k, row in enumerate(block):
+            if row is None:
+                return None
+            rows[k].append(row)
+        if first is None:
+            first = block[0]
+    assert first is not None
+    dtype, device = first.dtype, first.device
+    if dtype not in (torch.float32, torch.float64):
+        return None
+    for per_objective in rows:
+        for row in per_objective:
+            if row.dtype != dtype or row.device != device or row.layout != torch.strided:
+                return None
+    return rows
+
+
+#: Gradient tensors of at most this many elements (biases, normalisation layers, small
+#: layers) enter the fused Gram matrix through one float64 buffer per objective, so that they
+#: cost no dot products of their own (chosen on the CPU, where copying a larger tensor costs
+#: more than its dot products' dispatch; on a GPU a launch is the larger cost) ...
+PACK_MAX_NUMEL = 4096
+#: ... up to this many elements in all (the buffers hold ``K`` float64 copies of them) ...
+PACK_BUDGET = 1 << 21
+
+
+def _packing_pays(small: int, k_total: int) -> bool:
+    """... and only when it saves ops: packing costs ``2 K + P + 2`` ops (a ``cat`` and a cast
+    per objective, ``P = K (K + 1) / 2`` dots, a ``stack`` and an ``add``) and saves ``P``
+    dots per small tensor."""
+    pairs = k_total * (k_total + 1) // 2
+    return small * pairs > 2 * k_total + pairs + 2
+
+
+def _flat(row: Tensor) -> Tensor:
+    return row if row.dim() == 1 else row.reshape(-1)
+
+
+def _fused_gram(rows: list[list[Tensor]], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The ``(K, K)`` Gram matrix of :func:`_uniform_rows`' rows in a fixed number of ops plus
+    ``K (K + 1) / 2`` dot products per large tensor.
+
+    Large tensors: one ``dot`` per tensor and pair ``i <= j`` in the gradients' dtype (as
+    BLAS computes it), stacked, cast and summed over tensors in float64. Small tensors
+    (:data:`PACK_MAX_NUMEL`, :data:`PACK_BUDGET`, when :func:`_packing_pays`): concatenated
+    into one float64 buffer per objective and multiplied there, so their products are float64
+    too. The ``K (K + 1) / 2``
+    entries are then placed by a few ops, with no per-entry Python bookkeeping."""
+    k_total = len(rows)
+    pairs = [(i, j) for i in range(k_total) for j in range(i, k_total)]
+    small: list[int] = []
+    large: list[int] = []
+    packed_numel = 0
+    for index, row in enumerate(rows[0]):
+        size = row.numel()
+        if size <= PACK_MAX_NUMEL and packed_numel + size <= PACK_BUDGET:
+            small.append(index)
+            packed_numel += size
+        else:
+            large.append(index)
+    if not _packing_pays(len(small), k_total):
+        large, small = list(range(len(rows[0]))), []
+    parts: list[Tensor] = []
+    if large:
+        flat = [[_flat(per_objective[j]) for j in large] for per_objective in rows]
+        dots = [torch.dot(a, b) for i, j in pairs for a, b in zip(flat[i], flat[j])]
+        parts.append(torch.stack(dots).to(dtype).view(len(pairs), -1).sum(dim=1))
+    if small:
+        packed = [
+            torch.cat([_flat(per_objective[j]) for j in small]).to(dtype) for per_objective in rows
+        ]
+        parts.append(torch.stack([torch.dot(packed[i], packed[j]) for i, j in pairs]))
+    entries = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+    if k_total == 1:
+        return entries.view(1, 1).to(device)
+    if k_total == 2:
+        # [g00, g01, g11] -> [[g00, g01], [g01, g11]] (no index tensor: no host-to-device copy)
+        return torch.cat([entries[:2], entries[1:]]).view(2, 2).to(device)
+    upper = torch.triu_indices(k_total, k_total, device=entries.device)
+    gram = torch.zeros(k_total, k_total, dtype=dtype, device=entries.device)
+    gram[upper[0], upper[1]] = entries
+    return (gram + gram.T - torch.diag(torch.diagonal(gram))).to(device)
+
+
 def gram_matrix(
     blocks: Sequence[Block],
     groups: Sequence[int],
@@ -422,8 +546,19 @@ def gram_matrix(
     A stacked block contributes ``B B^T`` with ``B = block.reshape(K, -1)`` (one pass over it); a
     list of rows contributes the ``K (K + 1) / 2`` dot products of its present rows. Products are
     computed in float32 (float64 for float64 gradients) and accumulated in float64.
+
+    When every block is a complete list of rows of one dtype (the ``loop`` strategy's common
+    case) and there is one group, the products are summed by a fixed number of ops: a small
+    constant plus the ``K (K + 1) / 2`` dot products per large tensor; small tensors are
+    packed into one float64 buffer per objective (when there are enough of them to save ops)
+    and cost no dot of their own
+    (:func:`_fused_gram`).
     """
     dtype = torch.float32 if device.type == "mps" else torch.float64
+    if num_groups == 1:
+        rows = _uniform_rows(blocks, num_objectives)
+        if rows is not None:
+            return _fused_gram(rows, dtype, device)[None]
     gram = torch.zeros(num_groups, num_objectives, num_objectives, dtype=dtype, device=device)
     pair_terms: dict[tuple[int, int, int], list[Tensor]] = {}
     for block, group in zip(blocks, groups):
@@ -583,9 +718,17 @@ def combine(
     """
     if factor is not None:
         weights = weights * factor.to(weights.dtype)
-    cast: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
     pairs: list[tuple[Tensor, Tensor]] = []
-    for param, block, group in zip(gradients.params, gradients.blocks, gradients.groups):
+    groups = set(gradients.groups)
+    rows = _uniform_rows(gradients.blocks, weights.shape[-1]) if len(groups) == 1 else None
+    if rows is not None:
+        combined = _fused_combination(rows, weights[groups.pop()], gradients.owned)
+        pairs.extend(zip(gradients.params, combined))
+        blocks: list[tuple[Tensor, Block, int]] = []
+    else:
+        blocks = list(zip(gradients.params, gradients.blocks, gradients.groups))
+    cast: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+    for param, block, group in blocks:
         present = (
             []
             if isinstance(block, Tensor)
@@ -624,6 +767,25 @@ def combine(
     return pairs
 
 
+def _fused_combination(rows: list[list[Tensor]], weights: Tensor, owned: set[int]) -> list[Tensor]:
+    """``sum_k w_k rows[k][j]`` for every tensor ``j`` in K fused calls: a ``_foreach_mul`` of
+    the first rows (in place where :func:`combine` may overwrite them) and a
+    ``_foreach_addcmul_`` per further objective -- the same arithmetic as the per-tensor path."""
+    first = rows[0]
+    w = weights.to(dtype=first[0].dtype, device=first[0].device)
+    mine = [id(t) in owned for t in first]
+    if all(mine):
+        torch._foreach_mul_(first, w[0])
+        out = list(first)
+    elif not any(mine):
+        out = list(torch._foreach_mul(first, w[0]))
+    else:
+        out = [t.mul_(w[0]) if own else t * w[0] for t, own in zip(first, mine)]
+    for k in range(1, len(rows)):
+        torch._foreach_addcmul_(out, rows[k], [w[k]] * len(out))
+    return out
+
+
 def accumulate_grads(pairs: Sequence[tuple[Tensor, Tensor]]) -> None:
     """Add each gradient into its parameter's ``.grad`` (or set it), as autograd does.
 
@@ -632,11 +794,9 @@ def accumulate_grads(pairs: Sequence[tuple[Tensor, Tensor]]) -> None:
     """
     used: set[tuple[int, int]] = set()
     for param, grad in pairs:
-        key = (
-            (grad.untyped_storage().data_ptr(), int(grad.storage_offset()))
-            if grad.layout == torch.strided
-            else (id(grad), 0)
-        )
+        # The address of the first element: the same for tensors that share memory from the
+        # same place on (what autograd hands to several inputs), different otherwise.
+        key = (grad.data_ptr(), 0) if grad.layout == torch.strided else (id(grad), 1)
         _accumulate(param, grad, fresh=key not in used)
         used.add(key)
 

@@ -28,6 +28,7 @@ from mokd_optim._validation import (
     loss_problems,
     normalize_losses,
     raise_loss_problem,
+    stacked_losses,
 )
 from mokd_optim.diagnostics import StepStats
 from mokd_optim.distributed import Communication
@@ -80,8 +81,10 @@ class MultiObjectiveOptimizer(Optimizer):
             ``GradScaler`` has unscaled it); ``None`` disables clipping.
         balance: ``"global"`` (one set of weights from all balanced parameters) or
             ``"per_group"`` (weights solved separately for each parameter group).
-        validate: check that losses are finite (and positive for log-based methods) before
-            anything is changed. Costs one host synchronisation per step.
+        validate: check that losses are finite (and positive for log-based methods) and
+            gradients finite before anything is changed. Costs two host synchronisations per
+            step (three with the ``"representation"`` strategy) and, on one process, almost no
+            tensor work: the gradient check is read off the Gram matrix's diagonal.
         sync: synchronisation across ``torch.distributed`` ranks (docs/distributed.md):
             ``"auto"`` (default: ``"exact"`` when a process group with more than one rank is
             initialised, else ``"none"``), ``"exact"`` (per-objective gradients averaged across
@@ -395,24 +398,29 @@ class MultiObjectiveOptimizer(Optimizer):
         return torch.where(finite[..., None, None], gram, eye)
 
     def _check_loss_values(
-        self, names: tuple[str, ...], tensors: Sequence[Tensor], amp: bool, sync: str
+        self,
+        names: tuple[str, ...],
+        tensors: Sequence[Tensor],
+        amp: bool,
+        sync: str,
+        values: Optional[Tensor] = None,
     ) -> None:
         """``validate=True``: refuse non-finite losses (and non-positive ones for log-based
         methods) before anything changes. Under ``torch.distributed`` the ranks first agree
         (one small collective): every rank raises the same error, naming the objective and the
         rank, and a rank whose objectives differ in names or order is refused on every rank."""
-        codes, values = loss_problems(
-            tensors, positive=bool(self.method.log_losses), allow_nonfinite=amp
+        codes, read = loss_problems(
+            tensors, positive=bool(self.method.log_losses), allow_nonfinite=amp, values=values
         )
         if sync == "none":
-            for name, code, value in zip(names, codes, values):
+            for name, code, value in zip(names, codes, read):
                 raise_loss_problem(name, code, value)
             return
         signature = zlib.crc32("\x00".join(names).encode("utf-8"))
         first = next((k for k, code in enumerate(codes) if code), -1)
         # Fixed width, so that ranks with a different number of objectives still agree.
         summary: list[float] = [signature, len(names), first, codes[first] if first >= 0 else 0]
-        summary.append(values[first] if first >= 0 else 0.0)
+        summary.append(read[first] if first >= 0 else 0.0)
         table = distributed.gather_rows(summary, group=self.process_group).tolist()
         if any(row[:2] != table[0][:2] for row in table):
             everyone = distributed.all_gather_objects(list(names), group=self.process_group)
@@ -484,6 +492,22 @@ class MultiObjectiveOptimizer(Optimizer):
                         "(a gradient norm above about 1e154); nothing was changed. Scale this loss down",
                     )
 
+    def _check_folded(
+        self, names: tuple[str, ...], gradients: ObjectiveGradients, gram: Tensor
+    ) -> None:
+        """``validate=True`` on one process: refuse non-finite gradients before anything is
+        written, at the cost of one host synchronisation and no pass over the balanced
+        gradients. The Gram diagonal (squared norms) is finite when every balanced gradient is,
+        and one fused norm covers the exclusive ones; only when something reads non-finite are
+        the gradients searched exactly (:meth:`_check_gradients` then raises, naming the
+        objective, exactly as the unfolded check does; a finite exclusive gradient whose norm
+        merely overflowed its dtype passes, as before)."""
+        exclusive = [g for _, g, _ in gradients.exclusive]
+        if bool(grad_strategies.all_finite(exclusive, gram)):
+            return
+        bad = grad_strategies.nonfinite_objectives(gradients, len(names))
+        self._check_gradients(names, bad, gram, "none")
+
     @overload
     def backward(
         self,
@@ -550,8 +574,9 @@ class MultiObjectiveOptimizer(Optimizer):
         amp = self.scaler is not None and self.scaler.is_enabled()
         check_loss_structure(names, tensors)
         sync = distributed.resolve_sync(self.sync, self.process_group)
+        raw_losses = stacked_losses(tensors)
         if self.validate:
-            self._check_loss_values(names, tensors, amp, sync)
+            self._check_loss_values(names, tensors, amp, sync, raw_losses)
         feature_list: Optional[list[Tensor]] = None
         if features is not None:
             feature_list = [features] if isinstance(features, Tensor) else list(features)
@@ -562,7 +587,7 @@ class MultiObjectiveOptimizer(Optimizer):
         strategy = self._resolve_strategy(feature_list)
         self._check_window(names, strategy, accumulate)
         self._bind(names, num_groups)
-        loss_values = torch.stack([t.detach().reshape(()) for t in tensors]).to(
+        loss_values = raw_losses.to(
             torch.float32 if tensors[0].device.type == "mps" else torch.float64
         )
         if amp and self._awaiting_step:
@@ -648,7 +673,12 @@ class MultiObjectiveOptimizer(Optimizer):
         copies = [None if g is None else g.detach().clone() for g in previous]
         run()
         try:
-            bad_params = grad_strategies.nonfinite_tensors([p.grad for p in params])
+            written = [p.grad for p in params]
+            if sync == "none" and bool(
+                grad_strategies.all_finite([g for g in written if g is not None])
+            ):
+                return  # one fused norm and one host synchronisation; exact search otherwise
+            bad_params = grad_strategies.nonfinite_tensors(written)
             self._check_gradients(names, self._objectives_of(bad_params, reach), None, sync)
         except BaseException:
             for param, old, copy_ in zip(params, previous, copies):
@@ -800,7 +830,9 @@ class MultiObjectiveOptimizer(Optimizer):
         gram = grad_strategies.gram_matrix(
             blocks, [0] * len(blocks), 1, k_total, loss_values.device
         )[0]
-        if check:
+        # The Gram diagonal holds the squared norm of every feature gradient: finite unless an
+        # entry is not (or a norm overflows); the exact search runs only then (one process).
+        if check and (sync != "none" or not bool(grad_strategies.all_finite([], gram))):
             at_features = grad_strategies.ObjectiveGradients(
                 params=list(features),
                 blocks=list(blocks),
@@ -894,9 +926,16 @@ class MultiObjectiveOptimizer(Optimizer):
                     "the loss reaches no parameter of the optimizer; check that it is computed from the model being optimized",
                 )
         # validate=True: which objectives produced an inf/NaN gradient entry, on any parameter
-        # (balanced or exclusive); checked before anything is written or accumulated.
+        # (balanced or exclusive); checked before anything is written or accumulated. On one
+        # process without accumulation the check is folded into the Gram matrix (its diagonal
+        # holds every balanced gradient's squared norm): see _check_folded.
         check = self.validate and scale is None
-        bad = grad_strategies.nonfinite_objectives(result, len(names)) if check else None
+        folded = check and sync == "none" and not accumulate and self._window is None
+        bad = (
+            grad_strategies.nonfinite_objectives(result, len(names))
+            if check and not folded
+            else None
+        )
         if scale is not None:
             result = grad_strategies.scale_gradients(result, scale.double().reciprocal().float())
         closing: Optional[_Window] = None
@@ -936,7 +975,9 @@ class MultiObjectiveOptimizer(Optimizer):
                 flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
                 extra[group_by_param[id(param)], 0, 0] += torch.dot(flat, flat).to(extra)
             gram = gram + extra
-        if bad is not None:
+        if folded:
+            self._check_folded(names, result, gram)
+        elif bad is not None:
             if sync == "exact":
                 self._check_gradients(names, torch.zeros_like(bad), gram, "none")
             else:
@@ -948,12 +989,15 @@ class MultiObjectiveOptimizer(Optimizer):
         if closing is not None:
             self._window = None
         method_gram = self._gram_for_methods(gram, scale)
-        weights = torch.stack(
-            [
-                method.weights(method_gram[g], loss_values)
-                for g, method in enumerate(self._methods[:num_groups])
-            ]
-        )
+        if num_groups == 1:
+            weights = self._methods[0].weights(method_gram[0], loss_values)[None]
+        else:
+            weights = torch.stack(
+                [
+                    method.weights(method_gram[g], loss_values)
+                    for g, method in enumerate(self._methods[:num_groups])
+                ]
+            )
         if sync == "weights":
             weights = self._all_reduce_mean([weights])[0]
         if single and self.method.needs_gradients:
@@ -966,9 +1010,6 @@ class MultiObjectiveOptimizer(Optimizer):
         if sync == "weights":
             pairs = list(zip([p for p, _ in pairs], self._all_reduce_mean([g for _, g in pairs])))
         grad_strategies.accumulate_grads(pairs)
-        info: dict[str, Tensor] = {}
-        for key in self._methods[0].info:
-            info[key] = torch.stack([method.info[key] for method in self._methods[:num_groups]])
         if self.balance == "global":
             return StepStats(
                 names=names,
@@ -976,8 +1017,11 @@ class MultiObjectiveOptimizer(Optimizer):
                 weights=weights[0],
                 strategy=strategy,
                 gram=gram[0],
-                info={k: v[0] for k, v in info.items()},
+                info=dict(self._methods[0].info),
             )
+        info: dict[str, Tensor] = {}
+        for key in self._methods[0].info:
+            info[key] = torch.stack([method.info[key] for method in self._methods[:num_groups]])
         return StepStats(
             names=names,
             losses=loss_values,

@@ -141,3 +141,69 @@ def test_scaling_quick(tmp_path: Path) -> None:
             if label != "fixed-weight KD":
                 _check_quantiles(entry["over_floor"])
     assert (tmp_path / "img" / "scaling.png").exists()
+
+
+@pytest.mark.slow
+def test_small_models_quick(tmp_path: Path) -> None:
+    """The small-model benchmark runs, reports every case with its op and sync counts, and
+    replaces only its own section of an existing page (twice: still one section)."""
+    out = tmp_path / "small_models.json"
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nEarlier sections stay as they are.\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable,
+        "benchmarks/small_models.py",
+        "--quick",
+        "--out",
+        str(out),
+        "--page",
+        str(page),
+    ]
+    for _ in range(2):
+        completed = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "environment:" in completed.stdout and "torch" in completed.stdout
+    report = json.loads(out.read_text())
+    assert report["environment"]["torch"] and report["settings"]["quick"]
+    assert [row["model"] for row in report["models"]] == ["mlp", "resnet8x4", "transformer"]
+    labels = {
+        "fixed-weight KD",
+        "floor: fixed + 1 extra backward",
+        "ours mokd loop",
+        "ours mokd loop validate=False",
+        "ours mokd representation",
+        "ours mokd representation validate=False",
+        "ours mokd-amortized amortized next-batch",
+        "ours weighted (fixed weights through the wrapper)",
+    }
+    for row in report["models"]:
+        assert row["parameters"] > 0 and row["parameter_tensors"] > 0
+        assert set(row["cases"]) == labels
+        for entry in row["cases"].values():
+            _check_quantiles(entry["time_per_step"])
+            _check_quantiles(entry["ratio"])
+            assert len(entry["ratios"]) == report["settings"]["rounds"]
+            assert entry["tensor_ops"] > 0 and entry["tensor_ops"] == sum(entry["ops"].values())
+            assert entry["host_syncs"] >= 0 and entry["kernel_launches"] is None
+        cases = row["cases"]
+        assert cases["fixed-weight KD"]["extra_tensor_ops"] == 0
+        assert cases["fixed-weight KD"]["host_syncs"] == 0
+        # validate=False: the default path reads nothing on the host; validate=True: two reads
+        assert cases["ours mokd loop validate=False"]["host_syncs"] == 0
+        assert cases["ours mokd representation validate=False"]["host_syncs"] == 0
+        assert cases["ours mokd loop"]["host_syncs"] == 2
+        for key in (
+            "loop_vs_floor",
+            "loop_vs_floor_no_validate",
+            "representation_vs_fixed",
+            "representation_vs_fixed_no_validate",
+        ):
+            _check_quantiles(row["targets"][key])
+    text = page.read_text()
+    assert text.startswith("# Benchmarks\n\nEarlier sections stay as they are.\n")
+    assert text.count("## Small models (`benchmarks/small_models.py`)") == 1
+    assert text.count("<!-- section small_models -->") == 1
+    assert "### resnet8x4" in text and "tensor ops / step" in text

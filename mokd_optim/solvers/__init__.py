@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from mokd_optim._typing import PSDMatrix, Weights
-from mokd_optim.solvers._closed_form import line_weights, min_norm_two
+from mokd_optim.solvers._closed_form import line_weights, min_norm_two, solve_two
 from mokd_optim.solvers._cvxpy import SolverError, cvxpy_min_norm, psd_factor, solve_qp
 from mokd_optim.solvers._dual_cone import DUAL_CONE_BACKENDS, project_to_dual_cone
 from mokd_optim.solvers._enumeration import ENUMERATION_MAX_K, enumeration
@@ -92,6 +92,8 @@ def min_norm(
     if backend not in BACKENDS:
         raise ValueError(f"unknown min-norm backend {backend!r}; choose one of {BACKENDS}")
     k = gram.shape[-1]
+    if k == 2 and backend in ("auto", "closed_form"):
+        return solve_two(gram)
     batch_shape = gram.shape[:-2]
     work = normalize(gram.to(working_dtype(gram)))
     if k == 1:

@@ -38,3 +38,30 @@ def min_norm_two(gram: PSDMatrix) -> Weights:
     pi = line_weights(gram)
     pi_1 = pi[..., 0].clamp(0.0, 1.0)
     return torch.stack([pi_1, 1.0 - pi_1], dim=-1)
+
+
+def solve_two(gram: PSDMatrix) -> Weights:
+    """``min_norm(gram)`` for K = 2 in one pass of about 25 small ops (the general entry point
+    spends about twice as many on the same arithmetic): symmetrise, scale by the largest
+    diagonal entry, the clipped formula, and NaN for a matrix with a non-finite entry.
+
+    Any floating dtype; work in float64 (float32 on MPS); shape ``(..., 2, 2)`` -> ``(..., 2)``
+    in ``gram``'s dtype. The same operations in the same order as the general path
+    (``normalize``, :func:`line_weights`, :func:`min_norm_two`), so the same weights.
+    """
+    work_dtype = torch.float32 if gram.device.type == "mps" else torch.float64
+    g11, g12, g21, g22 = gram.to(work_dtype).flatten(-2).unbind(-1)
+    scale = torch.maximum(g11, g22)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    g11, g12, g22 = (
+        torch.stack([g11, 0.5 * (g12 + g21), g22], dim=-1).div(scale[..., None]).unbind(-1)
+    )
+    finite = torch.isfinite(g11) & torch.isfinite(g12) & torch.isfinite(g22)
+    denominator = g11 + g22 - 2.0 * g12
+    equal = denominator <= _EQUAL_RTOL * torch.maximum(g11, g22)
+    safe = torch.where(equal, torch.ones_like(denominator), denominator)
+    pi_1 = torch.where(equal, torch.full_like(g11, 0.5), (g22 - g12) / safe).clamp(0.0, 1.0)
+    weights = torch.stack([pi_1, 1.0 - pi_1], dim=-1)
+    return torch.where(finite[..., None], weights, torch.full_like(weights, float("nan"))).to(
+        gram.dtype
+    )
