@@ -156,7 +156,7 @@ MNIST_MLP_ADAMW_COS = _r("mnist5k", "mlp", "adamw", "cosine", 4)
 ROUNDS = {
     1: 'round 1 (chose step="log-anchor", replaced in round 2)',
     2: "round 2 (step rules at constant learning rates)",
-    3: 'round 3 (more than two objectives: balance="anchor")',
+    3: "round 3 (more than two objectives: anchor_vs_rest=True)",
 }
 
 CONDITIONS: tuple[Condition, ...] = (
@@ -255,7 +255,7 @@ CONDITIONS: tuple[Condition, ...] = (
         temperature=8.0,
         round=2,
     ),
-    # --- round 3: only the trade-off of more than two objectives changes (balance="anchor" is
+    # --- round 3: only the trade-off of more than two objectives changes (anchor_vs_rest is
     # the same as the round-2 rule for two), so its conditions all have feature heads.
     # Selection: the feature conditions already looked at (S7, S12, S14 and the used C6, C14,
     # C15: REUSED_AS_SELECTION); confirmation: five fresh ones.
@@ -374,7 +374,7 @@ PREVIOUS_MOKD_DEFAULTS: dict[str, Any] = {
 
 # Options added to mokd after runs were stored, at the value that reproduces the earlier
 # behaviour: left out of a candidate's options (and so of its store key) at that value.
-NEUTRAL_MOKD_OPTIONS: dict[str, Any] = {"balance": "objectives"}
+NEUTRAL_MOKD_OPTIONS: dict[str, Any] = {"anchor_vs_rest": False}
 
 
 def _m(label: str, method: str, max_norm: Optional[float] = None, **options: Any) -> Config:
@@ -445,12 +445,12 @@ CANDIDATES: dict[str, Config] = {
         "mokd step=capped-log-anchor, equalize=1", "mokd", step="capped-log-anchor", equalize=1.0
     ),
     # round 3
-    "anchor-balance": _m(
-        "mokd balance=anchor",
+    "anchor-vs-rest": _m(
+        "mokd anchor_vs_rest=True",
         "mokd",
         step="capped-log-anchor",
         equalize=1.0,
-        balance="anchor",
+        anchor_vs_rest=True,
     ),
     # the zoo at defaults
     "mgda": _m("mgda", "mgda"),

@@ -132,6 +132,6 @@ def test_mokd_candidates_spell_out_every_option() -> None:
             assert set(kd_suite.PREVIOUS_MOKD_DEFAULTS) <= set(options) <= set(every)
             for name in set(every) - set(options):
                 assert kd_suite.NEUTRAL_MOKD_OPTIONS[name] == get("mokd").options()[name]
-    assert kd_suite.CANDIDATES["anchor-balance"].key != kd_suite.CANDIDATES["default"].key
+    assert kd_suite.CANDIDATES["anchor-vs-rest"].key != kd_suite.CANDIDATES["default"].key
     default = dict(kd_suite.CANDIDATES["default"].options)
     assert {**kd_suite.NEUTRAL_MOKD_OPTIONS, **default} == every

@@ -281,8 +281,8 @@ def test_orthogonal_gradients_twelve_decades_apart_still_give_the_min_norm_step(
     assert np.all(jacobian @ update >= 0)
 
 
-def _reference_anchor_balance(jacobian: np.ndarray, losses: np.ndarray, anchor: int) -> np.ndarray:
-    """balance="anchor" from first principles (equalize=1): unit log-gradients v_i; the others'
+def _reference_anchor_vs_rest(jacobian: np.ndarray, losses: np.ndarray, anchor: int) -> np.ndarray:
+    """anchor_vs_rest from first principles (equalize=1): unit log-gradients v_i; the others'
     min-norm point u; the min-norm point of v_anchor and u / ||u||; the direction, unit length."""
     h = jacobian / losses[:, None]
     v = h / np.linalg.norm(h, axis=1, keepdims=True)
@@ -297,33 +297,33 @@ def _reference_anchor_balance(jacobian: np.ndarray, losses: np.ndarray, anchor: 
 
 @pytest.mark.parametrize("k", [3, 4, 5])
 @pytest.mark.parametrize("anchor", [0, 2])
-def test_anchor_balance_matches_the_reference(k: int, anchor: int) -> None:
+def test_anchor_vs_rest_matches_the_reference(k: int, anchor: int) -> None:
     rng = np.random.default_rng(100 + k + anchor)
     for _ in range(5):
         jacobian = rng.standard_normal((k, 30)) * rng.uniform(0.01, 100, size=(k, 1))
         losses = rng.uniform(0.05, 5.0, size=k)
-        method = methods.get("mokd", step="anchor", balance="anchor", anchor=anchor)
+        method = methods.get("mokd", step="anchor", anchor_vs_rest=True, anchor=anchor)
         method.bind([f"l{i}" for i in range(k)])
         update = _weights(method, jacobian, losses) @ jacobian
-        expected = _reference_anchor_balance(jacobian, losses, anchor)
+        expected = _reference_anchor_vs_rest(jacobian, losses, anchor)
         np.testing.assert_allclose(update / np.linalg.norm(update), expected, rtol=1e-6, atol=1e-9)
         # "anchor" length: the anchor's raw gradient norm
         assert np.linalg.norm(update) == pytest.approx(np.linalg.norm(jacobian[anchor]), rel=1e-9)
 
 
-def test_anchor_balance_gives_the_anchor_half_of_the_say_and_nothing_for_two() -> None:
+def test_anchor_vs_rest_gives_the_anchor_half_of_the_say_and_nothing_for_two() -> None:
     # four orthogonal objectives: "objectives" gives each a quarter of the update; "anchor"
     # makes the anchor's part of the update as long as the other three parts together
     jacobian = np.diag([3.0, 0.5, 7.0, 2.0])
     losses = np.array([1.5, 0.2, 4.0, 0.9])
 
-    def parts(balance: str) -> np.ndarray:
-        w = _weights(_bound(4, balance=balance), jacobian, losses)
+    def parts(anchor_vs_rest: bool) -> np.ndarray:
+        w = _weights(_bound(4, anchor_vs_rest=anchor_vs_rest), jacobian, losses)
         return w[:, None] * jacobian  # each objective's part of the update
 
-    even = np.linalg.norm(parts("objectives"), axis=1)
+    even = np.linalg.norm(parts(False), axis=1)
     np.testing.assert_allclose(even / even.sum(), [0.25] * 4, rtol=1e-9)
-    anchored = parts("anchor")
+    anchored = parts(True)
     assert np.linalg.norm(anchored[0]) == pytest.approx(
         np.linalg.norm(anchored[1:].sum(0)), rel=1e-9
     )
@@ -331,11 +331,37 @@ def test_anchor_balance_gives_the_anchor_half_of_the_say_and_nothing_for_two() -
     pair = rng.standard_normal((2, 12))
     two = np.array([0.7, 2.0])
     np.testing.assert_allclose(
-        _weights(_bound(2, balance="anchor"), pair, two),
+        _weights(_bound(2, anchor_vs_rest=True), pair, two),
         _weights(_bound(2), pair, two),
         rtol=1e-12,
     )
-    assert not _bound(3, balance="anchor").conflict_free
-    assert not _bound(3, balance="anchor").pareto_stationary
-    with pytest.raises(OptionError, match="balance"):
-        methods.get("mokd", balance="task")
+    assert not _bound(3, anchor_vs_rest=True).conflict_free
+    assert not _bound(3, anchor_vs_rest=True).pareto_stationary
+    with pytest.raises(OptionError, match="anchor_vs_rest"):
+        methods.get("mokd", anchor_vs_rest="yes")
+
+
+def test_anchor_vs_rest_trains_through_the_optimizer(digits) -> None:
+    # the option reaches the method through MultiObjectiveOptimizer's **method_options (an
+    # earlier name, "balance", collided with the optimizer's own argument)
+    x, y = digits[0][:64], digits[1][:64]
+    torch.manual_seed(0)
+    model = TwoHeadMLP()
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), "mokd", anchor_vs_rest=True
+    )
+    targets = torch.randn(64, 10), torch.randn(64, 10)
+    first = None
+    for _ in range(5):
+        opt.zero_grad()
+        logits = model(x)[0]
+        losses = {
+            "task": F.cross_entropy(logits, y),
+            "a": F.mse_loss(logits, targets[0]),
+            "b": F.mse_loss(logits, targets[1]),
+        }
+        stats = opt.backward(losses)
+        opt.step()
+        first = first if first is not None else float(losses["task"])
+    assert opt.method.anchor_vs_rest and stats.weights.shape == (3,)
+    assert float(losses["task"]) < first

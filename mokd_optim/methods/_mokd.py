@@ -14,7 +14,6 @@ from mokd_optim.methods._registry import register
 from mokd_optim.solvers import BACKENDS, line_weights, min_norm
 
 STEP_RULES = ("anchor", "bounded", "capped-log-anchor", "convex", "log", "log-anchor")
-BALANCES = ("objectives", "anchor")
 
 # A combined direction shorter than this fraction of its triangle-inequality bound
 # sum_i q_i ||g_i|| is treated as Pareto-stationary by the "anchor" rule (weights 0): rescaling
@@ -46,7 +45,7 @@ def trade_off(
     regularization: float = 0.0,
     equalize: float = 0.0,
     backend: str = "auto",
-    balance: str = "objectives",
+    anchor_vs_rest: bool = False,
     anchor: int = 0,
 ) -> Weights:
     """``pi`` on the log-gradients ``h_i`` from their Gram matrix (any positive global scale).
@@ -64,7 +63,7 @@ def trade_off(
     Both keep the min-norm promises: no conflict with any objective, 0 at a Pareto-stationary
     point. ``regularization > 0`` trades them for weights nearer the centre of the simplex.
 
-    ``balance="anchor"`` (K > 2; the same as ``"objectives"`` for K = 2): the anchor counts as
+    ``anchor_vs_rest=True`` (K > 2; changes nothing for K = 2): the anchor counts as
     much as all the other objectives together -- the min-norm point ``u`` of the others' ``v_j``
     is found first, then the min-norm point of the two unit vectors ``v_anchor / ||v_anchor||``
     and ``u / ||u||``. No conflict with the anchor or with ``u``; an individual other objective
@@ -83,7 +82,7 @@ def trade_off(
         work = work + regularization * torch.eye(
             work.shape[-1], dtype=work.dtype, device=work.device
         )
-    if balance == "anchor" and work.shape[-1] > 2:
+    if anchor_vs_rest and work.shape[-1] > 2:
         alpha = _anchor_against_the_rest(work, anchor, backend)
     else:
         alpha = min_norm(work, backend=backend)
@@ -139,7 +138,7 @@ def mokd_simplex_weights(
     backend: str = "auto",
     regularization: float = 0.0,
     equalize: float = 0.0,
-    balance: str = "objectives",
+    anchor_vs_rest: bool = False,
     anchor: int = 0,
 ) -> Weights:
     """MoKD's trade-off weights ``pi`` for the log-loss gradients ``h_i = g_i / L_i``.
@@ -149,20 +148,20 @@ def mokd_simplex_weights(
     the ``h_i``; with ``simplex=False`` (K = 2 only) the paper's unclipped formula, the
     min-norm point of the whole line through ``h_1, h_2`` (may be negative).
 
-    ``equalize``, ``regularization``, ``balance`` and ``anchor``: see :func:`trade_off`. On the simplex
+    ``equalize``, ``regularization``, ``anchor_vs_rest`` and ``anchor``: see :func:`trade_off`. On the simplex
     ``||pi||^2 = ||pi - 1/K||^2 + 1/K``, so ``regularization = r`` is the min-norm problem with
     a penalty ``r`` on the distance from the uniform weights. Returns ``(K,)``.
     """
     log_gram = gram / (losses[:, None] * losses[None, :])
-    if regularization > 0 or equalize > 0 or balance != "objectives":
+    if regularization > 0 or equalize > 0 or anchor_vs_rest:
         if not simplex:
-            raise ValueError("mokd: regularization, equalize and balance need simplex=True")
+            raise ValueError("mokd: regularization, equalize and anchor_vs_rest need simplex=True")
         return trade_off(
             log_gram,
             regularization=regularization,
             equalize=equalize,
             backend=backend,
-            balance=balance,
+            anchor_vs_rest=anchor_vs_rest,
             anchor=anchor,
         )
     if simplex:
@@ -187,7 +186,7 @@ def mokd_weights(
     regularization: float = 0.0,
     equalize: float = 0.0,
     pi: Optional[Weights] = None,
-    balance: str = "objectives",
+    anchor_vs_rest: bool = False,
 ) -> tuple[Weights, Weights]:
     """Weights on the raw gradients for MoKD under a step-length rule, and ``pi``.
 
@@ -216,7 +215,8 @@ def mokd_weights(
 
     Args: gram ``(K, K)``, losses ``(K,)`` positive, both float64; ``pi`` ``(K,)`` precomputed
     trade-off weights (e.g. from a smoothed Gram matrix) instead of solving for them here;
-    ``regularization``, ``equalize``, ``balance``: see :func:`trade_off`. Returns ``(w, pi)``.
+    ``regularization``, ``equalize``, ``anchor_vs_rest``: see :func:`trade_off`. Returns
+    ``(w, pi)``.
     """
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
@@ -228,7 +228,7 @@ def mokd_weights(
             backend=backend,
             regularization=regularization,
             equalize=equalize,
-            balance=balance,
+            anchor_vs_rest=anchor_vs_rest,
             anchor=anchor,
         )
     q = pi / losses
@@ -281,9 +281,9 @@ class MoKD(Method):
             behind the default and where each rule fails.
         equalize: ``0`` is MoKD's min-norm point of the log-gradients, ``1`` (the default with
             ``simplex=True``) that of their unit vectors (see :func:`trade_off`).
-        balance: ``"objectives"`` (default; every objective's unit gradient counts the same) or
-            ``"anchor"`` (the anchor counts as much as all the others together; K > 2 only
-            differs), see :func:`trade_off`.
+        anchor_vs_rest: ``False`` (default): every objective's unit gradient counts the same;
+            ``True``: the anchor counts as much as all the others together (differs for
+            K > 2 only), see :func:`trade_off`.
         regularization, smoothing, step_bound: see docs/mokd.md ("Options").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
             keeps; default the first objective (put the task loss first).
@@ -311,7 +311,7 @@ class MoKD(Method):
         smoothing: float = 0.0,
         equalize: Optional[float] = None,
         step_bound: Optional[float] = None,
-        balance: str = "objectives",
+        anchor_vs_rest: bool = False,
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
@@ -325,14 +325,12 @@ class MoKD(Method):
         check_number("mokd", "regularization", regularization, low=0.0)
         check_number("mokd", "smoothing", smoothing, low=0.0, high=1.0, high_open=True)
         check_number("mokd", "equalize", equalize, low=0.0, high=1.0)
-        check_choice("mokd", "balance", balance, BALANCES)
+        check_flag("mokd", "anchor_vs_rest", anchor_vs_rest)
         if step_bound is not None:
             check_number("mokd", "step_bound", step_bound, low=1.0)
-        if not simplex and (
-            regularization > 0 or smoothing > 0 or equalize > 0 or balance != "objectives"
-        ):
+        if not simplex and (regularization > 0 or smoothing > 0 or equalize > 0 or anchor_vs_rest):
             raise ValueError(
-                "mokd: regularization, smoothing, equalize and balance need simplex=True"
+                "mokd: regularization, smoothing, equalize and anchor_vs_rest need simplex=True"
             )
         self.step = step
         self.anchor = anchor
@@ -342,7 +340,7 @@ class MoKD(Method):
         self.smoothing = float(smoothing)
         self.equalize = float(equalize)
         self.step_bound = None if step_bound is None else float(step_bound)
-        self.balance = balance
+        self.anchor_vs_rest = bool(anchor_vs_rest)
         self._anchor_index = 0
         # Moving average of the anchor gradient's norm (step_bound) and its step count.
         self._anchor_average: Optional[Tensor] = None
@@ -361,23 +359,23 @@ class MoKD(Method):
     @property
     def conflict_free(self) -> bool:  # type: ignore[override]
         # The unclipped formula can give an objective a negative weight; the regularised or
-        # smoothed weights are not the min-norm point of this step's gradients; balance="anchor"
+        # smoothed weights are not the min-norm point of this step's gradients; anchor_vs_rest
         # promises no conflict with the anchor and the others' min-norm point only.
         return (
             self.simplex
             and self.regularization == 0
             and self.smoothing == 0
-            and self.balance == "objectives"
+            and not self.anchor_vs_rest
         )
 
     @property
     def pareto_stationary(self) -> bool:  # type: ignore[override]
-        # balance="anchor" can step where the anchor and one other objective cancel exactly
+        # anchor_vs_rest can step where the anchor and one other objective cancel exactly
         return (
             self.simplex
             and self.regularization == 0
             and self.smoothing == 0
-            and self.balance == "objectives"
+            and not self.anchor_vs_rest
         )
 
     def bind(self, names: Any) -> None:
@@ -404,7 +402,7 @@ class MoKD(Method):
             regularization=self.regularization,
             equalize=self.equalize,
             backend=self.backend,
-            balance=self.balance,
+            anchor_vs_rest=self.anchor_vs_rest,
             anchor=self._anchor_index,
         )
 
@@ -436,7 +434,7 @@ class MoKD(Method):
             regularization=self.regularization,
             equalize=self.equalize,
             pi=self._trade_off(gram, losses),
-            balance=self.balance,
+            anchor_vs_rest=self.anchor_vs_rest,
         )
         self.info = {"simplex_weights": pi}
         return self._bound_step(w, gram)
@@ -478,5 +476,5 @@ class MoKD(Method):
             "smoothing": self.smoothing,
             "equalize": self.equalize,
             "step_bound": self.step_bound,
-            "balance": self.balance,
+            "anchor_vs_rest": self.anchor_vs_rest,
         }
