@@ -246,3 +246,17 @@ def test_repr_shows_options(name: str) -> None:
     assert text.startswith(type(method).__name__ + "(")
     for key, value in method.options().items():
         assert f"{key}={value!r}" in text
+
+
+def test_no_method_option_is_shadowed_by_an_optimizer_argument() -> None:
+    # MultiObjectiveOptimizer(base, method, **method_options): an option named like one of the
+    # optimizer's own arguments never reaches the method (mokd's "balance" once did not)
+    import inspect
+
+    from mokd_optim import MultiObjectiveOptimizer
+    from mokd_optim.methods._registry import _REGISTRY
+
+    taken = set(inspect.signature(MultiObjectiveOptimizer.__init__).parameters)
+    for name, cls in _REGISTRY.items():
+        options = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        assert not options & taken, (name, sorted(options & taken))
