@@ -115,7 +115,10 @@ def test_finite_weights_of_the_right_shape(name: str, case: str, jacobian: np.nd
 )
 def test_conflict_free_methods_never_conflict(name: str, case: str, jacobian: np.ndarray) -> None:
     k = jacobian.shape[0]
-    d, w = update_of(make_method(name, k), jacobian, losses_for(k))
+    method = make_method(name, k)
+    if not method.conflict_free:  # a promise may depend on K (mokd's anchor_vs_rest, K > 2)
+        pytest.skip(f"{name} makes no conflict-free promise for K = {k}")
+    d, w = update_of(method, jacobian, losses_for(k))
     norms = np.linalg.norm(jacobian, axis=1)
     inner = jacobian @ d
     assert np.all(inner >= -norms * tolerance(jacobian, w, rtol=CONFLICT_RTOL, floor=1e-10)), (
@@ -161,6 +164,8 @@ def test_permuting_objectives_permutes_weights(name: str) -> None:
         losses = losses_for(k, rng)
         permutation = rng.permutation(k)
         method = make_method(name, k)
+        if not method.permutation_equivariant:  # the promise may depend on K
+            continue
         permuted_method = make_method(name, k, names=[str(i) for i in permutation])
         d, w = update_of(method, jacobian, losses)
         d_p, w_p = update_of(permuted_method, jacobian[permutation], losses[permutation])
@@ -232,7 +237,10 @@ def test_zero_update_at_pareto_stationary_points(name: str) -> None:
     for k in (2, 3, 4):
         for n in (k - 1, k + 2):
             jacobian = stationary_case(rng, k, n) * np.exp(rng.uniform(-2, 2, size=(k, 1)))
-            d, _ = update_of(make_method(name, k), jacobian, losses_for(k, rng))
+            method = make_method(name, k)
+            if not method.pareto_stationary:  # the promise may depend on K
+                continue
+            d, _ = update_of(method, jacobian, losses_for(k, rng))
             largest = np.linalg.norm(jacobian, axis=1).max()
             assert np.linalg.norm(d) <= 1e-6 * largest, (
                 f"{name}, K={k}, n={n}: |d| = {np.linalg.norm(d)}"

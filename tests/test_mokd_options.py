@@ -25,7 +25,9 @@ def _weights(method, jacobian: np.ndarray, losses: np.ndarray) -> np.ndarray:
 
 
 def _bound(names: int, **options):
-    method = methods.get("mokd", **options)
+    """mokd bound to ``names`` objectives; ``anchor_vs_rest`` off unless asked for (most tests
+    here check the plain min-norm trade-off for K > 2)."""
+    method = methods.get("mokd", **{"anchor_vs_rest": False, **options})
     method.bind([f"l{i}" for i in range(names)])
     return method
 
@@ -263,6 +265,8 @@ def test_promises_follow_the_options() -> None:
     assert not _bound(2, smoothing=0.5).pareto_stationary
     # the paper's unclipped formula has no equalisation; asking for both is an error
     assert methods.get("mokd", simplex=False).equalize == 0.0
+    assert not methods.get("mokd", simplex=False).anchor_vs_rest
+    assert methods.get("mokd").anchor_vs_rest  # the default
     with pytest.raises(ValueError, match="simplex=True"):
         methods.get("mokd", simplex=False, equalize=1.0)
 
@@ -365,3 +369,18 @@ def test_anchor_vs_rest_trains_through_the_optimizer(digits) -> None:
         first = first if first is not None else float(losses["task"])
     assert opt.method.anchor_vs_rest and stats.weights.shape == (3,)
     assert float(losses["task"]) < first
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+def test_the_default_never_conflicts_with_the_anchor(k: int) -> None:
+    # anchor_vs_rest (the default) keeps no conflict with the anchor, and the promises it gives
+    # up for K > 2 are declared as given up
+    rng = np.random.default_rng(40 + k)
+    method = methods.get("mokd")
+    method.bind([f"l{i}" for i in range(k)])
+    assert not method.conflict_free and not method.permutation_equivariant
+    for _ in range(20):
+        jacobian = rng.standard_normal((k, 6)) * np.exp(rng.uniform(-3, 3, size=(k, 1)))
+        losses = rng.uniform(0.05, 5.0, size=k)
+        update = _weights(method, jacobian, losses) @ jacobian
+        assert jacobian[0] @ update >= -1e-9 * np.linalg.norm(jacobian[0]) * np.linalg.norm(update)

@@ -281,9 +281,9 @@ class MoKD(Method):
             behind the default and where each rule fails.
         equalize: ``0`` is MoKD's min-norm point of the log-gradients, ``1`` (the default with
             ``simplex=True``) that of their unit vectors (see :func:`trade_off`).
-        anchor_vs_rest: ``False`` (default): every objective's unit gradient counts the same;
-            ``True``: the anchor counts as much as all the others together (differs for
-            K > 2 only), see :func:`trade_off`.
+        anchor_vs_rest: ``True`` (default, chosen in round 3 of the suite): the anchor counts
+            as much as all the other objectives together; ``False``: every objective's unit
+            gradient counts the same. The same for two objectives; see :func:`trade_off`.
         regularization, smoothing, step_bound: see docs/mokd.md ("Options").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
             keeps; default the first objective (put the task loss first).
@@ -311,11 +311,13 @@ class MoKD(Method):
         smoothing: float = 0.0,
         equalize: Optional[float] = None,
         step_bound: Optional[float] = None,
-        anchor_vs_rest: bool = False,
+        anchor_vs_rest: Optional[bool] = None,
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
             equalize = 1.0 if simplex else 0.0
+        if anchor_vs_rest is None:  # on (the default) with simplex weights, as equalize
+            anchor_vs_rest = bool(simplex)
         if step not in STEP_RULES:
             raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
         if not isinstance(anchor, (int, str)) or isinstance(anchor, bool):
@@ -360,23 +362,28 @@ class MoKD(Method):
     def conflict_free(self) -> bool:  # type: ignore[override]
         # The unclipped formula can give an objective a negative weight; the regularised or
         # smoothed weights are not the min-norm point of this step's gradients; anchor_vs_rest
-        # promises no conflict with the anchor and the others' min-norm point only.
+        # with more than two objectives promises no conflict with the anchor and the others'
+        # min-norm point only (for two it is the plain min-norm point).
         return (
-            self.simplex
-            and self.regularization == 0
-            and self.smoothing == 0
-            and not self.anchor_vs_rest
+            self.simplex and self.regularization == 0 and self.smoothing == 0 and not self._grouped
         )
 
     @property
     def pareto_stationary(self) -> bool:  # type: ignore[override]
-        # anchor_vs_rest can step where the anchor and one other objective cancel exactly
+        # anchor_vs_rest (K > 2) can step where the anchor and one other objective cancel
         return (
-            self.simplex
-            and self.regularization == 0
-            and self.smoothing == 0
-            and not self.anchor_vs_rest
+            self.simplex and self.regularization == 0 and self.smoothing == 0 and not self._grouped
         )
+
+    @property
+    def _grouped(self) -> bool:
+        """``anchor_vs_rest`` changes the trade-off: more than two objectives, or not yet bound."""
+        return self.anchor_vs_rest and len(self.objective_names) != 2
+
+    @property
+    def permutation_equivariant(self) -> bool:  # type: ignore[override]
+        # anchor_vs_rest singles out the anchor among more than two objectives
+        return not self._grouped
 
     def bind(self, names: Any) -> None:
         super().bind(names)
