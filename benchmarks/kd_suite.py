@@ -451,7 +451,10 @@ CANDIDATES: dict[str, Config] = {
     ),
     # round 2
     "eq1-capped-log-anchor": _m(
-        "mokd step=capped-log-anchor, equalize=1", "mokd", step="capped-log-anchor", equalize=1.0
+        "mokd step=capped-log-anchor, equalize=1 (round 2's choice)",
+        "mokd",
+        step="capped-log-anchor",
+        equalize=1.0,
     ),
     # round 3
     "anchor-vs-rest": _m(

@@ -271,7 +271,10 @@ def main(argv: list[str] | None = None) -> dict:
     # the 0.1 default, which the condition suite replaced (docs/mokd.md, docs/results.md)
     runs["mokd 0.1 default"] = (
         "mokd_v01",
-        dict(method="mokd", method_options={"step": "anchor", "equalize": 0.0}),
+        dict(
+            method="mokd",
+            method_options={"step": "anchor", "equalize": 0.0, "anchor_vs_rest": False},
+        ),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     results, logs = {}, {}
