@@ -384,3 +384,23 @@ def test_the_default_never_conflicts_with_the_anchor(k: int) -> None:
         losses = rng.uniform(0.05, 5.0, size=k)
         update = _weights(method, jacobian, losses) @ jacobian
         assert jacobian[0] @ update >= -1e-9 * np.linalg.norm(jacobian[0]) * np.linalg.norm(update)
+
+
+def test_the_two_objective_bisector_shortcut_equals_the_general_trade_off() -> None:
+    # the default's K = 2 path (_bisector_weights) against trade_off(equalize=1), edge cases too
+    from mokd_optim.methods._mokd import _bisector_weights, trade_off
+
+    rng = np.random.default_rng(11)
+    cases = [rng.standard_normal((2, 7)) * rng.uniform(1e-4, 1e4, size=(2, 1)) for _ in range(30)]
+    g = rng.standard_normal(7)
+    cases += [np.stack([g, 3 * g]), np.stack([g, -g]), np.stack([g, 0 * g]), np.zeros((2, 7))]
+    for jacobian in cases:
+        gram = torch.tensor(jacobian @ jacobian.T, dtype=torch.float64)
+        losses = torch.tensor(rng.uniform(0.05, 5.0, size=2), dtype=torch.float64)
+        log_gram = gram / (losses[:, None] * losses[None, :])
+        torch.testing.assert_close(
+            _bisector_weights(gram, losses),
+            trade_off(log_gram, equalize=1.0),
+            rtol=1e-9,
+            atol=1e-12,
+        )

@@ -130,6 +130,18 @@ def _anchor_against_the_rest(work: PSDMatrix, anchor: int, backend: str) -> Weig
     return torch.where(both, weights, fallback)
 
 
+def _bisector_weights(gram: PSDMatrix, losses: Tensor) -> Weights:
+    """:func:`trade_off` with ``equalize=1`` for two objectives, in a handful of ops (the
+    default's per-step cost on small models): the min-norm point of two unit vectors is their
+    midpoint, so ``pi_i ∝ 1 / ||h_i||``, i.e. ``pi = (n_2, n_1) / (n_1 + n_2)`` with
+    ``n_i = ||g_i|| / L_i``. A zero log-gradient takes all the weight (``(1/2, 1/2)`` when both
+    are zero), as in the general path. ``(2, 2)``, ``(2,)`` -> ``(2,)``."""
+    norms = torch.diagonal(gram).clamp_min(0.0).sqrt() / losses
+    total = norms.sum()
+    half = torch.full_like(norms, 0.5)
+    return torch.where(total > 0, norms.flip(0) / torch.where(total > 0, total, 1.0), half)
+
+
 def mokd_simplex_weights(
     gram: PSDMatrix,
     losses: Tensor,
@@ -152,6 +164,8 @@ def mokd_simplex_weights(
     ``||pi||^2 = ||pi - 1/K||^2 + 1/K``, so ``regularization = r`` is the min-norm problem with
     a penalty ``r`` on the distance from the uniform weights. Returns ``(K,)``.
     """
+    if simplex and equalize == 1 and regularization == 0 and gram.shape[-1] == 2:
+        return _bisector_weights(gram, losses)
     log_gram = gram / (losses[:, None] * losses[None, :])
     if regularization > 0 or equalize > 0 or anchor_vs_rest:
         if not simplex:
