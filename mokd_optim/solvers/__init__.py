@@ -111,20 +111,14 @@ def min_norm(
 
 
 def _solve(work: PSDMatrix, backend: str, k: int, max_iter: int) -> Weights:
-    """Dispatch a finite, unit-scale ``(..., K, K)`` batch to a backend (K >= 2)."""
+    """Dispatch a finite, unit-scale ``(..., K, K)`` batch to a backend (K >= 2; with
+    ``"auto"`` or ``"closed_form"`` K = 2 never gets here: :func:`min_norm` answers it with
+    ``solve_two`` first)."""
     batch_shape = work.shape[:-2]
     if backend == "auto":
-        backend = (
-            "closed_form"
-            if k == 2
-            else "enumeration"
-            if k <= ENUMERATION_MAX_K
-            else "projected_gradient"
-        )
+        backend = "enumeration" if k <= ENUMERATION_MAX_K else "projected_gradient"
     if backend == "closed_form":
-        if k != 2:
-            raise ValueError(f"the closed_form backend solves K = 2 only, got K = {k}; use 'auto'")
-        return min_norm_two(work)
+        raise ValueError(f"the closed_form backend solves K = 2 only, got K = {k}; use 'auto'")
     flat = work.reshape(-1, k, k)
     if backend == "enumeration":
         solution = enumeration(flat)

@@ -11,6 +11,15 @@ from mokd_optim._typing import PSDMatrix, Weights
 _EQUAL_RTOL = 1e-12
 
 
+def _first_weight(g11: torch.Tensor, g12: torch.Tensor, g22: torch.Tensor) -> torch.Tensor:
+    """``pi_1`` of the paper's two-objective formula from the (symmetric) Gram entries, ``1/2``
+    where ``h_1 = h_2`` (``||h_1 - h_2||^2`` below ``_EQUAL_RTOL`` of the larger diagonal)."""
+    denominator = g11 + g22 - 2.0 * g12  # = ||h_1 - h_2||^2 >= 0
+    equal = denominator <= _EQUAL_RTOL * torch.maximum(g11, g22)
+    safe = torch.where(equal, torch.ones_like(denominator), denominator)
+    return torch.where(equal, torch.full_like(g11, 0.5), (g22 - g12) / safe)
+
+
 def line_weights(gram: PSDMatrix) -> Weights:
     """Unclipped minimiser of ``||pi_1 h_1 + pi_2 h_2||`` over the line ``pi_1 + pi_2 = 1``.
 
@@ -21,11 +30,7 @@ def line_weights(gram: PSDMatrix) -> Weights:
     g11 = gram[..., 0, 0]
     g22 = gram[..., 1, 1]
     g12 = 0.5 * (gram[..., 0, 1] + gram[..., 1, 0])
-    denominator = g11 + g22 - 2.0 * g12  # = ||h_1 - h_2||^2 >= 0
-    scale = torch.maximum(g11, g22)
-    equal = denominator <= _EQUAL_RTOL * scale
-    safe = torch.where(equal, torch.ones_like(denominator), denominator)
-    pi_1 = torch.where(equal, torch.full_like(g11, 0.5), (g22 - g12) / safe)
+    pi_1 = _first_weight(g11, g12, g22)
     return torch.stack([pi_1, 1.0 - pi_1], dim=-1)
 
 
@@ -57,10 +62,7 @@ def solve_two(gram: PSDMatrix) -> Weights:
         torch.stack([g11, 0.5 * (g12 + g21), g22], dim=-1).div(scale[..., None]).unbind(-1)
     )
     finite = torch.isfinite(g11) & torch.isfinite(g12) & torch.isfinite(g22)
-    denominator = g11 + g22 - 2.0 * g12
-    equal = denominator <= _EQUAL_RTOL * torch.maximum(g11, g22)
-    safe = torch.where(equal, torch.ones_like(denominator), denominator)
-    pi_1 = torch.where(equal, torch.full_like(g11, 0.5), (g22 - g12) / safe).clamp(0.0, 1.0)
+    pi_1 = _first_weight(g11, g12, g22).clamp(0.0, 1.0)
     weights = torch.stack([pi_1, 1.0 - pi_1], dim=-1)
     return torch.where(finite[..., None], weights, torch.full_like(weights, float("nan"))).to(
         gram.dtype
