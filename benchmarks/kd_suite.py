@@ -31,8 +31,8 @@ each).
 
     python benchmarks/kd_suite.py --split selection --candidates default,anchor,...
     python benchmarks/kd_suite.py --split confirmation --candidates default
-    python benchmarks/kd_suite.py --report            # docs/results_round2.md from the stored runs
-    python benchmarks/kd_suite.py --round 1 --report  # docs/results.md (round 1)
+    python benchmarks/kd_suite.py --report            # the latest round's page from the stored runs
+    python benchmarks/kd_suite.py --round 2 --report --chosen eq1-capped-log-anchor
     python benchmarks/kd_suite.py --quick             # tiny sizes, every stage; CI checks the JSON
 """
 
@@ -1531,9 +1531,9 @@ def write_report(
     from benchmarks.environment import as_text, describe
 
     confirmation_candidates = confirmation_candidates or candidates
-    conditions = conditions_of_round(round_number)
     selection = conditions_of_round(round_number, "selection")
     confirmation = conditions_of_round(round_number, "confirmation")
+    conditions = selection + confirmation
     lines = [
         "# Distillation quality: the condition suite",
         "",
@@ -1590,9 +1590,12 @@ def write_report(
     for condition in conditions:
         if not gather(condition, baseline_configs({None}), store, quick):
             continue  # not run in this store
-        shown = confirmation_candidates if condition in confirmation else candidates
-        role = "confirmation" if condition in confirmation else "selection"
-        lines += report_condition(condition, shown, store, quick, role)
+        if condition in confirmation:
+            lines += report_condition(
+                condition, confirmation_candidates, store, quick, "confirmation"
+            )
+        else:
+            lines += report_condition(condition, candidates, store, quick, "selection")
     lines += ["## Environment", "", "```", as_text(describe()), "```", ""]
     page.write_text("\n".join(lines))
 
@@ -1633,6 +1636,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "--chosen",
         default="default",
+        choices=sorted(CANDIDATES),
         help="--report: the candidate the done-criteria are checked for (a round's choice)",
     )
     parser.add_argument("--workers", type=int, default=2)

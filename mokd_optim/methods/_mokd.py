@@ -99,8 +99,9 @@ def _anchor_against_the_rest(work: PSDMatrix, anchor: int, backend: str) -> Weig
     of the anchor's unit vector and the unit min-norm point of the others. ``(K, K)`` -> ``(K,)``."""
     k = work.shape[-1]
     others = torch.tensor([i for i in range(k) if i != anchor], device=work.device)
-    rest = min_norm(work[others][:, others], backend=backend)
-    rest_sq = (rest @ work[others][:, others] @ rest).clamp_min(0.0)
+    among_rest = work[others][:, others]
+    rest = min_norm(among_rest, backend=backend)
+    rest_sq = (rest @ among_rest @ rest).clamp_min(0.0)
     anchor_sq = work[anchor, anchor].clamp_min(0.0)
     cross = work[anchor, others] @ rest
     rest_norm = rest_sq.sqrt()
@@ -160,8 +161,8 @@ def mokd_simplex_weights(
     the ``h_i``; with ``simplex=False`` (K = 2 only) the paper's unclipped formula, the
     min-norm point of the whole line through ``h_1, h_2`` (may be negative).
 
-    ``equalize``, ``regularization``, ``anchor_vs_rest`` and ``anchor``: see :func:`trade_off`. On the simplex
-    ``||pi||^2 = ||pi - 1/K||^2 + 1/K``, so ``regularization = r`` is the min-norm problem with
+    ``equalize``, ``regularization``, ``anchor_vs_rest`` and ``anchor``: see
+    :func:`trade_off`. On the simplex ``||pi||^2 = ||pi - 1/K||^2 + 1/K``, so ``regularization = r`` is the min-norm problem with
     a penalty ``r`` on the distance from the uniform weights. Returns ``(K,)``.
     """
     if simplex and equalize == 1 and regularization == 0 and gram.shape[-1] == 2:
@@ -298,7 +299,8 @@ class MoKD(Method):
         anchor_vs_rest: ``True`` (default, chosen in round 3 of the suite): the anchor counts
             as much as all the other objectives together; ``False``: every objective's unit
             gradient counts the same. The same for two objectives; see :func:`trade_off`.
-        regularization, smoothing, step_bound: see docs/mokd.md ("Options").
+        regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
+            ("Other options measured").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
             keeps; default the first objective (put the task loss first).
         simplex: clip ``pi`` to the simplex (default). ``False`` is the paper's literal
