@@ -77,6 +77,7 @@ DEFAULT_PAGES = {
     1: ROOT / "docs" / "results.md",
     2: ROOT / "docs" / "results_round2.md",
     3: ROOT / "docs" / "results_round3.md",
+    4: ROOT / "docs" / "results_round4.md",
 }
 
 
@@ -157,6 +158,7 @@ ROUNDS = {
     1: 'round 1 (chose step="log-anchor", replaced in round 2)',
     2: "round 2 (step rules at constant learning rates)",
     3: "round 3 (more than two objectives: anchor_vs_rest=True)",
+    4: 'round 4 (how the objectives other than the task are combined: rest="sum")',
 }
 
 CONDITIONS: tuple[Condition, ...] = (
@@ -292,12 +294,69 @@ CONDITIONS: tuple[Condition, ...] = (
         temperature=8.0,
         round=3,
     ),
+    # --- round 4: only how the objectives other than the task are combined changes (rest=;
+    # nothing changes for two objectives), so its conditions all have feature heads.
+    # Selection: every feature condition already looked at (S7, S12, S14, C6, C14, C15, C17-C21);
+    # confirmation: six fresh ones, declared (and committed) before any round-4 run of three
+    # seeds. Decision rule, written before those runs: rest="sum" becomes the default if, on
+    # the selection conditions, it is ahead of the round-3 default on the mean paired gap to
+    # ce and to the best fixed weight, never collapses, and is >= ce (a tie counting) on at
+    # least as many conditions; otherwise the default stays and round 4's confirmation
+    # conditions are run with it.
+    Condition(
+        "C22 fashion-cnn const +2feat",
+        "confirmation",
+        FASHION_CNN_SGD_CONST,
+        objectives="kd+2feat",
+        round=4,
+    ),
+    Condition(
+        "C23 mnist-resnet warmup +2feat",
+        "confirmation",
+        MNIST_RESNET_SGD_WC,
+        objectives="kd+2feat",
+        round=4,
+    ),
+    Condition(
+        "C24 digits-mlp const +2feat T2",
+        "confirmation",
+        DIGITS_MLP_SGD_CONST,
+        objectives="kd+2feat",
+        temperature=2.0,
+        round=4,
+    ),
+    Condition(
+        "C25 mnist-mlp const +2feat",
+        "confirmation",
+        MNIST_MLP_SGD_CONST,
+        objectives="kd+2feat",
+        round=4,
+    ),
+    Condition(
+        "C26 mnist-cnn adamw weak +2feat",
+        "confirmation",
+        MNIST_CNN_ADAMW_COS,
+        "weak",
+        objectives="kd+2feat",
+        round=4,
+    ),
+    Condition(
+        "C27 mnist-cnn const +feat lr x0.3",
+        "confirmation",
+        MNIST_CNN_SGD_CONST,
+        lr_scale=0.3,
+        objectives="kd+feat",
+        round=4,
+    ),
 )
 
 #: Earlier confirmation conditions (looked at) that a later round uses as selection data.
-REUSED_AS_SELECTION: dict[int, tuple[str, ...]] = {3: ("C6", "C14", "C15")}
+REUSED_AS_SELECTION: dict[int, tuple[str, ...]] = {
+    3: ("C6", "C14", "C15"),
+    4: ("C6", "C14", "C15", "C17", "C18", "C19", "C20", "C21"),
+}
 #: Rounds that change only the trade-off of more than two objectives: feature conditions only.
-FEATURE_ROUNDS = (3,)
+FEATURE_ROUNDS = (3, 4)
 
 
 def conditions_of_round(round_number: int, split: str = "all") -> list[Condition]:
@@ -374,7 +433,7 @@ PREVIOUS_MOKD_DEFAULTS: dict[str, Any] = {
 
 # Options added to mokd after runs were stored, at the value that reproduces the earlier
 # behaviour: left out of a candidate's options (and so of its store key) at that value.
-NEUTRAL_MOKD_OPTIONS: dict[str, Any] = {"anchor_vs_rest": False}
+NEUTRAL_MOKD_OPTIONS: dict[str, Any] = {"anchor_vs_rest": False, "rest": "min-norm"}
 
 
 def method_options(config: Config) -> dict[str, Any]:
@@ -463,6 +522,15 @@ CANDIDATES: dict[str, Config] = {
         step="capped-log-anchor",
         equalize=1.0,
         anchor_vs_rest=True,
+    ),
+    # round 4
+    "rest-sum": _m(
+        "mokd anchor_vs_rest=True, rest=sum",
+        "mokd",
+        step="capped-log-anchor",
+        equalize=1.0,
+        anchor_vs_rest=True,
+        rest="sum",
     ),
     # the zoo at defaults
     "mgda": _m("mgda", "mgda"),

@@ -14,6 +14,8 @@ from mokd_optim.methods._registry import register
 from mokd_optim.solvers import BACKENDS, line_weights, min_norm
 
 STEP_RULES = ("anchor", "bounded", "capped-log-anchor", "convex", "log", "log-anchor")
+#: How ``anchor_vs_rest`` combines the objectives other than the anchor (see :func:`trade_off`).
+REST_RULES = ("min-norm", "sum")
 
 # A combined direction shorter than this fraction of its triangle-inequality bound
 # sum_i q_i ||g_i|| is treated as Pareto-stationary by the "anchor" rule (weights 0): rescaling
@@ -47,6 +49,7 @@ def trade_off(
     backend: str = "auto",
     anchor_vs_rest: bool = False,
     anchor: int = 0,
+    rest: str = "min-norm",
 ) -> Weights:
     """``pi`` on the log-gradients ``h_i`` from their Gram matrix (any positive global scale).
 
@@ -67,7 +70,10 @@ def trade_off(
     much as all the other objectives together -- the min-norm point ``u`` of the others' ``v_j``
     is found first, then the min-norm point of the two unit vectors ``v_anchor / ||v_anchor||``
     and ``u / ||u||``. No conflict with the anchor or with ``u``; an individual other objective
-    may be conflicted. Shapes ``(K, K)`` -> ``(K,)``.
+    may be conflicted. ``rest`` says how the others are combined into ``u``: ``"min-norm"`` as
+    above, or ``"sum"``: ``u = sum_j h_j`` (the gradient of ``sum_j log L_j``; each other
+    objective in proportion to its relative gradient, none stretched to the size of another).
+    Shapes ``(K, K)`` -> ``(K,)``.
     """
     norms = torch.diagonal(log_gram).clamp_min(0.0).sqrt()
     nonzero = norms > 0
@@ -83,7 +89,9 @@ def trade_off(
             work.shape[-1], dtype=work.dtype, device=work.device
         )
     if anchor_vs_rest and work.shape[-1] > 2:
-        alpha = _anchor_against_the_rest(work, anchor, backend)
+        # "sum": the others' h_j = v_j * ||h_j||^equalize, each with the same weight
+        summed = None if rest == "min-norm" else norms**equalize * nonzero
+        alpha = _anchor_against_the_rest(work, anchor, backend, summed)
     else:
         alpha = min_norm(work, backend=backend)
     if equalize == 0:
@@ -94,13 +102,24 @@ def trade_off(
     return torch.where(total > 0, pi / torch.where(total > 0, total, torch.ones_like(total)), alpha)
 
 
-def _anchor_against_the_rest(work: PSDMatrix, anchor: int, backend: str) -> Weights:
+def _anchor_against_the_rest(
+    work: PSDMatrix, anchor: int, backend: str, rest_weights: Optional[Tensor] = None
+) -> Weights:
     """Simplex weights on the vectors behind ``work`` (their Gram matrix): the min-norm point
-    of the anchor's unit vector and the unit min-norm point of the others. ``(K, K)`` -> ``(K,)``."""
+    of the anchor's unit vector and the unit vector of the others' combination -- their
+    min-norm point, or, given ``rest_weights`` ``(K,)`` (>= 0; the anchor's entry ignored),
+    their combination with those weights. ``(K, K)`` -> ``(K,)``."""
     k = work.shape[-1]
     others = torch.tensor([i for i in range(k) if i != anchor], device=work.device)
     among_rest = work[others][:, others]
-    rest = min_norm(among_rest, backend=backend)
+    if rest_weights is None:
+        rest = min_norm(among_rest, backend=backend)
+    else:
+        rest = rest_weights[others].to(work.dtype)
+        total = rest.sum()
+        rest = torch.where(
+            total > 0, rest / torch.where(total > 0, total, 1.0), torch.full_like(rest, 1 / (k - 1))
+        )
     rest_sq = (rest @ among_rest @ rest).clamp_min(0.0)
     anchor_sq = work[anchor, anchor].clamp_min(0.0)
     cross = work[anchor, others] @ rest
@@ -153,6 +172,7 @@ def mokd_simplex_weights(
     equalize: float = 0.0,
     anchor_vs_rest: bool = False,
     anchor: int = 0,
+    rest: str = "min-norm",
 ) -> Weights:
     """MoKD's trade-off weights ``pi`` for the log-loss gradients ``h_i = g_i / L_i``.
 
@@ -161,7 +181,7 @@ def mokd_simplex_weights(
     the ``h_i``; with ``simplex=False`` (K = 2 only) the paper's unclipped formula, the
     min-norm point of the whole line through ``h_1, h_2`` (may be negative).
 
-    ``equalize``, ``regularization``, ``anchor_vs_rest`` and ``anchor``: see
+    ``equalize``, ``regularization``, ``anchor_vs_rest``, ``rest`` and ``anchor``: see
     :func:`trade_off`. On the simplex ``||pi||^2 = ||pi - 1/K||^2 + 1/K``, so ``regularization = r`` is the min-norm problem with
     a penalty ``r`` on the distance from the uniform weights. Returns ``(K,)``.
     """
@@ -178,6 +198,7 @@ def mokd_simplex_weights(
             backend=backend,
             anchor_vs_rest=anchor_vs_rest,
             anchor=anchor,
+            rest=rest,
         )
     if simplex:
         return min_norm(log_gram, backend=backend)
@@ -202,6 +223,7 @@ def mokd_weights(
     equalize: float = 0.0,
     pi: Optional[Weights] = None,
     anchor_vs_rest: bool = False,
+    rest: str = "min-norm",
 ) -> tuple[Weights, Weights]:
     """Weights on the raw gradients for MoKD under a step-length rule, and ``pi``.
 
@@ -230,8 +252,8 @@ def mokd_weights(
 
     Args: gram ``(K, K)``, losses ``(K,)`` positive, both float64; ``pi`` ``(K,)`` precomputed
     trade-off weights (e.g. from a smoothed Gram matrix) instead of solving for them here;
-    ``regularization``, ``equalize``, ``anchor_vs_rest``: see :func:`trade_off`. Returns
-    ``(w, pi)``.
+    ``regularization``, ``equalize``, ``anchor_vs_rest``, ``rest``: see :func:`trade_off`.
+    Returns ``(w, pi)``.
     """
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
@@ -245,6 +267,7 @@ def mokd_weights(
             equalize=equalize,
             anchor_vs_rest=anchor_vs_rest,
             anchor=anchor,
+            rest=rest,
         )
     q = pi / losses
     if step == "log":
@@ -328,6 +351,7 @@ class MoKD(Method):
         equalize: Optional[float] = None,
         step_bound: Optional[float] = None,
         anchor_vs_rest: Optional[bool] = None,
+        rest: str = "min-norm",
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
@@ -344,6 +368,7 @@ class MoKD(Method):
         check_number("mokd", "smoothing", smoothing, low=0.0, high=1.0, high_open=True)
         check_number("mokd", "equalize", equalize, low=0.0, high=1.0)
         check_flag("mokd", "anchor_vs_rest", anchor_vs_rest)
+        check_choice("mokd", "rest", rest, REST_RULES)
         if step_bound is not None:
             check_number("mokd", "step_bound", step_bound, low=1.0)
         if not simplex and (regularization > 0 or smoothing > 0 or equalize > 0 or anchor_vs_rest):
@@ -359,6 +384,7 @@ class MoKD(Method):
         self.equalize = float(equalize)
         self.step_bound = None if step_bound is None else float(step_bound)
         self.anchor_vs_rest = bool(anchor_vs_rest)
+        self.rest = rest
         self._anchor_index = 0
         # Moving average of the anchor gradient's norm (step_bound) and its step count.
         self._anchor_average: Optional[Tensor] = None
@@ -427,6 +453,7 @@ class MoKD(Method):
             backend=self.backend,
             anchor_vs_rest=self.anchor_vs_rest,
             anchor=self._anchor_index,
+            rest=self.rest,
         )
 
     def _bound_step(self, w: Weights, gram: PSDMatrix) -> Weights:
@@ -458,6 +485,7 @@ class MoKD(Method):
             equalize=self.equalize,
             pi=self._trade_off(gram, losses),
             anchor_vs_rest=self.anchor_vs_rest,
+            rest=self.rest,
         )
         self.info = {"simplex_weights": pi}
         return self._bound_step(w, gram)
@@ -500,4 +528,5 @@ class MoKD(Method):
             "equalize": self.equalize,
             "step_bound": self.step_bound,
             "anchor_vs_rest": self.anchor_vs_rest,
+            "rest": self.rest,
         }
