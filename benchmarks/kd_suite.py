@@ -525,7 +525,7 @@ CANDIDATES: dict[str, Config] = {
     ),
     # round 4
     "rest-sum": _m(
-        "mokd anchor_vs_rest=True, rest=sum",
+        "mokd anchor_vs_rest=True, rest=sum (round 4's choice)",
         "mokd",
         step="capped-log-anchor",
         equalize=1.0,

@@ -306,7 +306,9 @@ def test_anchor_vs_rest_matches_the_reference(k: int, anchor: int) -> None:
     for _ in range(5):
         jacobian = rng.standard_normal((k, 30)) * rng.uniform(0.01, 100, size=(k, 1))
         losses = rng.uniform(0.05, 5.0, size=k)
-        method = methods.get("mokd", step="anchor", anchor_vs_rest=True, anchor=anchor)
+        method = methods.get(
+            "mokd", step="anchor", anchor_vs_rest=True, rest="min-norm", anchor=anchor
+        )
         method.bind([f"l{i}" for i in range(k)])
         update = _weights(method, jacobian, losses) @ jacobian
         expected = _reference_anchor_vs_rest(jacobian, losses, anchor)
@@ -369,6 +371,75 @@ def test_anchor_vs_rest_trains_through_the_optimizer(digits) -> None:
         first = first if first is not None else float(losses["task"])
     assert opt.method.anchor_vs_rest and stats.weights.shape == (3,)
     assert float(losses["task"]) < first
+
+
+def _reference_rest_sum(jacobian: np.ndarray, losses: np.ndarray, anchor: int) -> np.ndarray:
+    """anchor_vs_rest with rest="sum" from first principles: the others' log-gradients summed,
+    u = sum_j h_j; the min-norm point of two unit vectors is their midpoint, so the direction is
+    h_anchor / ||h_anchor|| + u / ||u||, returned at unit length."""
+    h = jacobian / losses[:, None]
+    u = np.delete(h, anchor, axis=0).sum(0)
+    direction = h[anchor] / np.linalg.norm(h[anchor]) + u / np.linalg.norm(u)
+    return direction / np.linalg.norm(direction)
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+@pytest.mark.parametrize("anchor", [0, 2])
+@pytest.mark.parametrize("equalize", [0.0, 0.5, 1.0])
+def test_rest_sum_matches_the_reference(k: int, anchor: int, equalize: float) -> None:
+    # the sum of the others' log-gradients does not depend on equalize (each h_j counts once)
+    rng = np.random.default_rng(200 + k + anchor)
+    for _ in range(5):
+        jacobian = rng.standard_normal((k, 30)) * rng.uniform(0.01, 100, size=(k, 1))
+        losses = rng.uniform(0.05, 5.0, size=k)
+        method = methods.get(
+            "mokd", step="anchor", anchor_vs_rest=True, rest="sum", anchor=anchor, equalize=equalize
+        )
+        method.bind([f"l{i}" for i in range(k)])
+        update = _weights(method, jacobian, losses) @ jacobian
+        expected = _reference_rest_sum(jacobian, losses, anchor)
+        np.testing.assert_allclose(update / np.linalg.norm(update), expected, rtol=1e-6, atol=1e-9)
+        assert np.linalg.norm(update) == pytest.approx(np.linalg.norm(jacobian[anchor]), rel=1e-9)
+        # scale-free: any loss times c (its gradient too) leaves the update unchanged
+        c = np.ones(k)
+        c[(anchor + 1) % k] = 1e3
+        c[(anchor + 2) % k] = 1e-2
+        rescaled = _weights(method, jacobian * c[:, None], losses * c) @ (jacobian * c[:, None])
+        np.testing.assert_allclose(rescaled, update, rtol=1e-6, atol=1e-9 * np.abs(update).max())
+
+
+def test_rest_sum_does_not_stretch_a_small_gradient() -> None:
+    # a feature-like objective whose relative gradient is 100x smaller than the others': the
+    # min-norm of the others' unit vectors gives it as large a part of the update as the KD
+    # objective; the sum gives it a part in proportion to its relative gradient
+    jacobian = np.diag([1.0, 1.0, 0.01])
+    losses = np.ones(3)
+
+    def parts(rest: str) -> np.ndarray:
+        method = methods.get("mokd", step="anchor", anchor_vs_rest=True, rest=rest)
+        method.bind(["task", "kd", "feat"])
+        return np.linalg.norm(_weights(method, jacobian, losses)[:, None] * jacobian, axis=1)
+
+    min_norm_parts, summed_parts = parts("min-norm"), parts("sum")
+    assert min_norm_parts[2] == pytest.approx(min_norm_parts[1], rel=1e-6)
+    assert summed_parts[2] / summed_parts[1] == pytest.approx(0.01, rel=1e-6)
+    # the task keeps half of the say either way (orthogonal objectives)
+    for p in (min_norm_parts, summed_parts):
+        assert p[0] == pytest.approx(np.linalg.norm(p[1:]), rel=1e-6)
+    # two objectives: rest changes nothing
+    rng = np.random.default_rng(5)
+    pair, two = rng.standard_normal((2, 9)), np.array([0.4, 3.0])
+    np.testing.assert_allclose(
+        _weights(_bound(2, anchor_vs_rest=True, rest="sum"), pair, two),
+        _weights(_bound(2, anchor_vs_rest=True), pair, two),
+        rtol=1e-12,
+    )
+    # a zero gradient among the others: the sum is the remaining ones'
+    zero = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    w = _weights(_bound(3, anchor_vs_rest=True, rest="sum"), zero, np.ones(3))
+    assert np.all(np.isfinite(w))
+    with pytest.raises(OptionError, match="rest"):
+        methods.get("mokd", rest="mean")
 
 
 @pytest.mark.parametrize("k", [3, 4, 5])

@@ -322,6 +322,11 @@ class MoKD(Method):
         anchor_vs_rest: ``True`` (default, chosen in round 3 of the suite): the anchor counts
             as much as all the other objectives together; ``False``: every objective's unit
             gradient counts the same. The same for two objectives; see :func:`trade_off`.
+        rest: with ``anchor_vs_rest``, how the other objectives are combined before they meet
+            the anchor: ``"sum"`` (default, chosen in round 4): their log-gradients summed, each
+            in proportion to its relative gradient; ``"min-norm"`` (round 3): the min-norm point
+            of their unit gradients, which stretches a small feature-loss gradient to the size
+            of the KD gradient. Nothing changes for two objectives.
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
@@ -351,7 +356,7 @@ class MoKD(Method):
         equalize: Optional[float] = None,
         step_bound: Optional[float] = None,
         anchor_vs_rest: Optional[bool] = None,
-        rest: str = "min-norm",
+        rest: str = "sum",
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
