@@ -16,6 +16,9 @@ from mokd_optim.solvers import BACKENDS, line_weights, min_norm
 STEP_RULES = ("anchor", "bounded", "capped-log-anchor", "convex", "log", "log-anchor")
 #: How ``anchor_vs_rest`` combines the objectives other than the anchor (see :func:`trade_off`).
 REST_RULES = ("min-norm", "sum")
+#: What happens when the others' part of the direction conflicts with the anchor (see
+#: :func:`project_out_conflict`).
+CONFLICT_RULES = ("drop", "pareto", "project")
 
 # A combined direction shorter than this fraction of its triangle-inequality bound
 # sum_i q_i ||g_i|| is treated as Pareto-stationary by the "anchor" rule (weights 0): rescaling
@@ -162,6 +165,38 @@ def _bisector_weights(gram: PSDMatrix, losses: Tensor) -> Weights:
     return torch.where(total > 0, norms.flip(0) / torch.where(total > 0, total, 1.0), half)
 
 
+def drop_on_conflict(pi: Weights, log_gram: PSDMatrix, anchor: int) -> Weights:
+    """Task priority by a gate (Du et al. 2018, auxiliary losses used only while their gradient
+    agrees with the main one): all the weight on the anchor where the others' part ``r`` of the
+    direction points against it (``r . h_anchor < 0``); ``pi`` unchanged otherwise.
+    ``(K,)``, ``(K, K)`` -> ``(K,)``."""
+    others_against = pi @ log_gram[:, anchor] - pi[anchor] * log_gram[anchor, anchor]
+    only_anchor = torch.zeros_like(pi)
+    only_anchor[anchor] = 1.0
+    return torch.where(others_against < 0, only_anchor, pi)
+
+
+def project_out_conflict(pi: Weights, log_gram: PSDMatrix, anchor: int) -> Weights:
+    """Task priority: where the others' part ``r = sum_{j != anchor} pi_j h_j`` of the direction
+    points against the anchor's log-gradient (``r . h_anchor < 0``), add to the anchor's weight
+    what removes that component, ``-(r . h_anchor) / ||h_anchor||^2``, and renormalise. The
+    anchor then never loses ground to the others' part (one-sided gradient surgery: the others
+    keep their component orthogonal to the anchor); ``pi`` is unchanged where they agree.
+    For two unit gradients with cosine ``c < 0`` the direction becomes ``(1 - c) u_anchor +
+    u_other`` instead of their bisector. Any positive scale of ``log_gram`` gives the same.
+    ``(K,)``, ``(K, K)`` -> ``(K,)``."""
+    anchor_sq = log_gram[anchor, anchor]
+    others_against = pi @ log_gram[:, anchor] - pi[anchor] * anchor_sq
+    extra = torch.where(
+        (others_against < 0) & (anchor_sq > 0),
+        -others_against / torch.where(anchor_sq > 0, anchor_sq, torch.ones_like(anchor_sq)),
+        torch.zeros_like(anchor_sq),
+    )
+    projected = pi.clone()
+    projected[anchor] = projected[anchor] + extra
+    return projected / projected.sum()
+
+
 def mokd_simplex_weights(
     gram: PSDMatrix,
     losses: Tensor,
@@ -224,6 +259,7 @@ def mokd_weights(
     pi: Optional[Weights] = None,
     anchor_vs_rest: bool = False,
     rest: str = "min-norm",
+    conflict: str = "pareto",
 ) -> tuple[Weights, Weights]:
     """Weights on the raw gradients for MoKD under a step-length rule, and ``pi``.
 
@@ -252,8 +288,8 @@ def mokd_weights(
 
     Args: gram ``(K, K)``, losses ``(K,)`` positive, both float64; ``pi`` ``(K,)`` precomputed
     trade-off weights (e.g. from a smoothed Gram matrix) instead of solving for them here;
-    ``regularization``, ``equalize``, ``anchor_vs_rest``, ``rest``: see :func:`trade_off`.
-    Returns ``(w, pi)``.
+    ``regularization``, ``equalize``, ``anchor_vs_rest``, ``rest``: see :func:`trade_off`;
+    ``conflict="project"``: :func:`project_out_conflict` applied to ``pi``. Returns ``(w, pi)``.
     """
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
@@ -269,6 +305,9 @@ def mokd_weights(
             anchor=anchor,
             rest=rest,
         )
+    if conflict != "pareto":
+        resolve = project_out_conflict if conflict == "project" else drop_on_conflict
+        pi = resolve(pi, gram / (losses[:, None] * losses[None, :]), anchor)
     q = pi / losses
     if step == "log":
         return q, pi
@@ -357,6 +396,7 @@ class MoKD(Method):
         step_bound: Optional[float] = None,
         anchor_vs_rest: Optional[bool] = None,
         rest: str = "sum",
+        conflict: str = "pareto",
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
@@ -374,6 +414,7 @@ class MoKD(Method):
         check_number("mokd", "equalize", equalize, low=0.0, high=1.0)
         check_flag("mokd", "anchor_vs_rest", anchor_vs_rest)
         check_choice("mokd", "rest", rest, REST_RULES)
+        check_choice("mokd", "conflict", conflict, CONFLICT_RULES)
         if step_bound is not None:
             check_number("mokd", "step_bound", step_bound, low=1.0)
         if not simplex and (regularization > 0 or smoothing > 0 or equalize > 0 or anchor_vs_rest):
@@ -390,6 +431,7 @@ class MoKD(Method):
         self.step_bound = None if step_bound is None else float(step_bound)
         self.anchor_vs_rest = bool(anchor_vs_rest)
         self.rest = rest
+        self.conflict = conflict
         self._anchor_index = 0
         # Moving average of the anchor gradient's norm (step_bound) and its step count.
         self._anchor_average: Optional[Tensor] = None
@@ -491,6 +533,7 @@ class MoKD(Method):
             pi=self._trade_off(gram, losses),
             anchor_vs_rest=self.anchor_vs_rest,
             rest=self.rest,
+            conflict=self.conflict,
         )
         self.info = {"simplex_weights": pi}
         return self._bound_step(w, gram)
@@ -534,4 +577,5 @@ class MoKD(Method):
             "step_bound": self.step_bound,
             "anchor_vs_rest": self.anchor_vs_rest,
             "rest": self.rest,
+            "conflict": self.conflict,
         }
