@@ -442,6 +442,84 @@ def test_rest_sum_does_not_stretch_a_small_gradient() -> None:
         methods.get("mokd", rest="mean")
 
 
+def _reference_conflict(
+    jacobian: np.ndarray, losses: np.ndarray, anchor: int, conflict: str
+) -> np.ndarray:
+    """conflict= from first principles (anchor_vs_rest, rest="sum", equalize=1): the others'
+    log-gradients summed into u; the direction a + r with a = h_anchor / ||h_anchor||,
+    r = u / ||u||; where r . a < 0, "project" removes r's component along a and "drop" removes
+    r. Returned at unit length."""
+    h = jacobian / losses[:, None]
+    a = h[anchor] / np.linalg.norm(h[anchor])
+    u = np.delete(h, anchor, axis=0).sum(0)
+    r = u / np.linalg.norm(u)
+    if r @ a < 0:
+        r = r - (r @ a) * a if conflict == "project" else 0 * r
+    direction = a + r
+    return direction / np.linalg.norm(direction)
+
+
+@pytest.mark.parametrize("conflict", ["project", "drop"])
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_conflict_rules_match_the_reference(conflict: str, k: int) -> None:
+    rng = np.random.default_rng(300 + k)
+    seen_conflict = seen_agreement = 0
+    for _ in range(20):
+        jacobian = rng.standard_normal((k, 6)) * rng.uniform(0.01, 100, size=(k, 1))
+        losses = rng.uniform(0.05, 5.0, size=k)
+        method = methods.get("mokd", step="anchor", conflict=conflict)
+        method.bind([f"l{i}" for i in range(k)])
+        update = _weights(method, jacobian, losses) @ jacobian
+        expected = _reference_conflict(jacobian, losses, 0, conflict)
+        np.testing.assert_allclose(update / np.linalg.norm(update), expected, rtol=1e-6, atol=1e-9)
+        assert np.linalg.norm(update) == pytest.approx(np.linalg.norm(jacobian[0]), rel=1e-9)
+        pareto = methods.get("mokd", step="anchor")
+        pareto.bind([f"l{i}" for i in range(k)])
+        plain = _weights(pareto, jacobian, losses) @ jacobian
+        # the anchor never does worse than under the Pareto bisector, and the rule changes
+        # nothing where the others' part agrees with the anchor
+        unit = jacobian[0] / np.linalg.norm(jacobian[0])
+        assert update @ unit >= plain @ unit - 1e-9 * np.linalg.norm(update)
+        if np.allclose(update, plain, rtol=1e-9, atol=1e-12 * np.abs(plain).max()):
+            seen_agreement += 1
+        else:
+            seen_conflict += 1
+    assert seen_conflict and seen_agreement  # both branches were exercised
+
+
+def test_conflict_project_keeps_the_others_orthogonal_part_and_drop_does_not() -> None:
+    # task along (1, 0) and KD at 120 degrees, r = (-1/2, sqrt(3)/2): the bisector gives the
+    # task cos 60 deg = 0.5 of its progress; "project" keeps KD's part orthogonal to the task,
+    # direction (1, 0) + (0, sqrt(3)/2); "drop" steps along the task alone; all at the anchor's
+    # length (step="anchor")
+    angle = np.deg2rad(120)
+    jacobian = np.array([[2.0, 0.0], [5 * np.cos(angle), 5 * np.sin(angle)]])
+    losses = np.array([0.5, 3.0])
+
+    def update(conflict: str) -> np.ndarray:
+        return _weights(_bound(2, step="anchor", conflict=conflict), jacobian, losses) @ jacobian
+
+    bisector = update("pareto")
+    assert bisector @ np.array([1.0, 0.0]) == pytest.approx(2.0 * 0.5, rel=1e-9)
+    projected = update("project")
+    direction = np.array([1.0, np.sqrt(3) / 2])
+    np.testing.assert_allclose(projected, 2.0 * direction / np.linalg.norm(direction), rtol=1e-9)
+    np.testing.assert_allclose(update("drop"), [2.0, 0.0], atol=1e-12)
+    # scale-free: the KD loss times 1e3 or 1e-2 leaves every update unchanged
+    for c in (1e3, 1e-2):
+        scaled = _weights(
+            _bound(2, step="anchor", conflict="project"), jacobian * [[1], [c]], losses * [1, c]
+        )
+        np.testing.assert_allclose(scaled @ (jacobian * [[1], [c]]), projected, rtol=1e-9)
+    # the promises given up, and a clear error for an unknown rule
+    for conflict in ("project", "drop"):
+        method = _bound(2, conflict=conflict)
+        assert not method.conflict_free and not method.pareto_stationary
+    assert _bound(2).conflict_free
+    with pytest.raises(OptionError, match="conflict"):
+        methods.get("mokd", conflict="ignore")
+
+
 @pytest.mark.parametrize("k", [3, 4, 5])
 def test_the_default_never_conflicts_with_the_anchor(k: int) -> None:
     # anchor_vs_rest (the default) keeps no conflict with the anchor, and the promises it gives

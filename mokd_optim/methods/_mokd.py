@@ -453,15 +453,23 @@ class MoKD(Method):
         # smoothed weights are not the min-norm point of this step's gradients; anchor_vs_rest
         # with more than two objectives promises no conflict with the anchor and the others'
         # min-norm point only (for two it is the plain min-norm point).
-        return (
-            self.simplex and self.regularization == 0 and self.smoothing == 0 and not self._grouped
-        )
+        return self._pareto
 
     @property
     def pareto_stationary(self) -> bool:  # type: ignore[override]
-        # anchor_vs_rest (K > 2) can step where the anchor and one other objective cancel
+        # anchor_vs_rest (K > 2) can step where the anchor and one other objective cancel;
+        # conflict="project" / "drop" step along the anchor where the others cancel it
+        return self._pareto
+
+    @property
+    def _pareto(self) -> bool:
+        """Whether the step is a min-norm (Pareto) point of this step's gradients."""
         return (
-            self.simplex and self.regularization == 0 and self.smoothing == 0 and not self._grouped
+            self.simplex
+            and self.regularization == 0
+            and self.smoothing == 0
+            and not self._grouped
+            and self.conflict == "pareto"
         )
 
     @property
