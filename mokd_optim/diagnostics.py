@@ -512,13 +512,17 @@ def plot_log(
                 label=label,
             )
             if points:
+                # left of and above the last point (it sits at the right edge), inside the
+                # headroom the margin below leaves at the top
                 axis.annotate(
                     f"{points[-1][1]:.4g}",
                     points[-1],
                     textcoords="offset points",
-                    xytext=(4, 4),
+                    xytext=(-4, 5),
+                    ha="right",
                     fontsize="small",
                 )
+        axis.margins(y=0.15)
         finish(axis, len(evaluation))
         axis.set(ylabel="value", title="evaluation (last value written)")
     weight_keys = _panel_columns(columns, "weight/")
