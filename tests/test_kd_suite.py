@@ -151,3 +151,39 @@ def test_a_candidate_without_a_later_option_runs_at_its_neutral_value() -> None:
     assert kd_suite.method_options(config)["anchor_vs_rest"] is False  # ...the run does not
     default = kd_suite.CANDIDATES["default"]
     assert kd_suite.method_options(default)["anchor_vs_rest"] is True
+
+
+def test_seed_ranges_parse_and_bad_ones_are_refused() -> None:
+    assert kd_suite.parse_seeds("0-2,5,4-4") == (0, 1, 2, 4, 5)
+    assert kd_suite.parse_seeds("3") == (3,)
+    for bad in ("a", "1-b", "", "-3"):
+        with pytest.raises(ValueError, match="seeds"):
+            kd_suite.parse_seeds(bad)
+
+
+def test_seed_study_counts_collapses_and_pairs_by_seed(tmp_path) -> None:
+    # a stored learning-rate grid and four seeds of ce and one candidate, written by hand: the
+    # table's means, collapse counts and paired gaps come from exactly these runs
+    store = kd_suite.Store(tmp_path / "store.json")
+    condition = kd_suite.CONDITIONS[1]  # S2: lr x3
+    recipe_grid = kd_suite.Condition("lr grid", "lr", condition.recipe)
+    ce = kd_suite.Config("ce", "ce")
+    grid = kd_suite.LR_GRID[condition.recipe.optimizer]
+    for lr in grid:
+        for seed in kd_suite.LR_GRID_SEEDS:
+            key = kd_suite.run_key("lr", recipe_grid, ce, seed, lr, 1.0, False)
+            store.runs[key] = {"final": 0.9 if lr == grid[1] else 0.5}
+    lr = grid[1] * condition.lr_scale
+    candidate = kd_suite.CANDIDATES["project"]
+    finals = {"ce": [0.8, 0.1, 0.7, 0.6], candidate.label: [0.85, 0.75, 0.1, 0.7]}
+    for config in (ce, candidate):
+        for seed, final in enumerate(finals[config.label]):
+            key = kd_suite.run_key("main", condition, config, seed, lr, 1.0, False)
+            store.runs[key] = {"final": final, "collapsed": final < 0.2, "seconds": 1.0}
+    lines = kd_suite.seed_study(condition, [ce, candidate], store, (0, 1, 2, 3))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ")}
+    assert "| 55.00 | 1/4 |" in rows["ce"]
+    # paired gaps 5, 65, -60, 10 points: mean +5.00, standard error 25.58 (stdev 51.15 / 2)
+    assert "| 60.00 | 1/4 | +5.00 ± 25.58 (3/4) |" in rows[candidate.label]
+    # a seed missing for a configuration leaves it out
+    assert len(kd_suite.seed_study(condition, [ce, candidate], store, (0, 1, 2, 3, 4))) == 4
