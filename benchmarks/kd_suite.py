@@ -639,7 +639,7 @@ CANDIDATES: dict[str, Config] = {
     ),
     # round 5
     "project": _m(
-        "mokd conflict=project",
+        "mokd conflict=project (round 6's choice)",
         "mokd",
         step="capped-log-anchor",
         equalize=1.0,

@@ -118,7 +118,11 @@ def test_mokd_anchor_rule(case: str, jacobian: np.ndarray) -> None:
     k = jacobian.shape[0]
     losses = losses_for(k, np.random.default_rng(k + 17))
     d, _ = update_of(
-        make_method("mokd", k, step="anchor", equalize=0.0, anchor_vs_rest=False), jacobian, losses
+        make_method(
+            "mokd", k, step="anchor", equalize=0.0, anchor_vs_rest=False, conflict="pareto"
+        ),
+        jacobian,
+        losses,
     )
     h = jacobian / losses[:, None]
     pi = min_norm_reference(h)
@@ -140,7 +144,9 @@ def test_mokd_log_rule(case: str, jacobian: np.ndarray) -> None:
     fully invariant to the loss scales."""
     k = jacobian.shape[0]
     losses = losses_for(k, np.random.default_rng(k + 17))
-    method = make_method("mokd", k, step="log", equalize=0.0, anchor_vs_rest=False)
+    method = make_method(
+        "mokd", k, step="log", equalize=0.0, anchor_vs_rest=False, conflict="pareto"
+    )
     assert method.scale_invariance == "update"
     d, _ = update_of(method, jacobian, losses)
     h = jacobian / losses[:, None]

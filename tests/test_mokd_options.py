@@ -25,9 +25,9 @@ def _weights(method, jacobian: np.ndarray, losses: np.ndarray) -> np.ndarray:
 
 
 def _bound(names: int, **options):
-    """mokd bound to ``names`` objectives; ``anchor_vs_rest`` off unless asked for (most tests
-    here check the plain min-norm trade-off for K > 2)."""
-    method = methods.get("mokd", **{"anchor_vs_rest": False, **options})
+    """mokd bound to ``names`` objectives; ``anchor_vs_rest`` off and ``conflict="pareto"``
+    unless asked for (most tests here check the plain min-norm trade-off)."""
+    method = methods.get("mokd", **{"anchor_vs_rest": False, "conflict": "pareto", **options})
     method.bind([f"l{i}" for i in range(names)])
     return method
 
@@ -307,7 +307,12 @@ def test_anchor_vs_rest_matches_the_reference(k: int, anchor: int) -> None:
         jacobian = rng.standard_normal((k, 30)) * rng.uniform(0.01, 100, size=(k, 1))
         losses = rng.uniform(0.05, 5.0, size=k)
         method = methods.get(
-            "mokd", step="anchor", anchor_vs_rest=True, rest="min-norm", anchor=anchor
+            "mokd",
+            step="anchor",
+            anchor_vs_rest=True,
+            rest="min-norm",
+            anchor=anchor,
+            conflict="pareto",
         )
         method.bind([f"l{i}" for i in range(k)])
         update = _weights(method, jacobian, losses) @ jacobian
@@ -393,7 +398,13 @@ def test_rest_sum_matches_the_reference(k: int, anchor: int, equalize: float) ->
         jacobian = rng.standard_normal((k, 30)) * rng.uniform(0.01, 100, size=(k, 1))
         losses = rng.uniform(0.05, 5.0, size=k)
         method = methods.get(
-            "mokd", step="anchor", anchor_vs_rest=True, rest="sum", anchor=anchor, equalize=equalize
+            "mokd",
+            step="anchor",
+            anchor_vs_rest=True,
+            rest="sum",
+            anchor=anchor,
+            equalize=equalize,
+            conflict="pareto",
         )
         method.bind([f"l{i}" for i in range(k)])
         update = _weights(method, jacobian, losses) @ jacobian
@@ -473,7 +484,7 @@ def test_conflict_rules_match_the_reference(conflict: str, k: int) -> None:
         expected = _reference_conflict(jacobian, losses, 0, conflict)
         np.testing.assert_allclose(update / np.linalg.norm(update), expected, rtol=1e-6, atol=1e-9)
         assert np.linalg.norm(update) == pytest.approx(np.linalg.norm(jacobian[0]), rel=1e-9)
-        pareto = methods.get("mokd", step="anchor")
+        pareto = methods.get("mokd", step="anchor", conflict="pareto")
         pareto.bind([f"l{i}" for i in range(k)])
         plain = _weights(pareto, jacobian, losses) @ jacobian
         # the anchor never does worse than under the Pareto bisector, and the rule changes

@@ -366,6 +366,11 @@ class MoKD(Method):
             in proportion to its relative gradient; ``"min-norm"`` (round 3): the min-norm point
             of their unit gradients, which stretches a small feature-loss gradient to the size
             of the KD gradient. Nothing changes for two objectives.
+        conflict: what the step does where the others' part of the direction points against
+            the anchor: ``"project"`` (default, chosen in round 6) removes that component, so the
+            anchor never loses ground (see :func:`project_out_conflict`); ``"drop"`` steps along
+            the anchor alone; ``"pareto"`` (rounds 1-5) keeps the min-norm point, no objective
+            losing ground. Nothing changes where they agree.
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
@@ -396,7 +401,7 @@ class MoKD(Method):
         step_bound: Optional[float] = None,
         anchor_vs_rest: Optional[bool] = None,
         rest: str = "sum",
-        conflict: str = "pareto",
+        conflict: str = "project",
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
