@@ -273,7 +273,12 @@ def main(argv: list[str] | None = None) -> dict:
         "mokd_v01",
         dict(
             method="mokd",
-            method_options={"step": "anchor", "equalize": 0.0, "anchor_vs_rest": False},
+            method_options={
+                "step": "anchor",
+                "equalize": 0.0,
+                "anchor_vs_rest": False,
+                "conflict": "pareto",
+            },
         ),
     )
     args.out.mkdir(parents=True, exist_ok=True)

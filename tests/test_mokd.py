@@ -130,10 +130,17 @@ def test_three_objectives_general_path_matches_cvxpy() -> None:
     j = rng.standard_normal((3, 20)) * np.array([[1.0], [1e3], [1e-2]])
     losses = torch.tensor([0.5, 20.0, 0.01], dtype=torch.float64)
     gram = torch.tensor(j @ j.T)
-    method = methods.get("mokd", step="log", equalize=0.0, anchor_vs_rest=False)
+    method = methods.get("mokd", step="log", equalize=0.0, anchor_vs_rest=False, conflict="pareto")
     method.bind(["a", "b", "c"])
     w = method.weights(gram, losses)
-    reference = methods.get("mokd", step="log", equalize=0.0, anchor_vs_rest=False, backend="cvxpy")
+    reference = methods.get(
+        "mokd",
+        step="log",
+        equalize=0.0,
+        anchor_vs_rest=False,
+        conflict="pareto",
+        backend="cvxpy",
+    )
     reference.bind(["a", "b", "c"])
     np.testing.assert_allclose(w.numpy(), reference.weights(gram, losses).numpy(), rtol=1e-5)
     d = w.numpy() @ j

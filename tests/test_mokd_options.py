@@ -267,8 +267,12 @@ def test_promises_follow_the_options() -> None:
     assert methods.get("mokd", simplex=False).equalize == 0.0
     assert not methods.get("mokd", simplex=False).anchor_vs_rest
     assert methods.get("mokd").anchor_vs_rest  # the default
+    assert methods.get("mokd", simplex=False).conflict == "pareto"
+    assert methods.get("mokd").conflict == "project"  # the default
     with pytest.raises(ValueError, match="simplex=True"):
         methods.get("mokd", simplex=False, equalize=1.0)
+    with pytest.raises(ValueError, match="simplex=True"):
+        methods.get("mokd", simplex=False, conflict="project")
 
 
 @pytest.mark.parametrize("equalize", [0.0, 1.0])

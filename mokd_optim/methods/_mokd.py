@@ -401,13 +401,15 @@ class MoKD(Method):
         step_bound: Optional[float] = None,
         anchor_vs_rest: Optional[bool] = None,
         rest: str = "sum",
-        conflict: str = "project",
+        conflict: Optional[str] = None,
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
             equalize = 1.0 if simplex else 0.0
         if anchor_vs_rest is None:  # on (the default) with simplex weights, as equalize
             anchor_vs_rest = bool(simplex)
+        if conflict is None:  # task priority (the default) with simplex weights, as equalize
+            conflict = "project" if simplex else "pareto"
         if step not in STEP_RULES:
             raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
         if not isinstance(anchor, (int, str)) or isinstance(anchor, bool):
@@ -422,9 +424,16 @@ class MoKD(Method):
         check_choice("mokd", "conflict", conflict, CONFLICT_RULES)
         if step_bound is not None:
             check_number("mokd", "step_bound", step_bound, low=1.0)
-        if not simplex and (regularization > 0 or smoothing > 0 or equalize > 0 or anchor_vs_rest):
+        if not simplex and (
+            regularization > 0
+            or smoothing > 0
+            or equalize > 0
+            or anchor_vs_rest
+            or conflict != "pareto"
+        ):
             raise ValueError(
-                "mokd: regularization, smoothing, equalize and anchor_vs_rest need simplex=True"
+                "mokd: regularization, smoothing, equalize, anchor_vs_rest and conflict need "
+                "simplex=True"
             )
         self.step = step
         self.anchor = anchor
