@@ -33,6 +33,8 @@ each).
     python benchmarks/kd_suite.py --split confirmation --candidates default
     python benchmarks/kd_suite.py --report            # the latest round's page from the stored runs
     python benchmarks/kd_suite.py --round 2 --report --chosen eq1-capped-log-anchor
+    python benchmarks/kd_suite.py --conditions S2 --seeds 0-9 --candidates default,project
+                                                      # a seed study: more seeds, one table each
     python benchmarks/kd_suite.py --quick             # tiny sizes, every stage; CI checks the JSON
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torchvision.models import resnet18, resnet34
 
@@ -14,7 +15,23 @@ from tests._kd_support import fashion_mnist
 STEPS = 10
 
 
-def test_resnet34_to_resnet18_losses_decrease_with_mokd_balancing() -> None:
+# The teacher is randomly initialised: far weaker than what the student can learn from the
+# labels, so its KD gradient comes to point against the task's, and the feature log-gradient is
+# ~50x smaller than the others. Round 3's rule (the min-norm point of the distillation losses'
+# unit gradients, Pareto steps) lowers every loss. The default sums the distillation losses'
+# log-gradients (the feature loss keeps its small share: it must not rise) and gives the task
+# priority (the KD loss may rise rather than slow the task).
+@pytest.mark.parametrize(
+    ("options", "falling", "not_rising"),
+    [
+        ({"rest": "min-norm", "conflict": "pareto"}, ("task", "kd", "feat"), ()),
+        ({}, ("task",), ("feat",)),
+    ],
+    ids=["round-3-pareto", "default"],
+)
+def test_resnet34_to_resnet18_losses_decrease_with_mokd_balancing(
+    options: dict, falling: tuple[str, ...], not_rising: tuple[str, ...]
+) -> None:
     torch.manual_seed(0)
     images, labels = fashion_mnist(16, size=32)  # real images, grey replicated to 3 channels
     mean, std = (0.286,) * 3, (0.353,) * 3  # Fashion-MNIST pixel statistics
@@ -45,7 +62,7 @@ def test_resnet34_to_resnet18_losses_decrease_with_mokd_balancing() -> None:
     # step follows the feature gradient (the smallest log-gradient here, by ~50x, so the
     # min-norm weights sit on it) at the task gradient's norm, and the task loss only wanders.
     base = torch.optim.SGD(distiller.param_groups(weight_decay=0.0), lr=0.05, momentum=0.9)
-    opt = MultiObjectiveOptimizer(base, "mokd", max_norm=1.0)
+    opt = MultiObjectiveOptimizer(base, "mokd", max_norm=1.0, **options)
     distiller.train()
     history = []
     for _ in range(STEPS):
@@ -65,7 +82,10 @@ def test_resnet34_to_resnet18_losses_decrease_with_mokd_balancing() -> None:
     for name in ("task", "kd", "feat"):
         values = [step[name] for step in history] + [final[name].item()]
         assert all(torch.isfinite(torch.tensor(values))), name
-        assert values[-1] < 0.95 * values[0], (name, values)
+        if name in falling:
+            assert values[-1] < 0.95 * values[0], (name, values)
+        if name in not_rising:
+            assert values[-1] <= values[0], (name, values)
     # The teacher was never updated; the exported student is the trained one.
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, teacher_before[key]), key

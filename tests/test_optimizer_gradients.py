@@ -57,8 +57,14 @@ def test_mokd_grad_equals_hand_combination_mlp(digits, strategy: str, step: str)
     model = TwoHeadMLP()
     target = torch.randn(64, 48)
     params = list(model.parameters())
+    # the paper's min-norm combination (the hand reference): equalize=0, no task priority
     opt = MultiObjectiveOptimizer(
-        torch.optim.SGD(params, lr=0.1), "mokd", strategy=strategy, step=step, equalize=0.0
+        torch.optim.SGD(params, lr=0.1),
+        "mokd",
+        strategy=strategy,
+        step=step,
+        equalize=0.0,
+        conflict="pareto",
     )
 
     losses = _mlp_losses(model, x, y, target)
