@@ -153,16 +153,29 @@ def _anchor_against_the_rest(
     return torch.where(both, weights, fallback)
 
 
-def _bisector_weights(gram: PSDMatrix, losses: Tensor) -> Weights:
+def _bisector_weights(
+    gram: PSDMatrix, losses: Tensor, anchor: int = 0, project: bool = False
+) -> Weights:
     """:func:`trade_off` with ``equalize=1`` for two objectives, in a handful of ops (the
     default's per-step cost on small models): the min-norm point of two unit vectors is their
     midpoint, so ``pi_i ∝ 1 / ||h_i||``, i.e. ``pi = (n_2, n_1) / (n_1 + n_2)`` with
     ``n_i = ||g_i|| / L_i``. A zero log-gradient takes all the weight (``(1/2, 1/2)`` when both
-    are zero), as in the general path. ``(2, 2)``, ``(2,)`` -> ``(2,)``."""
-    norms = torch.diagonal(gram).clamp_min(0.0).sqrt() / losses
-    total = norms.sum()
-    half = torch.full_like(norms, 0.5)
-    return torch.where(total > 0, norms.flip(0) / torch.where(total > 0, total, 1.0), half)
+    are zero), as in the general path.
+
+    ``project=True`` folds in :func:`project_out_conflict` with ``anchor``: at cosine ``c < 0``
+    the anchor's entry is multiplied by ``1 - c`` before normalising (the direction becomes
+    ``(1 - c) u_anchor + u_other``). ``(2, 2)``, ``(2,)`` -> ``(2,)``."""
+    raw = torch.diagonal(gram).clamp_min(0.0).sqrt()
+    swapped = (raw / losses).flip(0)  # pi_i ∝ n_other
+    if project:
+        product = raw[0] * raw[1]
+        cosine = gram[0, 1] / torch.where(product > 0, product, 1.0)
+        boost = torch.zeros_like(swapped)
+        boost[anchor] = (-cosine).clamp_min(0.0)
+        swapped = swapped + swapped * boost
+    total = swapped.sum()
+    half = torch.full_like(swapped, 0.5)
+    return torch.where(total > 0, swapped / torch.where(total > 0, total, 1.0), half)
 
 
 def drop_on_conflict(pi: Weights, log_gram: PSDMatrix, anchor: int) -> Weights:
@@ -293,21 +306,32 @@ def mokd_weights(
     """
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
-    if pi is None:
-        pi = mokd_simplex_weights(
-            gram,
-            losses,
-            simplex=simplex,
-            backend=backend,
-            regularization=regularization,
-            equalize=equalize,
-            anchor_vs_rest=anchor_vs_rest,
-            anchor=anchor,
-            rest=rest,
-        )
-    if conflict != "pareto":
-        resolve = project_out_conflict if conflict == "project" else drop_on_conflict
-        pi = resolve(pi, gram / (losses[:, None] * losses[None, :]), anchor)
+    if (
+        pi is None
+        and conflict == "project"
+        and simplex
+        and equalize == 1
+        and regularization == 0
+        and gram.shape[-1] == 2
+    ):
+        # the default for two objectives: the bisector and the projection in one closed form
+        pi = _bisector_weights(gram, losses, anchor, project=True)
+    else:
+        if pi is None:
+            pi = mokd_simplex_weights(
+                gram,
+                losses,
+                simplex=simplex,
+                backend=backend,
+                regularization=regularization,
+                equalize=equalize,
+                anchor_vs_rest=anchor_vs_rest,
+                anchor=anchor,
+                rest=rest,
+            )
+        if conflict != "pareto":
+            resolve = project_out_conflict if conflict == "project" else drop_on_conflict
+            pi = resolve(pi, gram / (losses[:, None] * losses[None, :]), anchor)
     q = pi / losses
     if step == "log":
         return q, pi
