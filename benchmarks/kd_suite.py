@@ -573,6 +573,9 @@ def _library_default() -> Config:
     return _m("mokd (library default)", "mokd", **options)
 
 
+#: Round 3's choice, which rounds 4-6 build on.
+ROUND_3: dict[str, Any] = {"step": "capped-log-anchor", "equalize": 1.0, "anchor_vs_rest": True}
+
 CANDIDATES: dict[str, Config] = {
     # today's options
     "default": _library_default(),
@@ -623,41 +626,20 @@ CANDIDATES: dict[str, Config] = {
         equalize=1.0,
     ),
     # round 3
-    "anchor-vs-rest": _m(
-        "mokd anchor_vs_rest=True",
-        "mokd",
-        step="capped-log-anchor",
-        equalize=1.0,
-        anchor_vs_rest=True,
-    ),
+    "anchor-vs-rest": _m("mokd anchor_vs_rest=True", "mokd", **ROUND_3),
     # round 4
     "rest-sum": _m(
-        "mokd anchor_vs_rest=True, rest=sum (round 4's choice)",
-        "mokd",
-        step="capped-log-anchor",
-        equalize=1.0,
-        anchor_vs_rest=True,
-        rest="sum",
+        "mokd anchor_vs_rest=True, rest=sum (round 4's choice)", "mokd", **ROUND_3, rest="sum"
     ),
-    # round 5
+    # rounds 5 and 6
     "project": _m(
         "mokd conflict=project (round 6's choice)",
         "mokd",
-        step="capped-log-anchor",
-        equalize=1.0,
-        anchor_vs_rest=True,
+        **ROUND_3,
         rest="sum",
         conflict="project",
     ),
-    "drop": _m(
-        "mokd conflict=drop",
-        "mokd",
-        step="capped-log-anchor",
-        equalize=1.0,
-        anchor_vs_rest=True,
-        rest="sum",
-        conflict="drop",
-    ),
+    "drop": _m("mokd conflict=drop", "mokd", **ROUND_3, rest="sum", conflict="drop"),
     # the zoo at defaults
     "mgda": _m("mgda", "mgda"),
     "nash-mtl": _m("nash-mtl", "nash-mtl"),

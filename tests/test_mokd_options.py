@@ -303,27 +303,35 @@ def _reference_anchor_vs_rest(jacobian: np.ndarray, losses: np.ndarray, anchor: 
     return direction / np.linalg.norm(direction)
 
 
-@pytest.mark.parametrize("k", [3, 4, 5])
-@pytest.mark.parametrize("anchor", [0, 2])
-def test_anchor_vs_rest_matches_the_reference(k: int, anchor: int) -> None:
-    rng = np.random.default_rng(100 + k + anchor)
+def _anchored_updates(k: int, anchor: int, seed: int, **options):
+    """Five random problems (gradient norms 0.01-100, losses 0.05-5) with the update of mokd
+    under ``step="anchor"``, ``anchor_vs_rest=True``, ``conflict="pareto"`` and ``options``;
+    yields ``(jacobian, losses, method, update)``."""
+    rng = np.random.default_rng(seed)
+    method = methods.get(
+        "mokd", step="anchor", anchor_vs_rest=True, anchor=anchor, conflict="pareto", **options
+    )
+    method.bind([f"l{i}" for i in range(k)])
     for _ in range(5):
         jacobian = rng.standard_normal((k, 30)) * rng.uniform(0.01, 100, size=(k, 1))
         losses = rng.uniform(0.05, 5.0, size=k)
-        method = methods.get(
-            "mokd",
-            step="anchor",
-            anchor_vs_rest=True,
-            rest="min-norm",
-            anchor=anchor,
-            conflict="pareto",
-        )
-        method.bind([f"l{i}" for i in range(k)])
-        update = _weights(method, jacobian, losses) @ jacobian
+        yield jacobian, losses, method, _weights(method, jacobian, losses) @ jacobian
+
+
+def _assert_direction_and_anchor_length(update, expected, jacobian, anchor) -> None:
+    np.testing.assert_allclose(update / np.linalg.norm(update), expected, rtol=1e-6, atol=1e-9)
+    # "anchor" length: the anchor's raw gradient norm
+    assert np.linalg.norm(update) == pytest.approx(np.linalg.norm(jacobian[anchor]), rel=1e-9)
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+@pytest.mark.parametrize("anchor", [0, 2])
+def test_anchor_vs_rest_matches_the_reference(k: int, anchor: int) -> None:
+    for jacobian, losses, _, update in _anchored_updates(
+        k, anchor, 100 + k + anchor, rest="min-norm"
+    ):
         expected = _reference_anchor_vs_rest(jacobian, losses, anchor)
-        np.testing.assert_allclose(update / np.linalg.norm(update), expected, rtol=1e-6, atol=1e-9)
-        # "anchor" length: the anchor's raw gradient norm
-        assert np.linalg.norm(update) == pytest.approx(np.linalg.norm(jacobian[anchor]), rel=1e-9)
+        _assert_direction_and_anchor_length(update, expected, jacobian, anchor)
 
 
 def test_anchor_vs_rest_gives_the_anchor_half_of_the_say_and_nothing_for_two() -> None:
@@ -397,24 +405,10 @@ def _reference_rest_sum(jacobian: np.ndarray, losses: np.ndarray, anchor: int) -
 @pytest.mark.parametrize("equalize", [0.0, 0.5, 1.0])
 def test_rest_sum_matches_the_reference(k: int, anchor: int, equalize: float) -> None:
     # the sum of the others' log-gradients does not depend on equalize (each h_j counts once)
-    rng = np.random.default_rng(200 + k + anchor)
-    for _ in range(5):
-        jacobian = rng.standard_normal((k, 30)) * rng.uniform(0.01, 100, size=(k, 1))
-        losses = rng.uniform(0.05, 5.0, size=k)
-        method = methods.get(
-            "mokd",
-            step="anchor",
-            anchor_vs_rest=True,
-            rest="sum",
-            anchor=anchor,
-            equalize=equalize,
-            conflict="pareto",
-        )
-        method.bind([f"l{i}" for i in range(k)])
-        update = _weights(method, jacobian, losses) @ jacobian
+    cases = _anchored_updates(k, anchor, 200 + k + anchor, rest="sum", equalize=equalize)
+    for jacobian, losses, method, update in cases:
         expected = _reference_rest_sum(jacobian, losses, anchor)
-        np.testing.assert_allclose(update / np.linalg.norm(update), expected, rtol=1e-6, atol=1e-9)
-        assert np.linalg.norm(update) == pytest.approx(np.linalg.norm(jacobian[anchor]), rel=1e-9)
+        _assert_direction_and_anchor_length(update, expected, jacobian, anchor)
         # scale-free: any loss times c (its gradient too) leaves the update unchanged
         c = np.ones(k)
         c[(anchor + 1) % k] = 1e3
