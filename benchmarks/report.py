@@ -679,9 +679,13 @@ def small_model_lines(report: dict[str, Any]) -> list[str]:
         " than 4,096 elements (`gradients.PACK_MAX_NUMEL`), each with its `K (K + 1) / 2 = 3` dot products;"
         " smaller tensors (biases, normalisation layers, small layers) are packed into one float64 buffer per"
         " objective and add no op of their own (when there are at least 4 of them; fewer are cheaper as"
-        " large ones). The constant c is about 115 (120 once there is a large tensor): the Gram matrix's packing, sums and placement (about 15 ops), the combination (one"
-        " `_foreach_mul_` and one `_foreach_addcmul_` over all tensors), the K x K weighting (about 97 ops for"
-        " the default MoKD weighting, 37 of them the closed-form min-norm) and the step statistics."
+        " large ones). The constant c is about 75 (80 once there is a large tensor): the Gram matrix's"
+        " packing, sums and placement (about 15 ops), the combination (one `_foreach_mul_` and one"
+        " `_foreach_addcmul_` over all tensors), the K x K weighting (about 57 ops for the default MoKD"
+        " weighting with two objectives -- the min-norm point of two unit vectors is their midpoint, so the"
+        " trade-off is a closed form, `mokd_optim.methods._mokd._bisector_weights`, with the default's"
+        ' task-priority projection folded in (15 of the 57; `conflict="pareto"` saves them); 98 ops'
+        " through the general min-norm path) and the step statistics."
         " `validate=True` adds 9 ops and 2 host synchronisations (the losses; the gradients, read off the"
         " Gram diagonal), whatever the model. Before issue 17 the same step added 156 + 11 T ops for T"
         " balanced tensors (3 dots and an 8-op float64 sum per Gram entry and tensor, 2 combination ops per"
@@ -714,12 +718,14 @@ def small_model_lines(report: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "Where the misses come from: on the MLP a whole fixed-weight step is a couple of milliseconds and"
-        " every op costs a few microseconds here, so the K x K weighting alone (about 97 ops of the default"
-        " MoKD weighting, about 0.4 ms per step on this CPU, in `methods/_mokd.py` and the min-norm solver)"
-        " is a fifth of the step; the `representation` strategy also runs K small backward passes from the"
-        " losses to the features. On ResNet8x4 at batch 64 the step takes over a second on one CPU thread"
-        " and the fixed cost is lost in it. Timings on this shared 2-core machine are noisy (the other core"
-        " ran a long experiment): read the quartiles.",
+        " every op costs a few microseconds here, so the K x K weighting alone was a fifth of the step (98"
+        " ops through the general min-norm path, about 0.5 ms on this CPU; about 57 ops with the"
+        " two-objective closed form, which took `loop` from 1.56x to 1.36x the floor before the default"
+        " gained its task-priority projection) and the wrapper around it still costs ops a plain step does"
+        " not (the `weighted` method through the wrapper, in the tables below); the `representation`"
+        " strategy also runs K small backward passes from the losses to the features. On ResNet8x4 at"
+        " batch 64 the step takes over a second on one CPU thread and the fixed cost is lost in it. Timings"
+        " on this 2-core machine are noisy: read the quartiles.",
         "",
     ]
     for row in report["models"]:
