@@ -40,7 +40,6 @@ Examples (docs/examples.md has the full commands and the papers' numbers)::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import pickle
@@ -70,7 +69,7 @@ from examples.imagenet_kd import (  # noqa: E402
     count_parameters,
     evaluate,
     objective_means,
-    probe_gram,
+    versions,
 )
 from examples.trainer_utils import (  # noqa: E402
     AMP_DTYPES,
@@ -79,13 +78,19 @@ from examples.trainer_utils import (  # noqa: E402
     add_run_control_arguments,
     autocast,
     count_steps_per_epoch,
+    finish_run,
+    log_train_step,
+    make_multi_optimizer,
+    make_train_loader,
+    multi_backward,
+    observe_after_step,
     optimizer_step,
+    parameter_counts,
     parse_pairs,
-    print_outputs,
-    run_statistics,
+    run_main,
     setup_distributed,
     state_dict_from_file,
-    write_json,
+    summary_closing,
 )
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
 from mokd_optim.kd import Distiller, FeatureRecorder, build_heads  # noqa: E402
@@ -333,16 +338,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def versions() -> dict[str, str]:
-    import torchvision
-
-    return {
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "python": sys.version.split()[0],
-    }
-
-
 def lr_factor(epoch: int, args: argparse.Namespace) -> float:
     """Multiplier of ``--lr`` in ``epoch`` (0-based): x ``--lr-gamma`` at each of
     ``--lr-steps``, or cosine over ``--epochs``."""
@@ -479,25 +474,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.method == "kd":
         fixed = {"task": args.ce_weight, "kd": args.kd_weight}
         fixed.update({name: args.feat_weight for name in objectives if name.startswith("feat")})
-        multi = MultiObjectiveOptimizer(
+        multi = make_multi_optimizer(
             base,
-            "weighted",
-            weights={name: fixed[name] for name in objectives},
-            strategy=args.strategy,
+            args,
             max_norm=args.clip_grad_norm,
-            sync=args.sync,
             scaler=scaler,
+            weights={name: fixed[name] for name in objectives},
         )
     elif args.method != "ce":
-        multi = MultiObjectiveOptimizer(
-            base,
-            args.method,
-            strategy=args.strategy,
-            max_norm=args.clip_grad_norm,
-            sync=args.sync,
-            scaler=scaler,
-            **args.method_options,
-        )
+        multi = make_multi_optimizer(base, args, max_norm=args.clip_grad_norm, scaler=scaler)
     if multi is not None:
         optimizer = multi
 
@@ -507,15 +492,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         shared = FeatureRecorder(student, args.representation)
 
     sampler = EpochSampler(len(train_base), seed=args.seed, rank=rank, world_size=world_size)
-    train_loader = DataLoader(
-        SeededDataset(train_base, train_transform),
-        batch_size=args.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=args.workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=args.workers > 0,
-        generator=torch.Generator().manual_seed(args.seed),
+    train_loader = make_train_loader(
+        SeededDataset(train_base, train_transform), sampler, args, device
     )
     steps_per_epoch = count_steps_per_epoch(train_loader, args)
     # The benchmark decays per epoch; one scheduler step per optimizer step (TrainingRun's
@@ -576,33 +554,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             log_now = logger.should_log(run.step)
             stats = None
             if multi is not None:
-                needs_probe = log_now and not multi.method.needs_gradients
-                gram = probe_gram(losses, student_params) if needs_probe else None
+                features = None
                 if args.strategy == "representation":
-                    shared_tensor = next(iter(shared.pop().values())) if shared else output
-                    stats = multi.backward(losses, features=shared_tensor)
-                else:
-                    stats = multi.backward(losses)
-                if gram is not None:
-                    stats = dataclasses.replace(stats, gram=gram.to(stats.losses))
+                    features = next(iter(shared.pop().values())) if shared else output
+                stats = multi_backward(
+                    multi, losses, student_params, log_now=log_now, features=features
+                )
             else:
                 loss = losses["task"]
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             optimizer_step(optimizer, scaler)
-            if multi is not None and multi.method.needs_losses_after:
-                with torch.no_grad(), autocast(device, amp_dtype):
-                    _, after = model(images, targets)
-                multi.observe({name: value.float() for name, value in after.items()})
+            observe_after_step(multi, model, images, targets, device, amp_dtype)
             if log_now:
-                extra = {
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "epoch": run.epoch_fraction,
-                    "train/top1": 100.0 * (output.argmax(1) == targets).float().mean(),
-                }
-                if stats is None:
-                    extra.update({f"loss/{name}": value for name, value in losses.items()})
-                logger.log(run.step, stats, **extra)
-                run.show_losses(losses)
+                top1 = 100.0 * (output.argmax(1) == targets).float().mean()
+                log_train_step(run, logger, optimizer, stats, losses, top1)
         if run.interrupted:
             break
         result = validate(student, "test")
@@ -617,7 +582,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     run.close(curves=True)
     history = run.history
     top1 = [row["val/top1"] for row in history]
-    train_log = args.output_dir / "train_log.csv"
+    means = partial(objective_means, names=objectives)
+    global_batch = args.batch_size * world_size
     summary = {
         "mode": "train-teacher" if args.train_teacher else "train",
         "completed": run.epoch >= args.epochs,
@@ -630,11 +596,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "fixed_weights": {"task": args.ce_weight, "kd": args.kd_weight, "feat": args.feat_weight}
         if args.method == "kd"
         else None,
-        "student_params": count_parameters(student),
-        "teacher_params": count_parameters(teacher) if teacher is not None else 0,
-        "head_params": sum(p.numel() for p in distiller.head_parameters())
-        if distiller is not None
-        else 0,
+        **parameter_counts(student, teacher, distiller),
         "teacher_val": teacher_eval,
         "history": history,
         "final_top1": top1[-1] if top1 else None,
@@ -642,34 +604,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "epochs": run.epoch,
         "steps": run.step,
         "steps_per_epoch": steps_per_epoch,
-        "global_batch": args.batch_size * world_size,
+        "global_batch": global_batch,
         "lr": args.lr,
         "world_size": world_size,
         "device": str(device),
         "resumed_from": run.resumed_from,
-        "images_per_second": run.steps_run * args.batch_size * world_size / run.train_seconds
-        if run.train_seconds > 0
-        else None,
-        "statistics": run_statistics(train_log, partial(objective_means, names=objectives))
-        if main_process
-        else {},
-        "outputs": {
-            name: str(args.output_dir / name)
-            for name in ("train_log.csv", "eval_log.csv", "checkpoint.pt", "student.pt")
-        },
-        "seconds": time.perf_counter() - started,
-        "versions": versions(),
+        **summary_closing(run, args, global_batch, means, main_process, started, versions()),
     }
-    write_json(args.output_dir / "summary.json", summary)
-    print_outputs(args.output_dir)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    return summary
+    return finish_run(args.output_dir, summary)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    run_main(main)

@@ -86,11 +86,13 @@ try:
         autocast,
         check_arguments,
         count_steps_per_epoch,
+        finish_run,
         finite_mean,
         make_parser,
         optimizer_step,
         parse_pairs,
         print_outputs,
+        run_main,
         run_statistics,
         setup_distributed,
         state_dict_from_file,
@@ -908,16 +910,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
         "versions": {"torch": torch.__version__},
     }
-    write_json(args.output_dir / "summary.json", summary)
-    print_outputs(args.output_dir)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    return summary
+    return finish_run(args.output_dir, summary)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    run_main(main)

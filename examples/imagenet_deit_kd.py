@@ -60,7 +60,6 @@ Example (one node of 8 GPUs, 128 images each = DeiT's 1024)::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import math
@@ -78,12 +77,11 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, Sampler  # noqa: E402
 
-from examples import imagenet_kd  # noqa: E402
+from examples import imagenet_kd, trainer_utils  # noqa: E402
 from examples.imagenet_kd import (  # noqa: E402
     SeededDataset,
     ShardSampler,
@@ -91,7 +89,6 @@ from examples.imagenet_kd import (  # noqa: E402
     evaluate,
     image_folder,
     objective_means,
-    probe_gram,
 )
 from examples.trainer_utils import (  # noqa: E402
     AMP_DTYPES,
@@ -99,11 +96,15 @@ from examples.trainer_utils import (  # noqa: E402
     add_run_control_arguments,
     autocast,
     count_steps_per_epoch,
+    finish_run,
+    make_multi_optimizer,
+    make_train_loader,
     optimizer_step,
+    parameter_counts,
     parse_pairs,
-    print_outputs,
-    run_statistics,
+    run_main,
     setup_distributed,
+    summary_closing,
     write_json,
 )
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
@@ -834,24 +835,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.method == "kd":
         fixed = {"task": 1.0 - args.kd_weight, "kd": args.kd_weight}
         fixed.update({n: args.feat_weight for n in objectives if n.startswith("feat")})
-        multi = MultiObjectiveOptimizer(
+        multi = make_multi_optimizer(
             base_optimizer,
-            "weighted",
-            weights={n: fixed[n] for n in objectives},
-            strategy=args.strategy,
+            args,
             max_norm=args.clip_grad_norm,
-            sync=args.sync,
             scaler=scaler,
+            weights={n: fixed[n] for n in objectives},
         )
     elif args.method != "ce":
-        multi = MultiObjectiveOptimizer(
-            base_optimizer,
-            args.method,
-            strategy=args.strategy,
-            max_norm=args.clip_grad_norm,
-            sync=args.sync,
-            scaler=scaler,
-            **args.method_options,
+        multi = make_multi_optimizer(
+            base_optimizer, args, max_norm=args.clip_grad_norm, scaler=scaler
         )
     if multi is not None:
         optimizer = multi
@@ -865,15 +858,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         from examples.trainer_utils import EpochSampler
 
         sampler = EpochSampler(len(train_base), seed=args.seed, rank=rank, world_size=world_size)
-    train_loader = DataLoader(
-        SeededAugmentation(train_base, train_transform),
-        batch_size=args.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=args.workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=args.workers > 0,
-        generator=torch.Generator().manual_seed(args.seed),
+    train_loader = make_train_loader(
+        SeededAugmentation(train_base, train_transform), sampler, args, device
     )
     steps_per_epoch = count_steps_per_epoch(train_loader, args)
     timm_scheduler, _ = create_scheduler_v2(
@@ -958,36 +944,22 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             log_now = logger.should_log(run.step)
             stats = None
             if multi is not None:
-                needs_probe = log_now and not multi.method.needs_gradients
-                gram = probe_gram(losses, student_params) if needs_probe else None
+                features = None
                 if args.strategy == "representation":
-                    shared_tensor = next(iter(shared.pop().values())) if shared else output
-                    stats = multi.backward(losses, features=shared_tensor)
-                else:
-                    stats = multi.backward(losses)
-                if gram is not None:
-                    stats = dataclasses.replace(stats, gram=gram.to(stats.losses))
+                    features = next(iter(shared.pop().values())) if shared else output
+                stats = trainer_utils.multi_backward(
+                    multi, losses, student_params, log_now=log_now, features=features
+                )
             else:
                 loss = losses["task"]
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             optimizer_step(optimizer, scaler)
             if ema is not None:
                 ema.update(student, step=run.step)
-            if multi is not None and multi.method.needs_losses_after:
-                with torch.no_grad(), autocast(device, amp_dtype):
-                    _, after = model(images, soft)
-                multi.observe({name: value.float() for name, value in after.items()})
+            trainer_utils.observe_after_step(multi, model, images, soft, device, amp_dtype)
             if log_now:
-                extra = {
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "epoch": run.epoch_fraction,
-                    "train/top1": 100.0
-                    * (class_logits(output).argmax(1) == targets).float().mean(),
-                }
-                if stats is None:
-                    extra.update({f"loss/{name}": value for name, value in losses.items()})
-                logger.log(run.step, stats, **extra)
-                run.show_losses(losses)
+                top1 = 100.0 * (class_logits(output).argmax(1) == targets).float().mean()
+                trainer_utils.log_train_step(run, logger, optimizer, stats, losses, top1)
         if run.interrupted:
             break
         result = validate(student, "val")
@@ -1010,7 +982,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     run.close(curves=multi is not None)
     history = run.history
     top1 = [row["val/top1"] for row in history]
-    train_log = args.output_dir / "train_log.csv"
+    means = partial(objective_means, names=objectives)
     summary = {
         "mode": "train",
         "recipe": "deit",
@@ -1024,11 +996,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "teacher_mean_std": [list(t_mean), list(t_std)] if teacher is not None else None,
         "logit_loss": args.logit_loss if teacher is not None else None,
         "heads": [list(pair) for pair in parse_pairs(args.heads)] if teacher is not None else [],
-        "student_params": count_parameters(student),
-        "teacher_params": count_parameters(teacher) if teacher is not None else 0,
-        "head_params": sum(p.numel() for p in distiller.head_parameters())
-        if distiller is not None
-        else 0,
+        **parameter_counts(student, teacher, distiller),
         "teacher_val": teacher_eval,
         "history": history,
         "final_top1": top1[-1] if top1 else None,
@@ -1043,29 +1011,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "device": str(device),
         "amp": args.amp,
         "resumed_from": run.resumed_from,
-        "images_per_second": run.steps_run * global_batch / run.train_seconds
-        if run.train_seconds > 0
-        else None,
-        "statistics": run_statistics(train_log, partial(objective_means, names=objectives))
-        if main_process
-        else {},
-        "outputs": {
-            name: str(args.output_dir / name)
-            for name in ("train_log.csv", "eval_log.csv", "checkpoint.pt", "student.pt")
-        },
-        "seconds": time.perf_counter() - started,
-        "versions": versions(),
+        **summary_closing(run, args, global_batch, means, main_process, started, versions()),
     }
-    write_json(args.output_dir / "summary.json", summary)
-    print_outputs(args.output_dir)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    return summary
+    return finish_run(args.output_dir, summary)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    run_main(main)

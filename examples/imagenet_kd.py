@@ -54,7 +54,6 @@ unless a torchvision weights name is given.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import math
 import sys
@@ -92,15 +91,24 @@ try:
         add_workers_argument,
         autocast,
         check_arguments,
+        count_parameters,
         count_steps_per_epoch,
+        finish_run,
         finite_mean,
+        log_train_step,
+        make_multi_optimizer,
         make_parser,
+        make_train_loader,
+        multi_backward,
+        observe_after_step,
         optimizer_step,
+        parameter_counts,
         parse_pairs,
         print_outputs,
-        run_statistics,
+        run_main,
         setup_distributed,
         state_dict_from_file,
+        summary_closing,
         write_json,
     )
 except ModuleNotFoundError as error:  # the script was copied without its neighbour
@@ -301,10 +309,6 @@ def build_model(
     return model, tuple(mean), tuple(std)
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 # Evaluation --------------------------------------------------------------------------------
 
 
@@ -369,24 +373,6 @@ def evaluate(
 
 
 # Training helpers --------------------------------------------------------------------------
-
-
-def probe_gram(losses: dict[str, torch.Tensor], params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``(K, K)`` Gram matrix of the objectives' gradients over ``params`` (a diagnostic for
-    methods that compute no per-objective gradients, e.g. fixed weights; local to this rank)."""
-    flat = []
-    for loss in losses.values():
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        flat.append(
-            torch.cat(
-                [
-                    (g if g is not None else torch.zeros_like(p)).reshape(-1).double()
-                    for g, p in zip(grads, params)
-                ]
-            )
-        )
-    matrix = torch.stack(flat)
-    return matrix @ matrix.T
 
 
 def lr_factor(step: int, *, steps_per_epoch: int, args: argparse.Namespace) -> float:
@@ -788,25 +774,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                     if name != "task"
                 }
             )
-            multi = MultiObjectiveOptimizer(
-                base,
-                "weighted",
-                weights=fixed,
-                strategy=args.strategy,
-                max_norm=args.max_norm,
-                sync=args.sync,
-                scaler=scaler,
+            multi = make_multi_optimizer(
+                base, args, max_norm=args.max_norm, scaler=scaler, weights=fixed
             )
         else:
-            multi = MultiObjectiveOptimizer(
-                base,
-                args.method,
-                strategy=args.strategy,
-                max_norm=args.max_norm,
-                sync=args.sync,
-                scaler=scaler,
-                **args.method_options,
-            )
+            multi = make_multi_optimizer(base, args, max_norm=args.max_norm, scaler=scaler)
         optimizer = multi
 
     train_base = image_folder(args.data_path / args.train_dir, args.allow_empty_classes)
@@ -816,17 +788,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         )
     train_transform, _ = build_transforms(args, mean, std)
     sampler = EpochSampler(len(train_base), seed=args.seed, rank=rank, world_size=world_size)
-    train_loader = DataLoader(
-        SeededDataset(train_base, train_transform),
-        batch_size=args.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=args.workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=args.workers > 0,
-        generator=torch.Generator().manual_seed(
-            args.seed
-        ),  # worker seeds never touch the global RNG
+    train_loader = make_train_loader(
+        SeededDataset(train_base, train_transform), sampler, args, device
     )
     steps_per_epoch = count_steps_per_epoch(train_loader, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -870,7 +833,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     run.extra["teacher_eval"] = teacher_eval or {}
 
     # Logs --------------------------------------------------------------------------------
-    train_log = args.output_dir / "train_log.csv"
     logger = run.open_logs()
     if main_process:
         print(
@@ -901,14 +863,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             log_now = logger.should_log(run.step)
             stats: Optional[StepStats] = None
             if multi is not None:
-                gram = (
-                    probe_gram(losses, student_params)
-                    if log_now and not multi.method.needs_gradients
-                    else None
-                )
-                stats = multi.backward(losses)
-                if gram is not None:
-                    stats = dataclasses.replace(stats, gram=gram.to(stats.losses))
+                stats = multi_backward(multi, losses, student_params, log_now=log_now)
             else:
                 loss = losses["task"]
                 (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -917,20 +872,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                         scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(student_params, args.max_norm)
             optimizer_step(optimizer, scaler)
-            if multi is not None and multi.method.needs_losses_after:
-                with torch.no_grad(), autocast(device, amp_dtype):
-                    _, after = model(images, targets)
-                multi.observe({name: value.float() for name, value in after.items()})
+            observe_after_step(multi, model, images, targets, device, amp_dtype)
             if log_now:
-                extra = {
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "epoch": run.epoch_fraction,
-                    "train/top1": 100.0 * (output.argmax(1) == targets).float().mean(),
-                }
-                if stats is None:
-                    extra.update({f"loss/{name}": value for name, value in losses.items()})
-                logger.log(run.step, stats, **extra)
-                run.show_losses(losses)
+                top1 = 100.0 * (output.argmax(1) == targets).float().mean()
+                log_train_step(run, logger, optimizer, stats, losses, top1)
         if run.interrupted:
             break
         result = validate(student, mean, std, "val")
@@ -946,6 +891,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     epoch, step, history = run.epoch, run.step, run.history
     completed = epoch >= args.epochs
     top1 = [row["val/top1"] for row in history]
+    means = partial(objective_means, names=objectives)
     summary = {
         "mode": "train",
         "completed": completed,
@@ -955,11 +901,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "teacher": args.teacher if teacher is not None else None,
         "teacher_weights": args.teacher_weights if teacher is not None else None,
         "heads": [list(pair) for pair in parse_pairs(args.heads)] if teacher is not None else [],
-        "student_params": count_parameters(student),
-        "teacher_params": count_parameters(teacher) if teacher is not None else 0,
-        "head_params": sum(p.numel() for p in distiller.head_parameters())
-        if distiller is not None
-        else 0,
+        **parameter_counts(student, teacher, distiller),
         "teacher_val": teacher_eval,
         "history": history,
         "final_top1": top1[-1] if top1 else None,
@@ -977,29 +919,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "compile": args.compile,
         "resumed_from": run.resumed_from,
         "train_seconds_this_process": run.train_seconds,
-        "images_per_second": run.steps_run * global_batch / run.train_seconds
-        if run.train_seconds > 0
-        else None,
-        "statistics": run_statistics(train_log, partial(objective_means, names=objectives))
-        if main_process
-        else {},
-        "outputs": {
-            name: str(args.output_dir / name)
-            for name in ("train_log.csv", "eval_log.csv", "checkpoint.pt", "student.pt")
-        },
-        "seconds": time.perf_counter() - started,
-        "versions": versions(),
+        **summary_closing(run, args, global_batch, means, main_process, started, versions()),
     }
-    write_json(args.output_dir / "summary.json", summary)
-    print_outputs(args.output_dir)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    return summary
+    return finish_run(args.output_dir, summary)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    run_main(main)

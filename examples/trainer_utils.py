@@ -1,17 +1,21 @@
 """Pieces shared by the example trainers (``imagenet_kd.py``, ``coco_kd.py``), in the manner of
 torchvision's ``references/*/utils.py``: process and AMP setup, the run-control options, a
 resumable sharded sampler, the bookkeeping of a resumable run (:class:`TrainingRun`: checkpoint,
-resume, epochs, logs), loading a model state dict from any of the files the trainers write, and
-the statistics the summaries report.
+resume, epochs, logs), loading a model state dict from any of the files the trainers write, the
+statistics the summaries report, the parts of a training step the classification trainers share
+(the multi-objective optimizer, the training loader, the backward with its Gram probe, the
+observed losses after a step, the step's log line), the summary fields they share, and the end of
+a run (summary.json, the list of outputs, the final barrier, the process group's teardown).
 
-Each trainer keeps what is its own: data, models, objectives, the forward and backward of a step,
-evaluation and the summary's fields."""
+Each trainer keeps what is its own: data, models, objectives, the forward of a step, evaluation
+and the rest of the summary's fields."""
 
 from __future__ import annotations
 
 import argparse
 import copy
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -24,10 +28,11 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
+from mokd_optim import MultiObjectiveOptimizer
 from mokd_optim.checkpoint import Progress, load_checkpoint, save_checkpoint
-from mokd_optim.diagnostics import StatsLogger, plot_log, read_log
+from mokd_optim.diagnostics import StatsLogger, StepStats, plot_log, read_log
 from mokd_optim.distributed import is_main_process, unwrap_model
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -448,6 +453,136 @@ def optimizer_step(
         optimizer.step()
 
 
+def make_multi_optimizer(
+    base: torch.optim.Optimizer,
+    args: argparse.Namespace,
+    *,
+    max_norm: Optional[float],
+    scaler: Optional[torch.amp.GradScaler],
+    weights: Optional[dict[str, float]] = None,
+) -> MultiObjectiveOptimizer:
+    """The trainers' :class:`~mokd_optim.MultiObjectiveOptimizer` over ``base``: method
+    ``"weighted"`` with the fixed ``weights`` (``--method kd``) when given, else ``args.method``
+    with ``args.method_options``; ``args.strategy`` and ``args.sync`` in both, clipping at
+    ``max_norm`` (``None``: none)."""
+    if weights is not None:
+        return MultiObjectiveOptimizer(
+            base,
+            "weighted",
+            weights=weights,
+            strategy=args.strategy,
+            max_norm=max_norm,
+            sync=args.sync,
+            scaler=scaler,
+        )
+    return MultiObjectiveOptimizer(
+        base,
+        args.method,
+        strategy=args.strategy,
+        max_norm=max_norm,
+        sync=args.sync,
+        scaler=scaler,
+        **args.method_options,
+    )
+
+
+def make_train_loader(
+    dataset: Any, sampler: Sampler, args: argparse.Namespace, device: torch.device
+) -> DataLoader:
+    """The training ``DataLoader``: ``args.batch_size`` from ``sampler``, last partial batch
+    dropped, ``args.workers`` persistent workers, memory pinned on CUDA; its generator is seeded
+    with ``args.seed``, so worker seeds never touch the global RNG."""
+    return DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
+def probe_gram(losses: dict[str, torch.Tensor], params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``(K, K)`` Gram matrix of the objectives' gradients over ``params`` (a diagnostic for
+    methods that compute no per-objective gradients, e.g. fixed weights; local to this rank)."""
+    flat = []
+    for loss in losses.values():
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        flat.append(
+            torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(p)).reshape(-1).double()
+                    for g, p in zip(grads, params)
+                ]
+            )
+        )
+    matrix = torch.stack(flat)
+    return matrix @ matrix.T
+
+
+def multi_backward(
+    multi: MultiObjectiveOptimizer,
+    losses: dict[str, torch.Tensor],
+    params: Sequence[torch.Tensor],
+    *,
+    log_now: bool,
+    features: Optional[torch.Tensor] = None,
+) -> StepStats:
+    """``multi.backward(losses)`` (with ``features=`` when given, for ``--strategy
+    representation``) and its step statistics; on a logged step (``log_now``) of a method that
+    computes no per-objective gradients, the statistics carry :func:`probe_gram` over
+    ``params``, taken before the backward."""
+    gram = probe_gram(losses, params) if log_now and not multi.method.needs_gradients else None
+    if features is not None:
+        stats = multi.backward(losses, features=features)
+    else:
+        stats = multi.backward(losses)
+    if gram is not None:
+        stats = dataclasses.replace(stats, gram=gram.to(stats.losses))
+    return stats
+
+
+def observe_after_step(
+    multi: Optional[MultiObjectiveOptimizer],
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: Any,
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype],
+) -> None:
+    """For a method that reads the losses after its step (``needs_losses_after``): the
+    distilling ``model``'s losses on the same batch, without gradients, passed to
+    ``multi.observe`` in float32. Nothing without ``multi`` or for other methods."""
+    if multi is not None and multi.method.needs_losses_after:
+        with torch.no_grad(), autocast(device, amp_dtype):
+            _, after = model(inputs, targets)
+        multi.observe({name: value.float() for name, value in after.items()})
+
+
+def log_train_step(
+    run: TrainingRun,
+    logger: StatsLogger,
+    optimizer: torch.optim.Optimizer,
+    stats: Optional[StepStats],
+    losses: dict[str, torch.Tensor],
+    top1: torch.Tensor,
+) -> None:
+    """Log a training step: ``lr``, fractional ``epoch`` and ``train/top1`` (``top1``, the
+    batch's top-1 accuracy in %), with ``stats``, or the ``loss/<name>`` of ``losses`` when there
+    are none (the baseline); then show the losses on the progress line."""
+    extra = {
+        "lr": optimizer.param_groups[0]["lr"],
+        "epoch": run.epoch_fraction,
+        "train/top1": top1,
+    }
+    if stats is None:
+        extra.update({f"loss/{name}": value for name, value in losses.items()})
+    logger.log(run.step, stats, **extra)
+    run.show_losses(losses)
+
+
 class TrainingRun:
     """Where a resumable training run stands, its checkpoint and its epoch bookkeeping.
 
@@ -781,3 +916,75 @@ def run_statistics(
         "conflict_fraction": finite_mean(columns.get("conflict", [])),
         "mean_log10_dominance": finite_mean(dominance),
     }
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def parameter_counts(
+    student: nn.Module, teacher: Optional[nn.Module], distiller: Optional[Any]
+) -> dict[str, int]:
+    """The summary's ``student_params``, ``teacher_params`` (0 without a teacher) and
+    ``head_params`` (those of ``distiller.head_parameters()``; 0 without a distiller)."""
+    return {
+        "student_params": count_parameters(student),
+        "teacher_params": count_parameters(teacher) if teacher is not None else 0,
+        "head_params": sum(p.numel() for p in distiller.head_parameters())
+        if distiller is not None
+        else 0,
+    }
+
+
+#: The files a classification summary lists under ``outputs`` (see :func:`summary_closing`).
+SUMMARY_OUTPUTS = ("train_log.csv", "eval_log.csv", "checkpoint.pt", "student.pt")
+
+
+def summary_closing(
+    run: TrainingRun,
+    args: argparse.Namespace,
+    global_batch: int,
+    objective_means: Callable[[dict[str, list[float]]], dict[str, Any]],
+    main_process: bool,
+    started: float,
+    versions: dict[str, str],
+) -> dict[str, Any]:
+    """The last fields of a classification trainer's summary, in order: ``images_per_second``
+    (this process's training steps times ``global_batch`` over its training seconds; ``None``
+    before any), ``statistics`` (:func:`run_statistics` of ``args.output_dir/train_log.csv``
+    with ``objective_means``, on the ``main_process``; else ``{}``), ``outputs`` (paths in
+    ``args.output_dir`` of :data:`SUMMARY_OUTPUTS`), ``seconds`` (since ``started``, a
+    ``time.perf_counter()``) and ``versions``."""
+    output_dir = args.output_dir
+    return {
+        "images_per_second": run.steps_run * global_batch / run.train_seconds
+        if run.train_seconds > 0
+        else None,
+        "statistics": run_statistics(output_dir / "train_log.csv", objective_means)
+        if main_process
+        else {},
+        "outputs": {name: str(output_dir / name) for name in SUMMARY_OUTPUTS},
+        "seconds": time.perf_counter() - started,
+        "versions": versions,
+    }
+
+
+def finish_run(output_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """End a run: write ``summary`` to ``output_dir/summary.json`` (:func:`write_json`), print
+    where the outputs are (:func:`print_outputs`) and wait at a barrier for the other processes
+    when distributed. Returns ``summary``."""
+    write_json(output_dir / "summary.json", summary)
+    print_outputs(output_dir)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return summary
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a trainer's ``main()`` as a script; destroy the process group afterwards, also when
+    ``main`` raises (the exception propagates)."""
+    try:
+        main()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
