@@ -77,6 +77,7 @@ from examples.trainer_utils import (  # noqa: E402
     TrainingRun,
     add_run_control_arguments,
     autocast,
+    build_feature_heads,
     count_steps_per_epoch,
     finish_run,
     log_train_step,
@@ -91,9 +92,10 @@ from examples.trainer_utils import (  # noqa: E402
     setup_distributed,
     state_dict_from_file,
     summary_closing,
+    trainable_param_groups,
 )
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
-from mokd_optim.kd import Distiller, FeatureRecorder, build_heads  # noqa: E402
+from mokd_optim.kd import Distiller, FeatureRecorder  # noqa: E402
 from mokd_optim.methods import available as available_methods  # noqa: E402
 
 # Per-channel statistics of the CIFAR-100 training images (the benchmark's normalisation).
@@ -412,19 +414,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         pairs = parse_pairs(args.heads)
         if pairs:
             sample = torch.zeros(2, 3, 32, 32, device=device)
-            projector = args.head_teacher_projector or (
-                None if args.head_expansion == 1.0 else "fixed"
-            )
-            heads = build_heads(
-                student,
-                teacher,
-                pairs,
-                sample,
-                kind=args.head_kind,
-                expansion=args.head_expansion,
-                teacher_projector=projector,
-                align=args.head_align,
-            )
+            heads = build_feature_heads(student, teacher, pairs, sample, args)
         use_logits = args.logit_loss != "none"
         distiller = Distiller(
             student,
@@ -456,17 +446,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         )
 
     # Optimiser, schedule -----------------------------------------------------------------
-    if distiller is not None:
-        groups = distiller.param_groups(
-            weight_decay=args.weight_decay, head_weight_decay=args.weight_decay
-        )
-    else:
-        groups = [
-            {
-                "params": [p for p in student.parameters() if p.requires_grad],
-                "weight_decay": args.weight_decay,
-            }
-        ]
+    groups = trainable_param_groups(student, distiller, args.weight_decay)
     base = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     optimizer: torch.optim.Optimizer = base

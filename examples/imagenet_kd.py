@@ -90,6 +90,7 @@ try:
         add_system_arguments,
         add_workers_argument,
         autocast,
+        build_feature_heads,
         check_arguments,
         count_parameters,
         count_steps_per_epoch,
@@ -109,6 +110,7 @@ try:
         setup_distributed,
         state_dict_from_file,
         summary_closing,
+        trainable_param_groups,
         write_json,
     )
 except ModuleNotFoundError as error:  # the script was copied without its neighbour
@@ -121,7 +123,7 @@ except ModuleNotFoundError as error:  # the script was copied without its neighb
 from mokd_optim import MultiObjectiveOptimizer  # noqa: E402
 from mokd_optim.checkpoint import load_checkpoint  # noqa: E402
 from mokd_optim.diagnostics import StepStats  # noqa: E402
-from mokd_optim.kd import Distiller, build_heads  # noqa: E402
+from mokd_optim.kd import Distiller  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -696,19 +698,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         heads = None
         pairs = parse_pairs(args.heads)
         if pairs:
-            projector = args.head_teacher_projector or (
-                None if args.head_expansion == 1.0 else "fixed"
-            )
-            heads = build_heads(
-                student,
-                teacher,
-                pairs,
-                sample,
-                kind=args.head_kind,
-                expansion=args.head_expansion,
-                teacher_projector=projector,
-                align=args.head_align,
-            )
+            heads = build_feature_heads(student, teacher, pairs, sample, args)
         logit_options = {"T": args.temperature}
         distiller = Distiller(
             student,
@@ -745,17 +735,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         lr = args.lr
     else:
         lr = 0.1 * global_batch / 256 if args.opt == "sgd" else 5e-4 * global_batch / 512
-    if distiller is not None:
-        groups = distiller.param_groups(
-            weight_decay=args.weight_decay, head_weight_decay=args.weight_decay
-        )
-    else:
-        groups = [
-            {
-                "params": [p for p in student.parameters() if p.requires_grad],
-                "weight_decay": args.weight_decay,
-            }
-        ]
+    groups = trainable_param_groups(student, distiller, args.weight_decay)
     base: torch.optim.Optimizer
     if args.opt == "sgd":
         base = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=args.nesterov)

@@ -34,6 +34,7 @@ from mokd_optim import MultiObjectiveOptimizer
 from mokd_optim.checkpoint import Progress, load_checkpoint, save_checkpoint
 from mokd_optim.diagnostics import StatsLogger, StepStats, plot_log, read_log
 from mokd_optim.distributed import is_main_process, unwrap_model
+from mokd_optim.kd import build_heads
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -451,6 +452,47 @@ def optimizer_step(
         scaler.update()
     else:
         optimizer.step()
+
+
+def build_feature_heads(
+    student: nn.Module,
+    teacher: nn.Module,
+    pairs: Sequence[tuple[str, str]],
+    sample: torch.Tensor,
+    args: argparse.Namespace,
+) -> nn.ModuleDict:
+    """:func:`~mokd_optim.kd.build_heads` for the ``(student path, teacher path)`` ``pairs``
+    (:func:`parse_pairs`), widths inferred from one pass of ``sample`` (a batch of inputs on the
+    models' device), with the ``--head-kind``, ``--head-expansion``, ``--head-align`` and
+    ``--head-teacher-projector`` options; the projector defaults to ``None`` at expansion 1, else
+    ``"fixed"``. Errors are ``build_heads``'s (e.g. a path that names no module)."""
+    projector = args.head_teacher_projector or (None if args.head_expansion == 1.0 else "fixed")
+    return build_heads(
+        student,
+        teacher,
+        pairs,
+        sample,
+        kind=args.head_kind,
+        expansion=args.head_expansion,
+        teacher_projector=projector,
+        align=args.head_align,
+    )
+
+
+def trainable_param_groups(
+    student: nn.Module, distiller: Optional[Any], weight_decay: float
+) -> list[dict[str, Any]]:
+    """The base optimizer's parameter groups, all at ``weight_decay``: the distiller's (student
+    and heads, ``distiller.param_groups``) when there is one, else one group of the student's
+    trainable parameters."""
+    if distiller is not None:
+        return distiller.param_groups(weight_decay=weight_decay, head_weight_decay=weight_decay)
+    return [
+        {
+            "params": [p for p in student.parameters() if p.requires_grad],
+            "weight_decay": weight_decay,
+        }
+    ]
 
 
 def make_multi_optimizer(
@@ -919,6 +961,7 @@ def run_statistics(
 
 
 def count_parameters(module: nn.Module) -> int:
+    """Number of scalars in ``module``'s parameters (trainable or not)."""
     return sum(p.numel() for p in module.parameters())
 
 
