@@ -529,6 +529,82 @@ def test_conflict_project_keeps_the_others_orthogonal_part_and_drop_does_not() -
         methods.get("mokd", conflict="ignore")
 
 
+def _reference_agreement(
+    jacobian: np.ndarray, losses: np.ndarray, anchor: int, rule: str
+) -> np.ndarray:
+    """conflict="agreement" / "scaled" from first principles (anchor_vs_rest, rest="sum",
+    equalize=1): a and r as in _reference_conflict, s = max(a . r, 0); the direction is
+    (1 - s) a + s r ("agreement") or a + s r ("scaled"). Returned at unit length."""
+    h = jacobian / losses[:, None]
+    a = h[anchor] / np.linalg.norm(h[anchor])
+    u = np.delete(h, anchor, axis=0).sum(0)
+    r = u / np.linalg.norm(u)
+    s = max(float(a @ r), 0.0)
+    direction = ((1 - s) if rule == "agreement" else 1.0) * a + s * r
+    return direction / np.linalg.norm(direction)
+
+
+@pytest.mark.parametrize("rule", ["agreement", "scaled"])
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("anchor", [0, 1])
+def test_agreement_rules_match_the_reference(rule: str, k: int, anchor: int) -> None:
+    rng = np.random.default_rng(500 + k + 10 * anchor)
+    signs = set()
+    for _ in range(20):
+        jacobian = rng.standard_normal((k, 6)) * rng.uniform(0.01, 100, size=(k, 1))
+        losses = rng.uniform(0.05, 5.0, size=k)
+        method = methods.get("mokd", step="anchor", conflict=rule, anchor=anchor)
+        method.bind([f"l{i}" for i in range(k)])
+        update = _weights(method, jacobian, losses) @ jacobian
+        expected = _reference_agreement(jacobian, losses, anchor, rule)
+        np.testing.assert_allclose(update / np.linalg.norm(update), expected, rtol=1e-6, atol=1e-9)
+        assert np.linalg.norm(update) == pytest.approx(np.linalg.norm(jacobian[anchor]), rel=1e-9)
+        # scale-free: every loss times its own factor leaves the update's direction unchanged
+        c = np.exp(rng.uniform(-7, 7, size=k))
+        c[anchor] = 1.0
+        rescaled = _weights(method, jacobian * c[:, None], losses * c) @ (jacobian * c[:, None])
+        np.testing.assert_allclose(rescaled, update, rtol=1e-6, atol=1e-9 * np.abs(update).max())
+        h = jacobian / losses[:, None]
+        signs.add(bool(h[anchor] @ np.delete(h, anchor, axis=0).sum(0) > 0))
+    assert signs == {True, False}  # agreeing and conflicting draws were both exercised
+
+
+def test_agreement_rules_give_the_others_their_cosine() -> None:
+    # task along (1, 0), KD at angle theta: "agreement" gives KD a share cos(theta) of the
+    # update ((1 - c) u_task + c u_kd), "scaled" a share c / (1 + c); both step along the task
+    # alone when KD is orthogonal to it or against it
+    def parts(rule: str, theta: float) -> np.ndarray:
+        jacobian = np.array([[2.0, 0.0], [7 * np.cos(theta), 7 * np.sin(theta)]])
+        method = _bound(2, step="anchor", conflict=rule)
+        w = _weights(method, jacobian, np.array([0.5, 3.0]))
+        return np.abs(w) * np.linalg.norm(jacobian, axis=1)
+
+    for theta in np.deg2rad([10, 45, 60, 80]):
+        c = np.cos(theta)
+        agreement, scaled = parts("agreement", theta), parts("scaled", theta)
+        assert agreement[1] / agreement.sum() == pytest.approx(c, rel=1e-9)
+        assert scaled[1] / scaled.sum() == pytest.approx(c / (1 + c), rel=1e-9)
+    for theta in np.deg2rad([90, 120, 180]):
+        for rule in ("agreement", "scaled"):
+            assert parts(rule, theta)[1] == pytest.approx(0.0, abs=1e-12)
+    # at 60 degrees "agreement" is the bisector (equal shares)
+    np.testing.assert_allclose(
+        parts("agreement", np.deg2rad(60)), parts("pareto", np.deg2rad(60)), rtol=1e-9
+    )
+    # a zero gradient on either side: the weights stay finite and the rule changes nothing
+    for jacobian in (np.array([[1.0, 2.0], [0.0, 0.0]]), np.array([[0.0, 0.0], [1.0, 2.0]])):
+        for rule in ("agreement", "scaled"):
+            w = _weights(_bound(2, step="anchor", conflict=rule), jacobian, np.ones(2))
+            assert np.all(np.isfinite(w))
+    for rule in ("agreement", "scaled"):
+        method = _bound(2, conflict=rule)
+        assert not method.conflict_free and not method.pareto_stationary
+    from mokd_optim.methods._mokd import share_by_agreement
+
+    with pytest.raises(ValueError, match="agreement rule"):
+        share_by_agreement(torch.ones(2) / 2, torch.eye(2, dtype=torch.float64), 0, "cosine")
+
+
 @pytest.mark.parametrize("k", [3, 4, 5])
 def test_the_default_never_conflicts_with_the_anchor(k: int) -> None:
     # anchor_vs_rest (the default) keeps no conflict with the anchor, and the promises it gives

@@ -18,7 +18,10 @@ STEP_RULES = ("anchor", "bounded", "capped-log-anchor", "convex", "log", "log-an
 REST_RULES = ("min-norm", "sum")
 #: What happens when the others' part of the direction conflicts with the anchor (see
 #: :func:`project_out_conflict`).
-CONFLICT_RULES = ("drop", "pareto", "project")
+CONFLICT_RULES = ("agreement", "drop", "pareto", "project", "scaled")
+#: The rules of ``conflict=`` that weigh the others by their cosine with the anchor (see
+#: :func:`share_by_agreement`); they change the step where the two agree as well.
+AGREEMENT_RULES = ("agreement", "scaled")
 
 # A combined direction shorter than this fraction of its triangle-inequality bound
 # sum_i q_i ||g_i|| is treated as Pareto-stationary by the "anchor" rule (weights 0): rescaling
@@ -210,6 +213,39 @@ def project_out_conflict(pi: Weights, log_gram: PSDMatrix, anchor: int) -> Weigh
     return projected / projected.sum()
 
 
+def share_by_agreement(
+    pi: Weights, log_gram: PSDMatrix, anchor: int, rule: str = "agreement"
+) -> Weights:
+    """The others' say in proportion to how much they agree with the anchor (round 7 of the
+    suite). With ``r = sum_{j != anchor} pi_j h_j`` the others' part of the direction and ``c``
+    the cosine of ``r`` with the anchor's log-gradient, ``a = max(c, 0)``, the direction becomes
+
+    - ``rule="agreement"``: ``(1 - a) u_anchor + a u_r`` (unit vectors): the others' share of
+      the update is their cosine -- nothing where they are orthogonal to or against the anchor,
+      everything where they point the same way;
+    - ``rule="scaled"``: ``u_anchor + a u_r``: the auxiliary gradient scaled by its cosine (the
+      weighted variant of Du et al. 2018), a share of ``a / (1 + a)``.
+
+    The others keep their proportions among themselves. Where ``r`` or the anchor's gradient is
+    zero ``pi`` is returned unchanged. Any positive scale of ``log_gram`` (and of any loss)
+    gives the same. ``(K,)``, ``(K, K)`` -> ``(K,)``."""
+    if rule not in AGREEMENT_RULES:
+        raise ValueError(f"mokd: unknown agreement rule {rule!r}; choose one of {AGREEMENT_RULES}")
+    others = pi.clone()
+    others[anchor] = 0.0
+    anchor_norm = log_gram[anchor, anchor].clamp_min(0.0).sqrt()
+    rest_norm = (others @ log_gram @ others).clamp_min(0.0).sqrt()
+    both = (anchor_norm > 0) & (rest_norm > 0)
+    safe_anchor = torch.where(both, anchor_norm, torch.ones_like(anchor_norm))
+    safe_rest = torch.where(both, rest_norm, torch.ones_like(rest_norm))
+    cosine = (others @ log_gram[:, anchor]) / (safe_anchor * safe_rest)
+    agreement = cosine.clamp(0.0, 1.0)
+    anchor_part = 1.0 - agreement if rule == "agreement" else torch.ones_like(agreement)
+    shared = others * (agreement / safe_rest)
+    shared[anchor] = anchor_part / safe_anchor
+    return torch.where(both, shared / shared.sum(), pi)
+
+
 def mokd_simplex_weights(
     gram: PSDMatrix,
     losses: Tensor,
@@ -302,7 +338,9 @@ def mokd_weights(
     Args: gram ``(K, K)``, losses ``(K,)`` positive, both float64; ``pi`` ``(K,)`` precomputed
     trade-off weights (e.g. from a smoothed Gram matrix) instead of solving for them here;
     ``regularization``, ``equalize``, ``anchor_vs_rest``, ``rest``: see :func:`trade_off`;
-    ``conflict="project"``: :func:`project_out_conflict` applied to ``pi``. Returns ``(w, pi)``.
+    ``conflict="project"``: :func:`project_out_conflict` applied to ``pi``; ``"drop"``:
+    :func:`drop_on_conflict`; ``"agreement"`` / ``"scaled"``: :func:`share_by_agreement`.
+    Returns ``(w, pi)``.
     """
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
@@ -329,9 +367,12 @@ def mokd_weights(
                 anchor=anchor,
                 rest=rest,
             )
-        if conflict != "pareto":
+        log_gram = gram / (losses[:, None] * losses[None, :])
+        if conflict in AGREEMENT_RULES:
+            pi = share_by_agreement(pi, log_gram, anchor, conflict)
+        elif conflict != "pareto":
             resolve = project_out_conflict if conflict == "project" else drop_on_conflict
-            pi = resolve(pi, gram / (losses[:, None] * losses[None, :]), anchor)
+            pi = resolve(pi, log_gram, anchor)
     q = pi / losses
     if step == "log":
         return q, pi
@@ -394,7 +435,9 @@ class MoKD(Method):
             the anchor: ``"project"`` (default, chosen in round 6) removes that component, so the
             anchor never loses ground (see :func:`project_out_conflict`); ``"drop"`` steps along
             the anchor alone; ``"pareto"`` (rounds 1-5) keeps the min-norm point, no objective
-            losing ground. Nothing changes where they agree.
+            losing ground. Nothing changes where they agree. ``"agreement"`` and ``"scaled"``
+            (round 7) also change the step where they agree: the others' say follows their
+            cosine with the anchor (see :func:`share_by_agreement`).
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
