@@ -132,10 +132,11 @@ def test_mokd_candidates_spell_out_every_option() -> None:
             assert set(kd_suite.PREVIOUS_MOKD_DEFAULTS) <= set(options) <= set(every)
             assert set(every) - set(options) <= set(kd_suite.NEUTRAL_MOKD_OPTIONS)
             assert set(kd_suite.method_options(config)) == set(every)
-    # the default spells out anchor_vs_rest=True, rest="sum" and conflict="project" (not the
-    # neutral values): the same runs as the round-6 candidate, not round 4's (conflict left
-    # out: "pareto") nor round 3's (rest left out: "min-norm")
-    assert kd_suite.CANDIDATES["project"].key == kd_suite.CANDIDATES["default"].key
+    # the default spells out anchor_vs_rest=True, rest="sum" and conflict="agreement" (not the
+    # neutral values): the same runs as the round-7 candidate, not round 6's ("project"),
+    # round 4's (conflict left out: "pareto") nor round 3's (rest left out: "min-norm")
+    assert kd_suite.CANDIDATES["agreement"].key == kd_suite.CANDIDATES["default"].key
+    assert kd_suite.CANDIDATES["project"].key != kd_suite.CANDIDATES["default"].key
     assert kd_suite.CANDIDATES["rest-sum"].key != kd_suite.CANDIDATES["default"].key
     assert kd_suite.method_options(kd_suite.CANDIDATES["rest-sum"])["conflict"] == "pareto"
     assert kd_suite.CANDIDATES["anchor-vs-rest"].key != kd_suite.CANDIDATES["default"].key

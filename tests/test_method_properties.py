@@ -64,9 +64,9 @@ DECLARED = {
     "famo": (False, False, True, "direction", 1),
     "imtl-g": (False, False, True, "direction", 1),
     "mgda": (True, True, True, "none", 1),
-    # defaults: step="capped-log-anchor", equalize=1, conflict="project" (task priority: an
-    # objective other than the task may lose ground, and a point where the others cancel the
-    # task is not a stopping point)
+    # defaults: step="capped-log-anchor", equalize=1, conflict="agreement" (the others' share
+    # follows their cosine with the task: an objective other than the task may lose ground, and
+    # a point where the others cancel the task is not a stopping point)
     "mokd": (False, False, True, "direction", 1),
     "mokd-amortized": (False, False, True, "direction", 1),
     "nash-mtl": (False, False, True, "update", 0),

@@ -17,6 +17,7 @@ RULES = ["anchor", "convex", "log"]
 
 def _update(model: TwoHeadMLP, x, y, target, scale: float, **options) -> torch.Tensor:
     options.setdefault("equalize", 0.0)  # the paper's weights (tests/reference.py)
+    options.setdefault("conflict", "pareto")  # ... without the default's agreement share
     opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), "mokd", **options)
     opt.zero_grad()
     logits, projected, _ = model(x)
@@ -151,7 +152,7 @@ def test_options_and_repr() -> None:
     method = methods.get("mokd", step="log", anchor="task")
     assert repr(method) == (
         "MoKD(step='log', anchor='task', simplex=True, backend='auto', regularization=0.0, "
-        "smoothing=0.0, equalize=1.0, step_bound=None, anchor_vs_rest=True, rest='sum', conflict='project')"
+        "smoothing=0.0, equalize=1.0, step_bound=None, anchor_vs_rest=True, rest='sum', conflict='agreement')"
     )
     with pytest.raises(ValueError, match="unknown step rule"):
         methods.get("mokd", step="adam")

@@ -268,7 +268,7 @@ def test_promises_follow_the_options() -> None:
     assert not methods.get("mokd", simplex=False).anchor_vs_rest
     assert methods.get("mokd").anchor_vs_rest  # the default
     assert methods.get("mokd", simplex=False).conflict == "pareto"
-    assert methods.get("mokd").conflict == "project"  # the default
+    assert methods.get("mokd").conflict == "agreement"  # the default
     with pytest.raises(ValueError, match="simplex=True"):
         methods.get("mokd", simplex=False, equalize=1.0)
     with pytest.raises(ValueError, match="simplex=True"):
@@ -425,7 +425,9 @@ def test_rest_sum_does_not_stretch_a_small_gradient() -> None:
     losses = np.ones(3)
 
     def parts(rest: str) -> np.ndarray:
-        method = methods.get("mokd", step="anchor", anchor_vs_rest=True, rest=rest)
+        method = methods.get(
+            "mokd", step="anchor", anchor_vs_rest=True, rest=rest, conflict="pareto"
+        )
         method.bind(["task", "kd", "feat"])
         return np.linalg.norm(_weights(method, jacobian, losses)[:, None] * jacobian, axis=1)
 
@@ -659,6 +661,34 @@ def test_two_objective_projection_closed_form_equals_the_general_path(anchor: in
         gram = torch.tensor(jacobian @ jacobian.T, dtype=torch.float64)
         losses = torch.tensor(rng.uniform(0.1, 3.0, 2), dtype=torch.float64)
         options = dict(step="capped-log-anchor", anchor=anchor, equalize=1.0, conflict="project")
+        fast_w, fast_pi = mokd_weights(gram, losses, **options)
+        pi = mokd_simplex_weights(gram, losses, equalize=1.0)
+        slow_w, slow_pi = mokd_weights(gram, losses, pi=pi, **options)
+        np.testing.assert_allclose(fast_pi.numpy(), slow_pi.numpy(), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(fast_w.numpy(), slow_w.numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("rule", ["agreement", "scaled"])
+@pytest.mark.parametrize("anchor", [0, 1])
+def test_two_objective_agreement_closed_form_equals_the_general_path(rule: str, anchor: int) -> None:
+    # the default for K = 2 folds the agreement share into the bisector's closed form; the
+    # general path (pi given, then share_by_agreement) must give the same weights
+    from mokd_optim.methods._mokd import mokd_simplex_weights, mokd_weights
+
+    rng = np.random.default_rng(23 + anchor)
+    cases = [rng.standard_normal((2, 5)) * rng.uniform(1e-3, 1e3, (2, 1)) for _ in range(30)]
+    cases += [
+        np.array([[1.0, 0.0], [-1.0, 0.0]]),  # opposite
+        np.array([[1.0, 0.0], [0.0, 3.0]]),  # orthogonal
+        np.array([[2.0, 1.0], [4.0, 2.0]]),  # parallel
+        np.array([[1.0, 2.0], [0.0, 0.0]]),  # a zero gradient
+        np.array([[0.0, 0.0], [1.0, 2.0]]),
+        np.zeros((2, 2)),  # both zero
+    ]
+    for jacobian in cases:
+        gram = torch.tensor(jacobian @ jacobian.T, dtype=torch.float64)
+        losses = torch.tensor(rng.uniform(0.1, 3.0, 2), dtype=torch.float64)
+        options = dict(step="capped-log-anchor", anchor=anchor, equalize=1.0, conflict=rule)
         fast_w, fast_pi = mokd_weights(gram, losses, **options)
         pi = mokd_simplex_weights(gram, losses, equalize=1.0)
         slow_w, slow_pi = mokd_weights(gram, losses, pi=pi, **options)

@@ -149,7 +149,13 @@ def test_per_group_balancing_uses_each_groups_gram(digits) -> None:
     rest = list(model.classifier.parameters()) + list(model.projector.parameters())
     base = torch.optim.SGD([{"params": first}, {"params": second + rest}], lr=0.1)
     opt = MultiObjectiveOptimizer(
-        base, "mokd", strategy="loop", balance="per_group", step="log", equalize=0.0
+        base,
+        "mokd",
+        strategy="loop",
+        balance="per_group",
+        step="log",
+        equalize=0.0,
+        conflict="pareto",  # the reference is the min-norm point
     )
     losses = _mlp_losses(model, x, y, target)
     grads_1 = _per_objective(losses, first)
@@ -188,7 +194,7 @@ def test_representation_strategy_balances_at_the_shared_tensor(digits) -> None:
     target = torch.randn(32, 48)
     params = list(model.parameters())
     opt = MultiObjectiveOptimizer(
-        torch.optim.SGD(params, lr=0.1), "mokd", step="anchor", equalize=0.0
+        torch.optim.SGD(params, lr=0.1), "mokd", step="anchor", equalize=0.0, conflict="pareto"
     )
     logits, projected, features = model(x)
     losses = {"task": F.cross_entropy(logits, y), "feat": F.smooth_l1_loss(projected, target)}
@@ -332,7 +338,9 @@ def test_in_place_combination_never_corrupts_shared_or_expanded_gradients(step: 
     expected = mokd_two_objectives(
         _flat(grads[0], params, [True] * 3), _flat(grads[1], params, [True] * 3), *values, step=step
     )
-    opt = MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), "mokd", step=step, equalize=0.0)
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(params, lr=0.1), "mokd", step=step, equalize=0.0, conflict="pareto"
+    )
     opt.backward(losses)
     np.testing.assert_allclose(
         _flat([p.grad for p in params], params, [True] * 3), expected, rtol=1e-5, atol=1e-7

@@ -181,6 +181,27 @@ def _bisector_weights(
     return torch.where(total > 0, swapped / torch.where(total > 0, total, 1.0), half)
 
 
+def _agreement_weights(
+    gram: PSDMatrix, losses: Tensor, anchor: int = 0, rule: str = "agreement"
+) -> Weights:
+    """:func:`share_by_agreement` applied to the two-objective bisector, in closed form (the
+    default's per-step cost on small models): with ``n_i = ||g_i|| / L_i`` and ``a = max(c, 0)``
+    for the cosine ``c`` of the two gradients, ``pi_anchor ∝ (1 - a) / n_anchor`` (``1 /
+    n_anchor`` for ``"scaled"``) and ``pi_other ∝ a / n_other``. Where either gradient is zero,
+    the bisector's weights. ``(2, 2)``, ``(2,)`` -> ``(2,)``."""
+    raw = torch.diagonal(gram).clamp_min(0.0).sqrt()
+    relative = raw / losses
+    product = raw[0] * raw[1]
+    both = product > 0
+    agreement = (gram[0, 1] / torch.where(both, product, 1.0)).clamp(0.0, 1.0)
+    parts = agreement.expand(2).clone()
+    parts[anchor] = 1.0 - agreement if rule == "agreement" else 1.0
+    # where a gradient is zero: the bisector's weights, pi_i ∝ n_other (see _bisector_weights)
+    parts = torch.where(both, parts / relative, relative.flip(0))
+    total = parts.sum()
+    return torch.where(total > 0, parts / torch.where(total > 0, total, 1.0), 0.5)
+
+
 def drop_on_conflict(pi: Weights, log_gram: PSDMatrix, anchor: int) -> Weights:
     """Task priority by a gate (Du et al. 2018, auxiliary losses used only while their gradient
     agrees with the main one): all the weight on the anchor where the others' part ``r`` of the
@@ -352,8 +373,18 @@ def mokd_weights(
         and regularization == 0
         and gram.shape[-1] == 2
     ):
-        # the default for two objectives: the bisector and the projection in one closed form
+        # two objectives: the bisector and the projection in one closed form
         pi = _bisector_weights(gram, losses, anchor, project=True)
+    elif (
+        pi is None
+        and conflict in AGREEMENT_RULES
+        and simplex
+        and equalize == 1
+        and regularization == 0
+        and gram.shape[-1] == 2
+    ):
+        # the default for two objectives: the bisector and the agreement share in one closed form
+        pi = _agreement_weights(gram, losses, anchor, conflict)
     else:
         if pi is None:
             pi = mokd_simplex_weights(
@@ -431,13 +462,16 @@ class MoKD(Method):
             in proportion to its relative gradient; ``"min-norm"`` (round 3): the min-norm point
             of their unit gradients, which stretches a small feature-loss gradient to the size
             of the KD gradient. Nothing changes for two objectives.
-        conflict: what the step does where the others' part of the direction points against
-            the anchor: ``"project"`` (default, chosen in round 6) removes that component, so the
-            anchor never loses ground (see :func:`project_out_conflict`); ``"drop"`` steps along
-            the anchor alone; ``"pareto"`` (rounds 1-5) keeps the min-norm point, no objective
-            losing ground. Nothing changes where they agree. ``"agreement"`` and ``"scaled"``
-            (round 7) also change the step where they agree: the others' say follows their
-            cosine with the anchor (see :func:`share_by_agreement`).
+        conflict: how the others' part of the direction meets the anchor's.
+            ``"agreement"`` (default, chosen in round 7): the others' share of the update is
+            their cosine ``c`` with the anchor, ``max(c, 0)`` -- nothing where they are
+            orthogonal to it or against it, so a teacher whose gradient does not help the task
+            gets little of the step (see :func:`share_by_agreement`); ``"scaled"``: the anchor
+            plus ``max(c, 0)`` times the others (Du et al. 2018). The rest change the step only
+            in a conflict (``c < 0``): ``"project"`` (round 6) removes the others' component
+            against the anchor (see :func:`project_out_conflict`); ``"drop"`` steps along the
+            anchor alone; ``"pareto"`` (rounds 1-5) keeps the min-norm bisector, no objective
+            losing ground.
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
@@ -475,8 +509,8 @@ class MoKD(Method):
             equalize = 1.0 if simplex else 0.0
         if anchor_vs_rest is None:  # on (the default) with simplex weights, as equalize
             anchor_vs_rest = bool(simplex)
-        if conflict is None:  # task priority (the default) with simplex weights, as equalize
-            conflict = "project" if simplex else "pareto"
+        if conflict is None:  # the agreement share (the default) with simplex weights
+            conflict = "agreement" if simplex else "pareto"
         if step not in STEP_RULES:
             raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
         if not isinstance(anchor, (int, str)) or isinstance(anchor, bool):
@@ -539,7 +573,8 @@ class MoKD(Method):
     @property
     def pareto_stationary(self) -> bool:  # type: ignore[override]
         # anchor_vs_rest (K > 2) can step where the anchor and one other objective cancel;
-        # conflict="project" / "drop" step along the anchor where the others cancel it
+        # conflict="agreement" / "scaled" / "project" / "drop" step along the anchor where the
+        # others cancel it
         return self._pareto
 
     @property
