@@ -683,8 +683,9 @@ def small_model_lines(report: dict[str, Any]) -> list[str]:
         " packing, sums and placement (about 15 ops), the combination (one `_foreach_mul_` and one"
         " `_foreach_addcmul_` over all tensors), the K x K weighting (about 57 ops for the default MoKD"
         " weighting with two objectives -- the min-norm point of two unit vectors is their midpoint, so the"
-        " trade-off is a closed form, `mokd_optim.methods._mokd._bisector_weights`, with the default's"
-        ' task-priority projection folded in (15 of the 57; `conflict="pareto"` saves them); 98 ops'
+        " trade-off is a closed form, `mokd_optim.methods._mokd._bisector_weights`; the default's"
+        " agreement share, `_agreement_weights`, is a closed form of the same size (15 of the 57 go to it,"
+        ' as they did to round 6\'s task-priority projection; `conflict="pareto"` saves them); 98 ops'
         " through the general min-norm path) and the step statistics."
         " `validate=True` adds 9 ops and 2 host synchronisations (the losses; the gradients, read off the"
         " Gram diagonal), whatever the model. Before issue 17 the same step added 156 + 11 T ops for T"
@@ -721,7 +722,7 @@ def small_model_lines(report: dict[str, Any]) -> list[str]:
         " every op costs a few microseconds here, so the K x K weighting alone was a fifth of the step (98"
         " ops through the general min-norm path, about 0.5 ms on this CPU; about 57 ops with the"
         " two-objective closed form, which took `loop` from 1.56x to 1.36x the floor before the default"
-        " gained its task-priority projection) and the wrapper around it still costs ops a plain step does"
+        " gained its task-priority projection, now its agreement share, at the same op count) and the wrapper around it still costs ops a plain step does"
         " not (the `weighted` method through the wrapper, in the tables below); the `representation`"
         " strategy also runs K small backward passes from the losses to the features. On ResNet8x4 at"
         " batch 64 the step takes over a second on one CPU thread and the fixed cost is lost in it. Timings"
