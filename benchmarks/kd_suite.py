@@ -35,6 +35,8 @@ each).
     python benchmarks/kd_suite.py --round 2 --report --chosen eq1-capped-log-anchor
     python benchmarks/kd_suite.py --conditions S2 --seeds 0-9 --candidates default,project
                                                       # a seed study: more seeds, one table each
+    python benchmarks/kd_suite.py --conditions C46 --scales 1.000001,0.01
+                                                      # a loss-scale study: per-seed finals
     python benchmarks/kd_suite.py --quick             # tiny sizes, every stage; CI checks the JSON
 """
 
@@ -706,9 +708,7 @@ CANDIDATES: dict[str, Config] = {
     ),
     "drop": _m("mokd conflict=drop", "mokd", **ROUND_3, rest="sum", conflict="drop"),
     # round 7
-    "agreement": _m(
-        "mokd conflict=agreement", "mokd", **ROUND_3, rest="sum", conflict="agreement"
-    ),
+    "agreement": _m("mokd conflict=agreement", "mokd", **ROUND_3, rest="sum", conflict="agreement"),
     "scaled": _m("mokd conflict=scaled", "mokd", **ROUND_3, rest="sum", conflict="scaled"),
     # the zoo at defaults
     "mgda": _m("mgda", "mgda"),
@@ -1524,6 +1524,44 @@ def seed_study(
     return lines
 
 
+def scale_study(
+    condition: Condition,
+    configs: Sequence[Config],
+    store: Store,
+    scales: Sequence[float],
+    seeds: Sequence[int],
+) -> list[str]:
+    """A markdown table of each configuration's final accuracy per seed with the distillation
+    losses times each of ``scales`` (x1 first), and the mean move against x1 (points). A factor
+    of ``1 + 1e-6`` poses the same problem in exact arithmetic: its move is what rounding alone
+    does over a run. Configurations missing a run are left out."""
+    lr = ce_best_lr(condition.recipe, store, False) * condition.lr_scale
+    lines = [
+        f"{condition.name} ({condition.describe()}), seeds {', '.join(map(str, seeds))}:",
+        "",
+        "| configuration | loss scale | final accuracy per seed (%) | mean (%) | move vs x1 (points) |",
+        "|---|---|---|---|---|",
+    ]
+    for config in configs:
+        finals = {}
+        for scale in (1.0, *scales):
+            runs = [
+                store.runs.get(run_key("main", condition, config, seed, lr, scale, False))
+                for seed in seeds
+            ]
+            if all(r is not None for r in runs):
+                finals[scale] = [100 * r["final"] for r in runs]
+        if 1.0 not in finals:
+            continue
+        base = statistics.mean(finals[1.0])
+        for scale, values in finals.items():
+            mean = statistics.mean(values)
+            move = "" if scale == 1.0 else f"{mean - base:+.2f}"
+            per_seed = ", ".join(f"{v:.2f}" for v in values)
+            lines.append(f"| {config.label} | x{scale:.7g} | {per_seed} | {mean:.2f} | {move} |")
+    return lines
+
+
 def paired(a: Row, b: Row) -> tuple[float, float, int]:
     """Mean paired difference a - b (points), its standard error, seeds where a > b."""
     diffs = [100 * (x - y) for x, y in zip(a.finals, b.finals)]
@@ -1938,6 +1976,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
+        "--scales",
+        type=lambda text: tuple(float(x) for x in text.split(",")),
+        help="a loss-scale study (e.g. 1.000001,0.01): run --candidates on --conditions with the "
+        "distillation losses times each factor and x1 (seeds: --seeds, default the suite's) and "
+        "print each condition's table; the round's page is not written",
+    )
+    parser.add_argument(
         "--seeds",
         type=parse_seeds,
         help="a seed study (e.g. 0-9): run --conditions with these seeds (baselines and "
@@ -1971,6 +2016,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ]
     if quick:
         conditions = [conditions[0]] if conditions else []
+    if (args.scales is not None or args.seeds is not None) and not conditions:
+        parser.error(
+            f"no condition of round {args.round}'s {args.split} split matches --conditions "
+            f"{args.conditions!r} (a confirmation condition needs --split confirmation or all)"
+        )
+    if args.scales is not None:
+        if quick:
+            parser.error("--scales is a study of the full-size runs; drop --quick")
+        seeds = args.seeds if args.seeds is not None else SEEDS
+        run_jobs(lr_grid_jobs(conditions, quick), store, args.workers, not args.no_progress)
+        jobs = [
+            _job(
+                "main",
+                condition,
+                config,
+                seed,
+                ce_best_lr(condition.recipe, store, quick) * condition.lr_scale,
+                scale,
+                quick,
+            )
+            for seed in seeds
+            for condition in conditions
+            for config in applicable(candidates, condition)
+            for scale in (1.0, *args.scales)
+        ]
+        run_jobs(jobs, store, args.workers, not args.no_progress)
+        for condition in conditions:
+            lines = scale_study(condition, candidates, store, args.scales, seeds)
+            print("\n".join(lines), end="\n\n")
+        return 0
     if args.seeds is not None:
         if quick:
             parser.error("--seeds is a study of the full-size runs; drop --quick")

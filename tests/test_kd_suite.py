@@ -191,3 +191,39 @@ def test_seed_study_counts_collapses_and_pairs_by_seed(tmp_path) -> None:
     assert "| 60.00 | 1/4 | +5.00 ± 25.58 (3/4) |" in rows[candidate.label]
     # a seed missing for a configuration leaves it out
     assert len(kd_suite.seed_study(condition, [ce, candidate], store, (0, 1, 2, 3, 4))) == 4
+
+
+def test_scale_study_lists_every_seed_and_the_move_against_x1(tmp_path) -> None:
+    # stored finals for x1, x(1 + 1e-6) and x0.01 on S2; the table has one line per scale with
+    # the per-seed finals and the mean move against x1, and leaves out a scale missing a seed
+    store = kd_suite.Store(tmp_path / "store.json")
+    condition = kd_suite.CONDITIONS[1]  # S2
+    recipe_grid = kd_suite.Condition("lr grid", "lr", condition.recipe)
+    ce = kd_suite.Config("ce", "ce")
+    grid = kd_suite.LR_GRID[condition.recipe.optimizer]
+    for lr in grid:
+        for seed in kd_suite.LR_GRID_SEEDS:
+            key = kd_suite.run_key("lr", recipe_grid, ce, seed, lr, 1.0, False)
+            store.runs[key] = {"final": 0.9 if lr == grid[0] else 0.5}
+    lr = grid[0] * condition.lr_scale
+    candidate = kd_suite.CANDIDATES["default"]
+    finals = {1.0: [0.90, 0.80, 0.70], 1.000001: [0.91, 0.79, 0.72], 0.01: [0.5, 0.6]}
+    for scale, values in finals.items():
+        for seed, final in enumerate(values):
+            key = kd_suite.run_key("main", condition, candidate, seed, lr, scale, False)
+            store.runs[key] = {"final": final, "collapsed": False, "seconds": 1.0}
+    lines = kd_suite.scale_study(condition, [candidate], store, (1.000001, 0.01), (0, 1, 2))
+    rows = [line for line in lines if line.startswith(f"| {candidate.label} |")]
+    assert rows == [
+        f"| {candidate.label} | x1 | 90.00, 80.00, 70.00 | 80.00 |  |",
+        f"| {candidate.label} | x1.000001 | 91.00, 79.00, 72.00 | 80.67 | +0.67 |",
+    ]
+    # a configuration without its x1 runs is left out
+    assert not any(
+        line.startswith("| ce |")
+        for line in kd_suite.scale_study(condition, [ce], store, (0.01,), (0,))
+    )
+    with pytest.raises(SystemExit):  # a confirmation condition is not in the selection split
+        kd_suite.main(
+            ["--conditions", "C46", "--scales", "0.01", "--store", str(tmp_path / "s.json")]
+        )
