@@ -1440,6 +1440,25 @@ def condition_jobs(
     return jobs
 
 
+def scale_jobs(
+    conditions: Sequence[Condition],
+    candidates: Sequence[Config],
+    store: Store,
+    scales: Sequence[float],
+    seeds: Sequence[int],
+) -> list[dict[str, Any]]:
+    """The runs of a loss-scale study: ``candidates`` on ``conditions`` with the distillation
+    losses x1 and times each of ``scales`` (no baselines)."""
+    jobs = []
+    for seed in seeds:
+        for condition in conditions:
+            lr = ce_best_lr(condition.recipe, store, False) * condition.lr_scale
+            for config in applicable(candidates, condition):
+                for scale in (1.0, *scales):
+                    jobs.append(_job("main", condition, config, seed, lr, scale, False))
+    return jobs
+
+
 # --------------------------------------------------------------------------------------------
 # Analysis
 
@@ -1535,30 +1554,29 @@ def scale_study(
     losses times each of ``scales`` (x1 first), and the mean move against x1 (points). A factor
     of ``1 + 1e-6`` poses the same problem in exact arithmetic: its move is what rounding alone
     does over a run. Configurations missing a run are left out."""
-    lr = ce_best_lr(condition.recipe, store, False) * condition.lr_scale
     lines = [
         f"{condition.name} ({condition.describe()}), seeds {', '.join(map(str, seeds))}:",
         "",
         "| configuration | loss scale | final accuracy per seed (%) | mean (%) | move vs x1 (points) |",
         "|---|---|---|---|---|",
     ]
+    by_scale = {
+        scale: gather(condition, configs, store, quick=False, scale=scale, seeds=seeds)
+        for scale in (1.0, *scales)
+    }
     for config in configs:
-        finals = {}
-        for scale in (1.0, *scales):
-            runs = [
-                store.runs.get(run_key("main", condition, config, seed, lr, scale, False))
-                for seed in seeds
-            ]
-            if all(r is not None for r in runs):
-                finals[scale] = [100 * r["final"] for r in runs]
-        if 1.0 not in finals:
+        if config.label not in by_scale[1.0]:
             continue
-        base = statistics.mean(finals[1.0])
-        for scale, values in finals.items():
-            mean = statistics.mean(values)
-            move = "" if scale == 1.0 else f"{mean - base:+.2f}"
-            per_seed = ", ".join(f"{v:.2f}" for v in values)
-            lines.append(f"| {config.label} | x{scale:.7g} | {per_seed} | {mean:.2f} | {move} |")
+        base = by_scale[1.0][config.label].mean
+        for scale, rows in by_scale.items():
+            if config.label not in rows:
+                continue
+            row = rows[config.label]
+            move = "" if scale == 1.0 else f"{100 * (row.mean - base):+.2f}"
+            per_seed = ", ".join(f"{100 * v:.2f}" for v in row.finals)
+            lines.append(
+                f"| {config.label} | x{scale:.7g} | {per_seed} | {100 * row.mean:.2f} | {move} |"
+            )
     return lines
 
 
@@ -2026,21 +2044,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error("--scales is a study of the full-size runs; drop --quick")
         seeds = args.seeds if args.seeds is not None else SEEDS
         run_jobs(lr_grid_jobs(conditions, quick), store, args.workers, not args.no_progress)
-        jobs = [
-            _job(
-                "main",
-                condition,
-                config,
-                seed,
-                ce_best_lr(condition.recipe, store, quick) * condition.lr_scale,
-                scale,
-                quick,
-            )
-            for seed in seeds
-            for condition in conditions
-            for config in applicable(candidates, condition)
-            for scale in (1.0, *args.scales)
-        ]
+        jobs = scale_jobs(conditions, candidates, store, args.scales, seeds)
         run_jobs(jobs, store, args.workers, not args.no_progress)
         for condition in conditions:
             lines = scale_study(condition, candidates, store, args.scales, seeds)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -165,19 +166,26 @@ def test_seed_ranges_parse_and_bad_ones_are_refused() -> None:
             kd_suite.parse_seeds(bad)
 
 
-def test_seed_study_counts_collapses_and_pairs_by_seed(tmp_path) -> None:
-    # a stored learning-rate grid and four seeds of ce and one candidate, written by hand: the
-    # table's means, collapse counts and paired gaps come from exactly these runs
+def _store_with_ce_best_lr(tmp_path, condition, best: int) -> tuple[Any, float]:
+    """A store holding the cross-entropy learning-rate grid of ``condition``'s recipe, written by
+    hand with grid entry ``best`` the winner; returns the store and the condition's lr."""
     store = kd_suite.Store(tmp_path / "store.json")
-    condition = kd_suite.CONDITIONS[1]  # S2: lr x3
     recipe_grid = kd_suite.Condition("lr grid", "lr", condition.recipe)
     ce = kd_suite.Config("ce", "ce")
     grid = kd_suite.LR_GRID[condition.recipe.optimizer]
     for lr in grid:
         for seed in kd_suite.LR_GRID_SEEDS:
             key = kd_suite.run_key("lr", recipe_grid, ce, seed, lr, 1.0, False)
-            store.runs[key] = {"final": 0.9 if lr == grid[1] else 0.5}
-    lr = grid[1] * condition.lr_scale
+            store.runs[key] = {"final": 0.9 if lr == grid[best] else 0.5}
+    return store, grid[best] * condition.lr_scale
+
+
+def test_seed_study_counts_collapses_and_pairs_by_seed(tmp_path) -> None:
+    # a stored learning-rate grid and four seeds of ce and one candidate, written by hand: the
+    # table's means, collapse counts and paired gaps come from exactly these runs
+    condition = kd_suite.CONDITIONS[1]  # S2: lr x3
+    store, lr = _store_with_ce_best_lr(tmp_path, condition, best=1)
+    ce = kd_suite.Config("ce", "ce")
     candidate = kd_suite.CANDIDATES["project"]
     finals = {"ce": [0.8, 0.1, 0.7, 0.6], candidate.label: [0.85, 0.75, 0.1, 0.7]}
     for config in (ce, candidate):
@@ -196,16 +204,9 @@ def test_seed_study_counts_collapses_and_pairs_by_seed(tmp_path) -> None:
 def test_scale_study_lists_every_seed_and_the_move_against_x1(tmp_path) -> None:
     # stored finals for x1, x(1 + 1e-6) and x0.01 on S2; the table has one line per scale with
     # the per-seed finals and the mean move against x1, and leaves out a scale missing a seed
-    store = kd_suite.Store(tmp_path / "store.json")
     condition = kd_suite.CONDITIONS[1]  # S2
-    recipe_grid = kd_suite.Condition("lr grid", "lr", condition.recipe)
+    store, lr = _store_with_ce_best_lr(tmp_path, condition, best=0)
     ce = kd_suite.Config("ce", "ce")
-    grid = kd_suite.LR_GRID[condition.recipe.optimizer]
-    for lr in grid:
-        for seed in kd_suite.LR_GRID_SEEDS:
-            key = kd_suite.run_key("lr", recipe_grid, ce, seed, lr, 1.0, False)
-            store.runs[key] = {"final": 0.9 if lr == grid[0] else 0.5}
-    lr = grid[0] * condition.lr_scale
     candidate = kd_suite.CANDIDATES["default"]
     finals = {1.0: [0.90, 0.80, 0.70], 1.000001: [0.91, 0.79, 0.72], 0.01: [0.5, 0.6]}
     for scale, values in finals.items():

@@ -365,25 +365,11 @@ def mokd_weights(
     """
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
-    if (
-        pi is None
-        and conflict == "project"
-        and simplex
-        and equalize == 1
-        and regularization == 0
-        and gram.shape[-1] == 2
-    ):
-        # two objectives: the bisector and the projection in one closed form
+    # two objectives with the bisector: the conflict rule folded into one closed form
+    bisector = pi is None and simplex and equalize == 1 and regularization == 0
+    if bisector and gram.shape[-1] == 2 and conflict == "project":
         pi = _bisector_weights(gram, losses, anchor, project=True)
-    elif (
-        pi is None
-        and conflict in AGREEMENT_RULES
-        and simplex
-        and equalize == 1
-        and regularization == 0
-        and gram.shape[-1] == 2
-    ):
-        # the default for two objectives: the bisector and the agreement share in one closed form
+    elif bisector and gram.shape[-1] == 2 and conflict in AGREEMENT_RULES:  # the default
         pi = _agreement_weights(gram, losses, anchor, conflict)
     else:
         if pi is None:
