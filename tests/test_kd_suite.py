@@ -224,7 +224,27 @@ def test_scale_study_lists_every_seed_and_the_move_against_x1(tmp_path) -> None:
         line.startswith("| ce |")
         for line in kd_suite.scale_study(condition, [ce], store, (0.01,), (0,))
     )
-    with pytest.raises(SystemExit):  # a confirmation condition is not in the selection split
+    # the latest round's confirmation conditions are not in the (default) selection split
+    fresh = kd_suite.conditions_of_round(max(kd_suite.ROUNDS), "confirmation")[0].name.split()[0]
+    with pytest.raises(SystemExit):
         kd_suite.main(
-            ["--conditions", "C46", "--scales", "0.01", "--store", str(tmp_path / "s.json")]
+            ["--conditions", fresh, "--scales", "0.01", "--store", str(tmp_path / "s.json")]
         )
+
+
+def test_the_trust_candidate_feeds_the_teachers_record_to_mokd() -> None:
+    # round 8: the candidate differs from the round-7 default only by TeacherTrust, its store
+    # key by one marker (stored runs of the other candidates keep their keys), and a run
+    # records the trust it passed to the method
+    trust, agreement = kd_suite.CANDIDATES["trust"], kd_suite.CANDIDATES["agreement"]
+    assert trust.trust and not agreement.trust
+    assert json.loads(trust.key) == [*json.loads(agreement.key), "trust"]
+    condition = next(c for c in kd_suite.CONDITIONS if c.name.startswith("C43 "))
+    run = kd_suite.train_run(condition, trust, seed=0, lr=0.003, scale=1.0, quick=True)
+    diagnostics = run["diagnostics"]
+    assert 0.0 < diagnostics["trust"] < 1.0 and 0.0 < diagnostics["trust_late"] < 1.0
+    plain = kd_suite.train_run(condition, agreement, seed=0, lr=0.003, scale=1.0, quick=True)
+    assert "trust" not in plain["diagnostics"]
+    assert run["final"] != plain["final"] or diagnostics["task_share"] != pytest.approx(
+        plain["diagnostics"]["task_share"], abs=1e-9
+    )

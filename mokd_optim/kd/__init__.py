@@ -10,7 +10,9 @@ Read like mmrazor's distillers:
 - *connectors* (:mod:`mokd_optim.kd.heads`): :class:`SubspaceHead` projectors and
   :func:`build_heads` for several stages at once;
 - :class:`Distiller` (:mod:`mokd_optim.kd.distiller`) bundles them and returns the loss dict
-  for :meth:`mokd_optim.MultiObjectiveOptimizer.backward`.
+  for :meth:`mokd_optim.MultiObjectiveOptimizer.backward`;
+- :class:`TeacherTrust` (:mod:`mokd_optim.kd.trust`): the teacher's record against the student
+  on the labels, the evidence ``mokd``'s agreement share takes through ``set_trust``.
 
 See ``docs/kd.md``.
 """
@@ -51,6 +53,7 @@ from mokd_optim.kd.losses import (
     mse_feature_loss,
     smooth_l1_feature_loss,
 )
+from mokd_optim.kd.trust import TRUST_DECAY, TeacherTrust
 
 __all__ = [
     "ALIGN_MODES",
@@ -61,6 +64,7 @@ __all__ = [
     "LOGIT_LOSSES",
     "TEACHER_NORMS",
     "TEACHER_PROJECTORS",
+    "TRUST_DECAY",
     "DISTLoss",
     "DKDLoss",
     "Distiller",
@@ -71,6 +75,7 @@ __all__ = [
     "ModulePathError",
     "PointwiseLinear",
     "SubspaceHead",
+    "TeacherTrust",
     "align_features",
     "build_heads",
     "cosine_feature_loss",

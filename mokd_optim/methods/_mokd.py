@@ -33,6 +33,22 @@ STATIONARY_RTOL = 1e-3
 STEP_BOUND_DECAY = 0.99
 
 
+def weigh_by_trust(agreement: Tensor, trust: Optional[Tensor]) -> Tensor:
+    """The agreement share ``a`` in ``[0, 1]`` with evidence ``t`` in ``[0, 1]`` that the others
+    are right where they disagree with the anchor (round 8 of the suite; in KD the teacher's
+    record against the student on the labels, :class:`mokd_optim.kd.TeacherTrust`), combined as
+    independent odds: ``logit(a') = logit(a) + logit(t)``, i.e.
+    ``a' = a t / (a t + (1 - a)(1 - t))``. ``t = 1/2`` (no evidence) or ``None`` leaves ``a``
+    unchanged; ``a`` of 0 or 1 stays (also in the undecided ``a = 1, t = 0`` and ``a = 0, t =
+    1``); ``t`` of 0 or 1 makes any ``0 < a < 1`` 0 or 1. Same shape as ``agreement``."""
+    if trust is None:
+        return agreement
+    trust = trust.to(agreement)
+    for_others = agreement * trust
+    total = for_others + (1.0 - agreement) * (1.0 - trust)
+    return torch.where(total > 0, for_others / torch.where(total > 0, total, 1.0), agreement)
+
+
 def normalized_log_gram(gram: PSDMatrix, losses: Tensor) -> PSDMatrix:
     """The Gram matrix of the log-loss gradients ``h_i = g_i / L_i``, divided by its mean
     diagonal (``1`` when all gradients are 0).
@@ -182,18 +198,24 @@ def _bisector_weights(
 
 
 def _agreement_weights(
-    gram: PSDMatrix, losses: Tensor, anchor: int = 0, rule: str = "agreement"
+    gram: PSDMatrix,
+    losses: Tensor,
+    anchor: int = 0,
+    rule: str = "agreement",
+    trust: Optional[Tensor] = None,
 ) -> Weights:
     """:func:`share_by_agreement` applied to the two-objective bisector, in closed form (the
     default's per-step cost on small models): with ``n_i = ||g_i|| / L_i`` and ``a = max(c, 0)``
     for the cosine ``c`` of the two gradients, ``pi_anchor ∝ (1 - a) / n_anchor`` (``1 /
-    n_anchor`` for ``"scaled"``) and ``pi_other ∝ a / n_other``. Where either gradient is zero,
-    the bisector's weights. ``(2, 2)``, ``(2,)`` -> ``(2,)``."""
+    n_anchor`` for ``"scaled"``) and ``pi_other ∝ a / n_other``, ``a`` weighed by ``trust``
+    (:func:`weigh_by_trust`). Where either gradient is zero, the bisector's weights.
+    ``(2, 2)``, ``(2,)`` -> ``(2,)``."""
     raw = torch.diagonal(gram).clamp_min(0.0).sqrt()
     relative = raw / losses
     product = raw[0] * raw[1]
     both = product > 0
     agreement = (gram[0, 1] / torch.where(both, product, 1.0)).clamp(0.0, 1.0)
+    agreement = weigh_by_trust(agreement, trust)
     parts = agreement.expand(2).clone()
     parts[anchor] = 1.0 - agreement if rule == "agreement" else 1.0
     # where a gradient is zero: the bisector's weights, pi_i ∝ n_other (see _bisector_weights)
@@ -235,7 +257,11 @@ def project_out_conflict(pi: Weights, log_gram: PSDMatrix, anchor: int) -> Weigh
 
 
 def share_by_agreement(
-    pi: Weights, log_gram: PSDMatrix, anchor: int, rule: str = "agreement"
+    pi: Weights,
+    log_gram: PSDMatrix,
+    anchor: int,
+    rule: str = "agreement",
+    trust: Optional[Tensor] = None,
 ) -> Weights:
     """The others' say in proportion to how much they agree with the anchor (round 7 of the
     suite). With ``r = sum_{j != anchor} pi_j h_j`` the others' part of the direction and ``c``
@@ -247,6 +273,8 @@ def share_by_agreement(
     - ``rule="scaled"``: ``u_anchor + a u_r``: the auxiliary gradient scaled by its cosine (the
       weighted variant of Du et al. 2018), a share of ``a / (1 + a)``.
 
+    With ``trust`` (a 0-d tensor in ``[0, 1]``: evidence that the others are right where they
+    disagree with the anchor) ``a`` is weighed by it first (:func:`weigh_by_trust`; round 8).
     The others keep their proportions among themselves. Where ``r`` or the anchor's gradient is
     zero ``pi`` is returned unchanged. Any positive scale of ``log_gram`` (and of any loss)
     gives the same. ``(K,)``, ``(K, K)`` -> ``(K,)``."""
@@ -260,7 +288,7 @@ def share_by_agreement(
     safe_anchor = torch.where(both, anchor_norm, torch.ones_like(anchor_norm))
     safe_rest = torch.where(both, rest_norm, torch.ones_like(rest_norm))
     cosine = (others @ log_gram[:, anchor]) / (safe_anchor * safe_rest)
-    agreement = cosine.clamp(0.0, 1.0)
+    agreement = weigh_by_trust(cosine.clamp(0.0, 1.0), trust)
     anchor_part = 1.0 - agreement if rule == "agreement" else torch.ones_like(agreement)
     shared = others * (agreement / safe_rest)
     shared[anchor] = anchor_part / safe_anchor
@@ -330,6 +358,7 @@ def mokd_weights(
     anchor_vs_rest: bool = False,
     rest: str = "min-norm",
     conflict: str = "pareto",
+    trust: Optional[Tensor] = None,
 ) -> tuple[Weights, Weights]:
     """Weights on the raw gradients for MoKD under a step-length rule, and ``pi``.
 
@@ -360,17 +389,21 @@ def mokd_weights(
     trade-off weights (e.g. from a smoothed Gram matrix) instead of solving for them here;
     ``regularization``, ``equalize``, ``anchor_vs_rest``, ``rest``: see :func:`trade_off`;
     ``conflict="project"``: :func:`project_out_conflict` applied to ``pi``; ``"drop"``:
-    :func:`drop_on_conflict`; ``"agreement"`` / ``"scaled"``: :func:`share_by_agreement`.
-    Returns ``(w, pi)``.
+    :func:`drop_on_conflict`; ``"agreement"`` / ``"scaled"``: :func:`share_by_agreement`, with
+    ``trust`` (0-d, in ``[0, 1]``; only these two rules use it). Returns ``(w, pi)``.
     """
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
+    if trust is not None and conflict not in AGREEMENT_RULES:
+        raise ValueError(
+            f"mokd: trust is used by conflict={AGREEMENT_RULES} only, not conflict={conflict!r}"
+        )
     # two objectives with the bisector: the conflict rule folded into one closed form
     bisector = pi is None and simplex and equalize == 1 and regularization == 0
     if bisector and gram.shape[-1] == 2 and conflict == "project":
         pi = _bisector_weights(gram, losses, anchor, project=True)
     elif bisector and gram.shape[-1] == 2 and conflict in AGREEMENT_RULES:  # the default
-        pi = _agreement_weights(gram, losses, anchor, conflict)
+        pi = _agreement_weights(gram, losses, anchor, conflict, trust)
     else:
         if pi is None:
             pi = mokd_simplex_weights(
@@ -386,7 +419,7 @@ def mokd_weights(
             )
         log_gram = gram / (losses[:, None] * losses[None, :])
         if conflict in AGREEMENT_RULES:
-            pi = share_by_agreement(pi, log_gram, anchor, conflict)
+            pi = share_by_agreement(pi, log_gram, anchor, conflict, trust)
         elif conflict != "pareto":
             resolve = project_out_conflict if conflict == "project" else drop_on_conflict
             pi = resolve(pi, log_gram, anchor)
@@ -460,6 +493,10 @@ class MoKD(Method):
             losing ground.
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
+
+    Evidence from outside the gradients: :meth:`set_trust` (in KD, the teacher's record
+    against the student on the labels, :class:`mokd_optim.kd.TeacherTrust`) weighs the
+    agreement share by how often the others are right where they disagree with the anchor.
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
             keeps; default the first objective (put the task loss first).
         simplex: clip ``pi`` to the simplex (default). ``False`` is the paper's literal
@@ -540,6 +577,37 @@ class MoKD(Method):
         # Moving average of the normalised log-Gram matrix (smoothing > 0) and its step count.
         self._average: Optional[Tensor] = None
         self._count = 0
+        # Evidence that the others are right where they disagree with the anchor (set_trust).
+        self._trust: Optional[float] = None
+
+    def set_trust(self, trust: Optional[float]) -> None:
+        """Weigh the agreement share by ``trust``, the probability (in ``[0, 1]``) that the
+        objectives other than the anchor are right where they and the anchor disagree -- in KD,
+        :attr:`mokd_optim.kd.TeacherTrust.value` -- combined with the cosine as independent
+        odds (:func:`weigh_by_trust`): ``1/2`` changes nothing, more gives the others a larger
+        share, less a smaller one. Kept for the following steps until set again; ``None``
+        drops it. Not part of :meth:`state_dict` (the caller's tracker holds it).
+
+        Raises:
+            ValueError: ``trust`` outside ``[0, 1]`` or not finite, or ``conflict`` is not
+                ``"agreement"`` / ``"scaled"`` (the other rules have no share to weigh).
+        """
+        if trust is None:
+            self._trust = None
+            return
+        if self.conflict not in AGREEMENT_RULES:
+            raise ValueError(
+                f"mokd: set_trust needs conflict in {AGREEMENT_RULES}, not {self.conflict!r}"
+            )
+        value = float(trust)
+        if not 0.0 <= value <= 1.0:  # also rejects nan
+            raise ValueError(f"mokd: trust must be in [0, 1], got {trust!r}")
+        self._trust = value
+
+    @property
+    def trust(self) -> Optional[float]:
+        """The evidence given to :meth:`set_trust` (``None``: none)."""
+        return self._trust
 
     @property
     def scale_invariance(self) -> str:  # type: ignore[override]
@@ -644,6 +712,9 @@ class MoKD(Method):
             anchor_vs_rest=self.anchor_vs_rest,
             rest=self.rest,
             conflict=self.conflict,
+            trust=None
+            if self._trust is None
+            else torch.tensor(self._trust, dtype=gram.dtype, device=gram.device),
         )
         self.info = {"simplex_weights": pi}
         return self._bound_step(w, gram)
