@@ -18,7 +18,7 @@ def python_blocks(text: str) -> list[str]:
 
 def test_kd_doc_code_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = python_blocks(DOC.read_text())
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     namespace: dict[str, object] = {}
@@ -36,7 +36,14 @@ def test_kd_doc_code_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     student.eval()
     with torch.no_grad():
         assert torch.equal(fresh(x), student(x))
-    exec(compile(blocks[1], str(DOC), "exec"), namespace)  # the recorder example
+    # the TeacherTrust example: three updates, the record handed to the method each step
+    trust_example: dict[str, object] = {}
+    exec(compile(blocks[1], str(DOC), "exec"), trust_example)
+    trust = trust_example["trust"]
+    assert trust.updates == 3 and 0.0 < trust.value < 1.0
+    assert trust.teacher_only + trust.student_only > 0  # two random linear models disagree
+    assert trust_example["trusted_opt"].method.trust == trust.value
+    exec(compile(blocks[2], str(DOC), "exec"), namespace)  # the recorder example
     features = namespace["features"]
     assert features["layer2"].shape == (8, 128, 4, 4) and features["layer3"].shape == (8, 256, 2, 2)
     assert all(
