@@ -1873,6 +1873,44 @@ def leaderboard(
     return lines
 
 
+def constant_weights(conditions: Sequence[Condition], store: Store, quick: bool) -> list[str]:
+    """The bar the fixed-weight criterion sets: each weight of the grid used as one constant on
+    every condition, judged like a candidate (the same paired rule, ties within one standard
+    error) against the best fixed weight of each condition and against ce. A weight that is
+    itself a condition's best ties it there."""
+    fixed = [c for c in baseline_configs({None}) if c.kind == "fixed"]
+    tally = {c.label: {"best": 0, "fixed": 0, "ce": 0, "vs_fixed": [], "vs_ce": []} for c in fixed}
+    counted = 0
+    for condition in conditions:
+        rows = gather(condition, [Config("ce", "ce"), *fixed], store, quick)
+        if len(rows) < len(fixed) + 1:
+            continue
+        counted += 1
+        best = best_of(rows, [c.label for c in fixed])
+        assert best is not None
+        for config in fixed:
+            entry = tally[config.label]
+            entry["best"] += config.label == best.label
+            for name, other in (("fixed", best), ("ce", rows["ce"])):
+                diff, se, _ = paired(rows[config.label], other)
+                entry[name] += diff >= -se
+                entry[f"vs_{name}"].append(diff)
+    if not counted:
+        return []
+    lines = [
+        "| fixed weight, as a constant | the condition's best | ahead of or tied with the best "
+        "fixed weight | ahead of or tied with ce | mean vs best fixed | mean vs ce |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, entry in tally.items():
+        lines.append(
+            f"| {label} | {entry['best']}/{counted} | {entry['fixed']}/{counted} | "
+            f"{entry['ce']}/{counted} | {statistics.mean(entry['vs_fixed']):+.2f} | "
+            f"{statistics.mean(entry['vs_ce']):+.2f} |"
+        )
+    return lines
+
+
 def default_verdict(
     candidate: Config, store: Store, quick: bool, round_number: int = max(ROUNDS)
 ) -> list[str]:
@@ -2021,6 +2059,20 @@ def write_report(
         "### Selection conditions",
         "",
         *leaderboard(selection, candidates, store, quick),
+        "",
+        "### Each fixed weight as one constant (the bar of the fixed-weight criterion)",
+        "",
+        "Judged like the candidates, against each condition's best fixed weight and ce. A "
+        "constant is tied to the scale of the losses: the loss-scale rows of the conditions "
+        "show what it does when a distillation loss is rescaled.",
+        "",
+        "Selection conditions:",
+        "",
+        *constant_weights(selection, store, quick),
+        "",
+        "Confirmation conditions:",
+        "",
+        *constant_weights(confirmation, store, quick),
         "",
         "## Learning rates (cross-entropy grid)",
         "",

@@ -248,3 +248,35 @@ def test_the_trust_candidate_feeds_the_teachers_record_to_mokd() -> None:
     assert run["final"] != plain["final"] or diagnostics["task_share"] != pytest.approx(
         plain["diagnostics"]["task_share"], abs=1e-9
     )
+
+
+def test_constant_weights_judge_each_fixed_weight_like_a_candidate(tmp_path) -> None:
+    # two conditions written by hand (and a third with ce only, left out): a = 0.1 is the best
+    # on S1 and clearly behind on S3; a = 0.5 ties S3's best (a = 0.3) within its standard error
+    s1, s3 = kd_suite.CONDITIONS[0], kd_suite.CONDITIONS[2]
+    store, lr1 = _store_with_ce_best_lr(tmp_path, s1, best=0)
+    store3, lr3 = _store_with_ce_best_lr(tmp_path, s3, best=0)
+    store.runs.update(store3.runs)
+    finals = {
+        s1: {"ce": [0.80] * 3, 0.1: [0.85, 0.86, 0.84], 0.3: [0.70] * 3, 0.5: [0.70] * 3},
+        s3: {"ce": [0.90] * 3, 0.1: [0.88] * 3, 0.3: [0.95, 0.96, 0.94], 0.5: [0.949, 0.961, 0.94]},
+    }
+    for condition, lr in ((s1, lr1), (s3, lr3)):
+        values = {**finals[condition], 0.7: [0.5] * 3, 0.9: [0.1] * 3}
+        for name, runs in values.items():
+            config = (
+                kd_suite.Config("ce", "ce")
+                if name == "ce"
+                else kd_suite.Config(f"fixed a={name:g}", "fixed", weight=name)
+            )
+            for seed, final in enumerate(runs):
+                key = kd_suite.run_key("main", condition, config, seed, lr, 1.0, False)
+                store.runs[key] = {"final": final, "collapsed": final < 0.2, "seconds": 1.0}
+    s4 = kd_suite.CONDITIONS[3]
+    lines = kd_suite.constant_weights([s1, s3, s4], store, quick=False)
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[2:]}
+    assert rows["fixed a=0.1"] == ["1/2", "1/2", "1/2", "-3.50", "+1.50 |"]  # (+5 - 2) / 2
+    assert rows["fixed a=0.3"][:3] == ["1/2", "1/2", "1/2"]
+    assert rows["fixed a=0.5"][:3] == ["0/2", "1/2", "1/2"]
+    assert rows["fixed a=0.9"][:3] == ["0/2", "0/2", "0/2"]
+    assert kd_suite.constant_weights([s4], store, quick=False) == []  # nothing complete: no table
