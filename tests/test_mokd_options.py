@@ -532,16 +532,20 @@ def test_conflict_project_keeps_the_others_orthogonal_part_and_drop_does_not() -
 
 
 def _reference_agreement(
-    jacobian: np.ndarray, losses: np.ndarray, anchor: int, rule: str
+    jacobian: np.ndarray, losses: np.ndarray, anchor: int, rule: str, trust=None
 ) -> np.ndarray:
     """conflict="agreement" / "scaled" from first principles (anchor_vs_rest, rest="sum",
-    equalize=1): a and r as in _reference_conflict, s = max(a . r, 0); the direction is
+    equalize=1): a and r as in _reference_conflict, s = max(a . r, 0), with ``trust`` t made
+    s' by logit(s') = logit(s) + logit(t) (set_trust, round 8); the direction is
     (1 - s) a + s r ("agreement") or a + s r ("scaled"). Returned at unit length."""
     h = jacobian / losses[:, None]
     a = h[anchor] / np.linalg.norm(h[anchor])
     u = np.delete(h, anchor, axis=0).sum(0)
     r = u / np.linalg.norm(u)
     s = max(float(a @ r), 0.0)
+    if trust is not None and 0 < s < 1:
+        odds = s / (1 - s) * trust / (1 - trust)
+        s = odds / (1 + odds)
     direction = ((1 - s) if rule == "agreement" else 1.0) * a + s * r
     return direction / np.linalg.norm(direction)
 
@@ -549,7 +553,8 @@ def _reference_agreement(
 @pytest.mark.parametrize("rule", ["agreement", "scaled"])
 @pytest.mark.parametrize("k", [2, 3, 4])
 @pytest.mark.parametrize("anchor", [0, 1])
-def test_agreement_rules_match_the_reference(rule: str, k: int, anchor: int) -> None:
+@pytest.mark.parametrize("trust", [None, 0.1, 0.93])
+def test_agreement_rules_match_the_reference(rule: str, k: int, anchor: int, trust) -> None:
     rng = np.random.default_rng(500 + k + 10 * anchor)
     signs = set()
     for _ in range(20):
@@ -557,8 +562,9 @@ def test_agreement_rules_match_the_reference(rule: str, k: int, anchor: int) -> 
         losses = rng.uniform(0.05, 5.0, size=k)
         method = methods.get("mokd", step="anchor", conflict=rule, anchor=anchor)
         method.bind([f"l{i}" for i in range(k)])
+        method.set_trust(trust)
         update = _weights(method, jacobian, losses) @ jacobian
-        expected = _reference_agreement(jacobian, losses, anchor, rule)
+        expected = _reference_agreement(jacobian, losses, anchor, rule, trust)
         np.testing.assert_allclose(update / np.linalg.norm(update), expected, rtol=1e-6, atol=1e-9)
         assert np.linalg.norm(update) == pytest.approx(np.linalg.norm(jacobian[anchor]), rel=1e-9)
         # scale-free: every loss times its own factor leaves the update's direction unchanged
