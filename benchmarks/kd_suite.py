@@ -1911,6 +1911,24 @@ def constant_weights(conditions: Sequence[Condition], store: Store, quick: bool)
     return lines
 
 
+def lr_counterpart(condition: Condition, conditions: Sequence[Condition]) -> Optional[Condition]:
+    """The condition of ``conditions`` that differs from ``condition`` only by running at the
+    cross-entropy-best learning rate itself (lr x1): what an lr x0.3 / x3 condition's loss is
+    measured against. ``None`` when there is none."""
+    return next(
+        (
+            c
+            for c in conditions
+            if c.recipe == condition.recipe
+            and c.lr_scale == 1
+            and c.objectives == condition.objectives
+            and c.teacher == condition.teacher
+            and c.temperature == condition.temperature
+        ),
+        None,
+    )
+
+
 def default_verdict(
     candidate: Config, store: Store, quick: bool, round_number: int = max(ROUNDS)
 ) -> list[str]:
@@ -1954,22 +1972,15 @@ def default_verdict(
     for condition in conditions:
         if condition.lr_scale == 1:
             continue
-        base_condition = next(
-            (
-                c
-                for c in conditions
-                if c.recipe == condition.recipe
-                and c.lr_scale == 1
-                and c.objectives == condition.objectives
-                and c.teacher == condition.teacher
-            ),
-            None,
-        )
-        if (
-            base_condition is None
-            or base_condition.name not in results
-            or condition.name not in results
-        ):
+        base_condition = lr_counterpart(condition, conditions)
+        if base_condition is None:
+            lines.append(
+                f"- lr x{condition.lr_scale:g} ({condition.name}): not measured -- no 1x "
+                "condition with the same recipe, teacher, objectives and temperature among the "
+                "confirmation conditions"
+            )
+            continue
+        if base_condition.name not in results or condition.name not in results:
             continue
         mine = results[base_condition.name]["mean"] - results[condition.name]["mean"]
         fixed_label = results[base_condition.name]["fixed"]["label"]

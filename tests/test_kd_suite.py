@@ -280,3 +280,30 @@ def test_constant_weights_judge_each_fixed_weight_like_a_candidate(tmp_path) -> 
     assert rows["fixed a=0.5"][:3] == ["0/2", "1/2", "1/2"]
     assert rows["fixed a=0.9"][:3] == ["0/2", "0/2", "0/2"]
     assert kd_suite.constant_weights([s4], store, quick=False) == []  # nothing complete: no table
+
+
+def test_an_lr_condition_without_its_1x_counterpart_is_reported_as_not_measured(
+    monkeypatch,
+) -> None:
+    # round 7 declared C47 (1x) beside C48 (3x) and C49 (0.3x); round 8's C54 (3x) and C55
+    # (0.3x) have no 1x condition, and the page must say so instead of leaving the criterion out
+    by_name = {c.name.split()[0]: c for c in kd_suite.CONDITIONS}
+    round_7 = kd_suite.conditions_of_round(7, "confirmation")
+    round_8 = kd_suite.conditions_of_round(8, "confirmation")
+    assert kd_suite.lr_counterpart(by_name["C48"], round_7) == by_name["C47"]
+    assert kd_suite.lr_counterpart(by_name["C49"], round_7) == by_name["C47"]
+    assert kd_suite.lr_counterpart(by_name["C54"], round_8) is None
+    assert kd_suite.lr_counterpart(by_name["C55"], round_8) is None
+    won = {"diff": 0.1, "se": 0.1, "won": True, "label": "fixed a=0.1", "mean": 0.9}
+    monkeypatch.setattr(
+        kd_suite,
+        "verdicts",
+        lambda *args, **kwargs: {"mean": 0.9, "collapsed": 0, "ce": won, "fixed": won},
+    )
+    monkeypatch.setattr(kd_suite, "gather", lambda *args, **kwargs: {})
+    lines = kd_suite.default_verdict(kd_suite.CANDIDATES["default"], None, False, round_number=8)
+    not_measured = [line for line in lines if "not measured" in line]
+    assert [line.split(" (")[1].split(")")[0] for line in not_measured] == [
+        by_name["C54"].name,
+        by_name["C55"].name,
+    ]
