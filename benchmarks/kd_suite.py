@@ -86,6 +86,7 @@ DEFAULT_PAGES = {
     6: ROOT / "docs" / "results_round6.md",
     7: ROOT / "docs" / "results_round7.md",
     8: ROOT / "docs" / "results_round8.md",
+    9: ROOT / "docs" / "results_round9.md",
 }
 
 
@@ -171,6 +172,7 @@ ROUNDS = {
     6: 'round 6 (conflict="project" again, with S2\'s collapses on ten seeds)',
     7: "round 7 (the distillation side's share by its agreement with the task: conflict=)",
     8: "round 8 (the agreement share weighed by the teacher's record on the labels: TeacherTrust)",
+    9: "round 9 (a check of the unchanged default on fresh conditions; no candidate)",
 }
 
 CONDITIONS: tuple[Condition, ...] = (
@@ -584,6 +586,43 @@ CONDITIONS: tuple[Condition, ...] = (
         temperature=8.0,
         round=8,
     ),
+    # --- round 9: a check, no candidate and no decision. Round 8 kept the default and its fresh
+    # conditions left the learning-rate criterion unmeasured (C54, C55 had no 1x counterpart);
+    # the default (round 7's rule, unchanged) runs once on eight more fresh conditions that make
+    # every done-criterion measurable: an lr triplet of one recipe (C58 1x with the loss-scale
+    # stress, C59 3x, C60 0.3x), two feature-head conditions, DKD, a weak teacher and a ResNet.
+    # Declared (and committed) before any of their runs; the page reports them whatever they
+    # show, beside rounds 7 and 8.
+    Condition("C58 mnist-cnn", "confirmation", MNIST_CNN_SGD_COS, stress=(1e3, 1e-2), round=9),
+    Condition("C59 mnist-cnn lr x3", "confirmation", MNIST_CNN_SGD_COS, lr_scale=3.0, round=9),
+    Condition("C60 mnist-cnn lr x0.3", "confirmation", MNIST_CNN_SGD_COS, lr_scale=0.3, round=9),
+    Condition(
+        "C61 fashion-mlp adamw +2feat",
+        "confirmation",
+        FASHION_MLP_ADAMW_COS,
+        objectives="kd+2feat",
+        round=9,
+    ),
+    Condition(
+        "C62 mnist-cnn weak +feat T2",
+        "confirmation",
+        MNIST_CNN_SGD_COS,
+        "weak",
+        objectives="kd+feat",
+        temperature=2.0,
+        round=9,
+    ),
+    Condition(
+        "C63 fashion-cnn warmup dkd", "confirmation", FASHION_CNN_SGD_WC, objectives="dkd", round=9
+    ),
+    Condition("C64 digits-mlp weak", "confirmation", DIGITS_MLP_SGD_COS, "weak", round=9),
+    Condition(
+        "C65 mnist-resnet adamw T2",
+        "confirmation",
+        MNIST_RESNET_ADAMW_CONST,
+        temperature=2.0,
+        round=9,
+    ),
 )
 
 #: Earlier confirmation conditions (looked at) that a later round uses as selection data.
@@ -594,6 +633,7 @@ REUSED_AS_SELECTION: dict[int, tuple[str, ...]] = {
     6: ("C6", *(f"C{n}" for n in range(9, 35))),
     7: ("C6", *(f"C{n}" for n in range(9, 42))),
     8: ("C6", *(f"C{n}" for n in range(9, 50))),
+    9: ("C6", *(f"C{n}" for n in range(9, 58))),
 }
 #: Rounds that change only the trade-off of more than two objectives: feature conditions only.
 FEATURE_ROUNDS = (3, 4)
