@@ -1922,19 +1922,16 @@ def constant_weights(conditions: Sequence[Condition], store: Store, quick: bool)
     tally = {c.label: {"best": 0, "fixed": 0, "ce": 0, "vs_fixed": [], "vs_ce": []} for c in fixed}
     counted = 0
     for condition in conditions:
-        rows = gather(condition, [Config("ce", "ce"), *fixed], store, quick)
-        if len(rows) < len(fixed) + 1:
-            continue
+        judged = {c.label: verdicts(condition, c, store, quick) for c in fixed}
+        if not all("ce" in v and "fixed" in v for v in judged.values()):
+            continue  # a condition counts with ce and the whole grid only
         counted += 1
-        best = best_of(rows, [c.label for c in fixed])
-        assert best is not None
-        for config in fixed:
-            entry = tally[config.label]
-            entry["best"] += config.label == best.label
-            for name, other in (("fixed", best), ("ce", rows["ce"])):
-                diff, se, _ = paired(rows[config.label], other)
-                entry[name] += diff >= -se
-                entry[f"vs_{name}"].append(diff)
+        for label, v in judged.items():
+            entry = tally[label]
+            entry["best"] += v["fixed"]["label"] == label
+            for name in ("fixed", "ce"):
+                entry[name] += v[name]["won"]
+                entry[f"vs_{name}"].append(v[name]["diff"])
     if not counted:
         return []
     lines = [

@@ -7,7 +7,7 @@ teacher, 0.56 with a strong Fashion-MNIST one). The labels can: count, on each b
 samples the teacher classifies right and the student wrong, and the reverse. Where the teacher
 wins most of those disagreements its gradient carries what the student does not know yet; where
 the student wins them, following the teacher costs accuracy. ``value`` is that record, to pass to
-:meth:`mokd_optim.methods.MoKD.set_trust` (or ``backward(..., trust=)``).
+:meth:`mokd_optim.methods.MoKD.set_trust`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ __all__ = ["TRUST_DECAY", "TeacherTrust"]
 
 #: Decay of the moving sums of disagreements (about the last 100 batches count).
 TRUST_DECAY = 0.99
+
+
+def _checked_decay(decay: float) -> float:
+    decay = float(decay)
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"TeacherTrust: decay must be in [0, 1), got {decay!r}")
+    return decay
 
 
 class TeacherTrust:
@@ -46,10 +53,7 @@ class TeacherTrust:
     """
 
     def __init__(self, decay: float = TRUST_DECAY) -> None:
-        decay = float(decay)
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"TeacherTrust: decay must be in [0, 1), got {decay!r}")
-        self.decay = decay
+        self.decay = _checked_decay(decay)
         self.teacher_only = 0.0
         self.student_only = 0.0
         self.updates = 0
@@ -118,7 +122,7 @@ class TeacherTrust:
             raise ValueError(
                 f"TeacherTrust: state keys {sorted(state)} are not the expected {sorted(keys)}"
             )
-        self.__init__(state["decay"])  # type: ignore[misc]
+        self.decay = _checked_decay(state["decay"])
         self.teacher_only = float(state["teacher_only"])
         self.student_only = float(state["student_only"])
         self.updates = int(state["updates"])

@@ -493,15 +493,16 @@ class MoKD(Method):
             losing ground.
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
-
-    Evidence from outside the gradients: :meth:`set_trust` (in KD, the teacher's record
-    against the student on the labels, :class:`mokd_optim.kd.TeacherTrust`) weighs the
-    agreement share by how often the others are right where they disagree with the anchor.
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
             keeps; default the first objective (put the task loss first).
         simplex: clip ``pi`` to the simplex (default). ``False`` is the paper's literal
             formula, kept for ablations; it trailed the clipped weights in our measurements.
         backend: min-norm solver backend (``mokd_optim.solvers.min_norm``).
+
+    Evidence from outside the gradients: :meth:`set_trust` (in KD, the teacher's record
+    against the student on the labels, :class:`mokd_optim.kd.TeacherTrust`) weighs the
+    agreement share by how often the others are right where they disagree with the anchor;
+    measured in round 8 and not used unless called.
 
     Invariance: multiplying any loss by ``c > 0`` leaves the direction unchanged under every
     rule; the whole update is unchanged under ``"log"`` (for any loss) and under ``"anchor"``
