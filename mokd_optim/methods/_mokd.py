@@ -14,6 +14,8 @@ from mokd_optim.methods._registry import register
 from mokd_optim.solvers import BACKENDS, line_weights, min_norm
 
 STEP_RULES = ("anchor", "bounded", "capped-log-anchor", "convex", "log", "log-anchor")
+#: The step rules whose length is not set from the anchor's gradient (no ``lengthen=``).
+UNANCHORED_STEP_RULES = ("convex", "log")
 #: How ``anchor_vs_rest`` combines the objectives other than the anchor (see :func:`trade_off`).
 REST_RULES = ("min-norm", "sum")
 #: What happens when the others' part of the direction conflicts with the anchor (see
@@ -359,6 +361,7 @@ def mokd_weights(
     rest: str = "min-norm",
     conflict: str = "pareto",
     trust: Optional[Tensor] = None,
+    lengthen: bool = False,
 ) -> tuple[Weights, Weights]:
     """Weights on the raw gradients for MoKD under a step-length rule, and ``pi``.
 
@@ -390,10 +393,20 @@ def mokd_weights(
     ``regularization``, ``equalize``, ``anchor_vs_rest``, ``rest``: see :func:`trade_off`;
     ``conflict="project"``: :func:`project_out_conflict` applied to ``pi``; ``"drop"``:
     :func:`drop_on_conflict`; ``"agreement"`` / ``"scaled"``: :func:`share_by_agreement`, with
-    ``trust`` (0-d, in ``[0, 1]``; only these two rules use it). Returns ``(w, pi)``.
+    ``trust`` (0-d, in ``[0, 1]``; only these two rules use it).
+
+    ``lengthen=True`` (round 10; not with ``"log"`` or ``"convex"``): the length above times
+    ``1 + max(c, 0)``, ``c`` the cosine of the others' part ``sum_{j != anchor} w_j g_j`` with
+    the anchor's gradient -- others that point the anchor's way add up to one more of the
+    rule's steps, as an added gradient would; in a conflict, or with no other part, nothing
+    changes. Scale-free like the rule itself (a cosine). Returns ``(w, pi)``.
     """
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
+    if lengthen and step in UNANCHORED_STEP_RULES:
+        raise ValueError(
+            f"mokd: lengthen needs a step rule with a target length, not step={step!r}"
+        )
     if trust is not None and conflict not in AGREEMENT_RULES:
         raise ValueError(
             f"mokd: trust is used by conflict={AGREEMENT_RULES} only, not conflict={conflict!r}"
@@ -445,9 +458,23 @@ def mokd_weights(
         target = norms[anchor] / losses[anchor].clamp_min(1.0)
     else:
         target = norms[anchor]
+    if lengthen:
+        target = target * (1.0 + _others_agreement(q, gram, anchor))
     safe = torch.where(stationary, torch.ones_like(length), length)
     scale = torch.where(stationary, torch.zeros_like(length), target / safe)
     return q * scale, pi
+
+
+def _others_agreement(q: Weights, gram: PSDMatrix, anchor: int) -> Tensor:
+    """``max(c, 0)`` for the cosine ``c`` of ``sum_{j != anchor} q_j g_j`` with ``g_anchor``
+    (0 where either is zero). ``(K,)``, ``(K, K)`` -> 0-d."""
+    others = q.clone()
+    others[anchor] = 0.0
+    rest_sq = (others @ gram @ others).clamp_min(0.0)
+    anchor_sq = gram[anchor, anchor].clamp_min(0.0)
+    product = (rest_sq * anchor_sq).sqrt()
+    cosine = (others @ gram[:, anchor]) / torch.where(product > 0, product, 1.0)
+    return torch.where(product > 0, cosine.clamp(0.0, 1.0), torch.zeros_like(cosine))
 
 
 def _moving_average(
@@ -491,6 +518,9 @@ class MoKD(Method):
             against the anchor (see :func:`project_out_conflict`); ``"drop"`` steps along the
             anchor alone; ``"pareto"`` (rounds 1-5) keeps the min-norm bisector, no objective
             losing ground.
+        lengthen: ``True`` multiplies the step rule's length by ``1 + max(c, 0)``, ``c`` the
+            cosine of the others' part of the update with the anchor's gradient (round 10 of
+            the suite; see :func:`mokd_weights`); not with ``step="log"`` or ``"convex"``.
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
@@ -527,6 +557,7 @@ class MoKD(Method):
         anchor_vs_rest: Optional[bool] = None,
         rest: str = "sum",
         conflict: Optional[str] = None,
+        lengthen: bool = False,
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
@@ -547,6 +578,11 @@ class MoKD(Method):
         check_flag("mokd", "anchor_vs_rest", anchor_vs_rest)
         check_choice("mokd", "rest", rest, REST_RULES)
         check_choice("mokd", "conflict", conflict, CONFLICT_RULES)
+        check_flag("mokd", "lengthen", lengthen)
+        if lengthen and step in UNANCHORED_STEP_RULES:
+            raise ValueError(
+                f"mokd: lengthen needs a step rule with a target length, not step={step!r}"
+            )
         if step_bound is not None:
             check_number("mokd", "step_bound", step_bound, low=1.0)
         if not simplex and (
@@ -571,6 +607,7 @@ class MoKD(Method):
         self.anchor_vs_rest = bool(anchor_vs_rest)
         self.rest = rest
         self.conflict = conflict
+        self.lengthen = bool(lengthen)
         self._anchor_index = 0
         # Moving average of the anchor gradient's norm (step_bound) and its step count.
         self._anchor_average: Optional[Tensor] = None
@@ -716,6 +753,7 @@ class MoKD(Method):
             trust=None
             if self._trust is None
             else torch.tensor(self._trust, dtype=gram.dtype, device=gram.device),
+            lengthen=self.lengthen,
         )
         self.info = {"simplex_weights": pi}
         return self._bound_step(w, gram)
@@ -760,4 +798,5 @@ class MoKD(Method):
             "anchor_vs_rest": self.anchor_vs_rest,
             "rest": self.rest,
             "conflict": self.conflict,
+            "lengthen": self.lengthen,
         }
