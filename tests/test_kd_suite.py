@@ -307,3 +307,18 @@ def test_an_lr_condition_without_its_1x_counterpart_is_reported_as_not_measured(
         by_name["C54"].name,
         by_name["C55"].name,
     ]
+
+
+def test_the_lengthen_candidate_differs_from_the_default_by_its_step_only() -> None:
+    # round 10: the candidate is the default plus lengthen=True (the default's stored runs keep
+    # their key: lengthen=False is a neutral option), and its runs take steps longer than the
+    # task gradient where the default's never are
+    lengthen, default = kd_suite.CANDIDATES["lengthen"], kd_suite.CANDIDATES["default"]
+    assert dict(lengthen.options) == {**dict(default.options), "lengthen": True}
+    assert "lengthen" not in dict(default.options)
+    assert kd_suite.method_options(default)["lengthen"] is False
+    condition = next(c for c in kd_suite.CONDITIONS if c.name.startswith("S8 "))
+    longer = kd_suite.train_run(condition, lengthen, seed=0, lr=0.1, scale=1.0, quick=True)
+    plain = kd_suite.train_run(condition, default, seed=0, lr=0.1, scale=1.0, quick=True)
+    assert plain["diagnostics"]["step_over_task_max"] <= 1.0 + 1e-6
+    assert 1.0 < longer["diagnostics"]["step_over_task_max"] <= 2.0 + 1e-6

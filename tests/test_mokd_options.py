@@ -685,3 +685,108 @@ def test_two_objective_closed_forms_equal_the_general_path(conflict: str, anchor
             slow_w, slow_pi = mokd_weights(gram, losses, pi=pi, **options)
             np.testing.assert_allclose(fast_pi.numpy(), slow_pi.numpy(), rtol=rtol, atol=atol)
             np.testing.assert_allclose(fast_w.numpy(), slow_w.numpy(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("step", ["anchor", "bounded", "log-anchor", "capped-log-anchor"])
+@pytest.mark.parametrize("conflict", ["agreement", "pareto", "project"])
+def test_lengthen_multiplies_the_length_by_one_plus_the_others_agreement(
+    k: int, step: str, conflict: str
+) -> None:
+    # lengthen=True (round 10): the same direction, the rule's length times 1 + max(c, 0), c
+    # the cosine of the others' part of the update (sum_{j != anchor} w_j g_j) with the
+    # anchor's raw gradient, computed here from the update itself
+    rng = np.random.default_rng(100 + k)
+    options = dict(step=step, conflict=conflict, anchor_vs_rest=True, rest="sum", equalize=1.0)
+    plain, longer = _bound(k, **options), _bound(k, lengthen=True, **options)
+    agreeing = 0
+    for _ in range(25):
+        jacobian = rng.standard_normal((k, 6)) * np.exp(rng.uniform(-4, 4, size=(k, 1)))
+        jacobian[1:] += rng.uniform(0, 3) * jacobian[0] * np.exp(rng.uniform(-4, 4))
+        losses = rng.uniform(0.05, 5.0, size=k)
+        w = _weights(plain, jacobian, losses)
+        rest = w[1:] @ jacobian[1:]
+        product = np.linalg.norm(rest) * np.linalg.norm(jacobian[0])
+        c = rest @ jacobian[0] / product if product > 0 else 0.0  # no others' part: no change
+        agreeing += c > 0
+        expected = (1 + max(c, 0.0)) * (w @ jacobian)
+        np.testing.assert_allclose(
+            _weights(longer, jacobian, losses) @ jacobian, expected, rtol=1e-9, atol=1e-12
+        )
+    assert 0 < agreeing < 25  # both agreeing and conflicting draws were exercised
+
+
+def test_lengthen_on_constructed_angles_is_scale_free() -> None:
+    # task along (1, 0) with loss 0.5 (capped-log-anchor: the task's step, ||g_task||), KD at
+    # angle theta: the default's update is ||g_task|| long; lengthen makes it 1 + cos(theta)
+    # (2 when parallel, 1.5 at 60 degrees, 1 from 90 degrees on), and multiplying the KD loss
+    # by e^+-7 changes nothing
+    method = methods.get("mokd", lengthen=True)
+    method.bind(["task", "kd"])
+    for degrees, factor in (
+        (0, 2.0),
+        (30, 1 + np.cos(np.pi / 6)),
+        (60, 1.5),
+        (90, 1.0),
+        (150, 1.0),
+    ):
+        theta = np.deg2rad(degrees)
+        jacobian = np.array([[2.0, 0.0], [7 * np.cos(theta), 7 * np.sin(theta)]])
+        for s in (1.0, np.exp(7), np.exp(-7)):
+            scaled = jacobian * np.array([[1.0], [s]])
+            update = _weights(method, scaled, np.array([0.5, 3.0 * s])) @ scaled
+            assert np.linalg.norm(update) == pytest.approx(2.0 * factor, rel=1e-9)
+    # a zero gradient on the distillation side: nothing to lengthen by
+    update = _weights(method, np.array([[2.0, 0.0], [0.0, 0.0]]), np.array([0.5, 3.0]))
+    assert np.all(np.isfinite(update))
+
+
+def test_lengthen_needs_an_anchored_step_rule_and_a_flag() -> None:
+    for step in ("log", "convex"):
+        with pytest.raises(ValueError, match="lengthen needs a step rule"):
+            methods.get("mokd", step=step, lengthen=True)
+    with pytest.raises(OptionError, match="lengthen"):
+        methods.get("mokd", lengthen=1)
+    from mokd_optim.methods._mokd import mokd_weights
+
+    with pytest.raises(ValueError, match="lengthen needs a step rule"):
+        mokd_weights(
+            torch.eye(2, dtype=torch.float64),
+            torch.ones(2, dtype=torch.float64),
+            step="log",
+            lengthen=True,
+        )
+    assert methods.get("mokd").options()["lengthen"] is False
+    assert methods.get("mokd", lengthen=True).options()["lengthen"] is True
+
+
+def test_lengthen_reaches_the_step_through_the_optimizer(digits) -> None:
+    # plain SGD (no momentum): one step with lengthen moves every parameter by (1 + a) times
+    # the default's step from the same point, a = max(cos(g_task, g_kd), 0) from the stats
+    x, y = digits[0][:64], digits[1][:64]
+    targets = torch.softmax(torch.randn(64, 10), dim=1)
+
+    def one_step(lengthen: bool):
+        torch.manual_seed(0)
+        model = TwoHeadMLP()
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = MultiObjectiveOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), "mokd", lengthen=lengthen
+        )
+        logits = model(x)[0]
+        losses = {
+            "task": F.cross_entropy(logits, y),
+            "kd": F.kl_div(F.log_softmax(logits, 1), targets, reduction="batchmean"),
+        }
+        opt.zero_grad()
+        stats = opt.backward(losses)
+        opt.step()
+        moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+        return moved, stats
+
+    plain, stats = one_step(False)
+    longer, _ = one_step(True)
+    gram = stats.gram.double()
+    c = float(gram[0, 1] / (gram[0, 0] * gram[1, 1]).sqrt())
+    assert c > 0.05  # the case is one where the lengthening shows
+    torch.testing.assert_close(longer, (1 + c) * plain, rtol=1e-4, atol=1e-7)
