@@ -258,6 +258,23 @@ def project_out_conflict(pi: Weights, log_gram: PSDMatrix, anchor: int) -> Weigh
     return projected / projected.sum()
 
 
+def _agreement_with_anchor(
+    weights: Weights, gram: PSDMatrix, anchor: int
+) -> tuple[Weights, Tensor, Tensor, Tensor]:
+    """The others' part ``r = sum_{j != anchor} weights_j v_j`` of a combination of the vectors
+    behind ``gram`` against the anchor's: ``(weights with the anchor's entry 0, max(c, 0) for
+    their cosine c (0 where either is zero), ||v_anchor||, ||r||)``. ``(K,)``, ``(K, K)`` ->
+    ``(K,)`` and three 0-d tensors."""
+    others = weights.clone()
+    others[anchor] = 0.0
+    anchor_norm = gram[anchor, anchor].clamp_min(0.0).sqrt()
+    rest_norm = (others @ gram @ others).clamp_min(0.0).sqrt()
+    product = anchor_norm * rest_norm
+    cosine = (others @ gram[:, anchor]) / torch.where(product > 0, product, 1.0)
+    agreement = torch.where(product > 0, cosine.clamp(0.0, 1.0), torch.zeros_like(cosine))
+    return others, agreement, anchor_norm, rest_norm
+
+
 def share_by_agreement(
     pi: Weights,
     log_gram: PSDMatrix,
@@ -282,15 +299,11 @@ def share_by_agreement(
     gives the same. ``(K,)``, ``(K, K)`` -> ``(K,)``."""
     if rule not in AGREEMENT_RULES:
         raise ValueError(f"mokd: unknown agreement rule {rule!r}; choose one of {AGREEMENT_RULES}")
-    others = pi.clone()
-    others[anchor] = 0.0
-    anchor_norm = log_gram[anchor, anchor].clamp_min(0.0).sqrt()
-    rest_norm = (others @ log_gram @ others).clamp_min(0.0).sqrt()
+    others, agreement, anchor_norm, rest_norm = _agreement_with_anchor(pi, log_gram, anchor)
     both = (anchor_norm > 0) & (rest_norm > 0)
     safe_anchor = torch.where(both, anchor_norm, torch.ones_like(anchor_norm))
     safe_rest = torch.where(both, rest_norm, torch.ones_like(rest_norm))
-    cosine = (others @ log_gram[:, anchor]) / (safe_anchor * safe_rest)
-    agreement = weigh_by_trust(cosine.clamp(0.0, 1.0), trust)
+    agreement = weigh_by_trust(agreement, trust)
     anchor_part = 1.0 - agreement if rule == "agreement" else torch.ones_like(agreement)
     shared = others * (agreement / safe_rest)
     shared[anchor] = anchor_part / safe_anchor
@@ -459,22 +472,10 @@ def mokd_weights(
     else:
         target = norms[anchor]
     if lengthen:
-        target = target * (1.0 + _others_agreement(q, gram, anchor))
+        target = target * (1.0 + _agreement_with_anchor(q, gram, anchor)[1])
     safe = torch.where(stationary, torch.ones_like(length), length)
     scale = torch.where(stationary, torch.zeros_like(length), target / safe)
     return q * scale, pi
-
-
-def _others_agreement(q: Weights, gram: PSDMatrix, anchor: int) -> Tensor:
-    """``max(c, 0)`` for the cosine ``c`` of ``sum_{j != anchor} q_j g_j`` with ``g_anchor``
-    (0 where either is zero). ``(K,)``, ``(K, K)`` -> 0-d."""
-    others = q.clone()
-    others[anchor] = 0.0
-    rest_sq = (others @ gram @ others).clamp_min(0.0)
-    anchor_sq = gram[anchor, anchor].clamp_min(0.0)
-    product = (rest_sq * anchor_sq).sqrt()
-    cosine = (others @ gram[:, anchor]) / torch.where(product > 0, product, 1.0)
-    return torch.where(product > 0, cosine.clamp(0.0, 1.0), torch.zeros_like(cosine))
 
 
 def _moving_average(
