@@ -1291,9 +1291,19 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train_run(
-    condition: Condition, config: Config, seed: int, lr: float, scale: float, quick: bool
+    condition: Condition,
+    config: Config,
+    seed: int,
+    lr: float,
+    scale: float,
+    quick: bool,
+    trace: Optional[list[tuple[float, list[float]]]] = None,
 ) -> dict[str, Any]:
-    """Train one student; returns the final test accuracy, collapse flag, diagnostics, seconds."""
+    """Train one student; returns the final test accuracy, collapse flag, diagnostics, seconds.
+
+    ``trace``, when given, receives one ``(task loss, gradient norms)`` per step: the norm of
+    each objective's gradient for a balanced run, of the one loss's for ce and a fixed weight
+    (what ``benchmarks/collapse_watch.py`` calibrates :class:`CollapseWatch` on)."""
     from mokd_optim import MultiObjectiveOptimizer
     from mokd_optim.kd import SubspaceHead, TeacherTrust
     from mokd_optim.methods import MoKD
@@ -1329,10 +1339,15 @@ def train_run(
     bound = RelativeBound(config.step_bound) if config.step_bound is not None else None
     trust = TeacherTrust() if config.trust else None
 
-    def plain_step(loss: torch.Tensor) -> None:
+    def plain_step(loss: torch.Tensor, task: torch.Tensor) -> None:
         """A baseline's step: ``loss.backward()``, its safeguard, the optimizer step."""
         base.zero_grad(set_to_none=True)
         loss.backward()
+        if trace is not None:
+            norm = torch.linalg.vector_norm(
+                torch.stack([p.grad.norm() for p in params if p.grad is not None])
+            )
+            trace.append((float(task.detach()), [float(norm)]))
         if config.max_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, config.max_norm)
         if bound is not None:
@@ -1358,7 +1373,7 @@ def train_run(
                 if not torch.isfinite(loss):
                     collapsed = True
                     break
-                plain_step(loss)
+                plain_step(loss, loss)
             else:
                 t_logits = teacher["logits"][batch]
                 t_feats = [f[batch] for f in teacher["features"]]
@@ -1373,7 +1388,7 @@ def train_run(
                     total_loss = (1 - a) * losses["task"] + a * sum(
                         v for k, v in losses.items() if k != "task"
                     )
-                    plain_step(total_loss)
+                    plain_step(total_loss, losses["task"])
                 else:
                     assert opt is not None
                     if trust is not None:
@@ -1382,6 +1397,8 @@ def train_run(
                     opt.zero_grad(set_to_none=True)
                     features = logits if config.representation else None
                     stats = opt.backward(losses, features=features)
+                    if trace is not None and stats.gram is not None:
+                        trace.append((float(stats.losses[0]), stats.grad_norms.tolist()))
                     if opt.method.needs_losses_after:
 
                         def closure(

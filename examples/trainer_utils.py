@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from mokd_optim import MultiObjectiveOptimizer
 from mokd_optim.checkpoint import Progress, load_checkpoint, save_checkpoint
-from mokd_optim.diagnostics import StatsLogger, StepStats, plot_log, read_log
+from mokd_optim.diagnostics import CollapseWatch, StatsLogger, StepStats, plot_log, read_log
 from mokd_optim.distributed import is_main_process, unwrap_model
 from mokd_optim.kd import build_heads
 
@@ -613,7 +613,9 @@ def log_train_step(
 ) -> None:
     """Log a training step: ``lr``, fractional ``epoch`` and ``train/top1`` (``top1``, the
     batch's top-1 accuracy in %), with ``stats``, or the ``loss/<name>`` of ``losses`` when there
-    are none (the baseline); then show the losses on the progress line."""
+    are none (the baseline); then show the losses on the progress line. ``stats`` also go to
+    the run's :class:`CollapseWatch` (``run.watch``, main process), which warns once if the
+    logged steps show a dead network."""
     extra = {
         "lr": optimizer.param_groups[0]["lr"],
         "epoch": run.epoch_fraction,
@@ -622,6 +624,8 @@ def log_train_step(
     if stats is None:
         extra.update({f"loss/{name}": value for name, value in losses.items()})
     logger.log(run.step, stats, **extra)
+    if stats is not None and run.main_process:
+        run.watch.update(stats)
     run.show_losses(losses)
 
 
@@ -678,6 +682,8 @@ class TrainingRun:
         self.epoch_start = 0.0
         self.bar: Any = None
         self.logs: Optional[tuple[StatsLogger, StatsLogger, Optional[Any]]] = None
+        # fed the logged steps' statistics by log_train_step: warns on a silent collapse
+        self.watch = CollapseWatch()
 
     def resume(self, *, map_location: Any, mismatch_hint: str = "") -> Optional[Progress]:
         """Restore the run from ``--resume`` (a checkpoint path, or ``auto``: ``self.path`` if

@@ -6,7 +6,7 @@ Public names:
 - :class:`StepStats` -- what one ``backward`` did (weights, norms, cosine, conflict, ...).
 - :class:`ObjectiveError` -- raised for a loss that cannot be used, naming it.
 - subpackages ``methods`` (registry), ``solvers`` (min-norm), ``diagnostics`` (statistics,
-  ``StatsLogger``, ``plot_log``), ``gradients``, ``distributed`` (DDP collectives),
+  ``StatsLogger``, ``plot_log``, ``CollapseWatch``), ``gradients``, ``distributed`` (DDP collectives),
   ``checkpoint`` (atomic ``save_checkpoint`` / ``load_checkpoint``) and ``kd`` (distillation
   losses, feature recorders, projection heads, ``Distiller``).
 """

@@ -172,6 +172,146 @@ class StepStats:
 # Logging ---------------------------------------------------------------------------------
 
 
+#: ``CollapseWatch`` defaults (calibrated in ``benchmarks/collapse_watch.py``; docs/logging.md).
+COLLAPSE_LOSS_FRACTION = 0.9
+COLLAPSE_GRADIENT_DROP = 0.1
+COLLAPSE_PATIENCE = 20
+
+
+class CollapseWatch:
+    """Warns once when training looks dead: losses still finite, but the network has stopped
+    learning for good -- the silent collapse every configuration of the condition suite showed
+    at a too-high learning rate (docs/mokd.md; dead ReLUs, the task loss back at chance).
+
+    A step *looks dead* when the anchor (task) loss is at least ``loss_fraction`` of its first
+    value **and** every gradient norm is below ``gradient_drop`` of its largest so far.
+    ``patience`` consecutive such observations set :attr:`collapsed`, record :attr:`step` (the
+    observation count) and issue one ``RuntimeWarning``. Both tests are ratios, so rescaling a
+    loss or the learning rate changes nothing; healthy training does not meet both at once (its
+    loss falls as its gradients shrink, and a plateau keeps its gradients). How often it fires,
+    and how late, on the suite's collapsed and healthy runs: docs/logging.md.
+
+    Feed it every step (or every logged step, with a ``patience`` counted in those):
+    :meth:`update` takes a :class:`StepStats`, :meth:`observe` a loss and gradient norms
+    (plain training: the norm of the one loss's gradient). :meth:`update` keeps its running
+    values on the device and reads the host every ``every``-th call only.
+
+    Args:
+        anchor: index of the objective whose loss is compared with its first value.
+        loss_fraction: in ``(0, 1]``; gradient_drop: in ``(0, 1)``; patience: >= 1.
+        every: :meth:`update` calls between host reads (>= 1); a read sees only its own step.
+        warn: issue the warning (``False``: only set :attr:`collapsed`).
+
+    Raises:
+        ValueError: an argument out of range; :meth:`update` / :meth:`observe` with another
+            number of gradient norms than before, or an ``anchor`` that is not an objective.
+    """
+
+    def __init__(
+        self,
+        anchor: int = 0,
+        *,
+        loss_fraction: float = COLLAPSE_LOSS_FRACTION,
+        gradient_drop: float = COLLAPSE_GRADIENT_DROP,
+        patience: int = COLLAPSE_PATIENCE,
+        every: int = 1,
+        warn: bool = True,
+    ) -> None:
+        if not 0 < loss_fraction <= 1:
+            raise ValueError(f"loss_fraction must be in (0, 1], got {loss_fraction!r}")
+        if not 0 < gradient_drop < 1:
+            raise ValueError(f"gradient_drop must be in (0, 1), got {gradient_drop!r}")
+        for name, count in (("patience", patience), ("every", every)):
+            if isinstance(count, bool) or int(count) != count or count < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {count!r}")
+        self.anchor = int(anchor)
+        self.loss_fraction = float(loss_fraction)
+        self.gradient_drop = float(gradient_drop)
+        self.patience = int(patience)
+        self.every = int(every)
+        self.warn = bool(warn)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything seen (a new run)."""
+        self.collapsed = False
+        self.step: Optional[int] = None
+        self.observations = 0
+        self._calls = 0
+        self._in_a_row = 0
+        self._first: Optional[float] = None
+        self._largest: Optional[list[float]] = None
+        self._device_largest: Optional[Tensor] = None
+
+    def update(self, stats: StepStats) -> bool:
+        """One step's :class:`StepStats`; returns :attr:`collapsed`. Statistics without
+        per-parameter gradients are skipped: ``gram`` ``None``, or the ``"representation"``
+        strategy's gradients at the features (they do not vanish in a dead network). With
+        ``balance="per_group"`` the groups' norms are combined."""
+        if stats.gram is None or stats.strategy == "representation":
+            return self.collapsed
+        k = stats.losses.shape[-1]
+        if not 0 <= self.anchor < k:
+            raise ValueError(f"anchor {self.anchor} is not one of the {k} objectives")
+        diagonal = torch.diagonal(stats.gram.detach(), dim1=-2, dim2=-1).clamp_min(0.0)
+        norms = diagonal.reshape(-1, k).sum(0).sqrt().double()
+        if self._device_largest is not None and self._device_largest.shape != norms.shape:
+            raise ValueError(
+                f"the number of gradient norms changed: {self._device_largest.numel()} then {k}"
+            )
+        # the largest norms of the steps between reads count too
+        self._device_largest = (
+            norms if self._device_largest is None else torch.maximum(self._device_largest, norms)
+        )
+        self._calls += 1
+        if self.collapsed or (self._calls - 1) % self.every:
+            return self.collapsed
+        loss = stats.losses.detach().reshape(-1, k)[0, self.anchor].double()
+        values = torch.cat([loss[None], norms, self._device_largest]).tolist()
+        self._largest = values[1 + k :]
+        return self.observe(values[0], values[1 : 1 + k], names=stats.names)
+
+    def observe(
+        self, loss: float, grad_norms: Sequence[float], *, names: Sequence[str] = ()
+    ) -> bool:
+        """One observation: the anchor's loss and every objective's gradient norm (floats);
+        returns :attr:`collapsed`. ``names`` only label the warning."""
+        norms = [float(n) for n in grad_norms]
+        if self._largest is not None and len(self._largest) != len(norms):
+            raise ValueError(
+                f"the number of gradient norms changed: {len(self._largest)} then {len(norms)}"
+            )
+        largest = norms if self._largest is None else list(map(max, self._largest, norms))
+        self._largest = largest
+        self.observations += 1
+        if self._first is None:
+            self._first = float(loss)
+        if self.collapsed:
+            return True
+        dead = (
+            math.isfinite(loss)
+            and loss >= self.loss_fraction * self._first
+            and all(n < self.gradient_drop * m for n, m in zip(norms, largest))
+        )
+        self._in_a_row = self._in_a_row + 1 if dead else 0
+        if self._in_a_row >= self.patience:
+            self.collapsed, self.step = True, self.observations
+            if self.warn:
+                import warnings
+
+                name = names[self.anchor] if len(names) > self.anchor else str(self.anchor)
+                warnings.warn(
+                    f"training looks collapsed (observation {self.observations}): the "
+                    f"{name!r} loss is back at {loss:.4g} (first {self._first:.4g}) and every "
+                    f"gradient norm has stayed below {self.gradient_drop:g} of its largest for "
+                    f"{self.patience} observations -- a dead or stalled network with finite "
+                    "losses, which rarely recovers; lower the learning rate (docs/logging.md)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        return self.collapsed
+
+
 def _scalar(value: Union[float, int, Tensor]) -> float:
     if isinstance(value, Tensor):
         if value.numel() != 1:
