@@ -187,9 +187,10 @@ class CollapseWatch:
     value **and** every gradient norm is below ``gradient_drop`` of its largest so far.
     ``patience`` consecutive such observations set :attr:`collapsed`, record :attr:`step` (the
     observation count) and issue one ``RuntimeWarning``. Both tests are ratios, so rescaling a
-    loss or the learning rate changes nothing; healthy training does not meet both at once (its
-    loss falls as its gradients shrink, and a plateau keeps its gradients). How often it fires,
-    and how late, on the suite's collapsed and healthy runs: docs/logging.md.
+    loss or the learning rate changes nothing. Healthy training rarely meets both at once (its
+    loss falls as its gradients shrink, and a plateau keeps its gradients); a run that stalls
+    this way and later partly recovers is reported too. How often it fires, and how late, on
+    the suite's collapsed and live runs: docs/logging.md.
 
     Feed it every step (or every logged step, with a ``patience`` counted in those):
     :meth:`update` takes a :class:`StepStats`, :meth:`observe` a loss and gradient norms

@@ -416,10 +416,7 @@ def mokd_weights(
     """
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
-    if lengthen and step in UNANCHORED_STEP_RULES:
-        raise ValueError(
-            f"mokd: lengthen needs a step rule with a target length, not step={step!r}"
-        )
+    _check_lengthen(step, lengthen)
     if trust is not None and conflict not in AGREEMENT_RULES:
         raise ValueError(
             f"mokd: trust is used by conflict={AGREEMENT_RULES} only, not conflict={conflict!r}"
@@ -476,6 +473,14 @@ def mokd_weights(
     safe = torch.where(stationary, torch.ones_like(length), length)
     scale = torch.where(stationary, torch.zeros_like(length), target / safe)
     return q * scale, pi
+
+
+def _check_lengthen(step: str, lengthen: bool) -> None:
+    """``lengthen`` scales a target length: refuse it with a rule that sets none."""
+    if lengthen and step in UNANCHORED_STEP_RULES:
+        raise ValueError(
+            f"mokd: lengthen needs a step rule with a target length, not step={step!r}"
+        )
 
 
 def _moving_average(
@@ -580,10 +585,7 @@ class MoKD(Method):
         check_choice("mokd", "rest", rest, REST_RULES)
         check_choice("mokd", "conflict", conflict, CONFLICT_RULES)
         check_flag("mokd", "lengthen", lengthen)
-        if lengthen and step in UNANCHORED_STEP_RULES:
-            raise ValueError(
-                f"mokd: lengthen needs a step rule with a target length, not step={step!r}"
-            )
+        _check_lengthen(step, lengthen)
         if step_bound is not None:
             check_number("mokd", "step_bound", step_bound, low=1.0)
         if not simplex and (
