@@ -10,7 +10,7 @@ for a grid of thresholds. The truth is the suite's: a run has collapsed when its
 accuracy is below ``kd_suite.COLLAPSE_ACCURACY`` or a loss went non-finite. Printed: for each
 threshold setting, collapsed runs flagged / missed, live runs flagged (false alarms), and how
 far into the run the flag came. The traces are kept in ``benchmarks/results/collapse_traces.json``
-(resumable; gitignored).
+(the suite's store format: resumable; gitignored).
 
     python benchmarks/collapse_watch.py --workers 2       # about 20 minutes on 2 cores
     python benchmarks/collapse_watch.py --report-only     # replay the stored traces
@@ -20,8 +20,6 @@ far into the run the flag came. The traces are kept in ``benchmarks/results/coll
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
 import statistics
 import sys
 from pathlib import Path
@@ -57,56 +55,25 @@ def configs() -> list[kd_suite.Config]:
     return [*kd_suite.baseline_configs({None}), kd_suite.CANDIDATES["default"]]
 
 
-def _job_key(condition: str, label: str, seed: int, quick: bool) -> str:
-    return json.dumps([condition, label, seed, quick])
-
-
-def _trace_run(job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    trace: list[tuple[float, list[float]]] = []
-    run = kd_suite.train_run(
-        job["condition"], job["config"], job["seed"], job["lr"], 1.0, job["quick"], trace=trace
-    )
-    return job["key"], {
-        "condition": job["condition"].name,
-        "config": job["config"].label,
-        "seed": job["seed"],
-        "final": run["final"],
-        "collapsed": run["collapsed"],
-        "trace": trace,
-    }
-
-
 def collect(names: tuple[str, ...], seeds: tuple[int, ...], quick: bool, workers: int,
             path: Path, suite_path: Path = kd_suite.DEFAULT_STORE) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Run (or load) every condition x configuration x seed; returns the stored traces. The
-    learning rates come from the suite's store at ``suite_path`` (its grid runs there first
-    when missing)."""
-    stored: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
-    suite_store = kd_suite.Store(suite_path)
+    """Run (or load) every condition x configuration x seed through the suite's own job runner
+    (a run that raises counts as collapsed and keeps no trace); returns the stored runs by key.
+    The learning rates come from the suite's store at ``suite_path`` (its grid runs there first
+    when missing); the traced runs go to their own store at ``path``."""
+    suite_store, store = kd_suite.Store(suite_path), kd_suite.Store(path)
     by_name = {c.name.split()[0]: c for c in kd_suite.CONDITIONS}
     conditions = [by_name[name] for name in names]
-    # the cross-entropy-best learning rates, from the suite's store (run there if missing)
     kd_suite.run_jobs(kd_suite.lr_grid_jobs(conditions, quick), suite_store, workers, False)
     jobs = []
     for condition in conditions:
         lr = kd_suite.ce_best_lr(condition.recipe, suite_store, quick) * condition.lr_scale
         for config in configs():
             for seed in seeds:
-                key = _job_key(condition.name, config.label, seed, quick)
-                if key not in stored:
-                    jobs.append(dict(key=key, condition=condition, config=config, seed=seed,
-                                     lr=lr, quick=quick))  # fmt: skip
-    if jobs:
-        with multiprocessing.get_context("fork").Pool(
-            workers, initializer=kd_suite._worker_init
-        ) as pool:
-            for done, (key, record) in enumerate(pool.imap_unordered(_trace_run, jobs), 1):
-                stored[key] = record
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(stored))
-                print(f"\r{done}/{len(jobs)} runs", end="", flush=True)
-        print()
-    return stored
+                job = kd_suite._job("trace", condition, config, seed, lr, 1.0, quick)
+                jobs.append({**job, "trace": True})
+    kd_suite.run_jobs(jobs, store, workers)
+    return store.runs
 
 
 def replay(record: dict[str, Any], **thresholds: Any) -> Optional[int]:
@@ -142,7 +109,7 @@ def score(records: list[dict[str, Any]], **thresholds: Any) -> dict[str, Any]:
 
 
 def report(stored: dict[str, dict[str, Any]]) -> str:
-    records = [r for r in stored.values() if r["trace"]]
+    records = [r for r in stored.values() if r.get("trace")]
     collapsed = sum(r["collapsed"] for r in records)
     lines = [
         f"{len(records)} runs ({collapsed} collapsed: final accuracy < "
@@ -184,7 +151,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     names = QUICK_CONDITIONS if args.quick else CONDITIONS
     seeds = (0,) if args.quick else kd_suite.parse_seeds(args.seeds)
     if args.report_only:
-        stored = json.loads(args.traces.read_text()) if args.traces.is_file() else {}
+        stored = kd_suite.Store(args.traces).runs
     else:
         stored = collect(names, seeds, args.quick, args.workers, args.traces, args.store)
     print(report(stored))

@@ -1552,10 +1552,21 @@ def _worker_init() -> None:
 
 
 def _execute(job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """One job of :func:`run_jobs`; a job with ``"trace": True`` also stores the run's per-step
+    ``trace`` (see :func:`train_run`; none for a run that raised)."""
+    trace: Optional[list[tuple[float, list[float]]]] = [] if job.get("trace") else None
     try:
         result = train_run(
-            job["condition"], job["config"], job["seed"], job["lr"], job["scale"], job["quick"]
+            job["condition"],
+            job["config"],
+            job["seed"],
+            job["lr"],
+            job["scale"],
+            job["quick"],
+            trace=trace,
         )
+        if trace is not None:
+            result["trace"] = trace
     except Exception as error:  # a method refusing its input mid-run (e.g. a loss that hit 0)
         result = {
             "accuracy": [],

@@ -225,7 +225,7 @@ def test_the_calibration_benchmark_scores_replayed_traces(tmp_path) -> None:
         )
         == 0
     )
-    records = list(json.loads(traces.read_text()).values())
+    records = list(json.loads(traces.read_text())["runs"].values())  # the suite's store format
     assert len(records) == 2 * 7 and all(r["trace"] for r in records)
     table = collapse_watch.report({str(i): r for i, r in enumerate(records)}).splitlines()
     rows = [line for line in table if line.startswith("| 0.")]
