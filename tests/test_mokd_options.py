@@ -534,10 +534,11 @@ def test_conflict_project_keeps_the_others_orthogonal_part_and_drop_does_not() -
 def _reference_agreement(
     jacobian: np.ndarray, losses: np.ndarray, anchor: int, rule: str, trust=None
 ) -> np.ndarray:
-    """conflict="agreement" / "scaled" from first principles (anchor_vs_rest, rest="sum",
+    """The agreement rules of conflict= from first principles (anchor_vs_rest, rest="sum",
     equalize=1): a and r as in _reference_conflict, s = max(a . r, 0), with ``trust`` t made
-    s' by logit(s') = logit(s) + logit(t) (set_trust, round 8); the direction is
-    (1 - s) a + s r ("agreement") or a + s r ("scaled"). Returned at unit length."""
+    s' by logit(s') = logit(s) + logit(t) (set_trust, round 8); "sharpened" then doubles the
+    log-odds of s ("sharpened-above" only where s > 1/2); the direction is (1 - s) a + s r
+    ("agreement", "sharpened*") or a + s r ("scaled"). Returned at unit length."""
     h = jacobian / losses[:, None]
     a = h[anchor] / np.linalg.norm(h[anchor])
     u = np.delete(h, anchor, axis=0).sum(0)
@@ -546,11 +547,13 @@ def _reference_agreement(
     if trust is not None and 0 < s < 1:
         odds = s / (1 - s) * trust / (1 - trust)
         s = odds / (1 + odds)
-    direction = ((1 - s) if rule == "agreement" else 1.0) * a + s * r
+    if rule == "sharpened" or (rule == "sharpened-above" and s > 0.5):
+        s = s**2 / (s**2 + (1 - s) ** 2)
+    direction = (1.0 if rule == "scaled" else (1 - s)) * a + s * r
     return direction / np.linalg.norm(direction)
 
 
-@pytest.mark.parametrize("rule", ["agreement", "scaled"])
+@pytest.mark.parametrize("rule", ["agreement", "scaled", "sharpened", "sharpened-above"])
 @pytest.mark.parametrize("k", [2, 3, 4])
 @pytest.mark.parametrize("anchor", [0, 1])
 @pytest.mark.parametrize("trust", [None, 0.1, 0.93])
@@ -611,6 +614,43 @@ def test_agreement_rules_give_the_others_their_cosine() -> None:
 
     with pytest.raises(ValueError, match="agreement rule"):
         share_by_agreement(torch.ones(2) / 2, torch.eye(2, dtype=torch.float64), 0, "cosine")
+
+
+def test_sharpened_rules_square_the_odds_of_the_cosine() -> None:
+    # task along (1, 0), KD at angle theta (KD 3.5x longer, losses far apart): "sharpened"
+    # gives KD the share c^2 / (c^2 + (1 - c)^2) -- more than "agreement" above c = 1/2, less
+    # below, the same at 0, 1/2 and 1; "sharpened-above" is "agreement" up to c = 1/2
+    def kd_share(rule: str, theta: float) -> float:
+        jacobian = np.array([[2.0, 0.0], [7 * np.cos(theta), 7 * np.sin(theta)]])
+        w = _weights(_bound(2, step="anchor", conflict=rule), jacobian, np.array([0.5, 3.0]))
+        parts = np.abs(w) * np.linalg.norm(jacobian, axis=1)
+        return float(parts[1] / parts.sum())
+
+    for c, sharp in (
+        (0.6, 0.36 / 0.52),
+        (0.7, 0.49 / 0.58),
+        (0.9, 0.81 / 0.82),
+        (0.4, 0.16 / 0.52),
+    ):
+        theta = np.arccos(c)
+        assert kd_share("sharpened", theta) == pytest.approx(sharp, rel=1e-9)
+        above = sharp if c > 0.5 else c
+        assert kd_share("sharpened-above", theta) == pytest.approx(above, rel=1e-9)
+    for c in (0.0, 0.5):
+        for rule in ("sharpened", "sharpened-above"):
+            assert kd_share(rule, np.arccos(c)) == pytest.approx(c, abs=1e-12)
+    for rule in ("sharpened", "sharpened-above"):  # nothing for the teacher in a conflict
+        assert kd_share(rule, np.deg2rad(120)) == pytest.approx(0.0, abs=1e-12)
+        assert kd_share(rule, 0.0) == pytest.approx(1.0, rel=1e-12)  # parallel: all of it
+    from mokd_optim.methods._mokd import agreement_share
+
+    a = torch.tensor([0.0, 0.2, 0.5, 0.8, 1.0], dtype=torch.float64)
+    share, anchor_part = agreement_share(a, "sharpened")
+    torch.testing.assert_close(share, a**2 / (a**2 + (1 - a) ** 2))
+    torch.testing.assert_close(share + anchor_part, torch.ones_like(a))
+    share, anchor_part = agreement_share(a, "scaled")
+    torch.testing.assert_close(share, a)
+    torch.testing.assert_close(anchor_part, torch.ones_like(a))
 
 
 @pytest.mark.parametrize("k", [3, 4, 5])
