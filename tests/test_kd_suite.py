@@ -201,6 +201,42 @@ def test_seed_study_counts_collapses_and_pairs_by_seed(tmp_path) -> None:
     assert len(kd_suite.seed_study(condition, [ce, candidate], store, (0, 1, 2, 3, 4))) == 4
 
 
+def test_held_out_study_picks_the_weight_on_other_seeds(tmp_path) -> None:
+    # seeds 0-2 pick a = 0.3 (a lucky 0.90 on seed 0); on seeds 3-5 a = 0.1 is the best of the
+    # five, and the candidate is compared with both: behind the same-seed best, ahead of the
+    # held-out pick (a = 0.3 is 0.80 there). All finals written by hand.
+    condition = kd_suite.CONDITIONS[1]  # S2
+    store, lr = _store_with_ce_best_lr(tmp_path, condition, best=1)
+    ce = kd_suite.Config("ce", "ce")
+    candidate = kd_suite.CANDIDATES["default"]
+    fixed = {c.weight: c for c in kd_suite.baseline_configs({None}) if c.kind == "fixed"}
+    finals = {ce: [0.70] * 6, candidate: [0.0] * 3 + [0.83, 0.84, 0.85]}
+    for config in fixed.values():
+        finals[config] = [0.75] * 6
+    finals[fixed[0.3]] = [0.90, 0.80, 0.80, 0.80, 0.80, 0.80]
+    finals[fixed[0.1]] = [0.82, 0.82, 0.82, 0.85, 0.86, 0.87]
+    for config, values in finals.items():
+        for seed, final in enumerate(values):
+            key = kd_suite.run_key("main", condition, config, seed, lr, 1.0, False)
+            store.runs[key] = {"final": final, "collapsed": False, "seconds": 1.0}
+    lines = kd_suite.held_out_study([condition], candidate, store, (3, 4, 5))
+    row = next(line for line in lines if line.startswith(f"| {condition.name} |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1] == "fixed a=0.3"  # picked on seeds 0-2 (mean 83.3 against 82.0)
+    assert cells[2] == "+4.00 ± 0.58"  # 3, 4, 5 points ahead of a = 0.3 on seeds 3-5
+    assert cells[3] == "fixed a=0.1"  # the best on seeds 3-5 themselves
+    assert cells[4] == "-2.00 ± 0.00 (behind)"
+    assert cells[5] == "+14.00 ± 0.58"
+    assert lines[-1] == (
+        "Ahead of or tied with the held-out pick on 1 of 1 (mean +4.00); with the best weight "
+        "on the same seeds on 0 of 1 (mean -2.00)."
+    )
+    # a condition missing the held-out seeds is left out
+    assert len(kd_suite.held_out_study([condition], candidate, store, (3, 4, 5, 6))) == 4
+    with pytest.raises(SystemExit):  # a study of full-size runs only
+        kd_suite.main(["--quick", "--held-out", "3-5", "--store", str(tmp_path / "q.json")])
+
+
 def test_scale_study_lists_every_seed_and_the_move_against_x1(tmp_path) -> None:
     # stored finals for x1, x(1 + 1e-6) and x0.01 on S2; the table has one line per scale with
     # the per-seed finals and the mean move against x1, and leaves out a scale missing a seed
