@@ -830,3 +830,79 @@ def test_lengthen_reaches_the_step_through_the_optimizer(digits) -> None:
     c = float(gram[0, 1] / (gram[0, 0] * gram[1, 1]).sqrt())
     assert c > 0.05  # the case is one where the lengthening shows
     torch.testing.assert_close(longer, (1 + c) * plain, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_agreement_smoothing_uses_the_running_mean_of_the_agreement(k: int) -> None:
+    # a sequence of steps with known agreements: with agreement_smoothing = beta the rule acts
+    # on the bias-corrected moving average of max(c, 0) up to each step, not the step's own;
+    # every loss times its own factor changes nothing; the state survives a state_dict round
+    # trip; beta = 0 is the per-step rule
+    rng = np.random.default_rng(70 + k)
+    beta = 0.8
+    smoothed = methods.get("mokd", step="anchor", agreement_smoothing=beta)
+    rescaled = methods.get("mokd", step="anchor", agreement_smoothing=beta)
+    for method in (smoothed, rescaled):
+        method.bind([f"l{i}" for i in range(k)])
+    average, count = 0.0, 0
+    steps = []
+    for _ in range(12):
+        jacobian = rng.standard_normal((k, 5)) * np.exp(rng.uniform(-3, 3, size=(k, 1)))
+        losses = rng.uniform(0.05, 5.0, size=k)
+        h = jacobian / losses[:, None]
+        rest = h[1:].sum(0)
+        agreement = max(float(h[0] @ rest / np.linalg.norm(h[0]) / np.linalg.norm(rest)), 0.0)
+        count += 1
+        average = beta * average + (1 - beta) * agreement
+        used = average / (1 - beta**count)
+        update = _weights(smoothed, jacobian, losses) @ jacobian
+        a = h[0] / np.linalg.norm(h[0])
+        r = rest / np.linalg.norm(rest)
+        expected = (1 - used) * a + used * r
+        np.testing.assert_allclose(
+            update / np.linalg.norm(update), expected / np.linalg.norm(expected), rtol=1e-7
+        )
+        c = np.exp(rng.uniform(-7, 7, size=k))
+        c[0] = 1.0
+        other = _weights(rescaled, jacobian * c[:, None], losses * c) @ (jacobian * c[:, None])
+        np.testing.assert_allclose(other, update, rtol=1e-6, atol=1e-9 * np.abs(update).max())
+        steps.append((jacobian, losses))
+    # a state_dict round trip continues the same average
+    state = smoothed.state_dict()
+    assert state["agreement_count"] == 12
+    restored = methods.get("mokd", step="anchor", agreement_smoothing=beta)
+    restored.bind([f"l{i}" for i in range(k)])
+    restored.load_state_dict(state)
+    jacobian, losses = steps[0]
+    np.testing.assert_allclose(
+        _weights(restored, jacobian, losses), _weights(smoothed, jacobian, losses), rtol=1e-12
+    )
+    with pytest.raises(ValueError, match="incomplete"):
+        restored.load_state_dict({"agreement_average": state["agreement_average"]})
+    # the first step is the per-step rule (the corrected average of one value is that value)
+    fresh = methods.get("mokd", step="anchor", agreement_smoothing=beta)
+    plain = methods.get("mokd", step="anchor")
+    for method in (fresh, plain):
+        method.bind([f"l{i}" for i in range(k)])
+    np.testing.assert_allclose(
+        _weights(fresh, *steps[3]), _weights(plain, *steps[3]), rtol=1e-9, atol=1e-15
+    )
+
+
+def test_agreement_smoothing_checks_its_value_and_rule() -> None:
+    assert methods.get("mokd").options()["agreement_smoothing"] == 0.0
+    for bad in (-0.1, 1.0, 2.0):
+        with pytest.raises(OptionError, match="agreement_smoothing"):
+            methods.get("mokd", agreement_smoothing=bad)
+    for conflict in ("pareto", "project", "drop"):
+        with pytest.raises(OptionError, match="agreement_smoothing"):
+            methods.get("mokd", conflict=conflict, agreement_smoothing=0.9)
+    for conflict in ("agreement", "scaled", "sharpened"):
+        assert methods.get("mokd", conflict=conflict, agreement_smoothing=0.9).options()[
+            "agreement_smoothing"
+        ] == pytest.approx(0.9)
+    from mokd_optim.methods._mokd import mokd_weights
+
+    gram = torch.eye(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="agreement_average"):
+        mokd_weights(gram, torch.ones(2, dtype=torch.float64), agreement_average=lambda a: a)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -60,7 +60,10 @@ def weigh_by_trust(agreement: Tensor, trust: Optional[Tensor]) -> Tensor:
 
 
 def agreement_share(
-    agreement: Tensor, rule: str, trust: Optional[Tensor] = None
+    agreement: Tensor,
+    rule: str,
+    trust: Optional[Tensor] = None,
+    average: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> tuple[Tensor, Tensor]:
     """The others' and the anchor's parts ``(a', b)`` of the direction ``b u_anchor + a' u_r``
     for the agreement ``a = max(c, 0)`` in ``[0, 1]`` under an agreement rule (first weighed by
@@ -73,7 +76,11 @@ def agreement_share(
       0.84 at 0.7), less below (0.31 at 0.4, 0.06 at 0.2); 0, 1/2 and 1 stay;
     - ``"sharpened-above"`` (round 11): the same where ``a > 1/2``, ``a`` itself below.
 
+    ``average`` (round 12; :class:`MoKD`'s ``agreement_smoothing``) maps this step's agreement
+    to the value used, a moving average over the steps, before ``trust`` and the rule act.
     Same shape as ``agreement``."""
+    if average is not None:
+        agreement = average(agreement)
     share = weigh_by_trust(agreement, trust)
     if rule in ("sharpened", "sharpened-above"):
         squared = weigh_by_trust(share, share)
@@ -236,6 +243,7 @@ def _agreement_weights(
     anchor: int = 0,
     rule: str = "agreement",
     trust: Optional[Tensor] = None,
+    average: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> Weights:
     """:func:`share_by_agreement` applied to the two-objective bisector, in closed form (the
     default's per-step cost on small models): with ``n_i = ||g_i|| / L_i`` and ``a = max(c, 0)``
@@ -248,7 +256,7 @@ def _agreement_weights(
     product = raw[0] * raw[1]
     both = product > 0
     agreement = (gram[0, 1] / torch.where(both, product, 1.0)).clamp(0.0, 1.0)
-    share, anchor_part = agreement_share(agreement, rule, trust)
+    share, anchor_part = agreement_share(agreement, rule, trust, average)
     parts = share.expand(2).clone()
     parts[anchor] = anchor_part
     # where a gradient is zero: the bisector's weights, pi_i ∝ n_other (see _bisector_weights)
@@ -312,6 +320,7 @@ def share_by_agreement(
     anchor: int,
     rule: str = "agreement",
     trust: Optional[Tensor] = None,
+    average: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> Weights:
     """The others' say in proportion to how much they agree with the anchor (round 7 of the
     suite). With ``r = sum_{j != anchor} pi_j h_j`` the others' part of the direction and ``c``
@@ -337,7 +346,7 @@ def share_by_agreement(
     both = (anchor_norm > 0) & (rest_norm > 0)
     safe_anchor = torch.where(both, anchor_norm, torch.ones_like(anchor_norm))
     safe_rest = torch.where(both, rest_norm, torch.ones_like(rest_norm))
-    share, anchor_part = agreement_share(agreement, rule, trust)
+    share, anchor_part = agreement_share(agreement, rule, trust, average)
     shared = others * (share / safe_rest)
     shared[anchor] = anchor_part / safe_anchor
     return torch.where(both, shared / shared.sum(), pi)
@@ -408,6 +417,7 @@ def mokd_weights(
     conflict: str = "pareto",
     trust: Optional[Tensor] = None,
     lengthen: bool = False,
+    agreement_average: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> tuple[Weights, Weights]:
     """Weights on the raw gradients for MoKD under a step-length rule, and ``pi``.
 
@@ -440,7 +450,8 @@ def mokd_weights(
     ``conflict="project"``: :func:`project_out_conflict` applied to ``pi``; ``"drop"``:
     :func:`drop_on_conflict`; ``AGREEMENT_RULES`` (``"agreement"``, ``"scaled"``,
     ``"sharpened"``, ``"sharpened-above"``): :func:`share_by_agreement`, with ``trust`` (0-d, in
-    ``[0, 1]``; only these rules use it).
+    ``[0, 1]``) and ``agreement_average`` (a map from this step's agreement to the one used, see
+    :func:`agreement_share`); only these rules use either.
 
     ``lengthen=True`` (round 10; not with ``"log"`` or ``"convex"``): the length above times
     ``1 + max(c, 0)``, ``c`` the cosine of the others' part ``sum_{j != anchor} w_j g_j`` with
@@ -451,16 +462,18 @@ def mokd_weights(
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
     _check_lengthen(step, lengthen)
-    if trust is not None and conflict not in AGREEMENT_RULES:
-        raise ValueError(
-            f"mokd: trust is used by conflict={AGREEMENT_RULES} only, not conflict={conflict!r}"
-        )
+    for given, what in ((trust, "trust"), (agreement_average, "agreement_average")):
+        if given is not None and conflict not in AGREEMENT_RULES:
+            raise ValueError(
+                f"mokd: {what} is used by conflict={AGREEMENT_RULES} only, "
+                f"not conflict={conflict!r}"
+            )
     # two objectives with the bisector: the conflict rule folded into one closed form
     bisector = pi is None and simplex and equalize == 1 and regularization == 0
     if bisector and gram.shape[-1] == 2 and conflict == "project":
         pi = _bisector_weights(gram, losses, anchor, project=True)
     elif bisector and gram.shape[-1] == 2 and conflict in AGREEMENT_RULES:  # the default
-        pi = _agreement_weights(gram, losses, anchor, conflict, trust)
+        pi = _agreement_weights(gram, losses, anchor, conflict, trust, agreement_average)
     else:
         if pi is None:
             pi = mokd_simplex_weights(
@@ -476,7 +489,7 @@ def mokd_weights(
             )
         log_gram = gram / (losses[:, None] * losses[None, :])
         if conflict in AGREEMENT_RULES:
-            pi = share_by_agreement(pi, log_gram, anchor, conflict, trust)
+            pi = share_by_agreement(pi, log_gram, anchor, conflict, trust, agreement_average)
         elif conflict != "pareto":
             resolve = project_out_conflict if conflict == "project" else drop_on_conflict
             pi = resolve(pi, log_gram, anchor)
@@ -563,6 +576,11 @@ class MoKD(Method):
         lengthen: ``True`` multiplies the step rule's length by ``1 + max(c, 0)``, ``c`` the
             cosine of the others' part of the update with the anchor's gradient (round 10 of
             the suite; see :func:`mokd_weights`); not with ``step="log"`` or ``"convex"``.
+        agreement_smoothing: ``beta`` in ``[0, 1)``; with ``beta > 0`` an agreement rule uses
+            the moving average (decay ``beta``, bias-corrected) of the agreement ``max(c, 0)``
+            over the steps instead of this step's value -- a share that follows how much the
+            others agree with the anchor over a run, not the batch at hand (round 12 of the
+            suite); needs ``conflict`` in ``AGREEMENT_RULES``. ``0`` (default): this step's.
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
@@ -600,6 +618,7 @@ class MoKD(Method):
         rest: str = "sum",
         conflict: Optional[str] = None,
         lengthen: bool = False,
+        agreement_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
@@ -622,6 +641,13 @@ class MoKD(Method):
         check_choice("mokd", "conflict", conflict, CONFLICT_RULES)
         check_flag("mokd", "lengthen", lengthen)
         _check_lengthen(step, lengthen)
+        check_number(
+            "mokd", "agreement_smoothing", agreement_smoothing, low=0.0, high=1.0, high_open=True
+        )
+        if agreement_smoothing > 0 and conflict not in AGREEMENT_RULES:
+            raise OptionError(
+                f"mokd: agreement_smoothing needs conflict in {AGREEMENT_RULES}, not {conflict!r}"
+            )
         if step_bound is not None:
             check_number("mokd", "step_bound", step_bound, low=1.0)
         if not simplex and (
@@ -647,6 +673,7 @@ class MoKD(Method):
         self.rest = rest
         self.conflict = conflict
         self.lengthen = bool(lengthen)
+        self.agreement_smoothing = float(agreement_smoothing)
         self._anchor_index = 0
         # Moving average of the anchor gradient's norm (step_bound) and its step count.
         self._anchor_average: Optional[Tensor] = None
@@ -654,6 +681,9 @@ class MoKD(Method):
         # Moving average of the normalised log-Gram matrix (smoothing > 0) and its step count.
         self._average: Optional[Tensor] = None
         self._count = 0
+        # Moving average of the agreement max(c, 0) (agreement_smoothing > 0) and its count.
+        self._agreement_average: Optional[Tensor] = None
+        self._agreement_count = 0
         # Evidence that the others are right where they disagree with the anchor (set_trust).
         self._trust: Optional[float] = None
 
@@ -772,6 +802,15 @@ class MoKD(Method):
         factor = torch.where(norm > limit, limit / norm.clamp_min(1e-300), torch.ones_like(norm))
         return w * factor
 
+    def _smooth_agreement(self, agreement: Tensor) -> Tensor:
+        """The moving average (decay ``agreement_smoothing``, bias-corrected) of the agreement
+        ``max(c, 0)`` up to this step, which the agreement rule then uses instead of this
+        step's value (round 12). On the device: no host read."""
+        self._agreement_average, self._agreement_count, average = _moving_average(
+            self._agreement_average, self._agreement_count, agreement, self.agreement_smoothing
+        )
+        return average
+
     def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:
         if gram is None:
             raise ValueError("mokd needs the Gram matrix of the per-objective gradients")
@@ -793,6 +832,7 @@ class MoKD(Method):
             if self._trust is None
             else torch.tensor(self._trust, dtype=gram.dtype, device=gram.device),
             lengthen=self.lengthen,
+            agreement_average=self._smooth_agreement if self.agreement_smoothing > 0 else None,
         )
         self.info = {"simplex_weights": pi}
         return self._bound_step(w, gram)
@@ -805,16 +845,29 @@ class MoKD(Method):
             state.update(
                 anchor_average=self._anchor_average.clone(), anchor_count=self._anchor_count
             )
+        if self._agreement_average is not None:
+            state.update(
+                agreement_average=self._agreement_average.clone(),
+                agreement_count=self._agreement_count,
+            )
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        known = {"average", "count", "anchor_average", "anchor_count"}
+        known = {
+            "average",
+            "count",
+            "anchor_average",
+            "anchor_count",
+            "agreement_average",
+            "agreement_count",
+        }
         if set(state) - known:
             raise ValueError(
                 f"mokd: unexpected method state keys {sorted(set(state) - known)}; expected {sorted(known)}"
             )
-        if ("average" in state) != ("count" in state) or ("anchor_average" in state) != (
-            "anchor_count" in state
+        if any(
+            (f"{prefix}average" in state) != (f"{prefix}count" in state)
+            for prefix in ("", "anchor_", "agreement_")
         ):
             raise ValueError(f"mokd: incomplete method state {sorted(state)}")
         self._average = state["average"].clone() if "average" in state else None
@@ -823,6 +876,10 @@ class MoKD(Method):
             state["anchor_average"].clone() if "anchor_average" in state else None
         )
         self._anchor_count = int(state.get("anchor_count", 0))
+        self._agreement_average = (
+            state["agreement_average"].clone() if "agreement_average" in state else None
+        )
+        self._agreement_count = int(state.get("agreement_count", 0))
 
     def options(self) -> dict[str, Any]:
         return {
@@ -838,4 +895,5 @@ class MoKD(Method):
             "rest": self.rest,
             "conflict": self.conflict,
             "lengthen": self.lengthen,
+            "agreement_smoothing": self.agreement_smoothing,
         }
