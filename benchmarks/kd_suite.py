@@ -2030,12 +2030,13 @@ def held_out_study(
         if picked is None or same is None or candidate.label not in rows or "ce" not in rows:
             continue
         mine = rows[candidate.label]
-        cells = []
-        for other in (rows[picked.label], same, rows["ce"]):
-            diff, se, _ = paired(mine, other)
-            cells.append(f"{diff:+.2f} ± {se:.2f}{'' if diff >= -se else ' (behind)'}")
-        held = paired(mine, rows[picked.label])
-        flattering = paired(mine, same)
+        held, flattering, against_ce = (
+            paired(mine, other) for other in (rows[picked.label], same, rows["ce"])
+        )
+        cells = [
+            f"{diff:+.2f} ± {se:.2f}{'' if diff >= -se else ' (behind)'}"
+            for diff, se, _ in (held, flattering, against_ce)
+        ]
         won_held += held[0] >= -held[1]
         won_same += flattering[0] >= -flattering[1]
         gaps_held.append(held[0])

@@ -837,29 +837,27 @@ class MoKD(Method):
         self.info = {"simplex_weights": pi}
         return self._bound_step(w, gram)
 
+    #: The method's moving averages: the prefix of their ``state_dict`` keys
+    #: (``<prefix>average``, ``<prefix>count``) and the attribute holding each part.
+    _MOVING_AVERAGES = (
+        ("", "_average", "_count"),
+        ("anchor_", "_anchor_average", "_anchor_count"),
+        ("agreement_", "_agreement_average", "_agreement_count"),
+    )
+
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {}
-        if self._average is not None:
-            state.update(average=self._average.clone(), count=self._count)
-        if self._anchor_average is not None:
-            state.update(
-                anchor_average=self._anchor_average.clone(), anchor_count=self._anchor_count
-            )
-        if self._agreement_average is not None:
-            state.update(
-                agreement_average=self._agreement_average.clone(),
-                agreement_count=self._agreement_count,
-            )
+        for prefix, average, count in self._MOVING_AVERAGES:
+            if getattr(self, average) is not None:
+                state[f"{prefix}average"] = getattr(self, average).clone()
+                state[f"{prefix}count"] = getattr(self, count)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         known = {
-            "average",
-            "count",
-            "anchor_average",
-            "anchor_count",
-            "agreement_average",
-            "agreement_count",
+            f"{prefix}{part}"
+            for prefix, _, _ in self._MOVING_AVERAGES
+            for part in ("average", "count")
         }
         if set(state) - known:
             raise ValueError(
@@ -867,19 +865,13 @@ class MoKD(Method):
             )
         if any(
             (f"{prefix}average" in state) != (f"{prefix}count" in state)
-            for prefix in ("", "anchor_", "agreement_")
+            for prefix, _, _ in self._MOVING_AVERAGES
         ):
             raise ValueError(f"mokd: incomplete method state {sorted(state)}")
-        self._average = state["average"].clone() if "average" in state else None
-        self._count = int(state.get("count", 0))
-        self._anchor_average = (
-            state["anchor_average"].clone() if "anchor_average" in state else None
-        )
-        self._anchor_count = int(state.get("anchor_count", 0))
-        self._agreement_average = (
-            state["agreement_average"].clone() if "agreement_average" in state else None
-        )
-        self._agreement_count = int(state.get("agreement_count", 0))
+        for prefix, average, count in self._MOVING_AVERAGES:
+            saved = state.get(f"{prefix}average")
+            setattr(self, average, None if saved is None else saved.clone())
+            setattr(self, count, int(state.get(f"{prefix}count", 0)))
 
     def options(self) -> dict[str, Any]:
         return {
