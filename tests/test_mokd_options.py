@@ -832,20 +832,24 @@ def test_lengthen_reaches_the_step_through_the_optimizer(digits) -> None:
     torch.testing.assert_close(longer, (1 + c) * plain, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("gate", ["off", "mean", "agreeing-mean"])
 @pytest.mark.parametrize("k", [2, 3])
-def test_agreement_smoothing_uses_the_running_mean_of_the_agreement(k: int) -> None:
-    # a sequence of steps with known agreements: with agreement_smoothing = beta the rule acts
-    # on the bias-corrected moving average of max(c, 0) up to each step, not the step's own;
-    # every loss times its own factor changes nothing; the state survives a state_dict round
-    # trip; beta = 0 is the per-step rule
+def test_agreement_smoothing_uses_the_running_mean_of_the_agreement(k: int, gate: str) -> None:
+    # a sequence of steps with known agreements (about half of them conflicts): with
+    # agreement_smoothing = beta the rule acts on the bias-corrected moving average of
+    # max(c, 0) up to each step, not the step's own; agreement_gate="mean" gives a conflicting
+    # step no share and the others that average, "agreeing-mean" no share and the average of
+    # c over the agreeing steps only; every loss times its own factor changes nothing; the
+    # state survives a state_dict round trip; the first step is the per-step rule
     rng = np.random.default_rng(70 + k)
     beta = 0.8
-    smoothed = methods.get("mokd", step="anchor", agreement_smoothing=beta)
-    rescaled = methods.get("mokd", step="anchor", agreement_smoothing=beta)
+    options = {"step": "anchor", "agreement_smoothing": beta, "agreement_gate": gate}
+    smoothed = methods.get("mokd", **options)
+    rescaled = methods.get("mokd", **options)
     for method in (smoothed, rescaled):
         method.bind([f"l{i}" for i in range(k)])
-    average, count = 0.0, 0
-    steps = []
+    average, agreeing, count = 0.0, 0.0, 0
+    steps, conflicts = [], 0
     for _ in range(12):
         jacobian = rng.standard_normal((k, 5)) * np.exp(rng.uniform(-3, 3, size=(k, 1)))
         losses = rng.uniform(0.05, 5.0, size=k)
@@ -854,7 +858,12 @@ def test_agreement_smoothing_uses_the_running_mean_of_the_agreement(k: int) -> N
         agreement = max(float(h[0] @ rest / np.linalg.norm(h[0]) / np.linalg.norm(rest)), 0.0)
         count += 1
         average = beta * average + (1 - beta) * agreement
+        agreeing = beta * agreeing + (1 - beta) * (agreement > 0)
         used = average / (1 - beta**count)
+        if gate == "agreeing-mean" and agreeing > 0:
+            used = average / agreeing
+        if gate != "off" and agreement == 0:
+            used, conflicts = 0.0, conflicts + 1
         update = _weights(smoothed, jacobian, losses) @ jacobian
         a = h[0] / np.linalg.norm(h[0])
         r = rest / np.linalg.norm(rest)
@@ -867,10 +876,11 @@ def test_agreement_smoothing_uses_the_running_mean_of_the_agreement(k: int) -> N
         other = _weights(rescaled, jacobian * c[:, None], losses * c) @ (jacobian * c[:, None])
         np.testing.assert_allclose(other, update, rtol=1e-6, atol=1e-9 * np.abs(update).max())
         steps.append((jacobian, losses))
+    assert gate == "off" or 2 <= conflicts <= 10  # both kinds of step were checked
     # a state_dict round trip continues the same average
     state = smoothed.state_dict()
     assert state["agreement_count"] == 12
-    restored = methods.get("mokd", step="anchor", agreement_smoothing=beta)
+    restored = methods.get("mokd", **options)
     restored.bind([f"l{i}" for i in range(k)])
     restored.load_state_dict(state)
     jacobian, losses = steps[0]
@@ -880,7 +890,7 @@ def test_agreement_smoothing_uses_the_running_mean_of_the_agreement(k: int) -> N
     with pytest.raises(ValueError, match="incomplete"):
         restored.load_state_dict({"agreement_average": state["agreement_average"]})
     # the first step is the per-step rule (the corrected average of one value is that value)
-    fresh = methods.get("mokd", step="anchor", agreement_smoothing=beta)
+    fresh = methods.get("mokd", **options)
     plain = methods.get("mokd", step="anchor")
     for method in (fresh, plain):
         method.bind([f"l{i}" for i in range(k)])
@@ -901,6 +911,18 @@ def test_agreement_smoothing_checks_its_value_and_rule() -> None:
         assert methods.get("mokd", conflict=conflict, agreement_smoothing=0.9).options()[
             "agreement_smoothing"
         ] == pytest.approx(0.9)
+    assert methods.get("mokd").options()["agreement_gate"] == "off"
+    with pytest.raises(OptionError, match="agreement_gate"):
+        methods.get("mokd", agreement_smoothing=0.9, agreement_gate="conflict")
+    for gate in ("mean", "agreeing-mean"):
+        with pytest.raises(OptionError, match="needs agreement_smoothing"):
+            methods.get("mokd", agreement_gate=gate)
+        assert (
+            methods.get("mokd", agreement_smoothing=0.9, agreement_gate=gate).options()[
+                "agreement_gate"
+            ]
+            == gate
+        )
     from mokd_optim.methods._mokd import mokd_weights
 
     gram = torch.eye(2, dtype=torch.float64)

@@ -32,6 +32,11 @@ CONFLICT_RULES = (
 #: The rules of ``conflict=`` that weigh the others by their cosine with the anchor (see
 #: :func:`share_by_agreement`); they change the step where the two agree as well.
 AGREEMENT_RULES = ("agreement", "scaled", "sharpened", "sharpened-above")
+#: How :class:`MoKD`'s ``agreement_smoothing`` meets a conflict (round 13 of the suite; see
+#: :meth:`MoKD._smooth_agreement`): ``"off"`` gives every step the moving average, ``"mean"``
+#: none to a step whose own cosine is <= 0 and the average over every step to the others,
+#: ``"agreeing-mean"`` the same gate with the average over the agreeing steps only.
+AGREEMENT_GATES = ("off", "mean", "agreeing-mean")
 
 # A combined direction shorter than this fraction of its triangle-inequality bound
 # sum_i q_i ||g_i|| is treated as Pareto-stationary by the "anchor" rule (weights 0): rescaling
@@ -581,6 +586,12 @@ class MoKD(Method):
             over the steps instead of this step's value -- a share that follows how much the
             others agree with the anchor over a run, not the batch at hand (round 12 of the
             suite); needs ``conflict`` in ``AGREEMENT_RULES``. ``0`` (default): this step's.
+        agreement_gate: with ``agreement_smoothing``, what a step whose own cosine is ``<= 0``
+            gets (round 13 of the suite), one of ``AGREEMENT_GATES``: ``"off"`` (default) the
+            moving average like every step; ``"mean"`` no share (the per-step rule's answer in
+            a conflict), the others the moving average of ``max(c, 0)`` over every step;
+            ``"agreeing-mean"`` no share, the others the moving average of ``c`` over the
+            agreeing steps only. Needs ``agreement_smoothing > 0`` unless ``"off"``.
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
@@ -619,6 +630,7 @@ class MoKD(Method):
         conflict: Optional[str] = None,
         lengthen: bool = False,
         agreement_smoothing: float = 0.0,
+        agreement_gate: str = "off",
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
@@ -648,6 +660,11 @@ class MoKD(Method):
             raise OptionError(
                 f"mokd: agreement_smoothing needs conflict in {AGREEMENT_RULES}, not {conflict!r}"
             )
+        check_choice("mokd", "agreement_gate", agreement_gate, AGREEMENT_GATES)
+        if agreement_gate != "off" and not agreement_smoothing > 0:
+            raise OptionError(
+                f"mokd: agreement_gate={agreement_gate!r} needs agreement_smoothing > 0"
+            )
         if step_bound is not None:
             check_number("mokd", "step_bound", step_bound, low=1.0)
         if not simplex and (
@@ -674,6 +691,7 @@ class MoKD(Method):
         self.conflict = conflict
         self.lengthen = bool(lengthen)
         self.agreement_smoothing = float(agreement_smoothing)
+        self.agreement_gate = agreement_gate
         self._anchor_index = 0
         # Moving average of the anchor gradient's norm (step_bound) and its step count.
         self._anchor_average: Optional[Tensor] = None
@@ -681,7 +699,8 @@ class MoKD(Method):
         # Moving average of the normalised log-Gram matrix (smoothing > 0) and its step count.
         self._average: Optional[Tensor] = None
         self._count = 0
-        # Moving average of the agreement max(c, 0) (agreement_smoothing > 0) and its count.
+        # Moving average of the agreement max(c, 0) (agreement_smoothing > 0; stacked with the
+        # fraction of agreeing steps for agreement_gate="agreeing-mean") and its count.
         self._agreement_average: Optional[Tensor] = None
         self._agreement_count = 0
         # Evidence that the others are right where they disagree with the anchor (set_trust).
@@ -803,13 +822,25 @@ class MoKD(Method):
         return w * factor
 
     def _smooth_agreement(self, agreement: Tensor) -> Tensor:
-        """The moving average (decay ``agreement_smoothing``, bias-corrected) of the agreement
-        ``max(c, 0)`` up to this step, which the agreement rule then uses instead of this
-        step's value (round 12). On the device: no host read."""
+        """The agreement the rule uses instead of this step's ``a = max(c, 0)``: the moving
+        average (decay ``agreement_smoothing``, bias-corrected) of ``a`` up to this step
+        (round 12), or under ``agreement_gate`` (round 13) 0 where ``a = 0`` and otherwise
+        that average (``"mean"``) or the average over the agreeing steps only
+        (``"agreeing-mean"``: the ratio of the moving averages of ``a`` and of ``[a > 0]``,
+        whose bias corrections cancel). On the device: no host read."""
+        agrees = agreement > 0
+        value = agreement
+        if self.agreement_gate == "agreeing-mean":
+            value = torch.stack((agreement, agrees.to(agreement)))
         self._agreement_average, self._agreement_count, average = _moving_average(
-            self._agreement_average, self._agreement_count, agreement, self.agreement_smoothing
+            self._agreement_average, self._agreement_count, value, self.agreement_smoothing
         )
-        return average
+        if self.agreement_gate == "agreeing-mean":
+            fraction = average[1]
+            average = average[0] / torch.where(fraction > 0, fraction, 1.0)
+        if self.agreement_gate == "off":
+            return average
+        return torch.where(agrees, average, torch.zeros_like(average))
 
     def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:
         if gram is None:
@@ -888,4 +919,5 @@ class MoKD(Method):
             "conflict": self.conflict,
             "lengthen": self.lengthen,
             "agreement_smoothing": self.agreement_smoothing,
+            "agreement_gate": self.agreement_gate,
         }
