@@ -928,3 +928,60 @@ def test_agreement_smoothing_checks_its_value_and_rule() -> None:
     gram = torch.eye(2, dtype=torch.float64)
     with pytest.raises(ValueError, match="agreement_average"):
         mokd_weights(gram, torch.ones(2, dtype=torch.float64), agreement_average=lambda a: a)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_agreement_lag_uses_the_previous_steps_agreement(k: int) -> None:
+    # a sequence of steps with known agreements (some of them conflicts): with agreement_lag the
+    # rule acts on the previous step's max(c, 0), the first step on its own; every loss times
+    # its own factor changes nothing; a state_dict round trip carries the last agreement over
+    rng = np.random.default_rng(90 + k)
+    lagged = methods.get("mokd", step="anchor", agreement_lag=True)
+    rescaled = methods.get("mokd", step="anchor", agreement_lag=True)
+    for method in (lagged, rescaled):
+        method.bind([f"l{i}" for i in range(k)])
+    previous = None
+    steps, zero_used, positive_used = [], 0, 0
+    for _ in range(12):
+        jacobian = rng.standard_normal((k, 5)) * np.exp(rng.uniform(-3, 3, size=(k, 1)))
+        losses = rng.uniform(0.05, 5.0, size=k)
+        h = jacobian / losses[:, None]
+        rest = h[1:].sum(0)
+        agreement = max(float(h[0] @ rest / np.linalg.norm(h[0]) / np.linalg.norm(rest)), 0.0)
+        used = agreement if previous is None else previous
+        zero_used += used == 0 and agreement > 0
+        positive_used += used > 0 and agreement == 0
+        previous = agreement
+        update = _weights(lagged, jacobian, losses) @ jacobian
+        a = h[0] / np.linalg.norm(h[0])
+        r = rest / np.linalg.norm(rest)
+        expected = (1 - used) * a + used * r
+        np.testing.assert_allclose(
+            update / np.linalg.norm(update), expected / np.linalg.norm(expected), rtol=1e-7
+        )
+        c = np.exp(rng.uniform(-7, 7, size=k))
+        c[0] = 1.0
+        other = _weights(rescaled, jacobian * c[:, None], losses * c) @ (jacobian * c[:, None])
+        np.testing.assert_allclose(other, update, rtol=1e-6, atol=1e-9 * np.abs(update).max())
+        steps.append((jacobian, losses))
+    # the lag was visible: a share on a conflicting step, none on an agreeing one
+    assert zero_used >= 1 and positive_used >= 1
+    state = lagged.state_dict()
+    restored = methods.get("mokd", step="anchor", agreement_lag=True)
+    restored.bind([f"l{i}" for i in range(k)])
+    restored.load_state_dict(state)
+    np.testing.assert_allclose(
+        _weights(restored, *steps[0]), _weights(lagged, *steps[0]), rtol=1e-12
+    )
+
+
+def test_agreement_lag_checks_its_options() -> None:
+    assert methods.get("mokd").options()["agreement_lag"] is False
+    with pytest.raises(OptionError, match="agreement_lag"):
+        methods.get("mokd", agreement_lag=1)
+    for conflict in ("pareto", "project", "drop"):
+        with pytest.raises(OptionError, match="agreement_lag needs conflict"):
+            methods.get("mokd", conflict=conflict, agreement_lag=True)
+    with pytest.raises(OptionError, match="exclude each other"):
+        methods.get("mokd", agreement_lag=True, agreement_smoothing=0.9)
+    assert methods.get("mokd", conflict="scaled", agreement_lag=True).options()["agreement_lag"]

@@ -592,6 +592,10 @@ class MoKD(Method):
             a conflict), the others the moving average of ``max(c, 0)`` over every step;
             ``"agreeing-mean"`` no share, the others the moving average of ``c`` over the
             agreeing steps only. Needs ``agreement_smoothing > 0`` unless ``"off"``.
+        agreement_lag: ``True`` (round 14 of the suite; with an agreement rule): the rule uses
+            the *previous* step's agreement ``max(c, 0)`` (the first step its own) -- a share
+            with the per-step rule's distribution and jumps that does not depend on the batch it
+            weighs. Not with ``agreement_smoothing``.
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
@@ -631,6 +635,7 @@ class MoKD(Method):
         lengthen: bool = False,
         agreement_smoothing: float = 0.0,
         agreement_gate: str = "off",
+        agreement_lag: bool = False,
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
@@ -661,6 +666,13 @@ class MoKD(Method):
                 f"mokd: agreement_smoothing needs conflict in {AGREEMENT_RULES}, not {conflict!r}"
             )
         check_choice("mokd", "agreement_gate", agreement_gate, AGREEMENT_GATES)
+        check_flag("mokd", "agreement_lag", agreement_lag)
+        if agreement_lag and conflict not in AGREEMENT_RULES:
+            raise OptionError(
+                f"mokd: agreement_lag needs conflict in {AGREEMENT_RULES}, not {conflict!r}"
+            )
+        if agreement_lag and agreement_smoothing > 0:
+            raise OptionError("mokd: agreement_lag and agreement_smoothing exclude each other")
         if agreement_gate != "off" and not agreement_smoothing > 0:
             raise OptionError(
                 f"mokd: agreement_gate={agreement_gate!r} needs agreement_smoothing > 0"
@@ -692,6 +704,7 @@ class MoKD(Method):
         self.lengthen = bool(lengthen)
         self.agreement_smoothing = float(agreement_smoothing)
         self.agreement_gate = agreement_gate
+        self.agreement_lag = bool(agreement_lag)
         self._anchor_index = 0
         # Moving average of the anchor gradient's norm (step_bound) and its step count.
         self._anchor_average: Optional[Tensor] = None
@@ -842,6 +855,16 @@ class MoKD(Method):
             return average
         return torch.where(agrees, average, torch.zeros_like(average))
 
+    def _lag_agreement(self, agreement: Tensor) -> Tensor:
+        """The previous step's agreement ``max(c, 0)`` (this step's on the first), which the
+        agreement rule then uses (round 14); this step's is kept for the next. Stored like the
+        moving averages (an average with decay 0 is the last value). On the device."""
+        previous = self._agreement_average
+        self._agreement_average, self._agreement_count, _ = _moving_average(
+            previous, self._agreement_count, agreement, 0.0
+        )
+        return agreement if previous is None else previous.to(agreement)
+
     def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:
         if gram is None:
             raise ValueError("mokd needs the Gram matrix of the per-objective gradients")
@@ -863,7 +886,11 @@ class MoKD(Method):
             if self._trust is None
             else torch.tensor(self._trust, dtype=gram.dtype, device=gram.device),
             lengthen=self.lengthen,
-            agreement_average=self._smooth_agreement if self.agreement_smoothing > 0 else None,
+            agreement_average=self._smooth_agreement
+            if self.agreement_smoothing > 0
+            else self._lag_agreement
+            if self.agreement_lag
+            else None,
         )
         self.info = {"simplex_weights": pi}
         return self._bound_step(w, gram)
@@ -920,4 +947,5 @@ class MoKD(Method):
             "lengthen": self.lengthen,
             "agreement_smoothing": self.agreement_smoothing,
             "agreement_gate": self.agreement_gate,
+            "agreement_lag": self.agreement_lag,
         }
