@@ -713,7 +713,8 @@ class MoKD(Method):
         self._average: Optional[Tensor] = None
         self._count = 0
         # Moving average of the agreement max(c, 0) (agreement_smoothing > 0; stacked with the
-        # fraction of agreeing steps for agreement_gate="agreeing-mean") and its count.
+        # fraction of agreeing steps for agreement_gate="agreeing-mean"; the last step's value
+        # for agreement_lag) and its count.
         self._agreement_average: Optional[Tensor] = None
         self._agreement_count = 0
         # Evidence that the others are right where they disagree with the anchor (set_trust).
@@ -865,6 +866,13 @@ class MoKD(Method):
         )
         return agreement if previous is None else previous.to(agreement)
 
+    def _agreement_map(self) -> Optional[Callable[[Tensor], Tensor]]:
+        """What the agreement rule applies to this step's agreement: the moving average
+        (``agreement_smoothing``), the previous step's (``agreement_lag``), or nothing."""
+        if self.agreement_smoothing > 0:
+            return self._smooth_agreement
+        return self._lag_agreement if self.agreement_lag else None
+
     def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:
         if gram is None:
             raise ValueError("mokd needs the Gram matrix of the per-objective gradients")
@@ -886,11 +894,7 @@ class MoKD(Method):
             if self._trust is None
             else torch.tensor(self._trust, dtype=gram.dtype, device=gram.device),
             lengthen=self.lengthen,
-            agreement_average=self._smooth_agreement
-            if self.agreement_smoothing > 0
-            else self._lag_agreement
-            if self.agreement_lag
-            else None,
+            agreement_average=self._agreement_map(),
         )
         self.info = {"simplex_weights": pi}
         return self._bound_step(w, gram)
