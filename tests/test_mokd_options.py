@@ -832,6 +832,37 @@ def test_lengthen_reaches_the_step_through_the_optimizer(digits) -> None:
     torch.testing.assert_close(longer, (1 + c) * plain, rtol=1e-4, atol=1e-7)
 
 
+def _random_agreement_step(rng, k: int):
+    """A random step of K objectives (gradients and losses up to e^3 apart) and the agreement
+    max(c, 0) of the anchor's log-gradient with the sum of the others'."""
+    jacobian = rng.standard_normal((k, 5)) * np.exp(rng.uniform(-3, 3, size=(k, 1)))
+    losses = rng.uniform(0.05, 5.0, size=k)
+    h = jacobian / losses[:, None]
+    rest = h[1:].sum(0)
+    agreement = max(float(h[0] @ rest / np.linalg.norm(h[0]) / np.linalg.norm(rest)), 0.0)
+    return jacobian, losses, agreement
+
+
+def _check_share_used(rng, method, rescaled, jacobian, losses, used: float) -> None:
+    """``method``'s update points along ``(1 - used) u_anchor + used u_rest`` (unit
+    log-gradients), and ``rescaled`` gives the same update with every loss times its own
+    factor (the anchor's 1)."""
+    k = len(losses)
+    h = jacobian / losses[:, None]
+    rest = h[1:].sum(0)
+    update = _weights(method, jacobian, losses) @ jacobian
+    a = h[0] / np.linalg.norm(h[0])
+    r = rest / np.linalg.norm(rest)
+    expected = (1 - used) * a + used * r
+    np.testing.assert_allclose(
+        update / np.linalg.norm(update), expected / np.linalg.norm(expected), rtol=1e-7
+    )
+    c = np.exp(rng.uniform(-7, 7, size=k))
+    c[0] = 1.0
+    other = _weights(rescaled, jacobian * c[:, None], losses * c) @ (jacobian * c[:, None])
+    np.testing.assert_allclose(other, update, rtol=1e-6, atol=1e-9 * np.abs(update).max())
+
+
 @pytest.mark.parametrize("gate", ["off", "mean", "agreeing-mean"])
 @pytest.mark.parametrize("k", [2, 3])
 def test_agreement_smoothing_uses_the_running_mean_of_the_agreement(k: int, gate: str) -> None:
@@ -851,11 +882,7 @@ def test_agreement_smoothing_uses_the_running_mean_of_the_agreement(k: int, gate
     average, agreeing, count = 0.0, 0.0, 0
     steps, conflicts = [], 0
     for _ in range(12):
-        jacobian = rng.standard_normal((k, 5)) * np.exp(rng.uniform(-3, 3, size=(k, 1)))
-        losses = rng.uniform(0.05, 5.0, size=k)
-        h = jacobian / losses[:, None]
-        rest = h[1:].sum(0)
-        agreement = max(float(h[0] @ rest / np.linalg.norm(h[0]) / np.linalg.norm(rest)), 0.0)
+        jacobian, losses, agreement = _random_agreement_step(rng, k)
         count += 1
         average = beta * average + (1 - beta) * agreement
         agreeing = beta * agreeing + (1 - beta) * (agreement > 0)
@@ -864,17 +891,7 @@ def test_agreement_smoothing_uses_the_running_mean_of_the_agreement(k: int, gate
             used = average / agreeing
         if gate != "off" and agreement == 0:
             used, conflicts = 0.0, conflicts + 1
-        update = _weights(smoothed, jacobian, losses) @ jacobian
-        a = h[0] / np.linalg.norm(h[0])
-        r = rest / np.linalg.norm(rest)
-        expected = (1 - used) * a + used * r
-        np.testing.assert_allclose(
-            update / np.linalg.norm(update), expected / np.linalg.norm(expected), rtol=1e-7
-        )
-        c = np.exp(rng.uniform(-7, 7, size=k))
-        c[0] = 1.0
-        other = _weights(rescaled, jacobian * c[:, None], losses * c) @ (jacobian * c[:, None])
-        np.testing.assert_allclose(other, update, rtol=1e-6, atol=1e-9 * np.abs(update).max())
+        _check_share_used(rng, smoothed, rescaled, jacobian, losses, used)
         steps.append((jacobian, losses))
     assert gate == "off" or 2 <= conflicts <= 10  # both kinds of step were checked
     # a state_dict round trip continues the same average
@@ -943,26 +960,12 @@ def test_agreement_lag_uses_the_previous_steps_agreement(k: int) -> None:
     previous = None
     steps, zero_used, positive_used = [], 0, 0
     for _ in range(12):
-        jacobian = rng.standard_normal((k, 5)) * np.exp(rng.uniform(-3, 3, size=(k, 1)))
-        losses = rng.uniform(0.05, 5.0, size=k)
-        h = jacobian / losses[:, None]
-        rest = h[1:].sum(0)
-        agreement = max(float(h[0] @ rest / np.linalg.norm(h[0]) / np.linalg.norm(rest)), 0.0)
+        jacobian, losses, agreement = _random_agreement_step(rng, k)
         used = agreement if previous is None else previous
         zero_used += used == 0 and agreement > 0
         positive_used += used > 0 and agreement == 0
         previous = agreement
-        update = _weights(lagged, jacobian, losses) @ jacobian
-        a = h[0] / np.linalg.norm(h[0])
-        r = rest / np.linalg.norm(rest)
-        expected = (1 - used) * a + used * r
-        np.testing.assert_allclose(
-            update / np.linalg.norm(update), expected / np.linalg.norm(expected), rtol=1e-7
-        )
-        c = np.exp(rng.uniform(-7, 7, size=k))
-        c[0] = 1.0
-        other = _weights(rescaled, jacobian * c[:, None], losses * c) @ (jacobian * c[:, None])
-        np.testing.assert_allclose(other, update, rtol=1e-6, atol=1e-9 * np.abs(update).max())
+        _check_share_used(rng, lagged, rescaled, jacobian, losses, used)
         steps.append((jacobian, losses))
     # the lag was visible: a share on a conflicting step, none on an agreeing one
     assert zero_used >= 1 and positive_used >= 1

@@ -661,16 +661,16 @@ class MoKD(Method):
         check_number(
             "mokd", "agreement_smoothing", agreement_smoothing, low=0.0, high=1.0, high_open=True
         )
-        if agreement_smoothing > 0 and conflict not in AGREEMENT_RULES:
-            raise OptionError(
-                f"mokd: agreement_smoothing needs conflict in {AGREEMENT_RULES}, not {conflict!r}"
-            )
         check_choice("mokd", "agreement_gate", agreement_gate, AGREEMENT_GATES)
         check_flag("mokd", "agreement_lag", agreement_lag)
-        if agreement_lag and conflict not in AGREEMENT_RULES:
-            raise OptionError(
-                f"mokd: agreement_lag needs conflict in {AGREEMENT_RULES}, not {conflict!r}"
-            )
+        for name, used in (
+            ("agreement_smoothing", agreement_smoothing > 0),
+            ("agreement_lag", agreement_lag),
+        ):
+            if used and conflict not in AGREEMENT_RULES:
+                raise OptionError(
+                    f"mokd: {name} needs conflict in {AGREEMENT_RULES}, not {conflict!r}"
+                )
         if agreement_lag and agreement_smoothing > 0:
             raise OptionError("mokd: agreement_lag and agreement_smoothing exclude each other")
         if agreement_gate != "off" and not agreement_smoothing > 0:
