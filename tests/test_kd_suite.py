@@ -201,6 +201,50 @@ def test_seed_study_counts_collapses_and_pairs_by_seed(tmp_path) -> None:
     assert len(kd_suite.seed_study(condition, [ce, candidate], store, (0, 1, 2, 3, 4))) == 4
 
 
+def test_behind_ce_study_counts_conditions_beyond_one_standard_error(tmp_path) -> None:
+    # two conditions, ce and two candidates on four seeds, written by hand: "project" trails
+    # ce on S2 by 2 points with spread 0 (behind) and on S1 by 1 point with a 2.31 standard
+    # error (a tie); "default" is behind nowhere; a third condition without runs is "not run"
+    s1, s2, s3 = kd_suite.CONDITIONS[0], kd_suite.CONDITIONS[1], kd_suite.CONDITIONS[2]
+    store, _ = _store_with_ce_best_lr(tmp_path, s1, best=1)  # S1 and S2 share the recipe
+    ce = kd_suite.Config("ce", "ce")
+    project, default = kd_suite.CANDIDATES["project"], kd_suite.CANDIDATES["default"]
+    finals = {
+        s1: {ce: [0.80] * 4, project: [0.75, 0.83, 0.75, 0.83], default: [0.81] * 4},
+        s2: {ce: [0.70] * 4, project: [0.68] * 4, default: [0.70, 0.71, 0.70, 0.71]},
+    }
+    for condition, by_config in finals.items():
+        lr = kd_suite.LR_GRID["sgd"][1] * condition.lr_scale
+        for config, values in by_config.items():
+            for seed, final in enumerate(values):
+                key = kd_suite.run_key("main", condition, config, seed, lr, 1.0, False)
+                store.runs[key] = {"final": final, "collapsed": False, "seconds": 1.0}
+    lines = kd_suite.behind_ce_study([s1, s2, s3], [project, default], store, (0, 1, 2, 3))
+    assert lines[0] == ("Behind cross-entropy by more than one paired standard error on seeds 0-3:")
+    assert lines[1] == f"- {project.label}: 1 of 2; 1 not run: S2 (-2.00 ± 0.00)"
+    assert lines[2] == f"- {default.label}: 0 of 2; 1 not run: none"
+    # seeds that are not a range are listed
+    assert kd_suite.behind_ce_study([s1], [default], store, (0, 2))[0].endswith("seeds 0, 2:")
+
+
+def test_ce_only_seed_study_runs_no_fixed_weight_and_no_stress(tmp_path) -> None:
+    condition = next(c for c in kd_suite.CONDITIONS if c.stress)  # S8: stress scales
+    store, _ = _store_with_ce_best_lr(tmp_path, condition, best=0)
+    candidate = kd_suite.CANDIDATES["lagged"]
+    full = kd_suite.condition_jobs([condition], [candidate], store, False, seeds=(3,))
+    slim = kd_suite.condition_jobs(
+        [condition], [candidate], store, False, seeds=(3,), stress=False, ce_only=True
+    )
+    assert {j["config"].kind for j in full} >= {"ce", "fixed"}
+    assert any(j["scale"] != 1.0 for j in full)
+    assert [(j["config"].label, j["scale"]) for j in slim] == [
+        ("ce", 1.0),
+        (candidate.label, 1.0),
+    ]
+    with pytest.raises(SystemExit):  # --ce-only is a form of the seed study
+        kd_suite.main(["--ce-only", "--store", str(tmp_path / "q.json")])
+
+
 def test_held_out_study_picks_the_weight_on_other_seeds(tmp_path) -> None:
     # seeds 0-2 pick a = 0.3 (a lucky 0.90 on seed 0); on seeds 3-5 a = 0.1 is the best of the
     # five, and the candidate is compared with both: behind the same-seed best, ahead of the
