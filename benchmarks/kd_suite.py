@@ -1296,6 +1296,10 @@ def _library_default() -> Config:
 
 #: Round 3's choice, which rounds 4-6 build on.
 ROUND_3: dict[str, Any] = {"step": "capped-log-anchor", "equalize": 1.0, "anchor_vs_rest": True}
+#: Round 4's choice (the others' log-gradients summed) and round 7's (the agreement share, the
+#: default since), which the later candidates build on.
+ROUND_4: dict[str, Any] = {**ROUND_3, "rest": "sum"}
+ROUND_7: dict[str, Any] = {**ROUND_4, "conflict": "agreement"}
 
 CANDIDATES: dict[str, Config] = {
     # today's options
@@ -1349,29 +1353,24 @@ CANDIDATES: dict[str, Config] = {
     # round 3
     "anchor-vs-rest": _m("mokd anchor_vs_rest=True", "mokd", **ROUND_3),
     # round 4
-    "rest-sum": _m(
-        "mokd anchor_vs_rest=True, rest=sum (round 4's choice)", "mokd", **ROUND_3, rest="sum"
-    ),
+    "rest-sum": _m("mokd anchor_vs_rest=True, rest=sum (round 4's choice)", "mokd", **ROUND_4),
     # rounds 5 and 6
     "project": _m(
         "mokd conflict=project (round 6's choice)",
         "mokd",
-        **ROUND_3,
-        rest="sum",
+        **ROUND_4,
         conflict="project",
     ),
-    "drop": _m("mokd conflict=drop", "mokd", **ROUND_3, rest="sum", conflict="drop"),
+    "drop": _m("mokd conflict=drop", "mokd", **ROUND_4, conflict="drop"),
     # round 7
-    "agreement": _m("mokd conflict=agreement", "mokd", **ROUND_3, rest="sum", conflict="agreement"),
-    "scaled": _m("mokd conflict=scaled", "mokd", **ROUND_3, rest="sum", conflict="scaled"),
+    "agreement": _m("mokd conflict=agreement", "mokd", **ROUND_7),
+    "scaled": _m("mokd conflict=scaled", "mokd", **ROUND_4, conflict="scaled"),
     # round 8
     "trust": replace(
         _m(
             "mokd conflict=agreement + TeacherTrust",
             "mokd",
-            **ROUND_3,
-            rest="sum",
-            conflict="agreement",
+            **ROUND_7,
         ),
         trust=True,
     ),
@@ -1379,51 +1378,41 @@ CANDIDATES: dict[str, Config] = {
     "lengthen": _m(
         "mokd conflict=agreement, lengthen=True",
         "mokd",
-        **ROUND_3,
-        rest="sum",
-        conflict="agreement",
+        **ROUND_7,
         lengthen=True,
     ),
     # round 11
     "sharpened": _m(
         "mokd conflict=sharpened",
         "mokd",
-        **ROUND_3,
-        rest="sum",
+        **ROUND_4,
         conflict="sharpened",
     ),
     "sharpened-above": _m(
         "mokd conflict=sharpened-above",
         "mokd",
-        **ROUND_3,
-        rest="sum",
+        **ROUND_4,
         conflict="sharpened-above",
     ),
     # round 12
     "smoothed": _m(
         "mokd agreement_smoothing=0.99",
         "mokd",
-        **ROUND_3,
-        rest="sum",
-        conflict="agreement",
+        **ROUND_7,
         agreement_smoothing=0.99,
     ),
     # round 13
     "gated": _m(
         "mokd agreement_smoothing=0.99, agreement_gate=mean",
         "mokd",
-        **ROUND_3,
-        rest="sum",
-        conflict="agreement",
+        **ROUND_7,
         agreement_smoothing=0.99,
         agreement_gate="mean",
     ),
     "gated-agreeing": _m(
         "mokd agreement_smoothing=0.99, agreement_gate=agreeing-mean",
         "mokd",
-        **ROUND_3,
-        rest="sum",
-        conflict="agreement",
+        **ROUND_7,
         agreement_smoothing=0.99,
         agreement_gate="agreeing-mean",
     ),
@@ -1431,9 +1420,7 @@ CANDIDATES: dict[str, Config] = {
     "lagged": _m(
         "mokd agreement_lag=True",
         "mokd",
-        **ROUND_3,
-        rest="sum",
-        conflict="agreement",
+        **ROUND_7,
         agreement_lag=True,
     ),
     # the zoo at defaults

@@ -668,6 +668,30 @@ def test_the_default_never_conflicts_with_the_anchor(k: int) -> None:
         assert jacobian[0] @ update >= -1e-9 * np.linalg.norm(jacobian[0]) * np.linalg.norm(update)
 
 
+@pytest.mark.parametrize("k", [2, 3])
+def test_a_lagged_share_can_step_against_the_anchor_after_an_agreeing_step(k: int) -> None:
+    # agreement_lag gives a step the previous step's agreement: after a step on which the
+    # others agree with the anchor, a step on which they point straight against it still gets
+    # a share, and the update then has a negative component along the anchor -- the promise
+    # the default (this step's share: none in a conflict) keeps and agreement_lag gives up.
+    # The first step is the per-step rule's.
+    anchor = np.array([1.0, 0.0, 0.0, 0.0])
+    agreeing = np.stack([anchor, *[anchor + 0.1 * np.eye(4)[i + 1] for i in range(k - 1)]])
+    against = np.stack([anchor, *[-anchor + 0.1 * np.eye(4)[i + 1] for i in range(k - 1)]])
+    losses = np.full(k, 0.7)
+    lagged, per_step = methods.get("mokd", agreement_lag=True), methods.get("mokd")
+    for method in (lagged, per_step):
+        method.bind([f"l{i}" for i in range(k)])
+    first = _weights(lagged, against, losses) @ against
+    assert anchor @ first >= -1e-9  # the first step: its own (zero) share
+    _weights(lagged, agreeing, losses)
+    _weights(per_step, agreeing, losses)
+    lagged_update = _weights(lagged, against, losses) @ against
+    per_step_update = _weights(per_step, against, losses) @ against
+    assert anchor @ lagged_update < -0.1 * np.linalg.norm(lagged_update)
+    assert anchor @ per_step_update >= -1e-9 * np.linalg.norm(per_step_update)
+
+
 def test_the_two_objective_bisector_shortcut_equals_the_general_trade_off() -> None:
     # the default's K = 2 path (_bisector_weights) against trade_off(equalize=1), edge cases too
     from mokd_optim.methods._mokd import _bisector_weights, trade_off

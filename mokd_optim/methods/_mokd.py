@@ -595,7 +595,9 @@ class MoKD(Method):
         agreement_lag: ``True`` (round 14 of the suite; with an agreement rule): the rule uses
             the *previous* step's agreement ``max(c, 0)`` (the first step its own) -- a share
             with the per-step rule's distribution and jumps that does not depend on the batch it
-            weighs. Not with ``agreement_smoothing``.
+            weighs. It gives up a promise of the per-step rule: after an agreeing step, a step
+            whose others point against the anchor still gets a share, so the update can
+            conflict with the anchor. Not with ``agreement_smoothing``.
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
