@@ -18,7 +18,7 @@ def python_blocks(text: str) -> list[str]:
 
 def test_kd_doc_code_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = python_blocks(DOC.read_text())
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     namespace: dict[str, object] = {}
@@ -36,14 +36,35 @@ def test_kd_doc_code_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     student.eval()
     with torch.no_grad():
         assert torch.equal(fresh(x), student(x))
+    # the BatchNorm example: running statistics spoilt on purpose are recomputed from the
+    # loader's images with the final weights (each BatchNorm's mean over one pass, as a fresh
+    # model with cumulative statistics computes it), and the student is left in eval mode
+    import copy
+
+    student.bn1.running_mean.fill_(100.0)
+    reference = copy.deepcopy(student)
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    reference.train()
+    with torch.no_grad():
+        reference(x)
+    namespace["train_loader"] = [(x, namespace["y"])]
+    exec(compile(blocks[1], str(DOC), "exec"), namespace)
+    assert not student.training
+    torch.testing.assert_close(student.bn1.running_mean, reference.bn1.running_mean)
+    torch.testing.assert_close(
+        student.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var
+    )
     # the TeacherTrust example: three updates, the record handed to the method each step
     trust_example: dict[str, object] = {}
-    exec(compile(blocks[1], str(DOC), "exec"), trust_example)
+    exec(compile(blocks[2], str(DOC), "exec"), trust_example)
     trust = trust_example["trust"]
     assert trust.updates == 3 and 0.0 < trust.value < 1.0
     assert trust.teacher_only + trust.student_only > 0  # two random linear models disagree
     assert trust_example["trusted_opt"].method.trust == trust.value
-    exec(compile(blocks[2], str(DOC), "exec"), namespace)  # the recorder example
+    exec(compile(blocks[3], str(DOC), "exec"), namespace)  # the recorder example
     features = namespace["features"]
     assert features["layer2"].shape == (8, 128, 4, 4) and features["layer3"].shape == (8, 256, 2, 2)
     assert all(
