@@ -40,6 +40,9 @@ each).
                                                       # which conditions each trails ce on
     python benchmarks/kd_suite.py --conditions C46 --scales 1.000001,0.01
                                                       # a loss-scale study: per-seed finals
+    python benchmarks/kd_suite.py --conditions C12,S13 --recompute-bn --candidates default
+                                                      # evaluated as-is and with the BatchNorm
+                                                      # statistics recomputed
     python benchmarks/kd_suite.py --round 11 --split confirmation --held-out 3-5
                                                       # against the weight picked on seeds 0-2
     python benchmarks/kd_suite.py --quick             # tiny sizes, every stage; CI checks the JSON
@@ -1787,6 +1790,20 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return correct / len(y)
 
 
+def recomputed_batchnorm_accuracy(model: nn.Module, data: Tensors) -> Optional[float]:
+    """The test accuracy of ``model`` after its BatchNorm running statistics are recomputed over
+    the training images with its final weights (``torch.optim.swa_utils.update_bn``: reset, one
+    pass in train mode, a cumulative average); None for a model without BatchNorm. The model's
+    running statistics are left recomputed."""
+    from torch.optim.swa_utils import update_bn
+
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return None
+    with torch.no_grad():
+        update_bn(data.x_train.split(256), model)
+    return _accuracy(model, data.x_test, data.y_test)
+
+
 def train_run(
     condition: Condition,
     config: Config,
@@ -1795,12 +1812,16 @@ def train_run(
     scale: float,
     quick: bool,
     trace: Optional[list[tuple[float, list[float]]]] = None,
+    recompute_bn: bool = False,
 ) -> dict[str, Any]:
     """Train one student; returns the final test accuracy, collapse flag, diagnostics, seconds.
 
     ``trace``, when given, receives one ``(task loss, gradient norms)`` per step: the norm of
     each objective's gradient for a balanced run, of the one loss's for ce and a fixed weight
-    (what ``benchmarks/collapse_watch.py`` calibrates :class:`CollapseWatch` on)."""
+    (what ``benchmarks/collapse_watch.py`` calibrates :class:`CollapseWatch` on). With
+    ``recompute_bn`` the result also holds ``final_bn_recomputed``: the final accuracy with the
+    BatchNorm running statistics recomputed (:func:`recomputed_batchnorm_accuracy`; None without
+    BatchNorm or after a collapse that stopped the run)."""
     from mokd_optim import MultiObjectiveOptimizer
     from mokd_optim.kd import SubspaceHead, TeacherTrust
     from mokd_optim.methods import MoKD
@@ -1919,15 +1940,22 @@ def train_run(
     # Evaluated once, at the end (the final accuracy is what the suite compares; evaluating
     # every epoch cost a third of a run).
     accuracy.append(_accuracy(student, data.x_test, data.y_test))
+    seconds = time.perf_counter() - start
     if accuracy and accuracy[-1] < COLLAPSE_ACCURACY:
         collapsed = True
-    return {
+    result = {
         "accuracy": accuracy,
         "final": accuracy[-1] if accuracy else 0.0,
         "collapsed": collapsed,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "diagnostics": _summarise(probes),
     }
+    if recompute_bn:
+        finite = all(torch.isfinite(p).all() for p in student.parameters())
+        result["final_bn_recomputed"] = (
+            recomputed_batchnorm_accuracy(student, data) if finite else None
+        )
+    return result
 
 
 def _probe(stats: Any) -> dict[str, Any]:
@@ -2061,6 +2089,7 @@ def _execute(job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             job["scale"],
             job["quick"],
             trace=trace,
+            recompute_bn=job.get("recompute_bn", False),
         )
         if trace is not None:
             result["trace"] = trace
@@ -2193,6 +2222,26 @@ def condition_jobs(
                 for config in baseline_configs({None}):
                     if config.kind == "fixed":
                         jobs.append(_job("main", condition, config, seed, lr, scale, quick))
+    return jobs
+
+
+def batchnorm_jobs(
+    conditions: Sequence[Condition],
+    candidates: Sequence[Config],
+    store: Store,
+    seeds: Sequence[int],
+) -> list[dict[str, Any]]:
+    """The runs of a BatchNorm study: ce and ``candidates`` on ``conditions``, each evaluated as
+    the suite does and with the BatchNorm running statistics recomputed (stage ``"bn"``: stored
+    apart from the suite's own runs, which they repeat)."""
+    jobs = []
+    for seed in seeds:
+        for condition in conditions:
+            lr = ce_best_lr(condition.recipe, store, False) * condition.lr_scale
+            for config in [Config("ce", "ce"), *applicable(candidates, condition)]:
+                job = _job("bn", condition, config, seed, lr, 1.0, False)
+                job["recompute_bn"] = True
+                jobs.append(job)
     return jobs
 
 
@@ -2335,6 +2384,67 @@ def _span(seeds: Sequence[int]) -> str:
     if list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
         return f"{seeds[0]}-{seeds[-1]}"
     return ", ".join(map(str, seeds))
+
+
+def batchnorm_study(
+    conditions: Sequence[Condition],
+    candidates: Sequence[Config],
+    store: Store,
+    seeds: Sequence[int],
+) -> list[str]:
+    """A markdown table per the BatchNorm study: each configuration's mean final accuracy as
+    evaluated and with the BatchNorm running statistics recomputed, and its paired gap to ce
+    both ways; then, per candidate, the mean gaps over the conditions. Runs missing a seed, or
+    a model without BatchNorm, are left out."""
+    configs = [Config("ce", "ce"), *candidates]
+    lines = [
+        f"Final accuracy as evaluated / with the BatchNorm statistics recomputed, seeds "
+        f"{_span(seeds)} (paired gaps to ce in points):",
+        "",
+        "| condition | configuration | as evaluated (%) | recomputed (%) | vs ce as evaluated "
+        "| vs ce recomputed |",
+        "|---|---|---|---|---|---|",
+    ]
+    gaps: dict[str, tuple[list[float], list[float]]] = {c.label: ([], []) for c in candidates}
+    for condition in conditions:
+        try:
+            lr = ce_best_lr(condition.recipe, store, False) * condition.lr_scale
+        except RuntimeError:
+            continue
+        finals: dict[str, tuple[list[float], list[float]]] = {}
+        for config in configs:
+            runs = [
+                store.runs.get(run_key("bn", condition, config, s, lr, 1.0, False)) for s in seeds
+            ]
+            if any(r is None or r.get("final_bn_recomputed") is None for r in runs):
+                continue
+            finals[config.label] = (
+                [r["final"] for r in runs],
+                [r["final_bn_recomputed"] for r in runs],
+            )
+        if "ce" not in finals:
+            continue
+        for label, (plain, recomputed) in finals.items():
+            cells = ["", ""]
+            if label != "ce":
+                for i, values in enumerate((plain, recomputed)):
+                    row = Row(label, values, 0, 0.0)
+                    diff, se, _ = paired(row, Row("ce", finals["ce"][i], 0, 0.0))
+                    cells[i] = f"{diff:+.2f} ± {se:.2f}"
+                    gaps[label][i].append(diff)
+            lines.append(
+                f"| {condition.name.split()[0]} | {label} | {100 * statistics.mean(plain):.2f} "
+                f"| {100 * statistics.mean(recomputed):.2f} | {cells[0]} | {cells[1]} |"
+            )
+    lines.append("")
+    for label, (plain_gaps, recomputed_gaps) in gaps.items():
+        if plain_gaps:
+            lines.append(
+                f"- {label}: vs ce {statistics.mean(plain_gaps):+.2f} as evaluated, "
+                f"{statistics.mean(recomputed_gaps):+.2f} recomputed, over {len(plain_gaps)} "
+                "conditions"
+            )
+    return lines
 
 
 def held_out_study(
@@ -2923,6 +3033,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--candidates) and print each condition's table; the round's page is not written",
     )
     parser.add_argument(
+        "--recompute-bn",
+        action="store_true",
+        help="a BatchNorm study: run ce and --candidates on --conditions (seeds: --seeds, default "
+        "the suite's), evaluate each student as the suite does and with its BatchNorm running "
+        "statistics recomputed over the training images, and print both; stored apart from the "
+        "suite's runs, the round's page is not written",
+    )
+    parser.add_argument(
         "--ce-only",
         action="store_true",
         help="--seeds: run cross-entropy as the only baseline (no fixed-weight grid, no stress "
@@ -2938,6 +3056,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.ce_only and args.seeds is None:
         parser.error("--ce-only is a form of the seed study: give --seeds too")
+    if args.ce_only and args.recompute_bn:
+        parser.error("--ce-only and --recompute-bn are different studies: give one")
 
     quick = args.quick
     tmp = Path(tempfile.mkdtemp(prefix="kd_suite_")) if quick else None
@@ -2980,6 +3100,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for condition in conditions:
             lines = scale_study(condition, candidates, store, args.scales, seeds)
             print("\n".join(lines), end="\n\n")
+        return 0
+    if args.recompute_bn:
+        if quick:
+            parser.error("--recompute-bn is a study of the full-size runs; drop --quick")
+        seeds = args.seeds if args.seeds is not None else SEEDS
+        run_jobs(lr_grid_jobs(conditions, quick), store, args.workers, not args.no_progress)
+        jobs = batchnorm_jobs(conditions, candidates, store, seeds)
+        run_jobs(jobs, store, args.workers, not args.no_progress)
+        print("\n".join(batchnorm_study(conditions, candidates, store, seeds)))
         return 0
     if args.held_out is not None:
         if quick:

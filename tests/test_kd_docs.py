@@ -50,7 +50,6 @@ def test_kd_doc_code_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     reference.train()
     with torch.no_grad():
         reference(x)
-    namespace["train_loader"] = [(x, namespace["y"])]
     exec(compile(blocks[1], str(DOC), "exec"), namespace)
     assert not student.training
     torch.testing.assert_close(student.bn1.running_mean, reference.bn1.running_mean)

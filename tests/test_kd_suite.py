@@ -245,6 +245,67 @@ def test_ce_only_seed_study_runs_no_fixed_weight_and_no_stress(tmp_path) -> None
         kd_suite.main(["--ce-only", "--store", str(tmp_path / "q.json")])
 
 
+def test_recomputed_batchnorm_accuracy_uses_the_final_weights_statistics() -> None:
+    # a BatchNorm layer whose running statistics are spoilt (mean 50) classifies the test
+    # points wrongly as evaluated; recomputed over the training points (mean ~0, var ~1) it
+    # classifies them all correctly. A model without BatchNorm gives None.
+    torch.manual_seed(0)
+    x_train = torch.randn(512, 2)
+    x_test = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [1.5, 0.0], [-1.5, 0.0]])
+    y_test = torch.tensor([1, 0, 1, 0])
+    data = kd_suite.Tensors(x_train, torch.zeros(512, dtype=torch.long), x_test, y_test)
+    norm = torch.nn.BatchNorm1d(2)
+    linear = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+        linear.bias.zero_()
+        norm.running_mean.fill_(50.0)
+    model = torch.nn.Sequential(norm, linear)
+    assert kd_suite._accuracy(model, x_test, y_test) == 0.5  # everything left of 50: class 0
+    assert kd_suite.recomputed_batchnorm_accuracy(model, data) == 1.0
+    torch.testing.assert_close(norm.running_mean, x_train.mean(0))
+    assert kd_suite.recomputed_batchnorm_accuracy(linear, data) is None
+
+
+def test_batchnorm_study_reports_both_evaluations_paired_with_ce(tmp_path) -> None:
+    condition = kd_suite.CONDITIONS[1]  # S2
+    store, lr = _store_with_ce_best_lr(tmp_path, condition, best=1)
+    ce, candidate = kd_suite.Config("ce", "ce"), kd_suite.CANDIDATES["default"]
+    finals = {ce: ([0.90, 0.92], [0.95, 0.95]), candidate: ([0.60, 0.92], [0.97, 0.96])}
+    for config, (plain, recomputed) in finals.items():
+        for seed in (0, 1):
+            key = kd_suite.run_key("bn", condition, config, seed, lr, 1.0, False)
+            store.runs[key] = {"final": plain[seed], "final_bn_recomputed": recomputed[seed]}
+    lines = kd_suite.batchnorm_study([condition], [candidate], store, (0, 1))
+    row = next(line for line in lines if f"| {candidate.label} |" in line)
+    # as evaluated: gaps -30 and 0 (mean -15, se 15); recomputed: +2 and +1 (mean +1.5, se 0.5)
+    assert row == f"| S2 | {candidate.label} | 76.00 | 96.50 | -15.00 ± 15.00 | +1.50 ± 0.50 |"
+    assert lines[-1] == (
+        f"- {candidate.label}: vs ce -15.00 as evaluated, +1.50 recomputed, over 1 conditions"
+    )
+    jobs = kd_suite.batchnorm_jobs([condition], [candidate], store, (0, 1))
+    assert {(j["stage"], j["config"].label, j["recompute_bn"]) for j in jobs} == {
+        ("bn", "ce", True),
+        ("bn", candidate.label, True),
+    }
+    assert all(j["key"] not in store.runs or j["stage"] == "bn" for j in jobs)
+    with pytest.raises(SystemExit):  # a study of the full-size runs
+        kd_suite.main(["--quick", "--recompute-bn", "--store", str(tmp_path / "q.json")])
+
+
+def test_a_resnet_run_reports_its_recomputed_batchnorm_accuracy() -> None:
+    resnet = next(c for c in kd_suite.CONDITIONS if c.recipe.student == "resnet")
+    mlp = next(c for c in kd_suite.CONDITIONS if c.recipe.student == "mlp")
+    ce = kd_suite.Config("ce", "ce")
+    with_bn = kd_suite.train_run(resnet, ce, 0, 0.01, 1.0, True, recompute_bn=True)
+    assert 0.0 <= with_bn["final_bn_recomputed"] <= 1.0
+    assert (
+        kd_suite.train_run(mlp, ce, 0, 0.01, 1.0, True, recompute_bn=True)["final_bn_recomputed"]
+        is None
+    )
+    assert "final_bn_recomputed" not in kd_suite.train_run(mlp, ce, 0, 0.01, 1.0, True)
+
+
 def test_held_out_study_picks_the_weight_on_other_seeds(tmp_path) -> None:
     # seeds 0-2 pick a = 0.3 (a lucky 0.90 on seed 0); on seeds 3-5 a = 0.1 is the best of the
     # five, and the candidate is compared with both: behind the same-seed best, ahead of the
