@@ -2292,7 +2292,13 @@ def gather(
     quick: bool,
     scale: float = 1.0,
     seeds: Optional[Sequence[int]] = None,
+    stage: str = "main",
+    value: str = "final",
 ) -> dict[str, Row]:
+    """Each configuration's stored runs of ``condition`` on ``seeds`` as a :class:`Row` whose
+    finals are the runs' ``value`` (``"final"``; the BatchNorm study's stage ``"bn"`` also has
+    ``"final_bn_recomputed"``); a configuration missing a run, or a run without that value, is
+    left out."""
     try:
         lr = ce_best_lr(condition.recipe, store, quick) * condition.lr_scale
     except RuntimeError:  # this condition has not run
@@ -2300,14 +2306,14 @@ def gather(
     rows = {}
     for config in configs:
         results = [
-            store.runs.get(run_key("main", condition, config, s, lr, scale, quick))
+            store.runs.get(run_key(stage, condition, config, s, lr, scale, quick))
             for s in (seeds if seeds is not None else _seeds(quick))
         ]
-        if any(r is None for r in results):
+        if any(r is None or r.get(value) is None for r in results):
             continue
         rows[config.label] = Row(
             config.label,
-            [r["final"] for r in results],
+            [r[value] for r in results],
             sum(r["collapsed"] for r in results),
             statistics.mean(r["seconds"] for r in results),
             [r.get("diagnostics", {}) for r in results],
@@ -2407,34 +2413,22 @@ def batchnorm_study(
     ]
     gaps: dict[str, tuple[list[float], list[float]]] = {c.label: ([], []) for c in candidates}
     for condition in conditions:
-        try:
-            lr = ce_best_lr(condition.recipe, store, False) * condition.lr_scale
-        except RuntimeError:
+        plain = gather(condition, configs, store, False, seeds=seeds, stage="bn")
+        recomputed = gather(
+            condition, configs, store, False, seeds=seeds, stage="bn", value="final_bn_recomputed"
+        )
+        if "ce" not in recomputed:
             continue
-        finals: dict[str, tuple[list[float], list[float]]] = {}
-        for config in configs:
-            runs = [
-                store.runs.get(run_key("bn", condition, config, s, lr, 1.0, False)) for s in seeds
-            ]
-            if any(r is None or r.get("final_bn_recomputed") is None for r in runs):
-                continue
-            finals[config.label] = (
-                [r["final"] for r in runs],
-                [r["final_bn_recomputed"] for r in runs],
-            )
-        if "ce" not in finals:
-            continue
-        for label, (plain, recomputed) in finals.items():
+        for label, row in recomputed.items():
             cells = ["", ""]
             if label != "ce":
-                for i, values in enumerate((plain, recomputed)):
-                    row = Row(label, values, 0, 0.0)
-                    diff, se, _ = paired(row, Row("ce", finals["ce"][i], 0, 0.0))
+                for i, rows in enumerate((plain, recomputed)):
+                    diff, se, _ = paired(rows[label], rows["ce"])
                     cells[i] = f"{diff:+.2f} ± {se:.2f}"
                     gaps[label][i].append(diff)
             lines.append(
-                f"| {condition.name.split()[0]} | {label} | {100 * statistics.mean(plain):.2f} "
-                f"| {100 * statistics.mean(recomputed):.2f} | {cells[0]} | {cells[1]} |"
+                f"| {condition.name.split()[0]} | {label} | {100 * plain[label].mean:.2f} "
+                f"| {100 * row.mean:.2f} | {cells[0]} | {cells[1]} |"
             )
     lines.append("")
     for label, (plain_gaps, recomputed_gaps) in gaps.items():

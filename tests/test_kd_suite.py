@@ -275,7 +275,12 @@ def test_batchnorm_study_reports_both_evaluations_paired_with_ce(tmp_path) -> No
     for config, (plain, recomputed) in finals.items():
         for seed in (0, 1):
             key = kd_suite.run_key("bn", condition, config, seed, lr, 1.0, False)
-            store.runs[key] = {"final": plain[seed], "final_bn_recomputed": recomputed[seed]}
+            store.runs[key] = {
+                "final": plain[seed],
+                "final_bn_recomputed": recomputed[seed],
+                "collapsed": False,
+                "seconds": 1.0,
+            }
     lines = kd_suite.batchnorm_study([condition], [candidate], store, (0, 1))
     row = next(line for line in lines if f"| {candidate.label} |" in line)
     # as evaluated: gaps -30 and 0 (mean -15, se 15); recomputed: +2 and +1 (mean +1.5, se 0.5)
