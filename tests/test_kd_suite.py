@@ -468,3 +468,96 @@ def test_the_lengthen_candidate_differs_from_the_default_by_its_step_only() -> N
     plain = kd_suite.train_run(condition, default, seed=0, lr=0.1, scale=1.0, quick=True)
     assert plain["diagnostics"]["step_over_task_max"] <= 1.0 + 1e-6
     assert 1.0 < longer["diagnostics"]["step_over_task_max"] <= 2.0 + 1e-6
+
+
+def test_no_two_conditions_train_the_same_way() -> None:
+    # a fresh condition is fresh only if no earlier one shares its whole training setting
+    # (the run key would repeat an earlier, looked-at condition's runs)
+    settings = [
+        (c.recipe, c.teacher, c.objectives, c.temperature, c.lr_scale) for c in kd_suite.CONDITIONS
+    ]
+    assert len(set(settings)) == len(settings)
+    assert {c.evaluation for c in kd_suite.CONDITIONS} == {"running", "recomputed"}
+    # round 16 declared the recomputed evaluation for all its conditions, no earlier round any
+    assert all((c.evaluation == "recomputed") == (c.round >= 16) for c in kd_suite.CONDITIONS)
+
+
+def test_run_value_recomputed_falls_back_only_where_nothing_was_recomputed() -> None:
+    recomputed = "final_bn_recomputed"
+    assert kd_suite.run_value({"final": 0.4, recomputed: 0.9}, recomputed) == 0.9
+    # a student without BatchNorm, or non-finite weights: the evaluated accuracy stands
+    assert kd_suite.run_value({"final": 0.1, recomputed: None}, recomputed) == 0.1
+    # a run made without the recomputation has no such value: missing, not its "final"
+    assert kd_suite.run_value({"final": 0.4}, recomputed) is None
+    assert kd_suite.run_value({"final": 0.4, recomputed: 0.9}, "final") == 0.4
+
+
+def test_a_recomputed_condition_is_judged_on_recomputed_statistics(tmp_path) -> None:
+    # C114 (round 16) declares the recomputed evaluation: its verdicts read final_bn_recomputed,
+    # the same runs judged "running" read final; an older condition's jobs recompute nothing
+    c114 = next(c for c in kd_suite.CONDITIONS if c.name.startswith("C114 "))
+    assert c114.evaluation == "recomputed" and c114.recipe.student == "resnet"
+    assert "BatchNorm statistics recomputed" in c114.describe()
+    store, lr = _store_with_ce_best_lr(tmp_path, c114, best=2)
+    default = kd_suite.CANDIDATES["default"]
+    # (as evaluated, recomputed) per seed: the default trails ce as evaluated, leads recomputed
+    finals = {
+        "ce": ([0.80, 0.82, 0.81], [0.95, 0.96, 0.95]),
+        default.label: ([0.50, 0.90, 0.60], [0.97, 0.97, 0.96]),
+        **{
+            c.label: ([0.85, 0.85, 0.85], [0.96, 0.96, 0.96])
+            for c in kd_suite.baseline_configs({None})
+            if c.kind == "fixed"
+        },
+    }
+    configs = [*kd_suite.baseline_configs({None}), default]
+    for config in configs:
+        plain, recomputed = finals[config.label]
+        for seed in kd_suite.SEEDS:
+            key = kd_suite.run_key("main", c114, config, seed, lr, 1.0, False)
+            store.runs[key] = {
+                "final": plain[seed],
+                "final_bn_recomputed": recomputed[seed],
+                "collapsed": False,
+                "seconds": 1.0,
+            }
+    v = kd_suite.verdicts(c114, default, store, False)
+    assert v["ce"]["diff"] == pytest.approx(100 * (0.9666667 - 0.9533333), abs=1e-3)
+    assert v["ce"]["won"] and v["fixed"]["won"]
+    running = kd_suite.replace(c114, evaluation="running")
+    v_running = kd_suite.verdicts(running, default, store, False)
+    assert v_running["ce"]["diff"] == pytest.approx(100 * (0.6666667 - 0.81), abs=1e-3)
+    assert not v_running["ce"]["won"]
+    # the page shows both: the recomputed table and the running means beneath it
+    section = "\n".join(kd_suite.report_condition(c114, [default], store, False))
+    assert "final accuracy, BatchNorm statistics recomputed (%)" in section
+    assert "| ce | 95.33 ± 0.58 |" in section
+    assert (
+        "As evaluated with the BatchNorm running statistics (not the verdict): ce 81.00" in section
+    )
+    # jobs: a recomputed condition asks for the recomputation, an older one does not; a stored
+    # run made without it is run again (the same training, evaluated once more)
+    jobs = kd_suite.condition_jobs([c114], [default], store, False)
+    assert jobs and all(j["recompute_bn"] for j in jobs)
+    assert not any(kd_suite._missing(j, store) for j in jobs if j["scale"] == 1.0)
+    job = jobs[0]
+    del store.runs[job["key"]]["final_bn_recomputed"]
+    assert kd_suite._missing(job, store)
+    older = kd_suite.CONDITIONS[0]
+    store2, _ = _store_with_ce_best_lr(tmp_path, older, best=0)
+    assert not any(
+        j["recompute_bn"] for j in kd_suite.condition_jobs([older], [default], store2, False)
+    )
+    # the round's page gives the running verdict of the same runs for the record
+    confirmation = kd_suite.conditions_of_round(16, "confirmation")
+    store.runs[job["key"]]["final_bn_recomputed"] = 0.95
+    recorded = "\n".join(kd_suite._running_record(confirmation, default, store, False, 16))
+    assert "evaluated with the BatchNorm running statistics (for the record)" in recorded
+    assert f"behind on {c114.name} (-14.33 ± " in recorded
+    declared = "\n".join(kd_suite.default_verdict(default, store, False, round_number=16))
+    assert (
+        "at least cross-entropy everywhere (ties within one paired standard error): **met**"
+        in declared
+    )
+    older_round = kd_suite.conditions_of_round(15, "confirmation")
+    assert kd_suite._running_record(older_round, default, store, False, 15) == []
