@@ -25,6 +25,13 @@ The learning rate of a condition is the cross-entropy-best one of its recipe (da
 optimizer, schedule, epochs), found by a small grid (``LR_GRID``, 2 seeds) that the suite runs
 first, times the condition's ``lr_scale``.
 
+**Evaluation.** A condition declares how its final test accuracy is taken
+(``Condition.evaluation``): ``"running"`` (rounds 1-15) evaluates the student as trained,
+BatchNorm running statistics included; ``"recomputed"`` (round 16 on) first recomputes each
+BatchNorm layer's statistics over the training images with the final weights, for every
+configuration alike. Its runs store both numbers, and the page gives the running verdict of the
+same runs for the record.
+
 Every finished run is stored in a JSON file (rewritten atomically) and skipped when the suite
 runs again, so an interrupted run resumes; runs are spread over worker processes (1 thread
 each).
@@ -2393,6 +2400,8 @@ def scale_jobs(
             for config in applicable(candidates, condition):
                 for scale in (1.0, *scales):
                     jobs.append(_job("main", condition, config, seed, lr, scale, False))
+    for job in jobs:
+        job["recompute_bn"] = job["condition"].evaluation == "recomputed"
     return jobs
 
 
@@ -3142,11 +3151,17 @@ def write_report(
         "",
         "Selection conditions:",
         "",
-        *constant_weights(selection, store, quick),
+        *(
+            constant_weights(selection, store, quick)
+            or ["(none with ce and the whole grid stored)"]
+        ),
         "",
         "Confirmation conditions:",
         "",
-        *constant_weights(confirmation, store, quick),
+        *(
+            constant_weights(confirmation, store, quick)
+            or ["(none with ce and the whole grid stored)"]
+        ),
         "",
         "## Learning rates (cross-entropy grid)",
         "",

@@ -543,6 +543,8 @@ def test_a_recomputed_condition_is_judged_on_recomputed_statistics(tmp_path) -> 
     job = jobs[0]
     del store.runs[job["key"]]["final_bn_recomputed"]
     assert kd_suite._missing(job, store)
+    scaled = kd_suite.scale_jobs([c114], [default], store, (1.000001,), (0,))
+    assert [(j["scale"], j["recompute_bn"]) for j in scaled] == [(1.0, True), (1.000001, True)]
     older = kd_suite.CONDITIONS[0]
     store2, _ = _store_with_ce_best_lr(tmp_path, older, best=0)
     assert not any(
