@@ -84,8 +84,13 @@ def test_mokd_reaches_at_least_the_sum_at_the_ce_learning_rate(digits, teacher_l
 
 def test_mokd_is_stable_where_the_sum_diverges(digits, teacher_logits) -> None:
     """At lr 0.3 the KD term (scaled by T^2 = 16) makes the summed gradient too large; MoKD's
-    default step is never longer than the task gradient's norm and trains normally."""
+    default step is never longer than the task gradient's norm and trains normally.
+
+    The bar is training normally, not a given accuracy: the final accuracy of a run at this
+    learning rate moves by a few points with the CPU's rounding (seed 2: 91.95 % on an AMD EPYC,
+    above 93 % on the machines this was written on), the divergence it guards against ends
+    below 60 %."""
     mokd = [_distil(digits, teacher_logits, "mokd", seed, lr=0.3) for seed in SEEDS]
     summed = [_distil(digits, teacher_logits, "sum", seed, lr=0.3) for seed in SEEDS]
-    assert min(mokd) > 0.93, mokd
+    assert min(mokd) > 0.9, mokd
     assert max(summed) < 0.6, summed
