@@ -30,7 +30,9 @@ first, times the condition's ``lr_scale``.
 BatchNorm running statistics included; ``"recomputed"`` (round 16 on) first recomputes each
 BatchNorm layer's statistics over the training images with the final weights, for every
 configuration alike. Its runs store both numbers, and the page gives the running verdict of the
-same runs for the record.
+same runs for the record. ``Condition.lr_evaluation`` says the same of the cross-entropy grid
+that picks the learning rate (round 16 picked it as evaluated; a constant-learning-rate ResNet's
+pick turned out to be a BatchNorm draw).
 
 Every finished run is stored in a JSON file (rewritten atomically) and skipped when the suite
 runs again, so an interrupted run resumes; runs are spread over worker processes (1 thread
@@ -150,17 +152,44 @@ class Condition:
     # the training images with the final weights first (round 16 on; a student without
     # BatchNorm is evaluated the same both ways).
     evaluation: str = "running"
+    # How the cross-entropy grid that picks the condition's learning rate is judged, the same
+    # two ways. Round 16 picked with "running" and found the pick on a constant-learning-rate
+    # ResNet to be a BatchNorm draw; "recomputed" needs evaluation="recomputed".
+    lr_evaluation: str = "running"
+
+    def __post_init__(self) -> None:
+        for name in ("evaluation", "lr_evaluation"):
+            if getattr(self, name) not in ("running", "recomputed"):
+                raise ValueError(
+                    f"{self.name}: {name} must be 'running' or 'recomputed', got "
+                    f"{getattr(self, name)!r}"
+                )
+        if self.lr_evaluation == "recomputed" and self.evaluation != "recomputed":
+            raise ValueError(
+                f"{self.name}: a learning rate picked with recomputed BatchNorm statistics "
+                "needs evaluation='recomputed' as well"
+            )
 
     @property
     def result_value(self) -> str:
         """The field of a stored run that this condition's verdicts read."""
         return "final_bn_recomputed" if self.evaluation == "recomputed" else "final"
 
+    @property
+    def lr_value(self) -> str:
+        """The field of the learning-rate grid's runs that picks this condition's rate."""
+        return "final_bn_recomputed" if self.lr_evaluation == "recomputed" else "final"
+
     def describe(self) -> str:
         r = self.recipe
         lr = "ce-best lr" if self.lr_scale == 1 else f"{self.lr_scale:g}x ce-best lr"
         evaluated = (
             "; evaluated with BatchNorm statistics recomputed"
+            + (
+                " (the learning rate picked the same way)"
+                if self.lr_evaluation == "recomputed"
+                else ""
+            )
             if self.evaluation == "recomputed" and r.student == "resnet"
             else ""
         )
@@ -2297,8 +2326,9 @@ def _seeds(quick: bool) -> tuple[int, ...]:
     return (0, 1) if quick else SEEDS
 
 
-def ce_best_lr(recipe: Recipe, store: Store, quick: bool) -> float:
-    """The learning rate of ``LR_GRID`` with the best mean final ce accuracy (ties: smaller)."""
+def ce_best_lr(recipe: Recipe, store: Store, quick: bool, value: str = "final") -> float:
+    """The learning rate of ``LR_GRID`` with the best mean final ce accuracy (ties: smaller),
+    each run's accuracy read as ``value`` (see :func:`run_value`)."""
     condition = Condition("lr grid", "lr", recipe)
     config = Config("ce", "ce")
     best, best_acc = None, -1.0
@@ -2307,7 +2337,8 @@ def ce_best_lr(recipe: Recipe, store: Store, quick: bool) -> float:
             run_key("lr", condition, config, s, lr, 1.0, quick)
             for s in LR_GRID_SEEDS[: len(_seeds(quick))]
         ]
-        accs = [store.runs[k]["final"] for k in keys if k in store.runs]
+        found = [run_value(store.runs[k], value) for k in keys if k in store.runs]
+        accs = [a for a in found if a is not None]
         if len(accs) == len(keys) and statistics.mean(accs) > best_acc + 1e-9:
             best, best_acc = lr, statistics.mean(accs)
     if best is None:
@@ -2316,18 +2347,24 @@ def ce_best_lr(recipe: Recipe, store: Store, quick: bool) -> float:
 
 
 def lr_of(condition: Condition, store: Store, quick: bool) -> float:
-    """The condition's learning rate: its recipe's cross-entropy-best (:func:`ce_best_lr`, as
-    evaluated with running statistics for every condition) times its factor."""
-    return ce_best_lr(condition.recipe, store, quick) * condition.lr_scale
+    """The condition's learning rate: its recipe's cross-entropy-best (:func:`ce_best_lr`,
+    judged by the condition's ``lr_evaluation``) times its factor."""
+    return ce_best_lr(condition.recipe, store, quick, condition.lr_value) * condition.lr_scale
 
 
 def lr_grid_jobs(conditions: Sequence[Condition], quick: bool) -> list[dict[str, Any]]:
+    """The cross-entropy grid of every recipe of ``conditions``; a recipe whose learning rate
+    some condition picks with recomputed BatchNorm statistics has its grid runs recompute them
+    (the same runs: one stored without the recomputation runs again)."""
     jobs = []
     for recipe in {c.recipe for c in conditions}:
         condition = Condition("lr grid", "lr", recipe)
+        recompute = any(c.recipe == recipe and c.lr_evaluation == "recomputed" for c in conditions)
         for lr in LR_GRID[recipe.optimizer]:
             for seed in LR_GRID_SEEDS[: len(_seeds(quick))]:
-                jobs.append(_job("lr", condition, Config("ce", "ce"), seed, lr, 1.0, quick))
+                job = _job("lr", condition, Config("ce", "ce"), seed, lr, 1.0, quick)
+                job["recompute_bn"] = recompute
+                jobs.append(job)
     return jobs
 
 

@@ -563,3 +563,36 @@ def test_a_recomputed_condition_is_judged_on_recomputed_statistics(tmp_path) -> 
     )
     older_round = kd_suite.conditions_of_round(15, "confirmation")
     assert kd_suite._running_record(older_round, default, store, False, 15) == []
+
+
+def test_a_condition_can_pick_its_learning_rate_with_recomputed_statistics(tmp_path) -> None:
+    # the grid's runs, written by hand: as evaluated 0.3 wins (a lucky BatchNorm draw),
+    # recomputed 0.1 does; each condition reads the grid the way it declares
+    c114 = next(c for c in kd_suite.CONDITIONS if c.name.startswith("C114 "))
+    picked = kd_suite.replace(c114, name="C999 probe", lr_evaluation="recomputed")
+    assert c114.lr_evaluation == "running"
+    assert "the learning rate picked the same way" in picked.describe()
+    store = kd_suite.Store(tmp_path / "store.json")
+    grid_condition = kd_suite.Condition("lr grid", "lr", c114.recipe)
+    ce = kd_suite.Config("ce", "ce")
+    finals = {0.01: (0.80, 0.90), 0.03: (0.70, 0.91), 0.1: (0.75, 0.96), 0.3: (0.93, 0.95)}
+    for lr, (plain, recomputed) in finals.items():
+        for seed in kd_suite.LR_GRID_SEEDS:
+            key = kd_suite.run_key("lr", grid_condition, ce, seed, lr, 1.0, False)
+            store.runs[key] = {"final": plain, "final_bn_recomputed": recomputed}
+    assert kd_suite.lr_of(c114, store, False) == 0.3
+    assert kd_suite.lr_of(picked, store, False) == 0.1
+    assert kd_suite.lr_of(kd_suite.replace(picked, lr_scale=3.0), store, False) == 0.1 * 3.0
+    # the grid's jobs recompute only where some condition of the recipe picks that way
+    assert {j["recompute_bn"] for j in kd_suite.lr_grid_jobs([c114], False)} == {False}
+    assert {j["recompute_bn"] for j in kd_suite.lr_grid_jobs([c114, picked], False)} == {True}
+    # a grid stored without the recomputation cannot pick for it (and is run again)
+    for run in store.runs.values():
+        del run["final_bn_recomputed"]
+    with pytest.raises(RuntimeError, match="has not run"):
+        kd_suite.lr_of(picked, store, False)
+    assert all(kd_suite._missing(j, store) for j in kd_suite.lr_grid_jobs([picked], False))
+    with pytest.raises(ValueError, match="needs evaluation='recomputed'"):
+        kd_suite.replace(c114, evaluation="running", lr_evaluation="recomputed")
+    with pytest.raises(ValueError, match="must be 'running' or 'recomputed'"):
+        kd_suite.replace(c114, evaluation="precise")
