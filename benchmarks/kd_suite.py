@@ -133,6 +133,10 @@ class Recipe:
         return f"{self.data}/{self.student}/{self.optimizer}/{self.schedule}/{self.epochs}ep"
 
 
+#: The field of a stored run that each evaluation reads (see :func:`run_value`).
+_RESULT_FIELDS = {"running": "final", "recomputed": "final_bn_recomputed"}
+
+
 @dataclass(frozen=True)
 class Condition:
     name: str
@@ -159,7 +163,7 @@ class Condition:
 
     def __post_init__(self) -> None:
         for name in ("evaluation", "lr_evaluation"):
-            if getattr(self, name) not in ("running", "recomputed"):
+            if getattr(self, name) not in _RESULT_FIELDS:
                 raise ValueError(
                     f"{self.name}: {name} must be 'running' or 'recomputed', got "
                     f"{getattr(self, name)!r}"
@@ -173,12 +177,18 @@ class Condition:
     @property
     def result_value(self) -> str:
         """The field of a stored run that this condition's verdicts read."""
-        return "final_bn_recomputed" if self.evaluation == "recomputed" else "final"
+        return _RESULT_FIELDS[self.evaluation]
 
     @property
     def lr_value(self) -> str:
         """The field of the learning-rate grid's runs that picks this condition's rate."""
-        return "final_bn_recomputed" if self.lr_evaluation == "recomputed" else "final"
+        return _RESULT_FIELDS[self.lr_evaluation]
+
+    @property
+    def recomputes_batchnorm(self) -> bool:
+        """Whether the verdicts differ from the running evaluation's: recomputed statistics
+        and a student with BatchNorm (the ResNet)."""
+        return self.evaluation == "recomputed" and self.recipe.student == "resnet"
 
     def describe(self) -> str:
         r = self.recipe
@@ -190,7 +200,7 @@ class Condition:
                 if self.lr_evaluation == "recomputed"
                 else ""
             )
-            if self.evaluation == "recomputed" and r.student == "resnet"
+            if self.recomputes_batchnorm
             else ""
         )
         return (
@@ -2319,6 +2329,8 @@ def _job(
         "lr": lr,
         "scale": scale,
         "quick": quick,
+        # the condition's declared evaluation; a study may ask for more
+        "recompute_bn": condition.evaluation == "recomputed",
     }
 
 
@@ -2396,8 +2408,6 @@ def condition_jobs(
                 for config in baseline_configs({None}):
                     if config.kind == "fixed":
                         jobs.append(_job("main", condition, config, seed, lr, scale, quick))
-    for job in jobs:
-        job["recompute_bn"] = job["condition"].evaluation == "recomputed"
     return jobs
 
 
@@ -2437,8 +2447,6 @@ def scale_jobs(
             for config in applicable(candidates, condition):
                 for scale in (1.0, *scales):
                     jobs.append(_job("main", condition, config, seed, lr, scale, False))
-    for job in jobs:
-        job["recompute_bn"] = job["condition"].evaluation == "recomputed"
     return jobs
 
 
@@ -2827,11 +2835,7 @@ def report_condition(
         + (f"{_pct(teacher)} %" if teacher is not None else "?"),
         "",
         "| configuration | final accuracy"
-        + (
-            ", BatchNorm statistics recomputed"
-            if condition.evaluation == "recomputed" and condition.recipe.student == "resnet"
-            else ""
-        )
+        + (", BatchNorm statistics recomputed" if condition.recomputes_batchnorm else "")
         + " (%) | collapsed | s / run | vs ce (paired, points) | vs best fixed |",
         "|---|---|---|---|---|---|",
     ]
@@ -2852,7 +2856,7 @@ def report_condition(
             f"| {config.label} | {_pct(row.mean)} ± {100 * row.std:.2f} | {row.collapsed}/{len(row.finals)} | "
             f"{row.seconds:.1f} | {cells[0]} | {cells[1]} |"
         )
-    if condition.evaluation == "recomputed" and condition.recipe.student == "resnet":
+    if condition.recomputes_batchnorm:
         running = gather(condition, configs, store, quick, value="final")
         lines += [
             "",
@@ -3096,7 +3100,7 @@ def _running_record(
     """For a round whose confirmation conditions are judged with recomputed BatchNorm
     statistics: the done-criteria again on the same runs as evaluated with the running ones (for
     the record; empty when no such condition has a BatchNorm student)."""
-    if not any(c.evaluation == "recomputed" and c.recipe.student == "resnet" for c in confirmation):
+    if not any(c.recomputes_batchnorm for c in confirmation):
         return []
     verdict = default_verdict(chosen, store, quick, round_number, evaluation="running")
     if not verdict:

@@ -267,6 +267,11 @@ def test_recomputed_batchnorm_accuracy_uses_the_final_weights_statistics() -> No
     assert kd_suite.recomputed_batchnorm_accuracy(linear, data) is None
 
 
+def _bn_run(final: float, recomputed: float) -> dict[str, Any]:
+    """A stored run evaluated both ways, written by hand (what the suite's runs hold)."""
+    return {"final": final, "final_bn_recomputed": recomputed, "collapsed": False, "seconds": 1.0}
+
+
 def test_batchnorm_study_reports_both_evaluations_paired_with_ce(tmp_path) -> None:
     condition = kd_suite.CONDITIONS[1]  # S2
     store, lr = _store_with_ce_best_lr(tmp_path, condition, best=1)
@@ -275,12 +280,7 @@ def test_batchnorm_study_reports_both_evaluations_paired_with_ce(tmp_path) -> No
     for config, (plain, recomputed) in finals.items():
         for seed in (0, 1):
             key = kd_suite.run_key("bn", condition, config, seed, lr, 1.0, False)
-            store.runs[key] = {
-                "final": plain[seed],
-                "final_bn_recomputed": recomputed[seed],
-                "collapsed": False,
-                "seconds": 1.0,
-            }
+            store.runs[key] = _bn_run(plain[seed], recomputed[seed])
     lines = kd_suite.batchnorm_study([condition], [candidate], store, (0, 1))
     row = next(line for line in lines if f"| {candidate.label} |" in line)
     # as evaluated: gaps -30 and 0 (mean -15, se 15); recomputed: +2 and +1 (mean +1.5, se 0.5)
@@ -515,12 +515,7 @@ def test_a_recomputed_condition_is_judged_on_recomputed_statistics(tmp_path) -> 
         plain, recomputed = finals[config.label]
         for seed in kd_suite.SEEDS:
             key = kd_suite.run_key("main", c114, config, seed, lr, 1.0, False)
-            store.runs[key] = {
-                "final": plain[seed],
-                "final_bn_recomputed": recomputed[seed],
-                "collapsed": False,
-                "seconds": 1.0,
-            }
+            store.runs[key] = _bn_run(plain[seed], recomputed[seed])
     v = kd_suite.verdicts(c114, default, store, False)
     assert v["ce"]["diff"] == pytest.approx(100 * (0.9666667 - 0.9533333), abs=1e-3)
     assert v["ce"]["won"] and v["fixed"]["won"]
