@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -591,3 +592,41 @@ def test_a_condition_can_pick_its_learning_rate_with_recomputed_statistics(tmp_p
         kd_suite.replace(c114, evaluation="running", lr_evaluation="recomputed")
     with pytest.raises(ValueError, match="must be 'running' or 'recomputed'"):
         kd_suite.replace(c114, evaluation="precise")
+
+
+def test_a_drawn_selection_is_seeded_counted_per_student_and_in_pool_order() -> None:
+    pool = kd_suite.conditions_of_round(16, "selection")
+    counts = {"mlp": 5, "cnn": 3, "resnet": 2}
+    first = kd_suite.draw_selection(pool, counts, seed=17)
+    assert first == kd_suite.draw_selection(pool, counts, seed=17)  # the seed fixes the draw
+    assert first != kd_suite.draw_selection(pool, counts, seed=18)
+    kinds = [c.recipe.student for c in first]
+    assert {kind: kinds.count(kind) for kind in counts} == counts
+    order = [c.name for c in pool]
+    assert [order.index(c.name) for c in first] == sorted(order.index(c.name) for c in first)
+    with pytest.raises(ValueError, match="cannot draw"):
+        kd_suite.draw_selection(pool, {"mlp": 5, "cnn": 3, "resnet": 999}, seed=17)
+    with pytest.raises(ValueError, match="each student kind"):
+        kd_suite.draw_selection(pool, {"mlp": 5}, seed=17)
+
+
+def test_round_17_judges_its_drawn_selection_recomputed() -> None:
+    # round 17 declared a draw of 44 selection conditions and the recomputed evaluation (and
+    # learning-rate pick) for all of them; the conditions themselves stay as declared
+    selection = kd_suite.conditions_of_round(17, "selection")
+    kinds = [c.recipe.student for c in selection]
+    assert {k: kinds.count(k) for k in set(kinds)} == kd_suite.SELECTION_DRAWS[17]
+    assert all(c.evaluation == c.lr_evaluation == "recomputed" for c in selection)
+    declared = {c.name: c for c in kd_suite.CONDITIONS}
+    assert any(declared[c.name].evaluation == "running" for c in selection)
+    assert all(
+        replace(c, evaluation="running", lr_evaluation="running")
+        == replace(declared[c.name], evaluation="running", lr_evaluation="running")
+        for c in selection
+    )
+    confirmation = kd_suite.conditions_of_round(17, "confirmation")
+    assert len(confirmation) == 8
+    assert all(c.evaluation == c.lr_evaluation == "recomputed" for c in confirmation)
+    # round 16's selection is not drawn and keeps each condition's own evaluation
+    assert len(kd_suite.conditions_of_round(16, "selection")) == 120
+    assert dict(kd_suite.CANDIDATES["blended"].options)["agreement_gate"] == "blend"

@@ -887,14 +887,16 @@ def _check_share_used(rng, method, rescaled, jacobian, losses, used: float) -> N
     np.testing.assert_allclose(other, update, rtol=1e-6, atol=1e-9 * np.abs(update).max())
 
 
-@pytest.mark.parametrize("gate", ["off", "mean", "agreeing-mean"])
+@pytest.mark.parametrize("gate", ["off", "mean", "agreeing-mean", "blend"])
 @pytest.mark.parametrize("k", [2, 3])
 def test_agreement_smoothing_uses_the_running_mean_of_the_agreement(k: int, gate: str) -> None:
     # a sequence of steps with known agreements (about half of them conflicts): with
     # agreement_smoothing = beta the rule acts on the bias-corrected moving average of
     # max(c, 0) up to each step, not the step's own; agreement_gate="mean" gives a conflicting
     # step no share and the others that average, "agreeing-mean" no share and the average of
-    # c over the agreeing steps only; every loss times its own factor changes nothing; the
+    # c over the agreeing steps only, "blend" (1 - f) times the average plus f times the
+    # step's own agreement, f the average of the conflict indicator; every loss times its own
+    # factor changes nothing; the
     # state survives a state_dict round trip; the first step is the per-step rule
     rng = np.random.default_rng(70 + k)
     beta = 0.8
@@ -913,7 +915,11 @@ def test_agreement_smoothing_uses_the_running_mean_of_the_agreement(k: int, gate
         used = average / (1 - beta**count)
         if gate == "agreeing-mean" and agreeing > 0:
             used = average / agreeing
-        if gate != "off" and agreement == 0:
+        if gate == "blend":
+            conflict_fraction = 1 - agreeing / (1 - beta**count)
+            used = (1 - conflict_fraction) * used + conflict_fraction * agreement
+            conflicts += agreement == 0
+        elif gate != "off" and agreement == 0:
             used, conflicts = 0.0, conflicts + 1
         _check_share_used(rng, smoothed, rescaled, jacobian, losses, used)
         steps.append((jacobian, losses))
@@ -955,7 +961,7 @@ def test_agreement_smoothing_checks_its_value_and_rule() -> None:
     assert methods.get("mokd").options()["agreement_gate"] == "off"
     with pytest.raises(OptionError, match="agreement_gate"):
         methods.get("mokd", agreement_smoothing=0.9, agreement_gate="conflict")
-    for gate in ("mean", "agreeing-mean"):
+    for gate in ("mean", "agreeing-mean", "blend"):
         with pytest.raises(OptionError, match="needs agreement_smoothing"):
             methods.get("mokd", agreement_gate=gate)
         assert (

@@ -35,8 +35,10 @@ AGREEMENT_RULES = ("agreement", "scaled", "sharpened", "sharpened-above")
 #: How :class:`MoKD`'s ``agreement_smoothing`` meets a conflict (round 13 of the suite; see
 #: :meth:`MoKD._smooth_agreement`): ``"off"`` gives every step the moving average, ``"mean"``
 #: none to a step whose own cosine is <= 0 and the average over every step to the others,
-#: ``"agreeing-mean"`` the same gate with the average over the agreeing steps only.
-AGREEMENT_GATES = ("off", "mean", "agreeing-mean")
+#: ``"agreeing-mean"`` the same gate with the average over the agreeing steps only,
+#: ``"blend"`` (round 17) the average and the step's own agreement mixed by the running
+#: fraction of conflicting steps.
+AGREEMENT_GATES = ("off", "mean", "agreeing-mean", "blend")
 
 # A combined direction shorter than this fraction of its triangle-inequality bound
 # sum_i q_i ||g_i|| is treated as Pareto-stationary by the "anchor" rule (weights 0): rescaling
@@ -591,7 +593,11 @@ class MoKD(Method):
             moving average like every step; ``"mean"`` no share (the per-step rule's answer in
             a conflict), the others the moving average of ``max(c, 0)`` over every step;
             ``"agreeing-mean"`` no share, the others the moving average of ``c`` over the
-            agreeing steps only. Needs ``agreement_smoothing > 0`` unless ``"off"``.
+            agreeing steps only; ``"blend"`` (round 17) ``(1 - f) m + f a``, the moving average
+            ``m`` of ``max(c, 0)`` and this step's ``a`` mixed by the moving average ``f`` of
+            the fraction of conflicting steps (``c <= 0``) -- nearly the average for a side
+            that rarely conflicts with the anchor (a strong teacher), more of the per-step
+            share the more often it does. Needs ``agreement_smoothing > 0`` unless ``"off"``.
         agreement_lag: ``True`` (round 14 of the suite; with an agreement rule): the rule uses
             the *previous* step's agreement ``max(c, 0)`` (the first step its own) -- a share
             with the per-step rule's distribution and jumps that does not depend on the batch it
@@ -843,17 +849,24 @@ class MoKD(Method):
         (round 12), or under ``agreement_gate`` (round 13) 0 where ``a = 0`` and otherwise
         that average (``"mean"``) or the average over the agreeing steps only
         (``"agreeing-mean"``: the ratio of the moving averages of ``a`` and of ``[a > 0]``,
-        whose bias corrections cancel). On the device: no host read."""
+        whose bias corrections cancel), or (``"blend"``, round 17) ``(1 - f) m + f a`` with ``m``
+        that average and ``f`` the moving average of ``[a = 0]``, the fraction of conflicting
+        steps. On the device: no host read."""
         agrees = agreement > 0
         value = agreement
         if self.agreement_gate == "agreeing-mean":
             value = torch.stack((agreement, agrees.to(agreement)))
+        elif self.agreement_gate == "blend":
+            value = torch.stack((agreement, (~agrees).to(agreement)))
         self._agreement_average, self._agreement_count, average = _moving_average(
             self._agreement_average, self._agreement_count, value, self.agreement_smoothing
         )
         if self.agreement_gate == "agreeing-mean":
             fraction = average[1]
             average = average[0] / torch.where(fraction > 0, fraction, 1.0)
+        if self.agreement_gate == "blend":
+            conflicts = average[1]
+            return (1.0 - conflicts) * average[0] + conflicts * agreement
         if self.agreement_gate == "off":
             return average
         return torch.where(agrees, average, torch.zeros_like(average))
