@@ -579,6 +579,9 @@ def test_a_condition_can_pick_its_learning_rate_with_recomputed_statistics(tmp_p
     assert kd_suite.lr_of(c114, store, False) == 0.3
     assert kd_suite.lr_of(picked, store, False) == 0.1
     assert kd_suite.lr_of(kd_suite.replace(picked, lr_scale=3.0), store, False) == 0.1 * 3.0
+    # the same runs judged as evaluated (the page's record) keep the learning rate they ran with
+    record = kd_suite.replace(picked, evaluation="running")
+    assert kd_suite.lr_of(record, store, False) == 0.1 and record.result_value == "final"
     # the grid's jobs recompute only where some condition of the recipe picks that way
     assert {j["recompute_bn"] for j in kd_suite.lr_grid_jobs([c114], False)} == {False}
     assert {j["recompute_bn"] for j in kd_suite.lr_grid_jobs([c114, picked], False)} == {True}
@@ -588,8 +591,6 @@ def test_a_condition_can_pick_its_learning_rate_with_recomputed_statistics(tmp_p
     with pytest.raises(RuntimeError, match="has not run"):
         kd_suite.lr_of(picked, store, False)
     assert all(kd_suite._missing(j, store) for j in kd_suite.lr_grid_jobs([picked], False))
-    with pytest.raises(ValueError, match="needs evaluation='recomputed'"):
-        kd_suite.replace(c114, evaluation="running", lr_evaluation="recomputed")
     with pytest.raises(ValueError, match="must be 'running' or 'recomputed'"):
         kd_suite.replace(c114, evaluation="precise")
 
