@@ -616,7 +616,7 @@ def test_round_17_judges_its_drawn_selection_recomputed() -> None:
     # learning-rate pick) for all of them; the conditions themselves stay as declared
     selection = kd_suite.conditions_of_round(17, "selection")
     kinds = [c.recipe.student for c in selection]
-    assert {k: kinds.count(k) for k in set(kinds)} == kd_suite.SELECTION_DRAWS[17]
+    assert {k: kinds.count(k) for k in set(kinds)} == kd_suite.SELECTION_DRAWS[17][1]
     assert all(c.evaluation == c.lr_evaluation == "recomputed" for c in selection)
     declared = {c.name: c for c in kd_suite.CONDITIONS}
     assert any(declared[c.name].evaluation == "running" for c in selection)
@@ -631,3 +631,16 @@ def test_round_17_judges_its_drawn_selection_recomputed() -> None:
     # round 16's selection is not drawn and keeps each condition's own evaluation
     assert len(kd_suite.conditions_of_round(16, "selection")) == 120
     assert dict(kd_suite.CANDIDATES["blended"].options)["agreement_gate"] == "blend"
+
+
+def test_round_18_keeps_round_17s_draw_and_adds_its_confirmation_conditions() -> None:
+    # a round repeating an earlier draw: the same drawn conditions, plus those that became
+    # eligible after the draw (round 17's looked-at confirmation conditions), all recomputed
+    round_17 = [c.name for c in kd_suite.conditions_of_round(17, "selection")]
+    round_18 = kd_suite.conditions_of_round(18, "selection")
+    added = [c.name for c in kd_suite.conditions_of_round(17, "confirmation")]
+    assert [c.name for c in round_18] == round_17 + added
+    assert all(c.evaluation == c.lr_evaluation == "recomputed" for c in round_18)
+    assert not {c.name for c in round_18} & {
+        c.name for c in kd_suite.conditions_of_round(18, "confirmation")
+    }
