@@ -1407,8 +1407,8 @@ CONDITIONS: tuple[Condition, ...] = (
     # written after the candidate failed round 17's on counts (3) and (4).
     # Protocol, committed before any round-18 run: selection = round 17's draw plus C122-C129
     # (52 conditions, recomputed evaluation, seeds 0-2; SELECTION_DRAWS) and, on the eight
-    # conditions where either rule trailed ce or collapsed on seeds 0-2 or that share C91's
-    # recipe at 3x (C13, C18, C38, C50, C101; S2, C35, C91), seeds 0-9 for ce, the default and
+    # conditions where either rule trailed ce or collapsed on seeds 0-2 or that are a Fashion
+    # CNN at 3x the learning rate (C13, C18, C38, C50, C101; S2, C35, C91), seeds 0-9 for ce, the default and
     # the candidate (`--conditions ... --seeds 0-9 --ce-only`). Adopt the candidate as the
     # library default iff, against the default, (1) both mean gaps over the 52 are at least the
     # default's, (2) it ties or beats the best fixed weight on at least as many of the 52, (3) it
