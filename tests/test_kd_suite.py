@@ -134,10 +134,14 @@ def test_mokd_candidates_spell_out_every_option() -> None:
             assert set(kd_suite.PREVIOUS_MOKD_DEFAULTS) <= set(options) <= set(every)
             assert set(every) - set(options) <= set(kd_suite.NEUTRAL_MOKD_OPTIONS)
             assert set(kd_suite.method_options(config)) == set(every)
-    # the default spells out anchor_vs_rest=True, rest="sum" and conflict="agreement" (not the
-    # neutral values): the same runs as the round-7 candidate, not round 6's ("project"),
-    # round 4's (conflict left out: "pareto") nor round 3's (rest left out: "min-norm")
-    assert kd_suite.CANDIDATES["agreement"].key == kd_suite.CANDIDATES["default"].key
+    # the default spells out anchor_vs_rest=True, rest="sum", conflict="agreement" and round
+    # 18's agreement_smoothing=0.99, agreement_gate="mean" (not the neutral values): the same
+    # runs as round 13's "gated" candidate, not round 7's (the per-step share, smoothing left
+    # out), round 6's ("project"), round 4's (conflict left out: "pareto") nor round 3's (rest
+    # left out: "min-norm")
+    assert kd_suite.CANDIDATES["gated"].key == kd_suite.CANDIDATES["default"].key
+    assert kd_suite.CANDIDATES["agreement"].key != kd_suite.CANDIDATES["default"].key
+    assert kd_suite.method_options(kd_suite.CANDIDATES["agreement"])["agreement_smoothing"] == 0
     assert kd_suite.CANDIDATES["project"].key != kd_suite.CANDIDATES["default"].key
     assert kd_suite.CANDIDATES["rest-sum"].key != kd_suite.CANDIDATES["default"].key
     assert kd_suite.method_options(kd_suite.CANDIDATES["rest-sum"])["conflict"] == "pareto"
@@ -457,10 +461,11 @@ def test_an_lr_condition_without_its_1x_counterpart_is_reported_as_not_measured(
 
 
 def test_the_lengthen_candidate_differs_from_the_default_by_its_step_only() -> None:
-    # round 10: the candidate is the default plus lengthen=True (the default's stored runs keep
-    # their key: lengthen=False is a neutral option), and its runs take steps longer than the
-    # task gradient where the default's never are
-    lengthen, default = kd_suite.CANDIDATES["lengthen"], kd_suite.CANDIDATES["default"]
+    # round 10: the candidate is that round's default (round 7's rule, the candidate
+    # "agreement") plus lengthen=True (the default's stored runs keep their key: lengthen=False
+    # is a neutral option), and its runs take steps longer than the task gradient where the
+    # default's never are
+    lengthen, default = kd_suite.CANDIDATES["lengthen"], kd_suite.CANDIDATES["agreement"]
     assert dict(lengthen.options) == {**dict(default.options), "lengthen": True}
     assert "lengthen" not in dict(default.options)
     assert kd_suite.method_options(default)["lengthen"] is False

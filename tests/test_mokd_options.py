@@ -946,8 +946,42 @@ def test_agreement_smoothing_uses_the_running_mean_of_the_agreement(k: int, gate
     )
 
 
+def test_the_default_share_is_the_gated_moving_average_of_the_agreement() -> None:
+    # round 18 adopted agreement_smoothing=0.99 with agreement_gate="mean" for the agreement
+    # rules; any rule that cannot use it (or agreement_lag) keeps the per-step share, and
+    # agreement_smoothing=0 gives round 7's per-step rule back, ungated
+    default = methods.get("mokd").options()
+    assert default["agreement_smoothing"] == pytest.approx(0.99)
+    assert default["agreement_gate"] == "mean"
+    for options in ({"conflict": "project"}, {"agreement_lag": True}, {"simplex": False}):
+        chosen = methods.get("mokd", **options).options()
+        assert (chosen["agreement_smoothing"], chosen["agreement_gate"]) == (0.0, "off")
+    per_step = methods.get("mokd", agreement_smoothing=0.0).options()
+    assert (per_step["agreement_smoothing"], per_step["agreement_gate"]) == (0.0, "off")
+    assert methods.get("mokd", agreement_smoothing=0.9).options()["agreement_gate"] == "mean"
+    # the default steps exactly as the explicit configuration does, and differs from round 7's
+    rng = np.random.default_rng(18)
+    implicit, explicit, round_7 = (
+        methods.get("mokd", **options)
+        for options in (
+            {},
+            {"agreement_smoothing": 0.99, "agreement_gate": "mean"},
+            {"agreement_smoothing": 0.0},
+        )
+    )
+    for method in (implicit, explicit, round_7):
+        method.bind(["task", "kd"])
+    differs = False
+    for _ in range(8):
+        jacobian, losses, _ = _random_agreement_step(rng, 2)
+        w = _weights(implicit, jacobian, losses)
+        np.testing.assert_array_equal(w, _weights(explicit, jacobian, losses))
+        differs |= not np.allclose(w, _weights(round_7, jacobian, losses))
+    assert differs
+
+
 def test_agreement_smoothing_checks_its_value_and_rule() -> None:
-    assert methods.get("mokd").options()["agreement_smoothing"] == 0.0
+    assert methods.get("mokd", agreement_smoothing=0.0).options()["agreement_smoothing"] == 0.0
     for bad in (-0.1, 1.0, 2.0):
         with pytest.raises(OptionError, match="agreement_smoothing"):
             methods.get("mokd", agreement_smoothing=bad)
@@ -958,12 +992,14 @@ def test_agreement_smoothing_checks_its_value_and_rule() -> None:
         assert methods.get("mokd", conflict=conflict, agreement_smoothing=0.9).options()[
             "agreement_smoothing"
         ] == pytest.approx(0.9)
-    assert methods.get("mokd").options()["agreement_gate"] == "off"
+    assert methods.get("mokd", agreement_smoothing=0.0).options()["agreement_gate"] == "off"
     with pytest.raises(OptionError, match="agreement_gate"):
         methods.get("mokd", agreement_smoothing=0.9, agreement_gate="conflict")
     for gate in ("mean", "agreeing-mean", "blend"):
         with pytest.raises(OptionError, match="needs agreement_smoothing"):
-            methods.get("mokd", agreement_gate=gate)
+            methods.get("mokd", agreement_smoothing=0.0, agreement_gate=gate)
+        with pytest.raises(OptionError, match="needs agreement_smoothing"):
+            methods.get("mokd", conflict="project", agreement_gate=gate)
         assert (
             methods.get("mokd", agreement_smoothing=0.9, agreement_gate=gate).options()[
                 "agreement_gate"

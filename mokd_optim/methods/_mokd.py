@@ -49,6 +49,11 @@ STATIONARY_RTOL = 1e-3
 #: last 100 steps).
 STEP_BOUND_DECAY = 0.99
 
+#: :class:`MoKD`'s default ``agreement_smoothing`` under an agreement rule (round 18 of the
+#: suite): the share follows the agreement over about the last 100 steps, the decay of the
+#: library's other running statistics.
+AGREEMENT_SMOOTHING = 0.99
+
 
 def weigh_by_trust(agreement: Tensor, trust: Optional[Tensor]) -> Tensor:
     """The agreement share ``a`` in ``[0, 1]`` with evidence ``t`` in ``[0, 1]`` that the others
@@ -572,7 +577,9 @@ class MoKD(Method):
             ``"agreement"`` (default, chosen in round 7): the others' share of the update is
             their cosine ``c`` with the anchor, ``max(c, 0)`` -- nothing where they are
             orthogonal to it or against it, so a teacher whose gradient does not help the task
-            gets little of the step (see :func:`share_by_agreement`); ``"scaled"``: the anchor
+            gets little of the step (see :func:`share_by_agreement`); by default (round 18) the
+            cosine's moving average over the run on the steps where ``c > 0``
+            (``agreement_smoothing``, ``agreement_gate``); ``"scaled"``: the anchor
             plus ``max(c, 0)`` times the others (Du et al. 2018); ``"sharpened"`` /
             ``"sharpened-above"`` (round 11): the cosine's odds squared, everywhere / only
             above 1/2 (:func:`agreement_share`). The rest change the step only
@@ -587,11 +594,14 @@ class MoKD(Method):
             the moving average (decay ``beta``, bias-corrected) of the agreement ``max(c, 0)``
             over the steps instead of this step's value -- a share that follows how much the
             others agree with the anchor over a run, not the batch at hand (round 12 of the
-            suite); needs ``conflict`` in ``AGREEMENT_RULES``. ``0`` (default): this step's.
+            suite); needs ``conflict`` in ``AGREEMENT_RULES``. ``0``: this step's (the default
+            of rounds 7-17). Default ``None``: ``AGREEMENT_SMOOTHING`` (0.99; round 18) under an
+            agreement rule without ``agreement_lag``, else ``0``.
         agreement_gate: with ``agreement_smoothing``, what a step whose own cosine is ``<= 0``
-            gets (round 13 of the suite), one of ``AGREEMENT_GATES``: ``"off"`` (default) the
-            moving average like every step; ``"mean"`` no share (the per-step rule's answer in
-            a conflict), the others the moving average of ``max(c, 0)`` over every step;
+            gets (round 13 of the suite), one of ``AGREEMENT_GATES``: ``"off"`` the moving
+            average like every step; ``"mean"`` no share (the per-step rule's answer in a
+            conflict), the others the moving average of ``max(c, 0)`` over every step (the
+            default with ``agreement_smoothing > 0`` since round 18, ``"off"`` without);
             ``"agreeing-mean"`` no share, the others the moving average of ``c`` over the
             agreeing steps only; ``"blend"`` (round 17) ``(1 - f) m + f a``, the moving average
             ``m`` of ``max(c, 0)`` and this step's ``a`` mixed by the moving average ``f`` of
@@ -641,8 +651,8 @@ class MoKD(Method):
         rest: str = "sum",
         conflict: Optional[str] = None,
         lengthen: bool = False,
-        agreement_smoothing: float = 0.0,
-        agreement_gate: str = "off",
+        agreement_smoothing: Optional[float] = None,
+        agreement_gate: Optional[str] = None,
         agreement_lag: bool = False,
     ) -> None:
         super().__init__()
@@ -652,6 +662,12 @@ class MoKD(Method):
             anchor_vs_rest = bool(simplex)
         if conflict is None:  # the agreement share (the default) with simplex weights
             conflict = "agreement" if simplex else "pareto"
+        if agreement_smoothing is None:  # the run's mean agreement (round 18) with that share
+            agreement_smoothing = (
+                AGREEMENT_SMOOTHING if conflict in AGREEMENT_RULES and not agreement_lag else 0.0
+            )
+        if agreement_gate is None:  # no share on a conflicting step wherever a mean is used
+            agreement_gate = "mean" if agreement_smoothing > 0 else "off"
         if step not in STEP_RULES:
             raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
         if not isinstance(anchor, (int, str)) or isinstance(anchor, bool):
