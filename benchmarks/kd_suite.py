@@ -1827,6 +1827,15 @@ CANDIDATES: dict[str, Config] = {
         **ROUND_7,
         agreement_lag=True,
     ),
+    # after round 18 (a probe, not a round): the new default with round 10's longer step
+    "gated-lengthen": _m(
+        "mokd agreement_smoothing=0.99, agreement_gate=mean, lengthen=True",
+        "mokd",
+        **ROUND_7,
+        agreement_smoothing=0.99,
+        agreement_gate="mean",
+        lengthen=True,
+    ),
     # the zoo at defaults
     "mgda": _m("mgda", "mgda"),
     "nash-mtl": _m("nash-mtl", "nash-mtl"),
