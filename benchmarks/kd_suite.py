@@ -1836,6 +1836,15 @@ CANDIDATES: dict[str, Config] = {
         agreement_gate="mean",
         lengthen=True,
     ),
+    "gated-lengthen-sb2": _m(
+        "mokd agreement_smoothing=0.99, agreement_gate=mean, lengthen=True, step_bound=2",
+        "mokd",
+        **ROUND_7,
+        agreement_smoothing=0.99,
+        agreement_gate="mean",
+        lengthen=True,
+        step_bound=2.0,
+    ),
     # the zoo at defaults
     "mgda": _m("mgda", "mgda"),
     "nash-mtl": _m("nash-mtl", "nash-mtl"),
