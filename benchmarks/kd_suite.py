@@ -264,6 +264,32 @@ ROUNDS = {
     "on ten seeds)",
 }
 
+
+def _recomputed_confirmation(
+    round_number: int,
+    rows: Sequence[tuple[str, Recipe, str, float, str, float, tuple[float, ...]]],
+) -> tuple[Condition, ...]:
+    """A round's confirmation conditions from ``(name, recipe, teacher, lr_scale, objectives,
+    temperature, stress)`` rows, each judged with recomputed BatchNorm statistics and its
+    learning rate picked the same way (rounds 17 on)."""
+    return tuple(
+        Condition(
+            name,
+            "confirmation",
+            recipe,
+            teacher,
+            lr_scale=lr_scale,
+            objectives=objectives,
+            temperature=temperature,
+            stress=stress,
+            round=round_number,
+            evaluation="recomputed",
+            lr_evaluation="recomputed",
+        )
+        for name, recipe, teacher, lr_scale, objectives, temperature, stress in rows
+    )
+
+
 CONDITIONS: tuple[Condition, ...] = (
     # --- selection: looked at while designing the default ---
     Condition("S1 fashion-cnn", "selection", FASHION_CNN_SGD_COS),
@@ -1359,21 +1385,9 @@ CONDITIONS: tuple[Condition, ...] = (
     # (AdamW, constant) with one head at T = 8; a digits MLP (SGD, cosine) with one head at
     # T = 2; a Fashion MLP (AdamW, cosine) with a weak teacher and DKD; an MNIST CNN (AdamW,
     # cosine) with a weak teacher at T = 8.
-    *(
-        Condition(
-            name,
-            "confirmation",
-            recipe,
-            teacher,
-            lr_scale=lr_scale,
-            objectives=objectives,
-            temperature=temperature,
-            stress=stress,
-            round=17,
-            evaluation="recomputed",
-            lr_evaluation="recomputed",
-        )
-        for name, recipe, teacher, lr_scale, objectives, temperature, stress in (
+    *_recomputed_confirmation(
+        17,
+        (
             ("C122 mnist-mlp cos T2", MNIST_MLP_SGD_COS, "strong", 1.0, "kd", 2.0, (1e3, 1e-2)),
             ("C123 mnist-mlp cos T2 lr x3", MNIST_MLP_SGD_COS, "strong", 3.0, "kd", 2.0, ()),
             ("C124 mnist-mlp cos T2 lr x0.3", MNIST_MLP_SGD_COS, "strong", 0.3, "kd", 2.0, ()),
@@ -1390,7 +1404,7 @@ CONDITIONS: tuple[Condition, ...] = (
             ("C127 digits-mlp +feat T2", DIGITS_MLP_SGD_COS, "strong", 1.0, "kd+feat", 2.0, ()),
             ("C128 fashion-mlp adamw weak dkd", FASHION_MLP_ADAMW_COS, "weak", 1.0, "dkd", 4.0, ()),
             ("C129 mnist-cnn adamw weak T8", MNIST_CNN_ADAMW_COS, "weak", 1.0, "kd", 8.0, ()),
-        )
+        ),
     ),
     # --- round 18: the gated moving-average share (agreement_gate="mean", round 13's "gated")
     # again, the counts behind ce and of collapses settled on ten seeds -- round 15's protocol
@@ -1423,21 +1437,9 @@ CONDITIONS: tuple[Condition, ...] = (
     # T = 2; an MNIST CNN (SGD, cosine) with DKD; a Fashion MLP (SGD, constant) with a weak teacher
     # at T = 2; an MNIST ResNet (SGD, warm-up + cosine) with a weak teacher and two heads at
     # T = 8; an MNIST MLP (SGD, constant) with one head at T = 8.
-    *(
-        Condition(
-            name,
-            "confirmation",
-            recipe,
-            teacher,
-            lr_scale=lr_scale,
-            objectives=objectives,
-            temperature=temperature,
-            stress=stress,
-            round=18,
-            evaluation="recomputed",
-            lr_evaluation="recomputed",
-        )
-        for name, recipe, teacher, lr_scale, objectives, temperature, stress in (
+    *_recomputed_confirmation(
+        18,
+        (
             (
                 "C130 digits-mlp adamw T2",
                 DIGITS_MLP_ADAMW_CONST,
@@ -1494,7 +1496,7 @@ CONDITIONS: tuple[Condition, ...] = (
                 8.0,
                 (),
             ),
-        )
+        ),
     ),
 )
 
@@ -1696,6 +1698,8 @@ ROUND_3: dict[str, Any] = {"step": "capped-log-anchor", "equalize": 1.0, "anchor
 #: default since), which the later candidates build on.
 ROUND_4: dict[str, Any] = {**ROUND_3, "rest": "sum"}
 ROUND_7: dict[str, Any] = {**ROUND_4, "conflict": "agreement"}
+#: Round 13's gated moving-average share, the default since round 18.
+GATED: dict[str, Any] = {**ROUND_7, "agreement_smoothing": 0.99, "agreement_gate": "mean"}
 
 CANDIDATES: dict[str, Config] = {
     # today's options
@@ -1798,13 +1802,7 @@ CANDIDATES: dict[str, Config] = {
         agreement_smoothing=0.99,
     ),
     # round 13
-    "gated": _m(
-        "mokd agreement_smoothing=0.99, agreement_gate=mean",
-        "mokd",
-        **ROUND_7,
-        agreement_smoothing=0.99,
-        agreement_gate="mean",
-    ),
+    "gated": _m("mokd agreement_smoothing=0.99, agreement_gate=mean", "mokd", **GATED),
     "gated-agreeing": _m(
         "mokd agreement_smoothing=0.99, agreement_gate=agreeing-mean",
         "mokd",
@@ -1831,17 +1829,13 @@ CANDIDATES: dict[str, Config] = {
     "gated-lengthen": _m(
         "mokd agreement_smoothing=0.99, agreement_gate=mean, lengthen=True",
         "mokd",
-        **ROUND_7,
-        agreement_smoothing=0.99,
-        agreement_gate="mean",
+        **GATED,
         lengthen=True,
     ),
     "gated-lengthen-sb2": _m(
         "mokd agreement_smoothing=0.99, agreement_gate=mean, lengthen=True, step_bound=2",
         "mokd",
-        **ROUND_7,
-        agreement_smoothing=0.99,
-        agreement_gate="mean",
+        **GATED,
         lengthen=True,
         step_bound=2.0,
     ),
