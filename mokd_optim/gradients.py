@@ -592,6 +592,36 @@ def gram_matrix(
     return gram
 
 
+def change_products(
+    gradients: ObjectiveGradients,
+    changes: dict[int, Tensor],
+    num_groups: int,
+    num_objectives: int,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """Each objective's gradient against a parameter change, over the balanced parameters
+    (those of the Gram matrix): ``products`` ``(num_groups, K)`` with ``<g_i, delta>`` and
+    ``sq_norms`` ``(num_groups,)`` with ``||delta||^2``, per parameter group, float64 on
+    ``device``. ``changes`` maps ``id(param)`` to that parameter's change; a balanced parameter
+    without one contributes nothing. Products in float32 (float64 for float64 tensors), summed
+    in float64, like :func:`gram_matrix`."""
+    products = torch.zeros(num_groups, num_objectives, dtype=torch.float64, device=device)
+    sq_norms = torch.zeros(num_groups, dtype=torch.float64, device=device)
+    for param, block, group in zip(gradients.params, gradients.blocks, gradients.groups):
+        change = changes.get(id(param))
+        if change is None:
+            continue
+        flat = change.reshape(-1)
+        flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+        sq_norms[group] += torch.dot(flat, flat).to(device=device, dtype=torch.float64)
+        rows = block if isinstance(block, list) else list(block)
+        for k, row in enumerate(rows):
+            if row is not None:
+                product = torch.dot(row.reshape(-1).to(flat.dtype), flat)
+                products[group, k] += product.to(device=device, dtype=torch.float64)
+    return products, sq_norms
+
+
 def _obeys_layout(param: Tensor, grad: Tensor) -> bool:
     """Whether ``grad`` can become ``param.grad`` as it is: same dtype, shape and strides as
     the (dense) parameter, so it is dense and has no overlapping elements. Autograd returns

@@ -182,6 +182,9 @@ class MultiObjectiveOptimizer(Optimizer):
         # classic slip `loss.backward(); opt.step()`, which trains without balancing anything.
         self._backward_since_step = False
         self._warned_bypass = False
+        # The last step's parameter change, by id(param), for a method that reads it
+        # (needs_previous_step, e.g. MoKD(lengthen="while-short")): one copy of the parameters.
+        self._previous_change: dict[int, Tensor] = {}
         # What torch.optim.Optimizer.__init__ would set up, without taking over the param
         # groups: those belong to the wrapped optimizer and are exposed through properties.
         self._optimizer_step_pre_hooks = OrderedDict()
@@ -989,6 +992,7 @@ class MultiObjectiveOptimizer(Optimizer):
         if closing is not None:
             self._window = None
         method_gram = self._gram_for_methods(gram, scale)
+        self._observe_previous_step(result, num_groups, len(names), loss_values.device)
         if num_groups == 1:
             weights = self._methods[0].weights(method_gram[0], loss_values)[None]
         else:
@@ -1031,6 +1035,41 @@ class MultiObjectiveOptimizer(Optimizer):
             info=info,
         )
 
+    def _tracks_previous_step(self) -> bool:
+        return any(method.needs_previous_step for method in self._methods)
+
+    def _observe_previous_step(
+        self, result: Any, num_groups: int, num_objectives: int, device: torch.device
+    ) -> None:
+        """Tell a method that reads it how this step's gradients point against the last
+        parameter change (nothing before the first step, or for a method that does not)."""
+        if not self._previous_change or not self._tracks_previous_step():
+            return
+        products, sq_norms = grad_strategies.change_products(
+            result, self._previous_change, num_groups, num_objectives, device
+        )
+        for group, method in enumerate(self._methods[:num_groups]):
+            if method.needs_previous_step:
+                method.observe_previous_step(products[group], sq_norms[group])
+
+    def _stepped_params(self) -> list[Tensor]:
+        return [
+            p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad
+        ]
+
+    def _step_tracking_change(self, step: Callable[[], Any]) -> Any:
+        """Run the wrapped optimizer's ``step`` and, for a method that reads it, keep the
+        parameter change it made (one copy of the parameters before the step)."""
+        if not self._tracks_previous_step():
+            return step()
+        params = self._stepped_params()
+        with torch.no_grad():
+            before = [p.detach().clone() for p in params]
+        result = step()
+        with torch.no_grad():
+            self._previous_change = {id(p): p.detach() - b for p, b in zip(params, before)}
+        return result
+
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """Clip (``max_norm``) and step the wrapped optimizer.
 
@@ -1069,13 +1108,15 @@ class MultiObjectiveOptimizer(Optimizer):
             if grads:
                 torch.nn.utils.clip_grad_norm_(grads, self.max_norm)
         if closure is not None and self.method.needs_losses_after:
-            result = self.optimizer.step()
+            result = self._step_tracking_change(self.optimizer.step)
             with torch.no_grad():
                 losses_after = closure()
             if losses_after is not None:  # a framework's bookkeeping closure (Lightning) has none
                 self.observe(losses_after)
             return result
-        return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+        if closure is not None:
+            return self._step_tracking_change(lambda: self.optimizer.step(closure))
+        return self._step_tracking_change(self.optimizer.step)
 
     def _warn_if_bypassed(self) -> None:
         """Warn (once) that ``.grad`` was written without :meth:`backward` since the last step."""

@@ -649,3 +649,25 @@ def test_round_18_keeps_round_17s_draw_and_adds_its_confirmation_conditions() ->
     assert not {c.name for c in round_18} & {
         c.name for c in kd_suite.conditions_of_round(18, "confirmation")
     }
+
+
+def test_round_19_selects_on_round_18s_conditions_and_confirms_on_fresh_ones() -> None:
+    # round 19 repeats round 17's draw: its selection data are round 18's selection and
+    # confirmation conditions (60), all recomputed; its confirmation conditions C138-C145 are
+    # new and judged the same way
+    round_18 = [c.name for c in kd_suite.conditions_of_round(18, "all")]
+    round_19 = kd_suite.conditions_of_round(19, "selection")
+    assert [c.name for c in round_19] == round_18
+    assert all(c.evaluation == c.lr_evaluation == "recomputed" for c in round_19)
+    confirmation = kd_suite.conditions_of_round(19, "confirmation")
+    assert [c.name.split()[0] for c in confirmation] == [f"C{n}" for n in range(138, 146)]
+    assert all(c.round == 19 and c.evaluation == "recomputed" for c in confirmation)
+    assert {c.lr_scale for c in confirmation} == {0.3, 1.0, 3.0}
+    assert sum("feat" in c.objectives for c in confirmation) >= 2
+
+
+def test_the_while_short_candidate_is_the_default_plus_the_gated_lengthening() -> None:
+    candidate, default = kd_suite.CANDIDATES["gated-while-short"], kd_suite.CANDIDATES["gated"]
+    assert dict(candidate.options) == {**dict(default.options), "lengthen": "while-short"}
+    probe = kd_suite.CANDIDATES["gated-after-warmup"]
+    assert dict(probe.options) == {**dict(default.options), "lengthen": "after-warmup"}

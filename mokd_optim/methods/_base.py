@@ -30,6 +30,10 @@ class Method(abc.ABC):
     - ``log_losses``: the method works with ``log L_i`` and needs strictly positive losses.
     - ``needs_losses_after``: the method learns from the losses measured after the step
       (see :meth:`observe`).
+
+    An instance whose :attr:`needs_previous_step` is true is also told, before each exact
+    weighting, how the per-objective gradients point against the optimizer's previous
+    parameter change (:meth:`observe_previous_step`).
     """
 
     name: ClassVar[str] = ""
@@ -78,6 +82,18 @@ class Method(abc.ABC):
         Returns:
             ``(K,)`` weights, on the device and in the dtype of ``losses``.
         """
+
+    @property
+    def needs_previous_step(self) -> bool:
+        """Whether the optimizer should keep the last parameter change (one copy of the
+        parameters) and call :meth:`observe_previous_step` before each exact weighting."""
+        return False
+
+    def observe_previous_step(self, products: Tensor, change_sq_norm: Tensor) -> None:  # noqa: B027
+        """``products`` ``(K,)``: ``<g_i, delta>`` for this step's gradients and the previous
+        optimizer step's parameter change ``delta`` over the balanced parameters (the Gram
+        matrix's); ``change_sq_norm``: ``||delta||^2`` over the same. Both float64, on the
+        device. Called only when :attr:`needs_previous_step`; default: nothing."""
 
     def observe(self, losses_before: Tensor, losses_after: Tensor) -> None:  # noqa: B027
         """Learn from the loss values after the step (amortised methods). Default: nothing."""

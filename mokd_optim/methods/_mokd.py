@@ -16,6 +16,11 @@ from mokd_optim.solvers import BACKENDS, line_weights, min_norm
 STEP_RULES = ("anchor", "bounded", "capped-log-anchor", "convex", "log", "log-anchor")
 #: The step rules whose length is not set from the anchor's gradient (no ``lengthen=``).
 UNANCHORED_STEP_RULES = ("convex", "log")
+#: ``lengthen=`` values besides ``True`` / ``False``: ``"after-warmup"`` lengthens only where
+#: ``step="capped-log-anchor"`` has left its warm-up (a probe after round 18; see
+#: :func:`mokd_weights`); ``"while-short"`` lengthens while the optimizer's steps fall short
+#: (round 19; see :class:`MoKD`).
+LENGTHEN_RULES = ("after-warmup", "while-short")
 #: How ``anchor_vs_rest`` combines the objectives other than the anchor (see :func:`trade_off`).
 REST_RULES = ("min-norm", "sum")
 #: What happens when the others' part of the direction conflicts with the anchor (see
@@ -428,8 +433,9 @@ def mokd_weights(
     rest: str = "min-norm",
     conflict: str = "pareto",
     trust: Optional[Tensor] = None,
-    lengthen: bool = False,
+    lengthen: Union[bool, str] = False,
     agreement_average: Optional[Callable[[Tensor], Tensor]] = None,
+    lengthen_gate: Optional[Tensor] = None,
 ) -> tuple[Weights, Weights]:
     """Weights on the raw gradients for MoKD under a step-length rule, and ``pi``.
 
@@ -469,7 +475,15 @@ def mokd_weights(
     ``1 + max(c, 0)``, ``c`` the cosine of the others' part ``sum_{j != anchor} w_j g_j`` with
     the anchor's gradient -- others that point the anchor's way add up to one more of the
     rule's steps, as an added gradient would; in a conflict, or with no other part, nothing
-    changes. Scale-free like the rule itself (a cosine). Returns ``(w, pi)``.
+    changes. Scale-free like the rule itself (a cosine). ``lengthen="after-warmup"`` (round 19;
+    ``"capped-log-anchor"`` only) raises that rule's cap instead of multiplying its length:
+    ``||d|| = ||g_anchor|| * min(1 + max(c, 0), 1 / L_anchor)`` -- the warm-up while the anchor
+    loss is above 1 is the plain rule's (``||g_anchor|| / L_anchor``; round 10's lengthening of
+    it is what killed runs at a high learning rate), and the step grows as ``1 / L_anchor`` up
+    to ``1 + max(c, 0)`` plain steps once the loss is below 1. ``lengthen_gate`` (0-d, 0 or 1;
+    with ``lengthen=True`` or ``"while-short"``): the length is times ``1 + gate * max(c, 0)``
+    -- :class:`MoKD`'s ``"while-short"`` passes whether the steps fall short. Returns
+    ``(w, pi)``.
     """
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
@@ -527,15 +541,29 @@ def mokd_weights(
         target = norms[anchor] / losses[anchor].clamp_min(1.0)
     else:
         target = norms[anchor]
-    if lengthen:
-        target = target * (1.0 + _agreement_with_anchor(q, gram, anchor)[1])
+    if lengthen == "after-warmup":
+        cap = 1.0 + _agreement_with_anchor(q, gram, anchor)[1]
+        target = norms[anchor] * torch.minimum(cap, 1.0 / losses[anchor])
+    elif lengthen:
+        extra = _agreement_with_anchor(q, gram, anchor)[1]
+        target = target * (1.0 + (extra if lengthen_gate is None else lengthen_gate * extra))
     safe = torch.where(stationary, torch.ones_like(length), length)
     scale = torch.where(stationary, torch.zeros_like(length), target / safe)
     return q * scale, pi
 
 
-def _check_lengthen(step: str, lengthen: bool) -> None:
-    """``lengthen`` scales a target length: refuse it with a rule that sets none."""
+def _check_lengthen(step: str, lengthen: Union[bool, str]) -> None:
+    """``lengthen`` scales a target length: refuse it with a rule that sets none, and
+    ``"after-warmup"`` with a rule that has no warm-up cap."""
+    if not isinstance(lengthen, bool) and lengthen not in LENGTHEN_RULES:
+        raise OptionError(
+            f"mokd: lengthen must be True, False or one of {LENGTHEN_RULES}, got {lengthen!r}"
+        )
+    if lengthen == "after-warmup" and step != "capped-log-anchor":
+        raise ValueError(
+            f"mokd: lengthen='after-warmup' raises the cap of step='capped-log-anchor', "
+            f"not step={step!r}"
+        )
     if lengthen and step in UNANCHORED_STEP_RULES:
         raise ValueError(
             f"mokd: lengthen needs a step rule with a target length, not step={step!r}"
@@ -590,6 +618,14 @@ class MoKD(Method):
         lengthen: ``True`` multiplies the step rule's length by ``1 + max(c, 0)``, ``c`` the
             cosine of the others' part of the update with the anchor's gradient (round 10 of
             the suite; see :func:`mokd_weights`); not with ``step="log"`` or ``"convex"``.
+            ``"after-warmup"`` (a probe after round 18, ``step="capped-log-anchor"`` only): the
+            rule's cap on the step rises from 1 to ``1 + max(c, 0)`` plain steps, its warm-up
+            unchanged. ``"while-short"`` (round 19): ``True``'s lengthening only while the
+            moving average of ``-cos(g_anchor, delta)`` is positive, ``delta`` the optimizer's
+            previous parameter change -- while the task loss still falls along the last step,
+            i.e. the steps are too short for it (a low learning rate); the optimizer keeps one
+            copy of the parameters for it (exact strategies only: with ``"representation"``
+            nothing is reported and nothing lengthened).
         agreement_smoothing: ``beta`` in ``[0, 1)``; with ``beta > 0`` an agreement rule uses
             the moving average (decay ``beta``, bias-corrected) of the agreement ``max(c, 0)``
             over the steps instead of this step's value -- a share that follows how much the
@@ -650,7 +686,7 @@ class MoKD(Method):
         anchor_vs_rest: Optional[bool] = None,
         rest: str = "sum",
         conflict: Optional[str] = None,
-        lengthen: bool = False,
+        lengthen: Union[bool, str] = False,
         agreement_smoothing: Optional[float] = None,
         agreement_gate: Optional[str] = None,
         agreement_lag: bool = False,
@@ -680,7 +716,6 @@ class MoKD(Method):
         check_flag("mokd", "anchor_vs_rest", anchor_vs_rest)
         check_choice("mokd", "rest", rest, REST_RULES)
         check_choice("mokd", "conflict", conflict, CONFLICT_RULES)
-        check_flag("mokd", "lengthen", lengthen)
         _check_lengthen(step, lengthen)
         check_number(
             "mokd", "agreement_smoothing", agreement_smoothing, low=0.0, high=1.0, high_open=True
@@ -725,7 +760,7 @@ class MoKD(Method):
         self.anchor_vs_rest = bool(anchor_vs_rest)
         self.rest = rest
         self.conflict = conflict
-        self.lengthen = bool(lengthen)
+        self.lengthen = lengthen
         self.agreement_smoothing = float(agreement_smoothing)
         self.agreement_gate = agreement_gate
         self.agreement_lag = bool(agreement_lag)
@@ -741,6 +776,11 @@ class MoKD(Method):
         # for agreement_lag) and its count.
         self._agreement_average: Optional[Tensor] = None
         self._agreement_count = 0
+        # lengthen="while-short": the moving average of -cos(g_anchor, last parameter change),
+        # its count, and the optimizer's report for the coming weighting (observe_previous_step).
+        self._short_average: Optional[Tensor] = None
+        self._short_count = 0
+        self._previous_step: Optional[tuple[Tensor, Tensor]] = None
         # Evidence that the others are right where they disagree with the anchor (set_trust).
         self._trust: Optional[float] = None
 
@@ -887,6 +927,46 @@ class MoKD(Method):
             return average
         return torch.where(agrees, average, torch.zeros_like(average))
 
+    @property
+    def needs_previous_step(self) -> bool:
+        """``lengthen="while-short"`` reads the optimizer's last parameter change."""
+        return self.lengthen == "while-short"
+
+    def observe_previous_step(self, products: Tensor, change_sq_norm: Tensor) -> None:
+        """Keep ``<g_i, delta>`` and ``||delta||^2`` for this step's weighting (see
+        :meth:`Method.observe_previous_step`); only ``lengthen="while-short"`` reads them."""
+        self._previous_step = (products, change_sq_norm)
+
+    def _short_gate(self, gram: Tensor) -> Tensor:
+        """``lengthen="while-short"`` (round 19): 1 while the moving average (decay
+        ``AGREEMENT_SMOOTHING``, bias-corrected) of ``s = -cos(g_anchor, delta)`` -- this step's
+        anchor gradient against the optimizer's previous parameter change ``delta`` -- is
+        positive, else 0. ``s > 0``: the anchor's loss still falls along the last step, which
+        was too short for it; ``s < 0``: the step overshot. Each step adds this step's ``s``
+        (none before the first parameter change, or when the optimizer did not report one; a
+        non-finite ``s`` -- an AMP overflow -- leaves the average as it was). 0-d, on the
+        device: no host read."""
+        observed, self._previous_step = self._previous_step, None
+        if observed is not None:
+            products, change_sq_norm = (t.to(gram) for t in observed)
+            anchor = self._anchor_index
+            product = gram[anchor, anchor].clamp_min(0.0) * change_sq_norm.clamp_min(0.0)
+            norms = product.sqrt()
+            short = -products[anchor] / torch.where(norms > 0, norms, torch.ones_like(norms))
+            short = torch.where(norms > 0, short, torch.zeros_like(short))
+            previous = self._short_average
+            average, count, _ = _moving_average(
+                previous, self._short_count, short, AGREEMENT_SMOOTHING
+            )
+            finite = torch.isfinite(short)
+            kept = torch.zeros_like(short) if previous is None else previous.to(short)
+            self._short_average = torch.where(finite, average, kept)
+            self._short_count = count
+        if self._short_average is None:
+            return torch.zeros((), dtype=gram.dtype, device=gram.device)
+        corrected = self._short_average / (1 - AGREEMENT_SMOOTHING**self._short_count)
+        return (corrected > 0).to(gram)
+
     def _lag_agreement(self, agreement: Tensor) -> Tensor:
         """The previous step's agreement ``max(c, 0)`` (this step's on the first), which the
         agreement rule then uses (round 14); this step's is kept for the next. Stored like the
@@ -926,6 +1006,7 @@ class MoKD(Method):
             else torch.tensor(self._trust, dtype=gram.dtype, device=gram.device),
             lengthen=self.lengthen,
             agreement_average=self._agreement_map(),
+            lengthen_gate=self._short_gate(gram) if self.lengthen == "while-short" else None,
         )
         self.info = {"simplex_weights": pi}
         return self._bound_step(w, gram)
@@ -936,6 +1017,7 @@ class MoKD(Method):
         ("", "_average", "_count"),
         ("anchor_", "_anchor_average", "_anchor_count"),
         ("agreement_", "_agreement_average", "_agreement_count"),
+        ("short_", "_short_average", "_short_count"),
     )
 
     def state_dict(self) -> dict[str, Any]:
