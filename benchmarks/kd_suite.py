@@ -1541,6 +1541,14 @@ CONDITIONS: tuple[Condition, ...] = (
     # T = 2; a digits MLP (SGD, constant) with DKD at T = 2; an MNIST ResNet (SGD, constant) with
     # two heads; a Fashion MLP (AdamW, cosine) with a weak teacher at T = 2; a Fashion CNN (SGD,
     # warm-up + cosine) with a weak teacher and one head.
+    # Selection verdict (written before any confirmation run; `--round 19 --split selection
+    # --candidates default,gated-while-short`, 9 min): default +3.20 / +3.66, 37 / 60 against the
+    # best fixed weight, 56 / 60 against ce, 1 collapse (C91); candidate +3.15 / +3.61, 38 / 60,
+    # 57 / 60, 0 collapses. (1) fails (both mean gaps 0.05 below the default's): NOT adopted; the
+    # default is unchanged. Paired with the default: +0.6 to +1.2 on the 0.3x conditions (C10,
+    # C60, C84, C124) and C137; -1.4 / -1.7 / -0.6 on 1x warm-up Fashion CNNs (C14, C90, C45);
+    # -0.4 to -1.4 at 3x constant / cosine (S10, S11, C11, C54) and -21.3 on C123 (3x cosine MNIST
+    # MLP); +1.1 / +3.1 / +18.7 on S2 / C35 / C91 (C91: the default's collapse avoided).
     *_recomputed_confirmation(
         19,
         (
