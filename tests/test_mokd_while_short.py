@@ -224,3 +224,27 @@ def test_while_short_tells_a_short_step_from_an_overshooting_one() -> None:
     # the default's step is ||g_task|| / L_task while L_task > 1) jumps across the valley
     assert _quadratic_run(lr=0.01) > 0.5
     assert _quadratic_run(lr=1.2) < -0.5
+
+
+def test_the_representation_strategy_reports_no_previous_step(digits) -> None:
+    # the weights come from gradients at the logits there: no parameter gradients to report
+    x, y = digits[0][:64], digits[1][:64]
+    targets = torch.softmax(torch.randn(64, 10, generator=torch.Generator().manual_seed(2)), 1)
+    torch.manual_seed(0)
+    model = TwoHeadMLP()
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05), "mokd", lengthen="while-short"
+    )
+    reports = []
+    opt.method.observe_previous_step = lambda p, n: reports.append((p, n))
+    for _ in range(3):
+        logits = model(x)[0]
+        losses = {
+            "task": F.cross_entropy(logits, y),
+            "kd": F.kl_div(F.log_softmax(logits, 1), targets, reduction="batchmean"),
+        }
+        opt.zero_grad()
+        opt.backward(losses, features=logits)
+        opt.step()
+    assert reports == []
+    assert "short_average" not in opt.method.state_dict()
