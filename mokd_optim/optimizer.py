@@ -1042,12 +1042,15 @@ class MultiObjectiveOptimizer(Optimizer):
         self, result: Any, num_groups: int, num_objectives: int, device: torch.device
     ) -> None:
         """Tell a method that reads it how this step's gradients point against the last
-        parameter change (nothing before the first step, or for a method that does not)."""
+        parameter change (nothing before the first step, or for a method that does not). Each
+        change is reported once: a backward that no step followed (a ``GradScaler`` skipped it)
+        leaves the next one nothing to report."""
         if not self._previous_change or not self._tracks_previous_step():
             return
         products, sq_norms = grad_strategies.change_products(
             result, self._previous_change, num_groups, num_objectives, device
         )
+        self._previous_change = {}
         for group, method in enumerate(self._methods[:num_groups]):
             if method.needs_previous_step:
                 method.observe_previous_step(products[group], sq_norms[group])
@@ -1066,8 +1069,9 @@ class MultiObjectiveOptimizer(Optimizer):
         with torch.no_grad():
             before = [p.detach().clone() for p in params]
         result = step()
-        with torch.no_grad():
-            self._previous_change = {id(p): p.detach() - b for p, b in zip(params, before)}
+        with torch.no_grad():  # the change written into the copies: one copy at any time
+            changes = [b.neg_().add_(p.detach()) for p, b in zip(params, before)]
+        self._previous_change = {id(p): change for p, change in zip(params, changes)}
         return result
 
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:

@@ -248,3 +248,26 @@ def test_the_representation_strategy_reports_no_previous_step(digits) -> None:
         opt.step()
     assert reports == []
     assert "short_average" not in opt.method.state_dict()
+
+
+def test_each_parameter_change_is_reported_once(digits) -> None:
+    # a backward that no step followed (a GradScaler skipping an overflow) must not make the
+    # next backward read the same change again
+    x, y = digits[0][:64], digits[1][:64]
+    targets = torch.softmax(torch.randn(64, 10, generator=torch.Generator().manual_seed(3)), 1)
+    torch.manual_seed(0)
+    model = TwoHeadMLP()
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05), "mokd", lengthen="while-short"
+    )
+    reports = []
+    opt.method.observe_previous_step = lambda p, n: reports.append((p, n))
+    for steps in (True, True, False, True):
+        opt.zero_grad()
+        opt.backward(_kd_losses(model, x, y, targets))
+        if steps:
+            opt.step()
+    opt.zero_grad()
+    opt.backward(_kd_losses(model, x, y, targets))
+    # backwards 2 and 3 follow a step; 4 follows a backward without one; 5 follows step 4
+    assert len(reports) == 3
