@@ -226,17 +226,24 @@ def test_while_short_tells_a_short_step_from_an_overshooting_one() -> None:
     assert _quadratic_run(lr=1.2) < -0.5
 
 
-def test_the_representation_strategy_reports_no_previous_step(digits) -> None:
-    # the weights come from gradients at the logits there: no parameter gradients to report
+def _recording_run(digits, seed: int):
+    """A TwoHeadMLP under MoKD(lengthen="while-short") on 64 digits against random soft
+    targets, with the method's reports recorded: ``(model, opt, reports, batch)``."""
     x, y = digits[0][:64], digits[1][:64]
-    targets = torch.softmax(torch.randn(64, 10, generator=torch.Generator().manual_seed(2)), 1)
+    targets = torch.softmax(torch.randn(64, 10, generator=torch.Generator().manual_seed(seed)), 1)
     torch.manual_seed(0)
     model = TwoHeadMLP()
     opt = MultiObjectiveOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.05), "mokd", lengthen="while-short"
     )
-    reports = []
+    reports: list = []
     opt.method.observe_previous_step = lambda p, n: reports.append((p, n))
+    return model, opt, reports, (x, y, targets)
+
+
+def test_the_representation_strategy_reports_no_previous_step(digits) -> None:
+    # the weights come from gradients at the logits there: no parameter gradients to report
+    model, opt, reports, (x, y, targets) = _recording_run(digits, seed=2)
     for _ in range(3):
         logits = model(x)[0]
         losses = {
@@ -253,15 +260,7 @@ def test_the_representation_strategy_reports_no_previous_step(digits) -> None:
 def test_each_parameter_change_is_reported_once(digits) -> None:
     # a backward that no step followed (a GradScaler skipping an overflow) must not make the
     # next backward read the same change again
-    x, y = digits[0][:64], digits[1][:64]
-    targets = torch.softmax(torch.randn(64, 10, generator=torch.Generator().manual_seed(3)), 1)
-    torch.manual_seed(0)
-    model = TwoHeadMLP()
-    opt = MultiObjectiveOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.05), "mokd", lengthen="while-short"
-    )
-    reports = []
-    opt.method.observe_previous_step = lambda p, n: reports.append((p, n))
+    model, opt, reports, (x, y, targets) = _recording_run(digits, seed=3)
     for steps in (True, True, False, True):
         opt.zero_grad()
         opt.backward(_kd_losses(model, x, y, targets))
