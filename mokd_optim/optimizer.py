@@ -1055,17 +1055,12 @@ class MultiObjectiveOptimizer(Optimizer):
             if method.needs_previous_step:
                 method.observe_previous_step(products[group], sq_norms[group])
 
-    def _stepped_params(self) -> list[Tensor]:
-        return [
-            p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad
-        ]
-
     def _step_tracking_change(self, step: Callable[[], Any]) -> Any:
         """Run the wrapped optimizer's ``step`` and, for a method that reads it, keep the
         parameter change it made (one copy of the parameters before the step)."""
         if not self._tracks_previous_step():
             return step()
-        params = self._stepped_params()
+        params, _ = self._trainable()
         with torch.no_grad():
             before = [p.detach().clone() for p in params]
         result = step()

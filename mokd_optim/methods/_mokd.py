@@ -541,12 +541,12 @@ def mokd_weights(
         target = norms[anchor] / losses[anchor].clamp_min(1.0)
     else:
         target = norms[anchor]
-    if lengthen == "after-warmup":
-        cap = 1.0 + _agreement_with_anchor(q, gram, anchor)[1]
-        target = norms[anchor] * torch.minimum(cap, 1.0 / losses[anchor])
-    elif lengthen:
+    if lengthen:
         extra = _agreement_with_anchor(q, gram, anchor)[1]
-        target = target * (1.0 + (extra if lengthen_gate is None else lengthen_gate * extra))
+        if lengthen == "after-warmup":  # the cap raised, not the length multiplied
+            target = norms[anchor] * torch.minimum(1.0 + extra, 1.0 / losses[anchor])
+        else:
+            target = target * (1.0 + (extra if lengthen_gate is None else lengthen_gate * extra))
     safe = torch.where(stationary, torch.ones_like(length), length)
     scale = torch.where(stationary, torch.zeros_like(length), target / safe)
     return q * scale, pi
@@ -950,9 +950,8 @@ class MoKD(Method):
         if observed is not None:
             products, change_sq_norm = (t.to(gram) for t in observed)
             anchor = self._anchor_index
-            product = gram[anchor, anchor].clamp_min(0.0) * change_sq_norm.clamp_min(0.0)
-            norms = product.sqrt()
-            short = -products[anchor] / torch.where(norms > 0, norms, torch.ones_like(norms))
+            norms = (gram[anchor, anchor].clamp_min(0.0) * change_sq_norm.clamp_min(0.0)).sqrt()
+            short = -products[anchor] / torch.where(norms > 0, norms, 1.0)
             short = torch.where(norms > 0, short, torch.zeros_like(short))
             previous = self._short_average
             average, count, _ = _moving_average(
