@@ -68,7 +68,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -2345,6 +2345,86 @@ def recomputed_batchnorm_accuracy(model: nn.Module, data: Tensors) -> Optional[f
     return _accuracy(model, data.x_test, data.y_test)
 
 
+@dataclass
+class Training:
+    """A student set up to train on a condition: what :func:`train_run` and the probes of
+    ``benchmarks/step_signals.py`` share, so that a probe's run is the suite's run.
+
+    ``params`` are the student's and the feature heads' parameters, ``base`` the recipe's
+    optimizer over them (SGD with momentum 0.9 or AdamW, the suite's weight decay)."""
+
+    condition: Condition
+    lr: float
+    data: Tensors
+    teacher: dict[str, Any]
+    student: nn.Module
+    heads: nn.ModuleList
+    params: list[nn.Parameter]
+    base: torch.optim.Optimizer
+    generator: torch.Generator
+
+    @classmethod
+    def start(cls, condition: Condition, seed: int, lr: float, quick: bool) -> Training:
+        """The student, heads and optimizer of a run, seeded as every stored run was."""
+        from mokd_optim.kd import SubspaceHead
+
+        data, teacher = _context(condition, quick)
+        recipe = condition.recipe
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        student = build_student(recipe.student, recipe.data)
+        with torch.no_grad():
+            _, s_feats = student(data.x_train[:2], features=True)
+        heads = nn.ModuleList(
+            SubspaceHead(s_feats[s].shape[1], teacher["features"][t].shape[1])
+            for s, t in feature_pairs(condition)
+        )
+        params = [*student.parameters(), *heads.parameters()]
+        decay = WEIGHT_DECAY[recipe.optimizer]
+        if recipe.optimizer == "sgd":
+            base: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=lr, momentum=0.9, weight_decay=decay
+            )
+        else:
+            base = torch.optim.AdamW(params, lr=lr, weight_decay=decay)
+        return cls(condition, lr, data, teacher, student, heads, params, base, generator)
+
+    @property
+    def total_steps(self) -> int:
+        recipe = self.condition.recipe
+        return recipe.epochs * math.ceil(len(self.data.y_train) / BATCH_SIZE)
+
+    def batches(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(step, indices)`` of every training batch, epoch after epoch, with the schedule's
+        learning rate set on ``base`` before each is yielded."""
+        recipe = self.condition.recipe
+        n, total = len(self.data.y_train), self.total_steps
+        step = 0
+        for _ in range(recipe.epochs):
+            for batch in torch.randperm(n, generator=self.generator).split(BATCH_SIZE):
+                for group in self.base.param_groups:
+                    group["lr"] = self.lr * _lr_factor(recipe.schedule, step, total)
+                yield step, batch
+                step += 1
+
+    def losses(self, batch: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """The condition's losses on ``batch`` (task first), distillation ones times ``scale``."""
+        x, y = self.data.x_train[batch], self.data.y_train[batch]
+        logits, feats = self.student(x, features=True)
+        t_feats = [f[batch] for f in self.teacher["features"]]
+        return _distill_losses(
+            self.condition, logits, feats, y, self.teacher["logits"][batch], t_feats, self.heads,
+            scale,
+        )  # fmt: skip
+
+    def final_accuracy(self) -> tuple[float, Optional[float]]:
+        """Test accuracy as trained, and with BatchNorm statistics recomputed (None without
+        BatchNorm or with non-finite weights)."""
+        acc = _accuracy(self.student, self.data.x_test, self.data.y_test)
+        finite = all(torch.isfinite(p).all() for p in self.student.parameters())
+        return acc, (recomputed_batchnorm_accuracy(self.student, self.data) if finite else None)
+
+
 def train_run(
     condition: Condition,
     config: Config,
@@ -2364,28 +2444,12 @@ def train_run(
     BatchNorm running statistics recomputed (:func:`recomputed_batchnorm_accuracy`; None without
     BatchNorm or after a collapse that stopped the run)."""
     from mokd_optim import MultiObjectiveOptimizer
-    from mokd_optim.kd import SubspaceHead, TeacherTrust
+    from mokd_optim.kd import TeacherTrust
     from mokd_optim.methods import MoKD
 
-    data, teacher = _context(condition, quick)
-    recipe = condition.recipe
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    student = build_student(recipe.student, recipe.data)
-    with torch.no_grad():
-        _, s_feats = student(data.x_train[:2], features=True)
-    heads = nn.ModuleList(
-        SubspaceHead(s_feats[s].shape[1], teacher["features"][t].shape[1])
-        for s, t in feature_pairs(condition)
-    )
-    params = [*student.parameters(), *heads.parameters()]
-    decay = WEIGHT_DECAY[recipe.optimizer]
-    if recipe.optimizer == "sgd":
-        base: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=lr, momentum=0.9, weight_decay=decay
-        )
-    else:
-        base = torch.optim.AdamW(params, lr=lr, weight_decay=decay)
+    setup = Training.start(condition, seed, lr, quick)
+    data, teacher, student, heads = setup.data, setup.teacher, setup.student, setup.heads
+    params, base = setup.params, setup.base
     opt = None
     if config.kind == "method":
         opt = MultiObjectiveOptimizer(
@@ -2413,71 +2477,59 @@ def train_run(
             bound(params)
         base.step()
 
-    n = len(data.y_train)
-    steps_per_epoch = math.ceil(n / BATCH_SIZE)
-    total = recipe.epochs * steps_per_epoch
     accuracy: list[float] = []
     probes: list[dict[str, Any]] = []
     collapsed = False
-    step = 0
     start = time.perf_counter()
-    for _ in range(recipe.epochs):
-        for batch in torch.randperm(n, generator=generator).split(BATCH_SIZE):
-            for group in base.param_groups:
-                group["lr"] = lr * _lr_factor(recipe.schedule, step, total)
-            x, y = data.x_train[batch], data.y_train[batch]
-            logits, feats = student(x, features=True)
-            if config.kind == "ce":
-                loss = F.cross_entropy(logits, y)
-                if not torch.isfinite(loss):
-                    collapsed = True
-                    break
-                plain_step(loss, loss)
-            else:
-                t_logits = teacher["logits"][batch]
-                t_feats = [f[batch] for f in teacher["features"]]
-                losses = _distill_losses(
-                    condition, logits, feats, y, t_logits, t_feats, heads, scale
+    for step, batch in setup.batches():
+        x, y = data.x_train[batch], data.y_train[batch]
+        logits, feats = student(x, features=True)
+        if config.kind == "ce":
+            loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                collapsed = True
+                break
+            plain_step(loss, loss)
+        else:
+            t_logits = teacher["logits"][batch]
+            t_feats = [f[batch] for f in teacher["features"]]
+            losses = _distill_losses(condition, logits, feats, y, t_logits, t_feats, heads, scale)
+            if not all(torch.isfinite(v) for v in losses.values()):
+                collapsed = True
+                break
+            if config.kind == "fixed":
+                a = config.weight
+                total_loss = (1 - a) * losses["task"] + a * sum(
+                    v for k, v in losses.items() if k != "task"
                 )
-                if not all(torch.isfinite(v) for v in losses.values()):
-                    collapsed = True
-                    break
-                if config.kind == "fixed":
-                    a = config.weight
-                    total_loss = (1 - a) * losses["task"] + a * sum(
-                        v for k, v in losses.items() if k != "task"
-                    )
-                    plain_step(total_loss, losses["task"])
+                plain_step(total_loss, losses["task"])
+            else:
+                assert opt is not None
+                if trust is not None:
+                    assert isinstance(opt.method, MoKD)
+                    opt.method.set_trust(trust.update(logits.detach(), t_logits, y))
+                opt.zero_grad(set_to_none=True)
+                features = logits if config.representation else None
+                stats = opt.backward(losses, features=features)
+                if trace is not None and stats.gram is not None:
+                    trace.append((float(stats.losses[0]), stats.grad_norms.tolist()))
+                if opt.method.needs_losses_after:
+
+                    def closure(
+                        x=x, y=y, t_logits=t_logits, t_feats=t_feats
+                    ) -> dict[str, torch.Tensor]:
+                        lg, ft = student(x, features=True)
+                        return _distill_losses(
+                            condition, lg, ft, y, t_logits, t_feats, heads, scale
+                        )
+
+                    opt.step(closure)
                 else:
-                    assert opt is not None
+                    opt.step()
+                if step % PROBE_EVERY == 0:
+                    probes.append(_probe(stats))
                     if trust is not None:
-                        assert isinstance(opt.method, MoKD)
-                        opt.method.set_trust(trust.update(logits.detach(), t_logits, y))
-                    opt.zero_grad(set_to_none=True)
-                    features = logits if config.representation else None
-                    stats = opt.backward(losses, features=features)
-                    if trace is not None and stats.gram is not None:
-                        trace.append((float(stats.losses[0]), stats.grad_norms.tolist()))
-                    if opt.method.needs_losses_after:
-
-                        def closure(
-                            x=x, y=y, t_logits=t_logits, t_feats=t_feats
-                        ) -> dict[str, torch.Tensor]:
-                            lg, ft = student(x, features=True)
-                            return _distill_losses(
-                                condition, lg, ft, y, t_logits, t_feats, heads, scale
-                            )
-
-                        opt.step(closure)
-                    else:
-                        opt.step()
-                    if step % PROBE_EVERY == 0:
-                        probes.append(_probe(stats))
-                        if trust is not None:
-                            probes[-1]["trust"] = trust.value
-            step += 1
-        if collapsed:
-            break
+                        probes[-1]["trust"] = trust.value
     # Evaluated once, at the end (the final accuracy is what the suite compares; evaluating
     # every epoch cost a third of a run).
     accuracy.append(_accuracy(student, data.x_test, data.y_test))

@@ -1,0 +1,587 @@
+"""Signals in the default ``mokd``'s steps that a rule could act on, measured on the condition
+suite's runs: does a step overshoot (the same-batch ratio), and does the distillation gradient
+agree with the task's on other batches (the cross-batch agreement)?
+
+**The same-batch ratio.** The default step rule (``step="capped-log-anchor"``) shortens every
+step by ``1 / L_task`` while the task loss is above 1: a built-in warm-up that keeps the default
+alive at 3x the cross-entropy-best learning rate and costs it at 0.3x (docs/mokd.md, the
+learning-rate done-point). Rounds 10 and 19 found no signal that tells a too-low rate from a
+too-high one in the first hundred steps, where that warm-up acts. This one is a candidate:
+
+    ratio = (L(theta_t; B_t) - L(theta_t+1; B_t)) / -<g(theta_t; B_t), theta_t+1 - theta_t>
+
+the loss drop of a step on the batch it was computed on, over the drop its first-order model
+predicts (the Armijo ratio of line searches; Vaswani et al., "Painless stochastic gradient",
+NeurIPS 2019). Near 1 the step is in the loss's linear regime (it could be longer); 1/2 is the
+best step along a quadratic; below 1/2 the step overshoots. It is scale-free (a ratio of loss
+changes) and needs one forward pass after the step on the same batch. Two forms are measured:
+on the task loss (its own gradient, one extra backward pass) and on the weighted surrogate
+``sum_i w_i L_i`` the step descends (``-<grad, delta>`` with the combined gradient the optimizer
+wrote: what a library could compute without keeping the task gradient). ``--gates`` runs the
+conditions as declared with the warm-up cap released by the surrogate ratio
+(:class:`RatioGate`) and prints the final accuracy against the default on the same seeds.
+
+**The cross-batch agreement.** The default's share for the distillation side is its cosine with
+the task gradient on the same batch. Both gradients are computed on the same samples, so part
+of that agreement may be the batch's own; ``cos(g_task(t+1), g_rest(t))`` -- the next batch's
+task gradient against this batch's distillation gradient -- is free of it, and
+``cos(g_task(t+1), g_task(t))`` is the same for the task's own gradient. ``--agreement`` prints
+both per condition next to the best fixed weight of the suite's stored runs, and how well each
+ranks the conditions by that weight (Spearman).
+
+Every run is the suite's own (:class:`benchmarks.kd_suite.Training`, one thread per process):
+with the gate ``"off"`` a student without BatchNorm ends where the stored default did. Only a
+round's selection conditions can be named.
+
+    python benchmarks/step_signals.py --measure --conditions C84,C122,C130,C90,C60,C10
+    python benchmarks/step_signals.py --gates off,open,latch      # 14 conditions, 3 seeds
+    python benchmarks/step_signals.py --agreement --seeds 0       # every selection condition
+    python benchmarks/step_signals.py --quick                     # tiny runs, for the tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks import kd_suite  # noqa: E402
+
+#: The selection conditions of the probe after round 19 (the 0.3x and 3x ones and the recipes'
+#: 1x counterparts); never a confirmation condition of a round to come.
+MEASURE_CONDITIONS = ("C84", "C122", "C130", "C90", "C60", "C10")
+GATE_CONDITIONS = (
+    "C10", "C60", "C84", "C124",  # 0.3x the cross-entropy-best learning rate
+    "S2", "C35", "C91", "C123",  # 3x
+    "C122", "C90", "C130", "S9", "C47", "C106",  # 1x
+)  # fmt: skip
+QUICK_CONDITIONS = ("S9",)
+SCALES = (0.3, 1.0, 3.0)
+#: ``"off"``: the default as it is; ``"open"`` / ``"latch"``: the warm-up cap released by
+#: :class:`RatioGate`; ``"lengthen"``: round 10's longer step (``1 + max(c, 0)`` times the
+#: default's) after the warm-up, and inside it only as far as the open gate allows;
+#: ``"uncapped"``: no warm-up cap at all (``step="anchor"``'s length: the ceiling of a release).
+GATES = ("off", "open", "latch", "lengthen", "uncapped")
+#: Steps of a run whose ratio is summarised: ``(label, first, end)``; None is a quarter bound.
+WINDOWS = (("0-25", 0, 25), ("25-100", 25, 100), ("q2", "q1", "q2"), ("q4", "q3", "q4"))
+
+
+def armijo_ratio(actual: float, predicted: float) -> float:
+    """``actual / predicted`` loss drop; NaN when the first-order model predicts no drop."""
+    return actual / predicted if predicted > 0 else float("nan")
+
+
+def predicted_drop(
+    grads: Sequence[Optional[torch.Tensor]], params: Sequence[torch.Tensor],
+    before: Sequence[torch.Tensor],
+) -> float:  # fmt: skip
+    """``-<g, theta_after - theta_before>`` summed over the parameters (``None`` grads skipped):
+    the drop the first-order model of the loss predicts for the step just taken."""
+    with torch.no_grad():
+        return -sum(
+            float((g * (p - b)).sum()) for g, p, b in zip(grads, params, before) if g is not None
+        )
+
+
+def _flat(grads: Sequence[Optional[torch.Tensor]], params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One vector of ``grads`` (zeros where a parameter got none), detached."""
+    return torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).detach().reshape(-1)
+            for g, p in zip(grads, params)
+        ]
+    )
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``cos(a, b)``; 0 when either is zero."""
+    norms = float(a.norm() * b.norm())
+    return float(a @ b) / norms if norms > 0 else 0.0
+
+
+def agreement_with_task(stats: Any) -> float:
+    """``max(c, 0)``, ``c`` the cosine between the task's gradient and the others' part of the
+    update, from a step's Gram matrix and weights (what ``MoKD(lengthen=True)`` lengthens by;
+    0 without a Gram matrix or with a zero part)."""
+    if stats.gram is None:
+        return 0.0
+    gram, others = stats.gram.double(), stats.weights.double().clone()
+    others[0] = 0.0
+    norms = float(gram[0, 0].clamp_min(0).sqrt() * (others @ gram @ others).clamp_min(0).sqrt())
+    return max(float(others @ gram[:, 0]) / norms, 0.0) if norms > 0 else 0.0
+
+
+def update_factor(gate: str, task_loss: float, opening: Optional[float], agreement: float) -> float:
+    """The factor a gate puts on the default's update. ``opening`` is the gate's (None on a step
+    outside the warm-up, where the task loss is at or below 1), ``agreement`` ``max(c, 0)``.
+
+    ``"off"``: 1. ``"open"`` / ``"latch"``: ``(cap + opening (1 - cap)) / cap`` inside the
+    warm-up, ``cap = 1 / L_task``; 1 outside. ``"lengthen"``: ``1 + opening * agreement``
+    inside, ``1 + agreement`` outside. ``"uncapped"``: ``max(L_task, 1)`` (the cap undone)."""
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+    if gate == "uncapped":
+        return max(task_loss, 1.0)
+    if gate == "lengthen":
+        return 1.0 + (1.0 if opening is None else opening) * agreement
+    if gate == "off" or opening is None:
+        return 1.0
+    cap = min(1.0, 1.0 / task_loss)
+    return (cap + opening * (1 - cap)) / cap
+
+
+class RatioGate:
+    """Releases ``step="capped-log-anchor"``'s warm-up cap as far as the steps stay linear.
+
+    The ratio is ``EMA(actual drop) / EMA(predicted drop)`` of the weighted surrogate over the
+    capped steps (decay ``decay``, the two averages share their weights, so no bias correction
+    is needed); the opening is ``clip((ratio - low) / (high - low), 0, 1)``, 0 before the first
+    observation. ``latch=True`` closes the gate for good once the ratio falls below ``low`` (a
+    rate that overshot once gets no longer step again). The update length is
+    ``cap + opening * (1 - cap)`` plain steps, ``cap = min(1, 1 / L_task)``: between the
+    default's and ``step="anchor"``'s, never longer than the latter."""
+
+    def __init__(
+        self, latch: bool = False, low: float = 0.5, high: float = 0.9, decay: float = 0.9
+    ) -> None:
+        if not 0 <= low < high:
+            raise ValueError(f"need 0 <= low < high, got low={low}, high={high}")
+        if not 0 <= decay < 1:
+            raise ValueError(f"decay must lie in [0, 1), got {decay}")
+        self.latch, self.low, self.high, self.decay = latch, low, high, decay
+        self.actual = self.predicted = 0.0
+        self.closed = False
+
+    @property
+    def ratio(self) -> float:
+        return armijo_ratio(self.actual, self.predicted)
+
+    def opening(self) -> float:
+        ratio = self.ratio
+        if self.closed or not math.isfinite(ratio):
+            return 0.0
+        return min(1.0, max(0.0, (ratio - self.low) / (self.high - self.low)))
+
+    def observe(self, actual: float, predicted: float) -> None:
+        """One step's drops; non-finite ones are ignored."""
+        if not (math.isfinite(actual) and math.isfinite(predicted)):
+            return
+        self.actual = self.decay * self.actual + (1 - self.decay) * actual
+        self.predicted = self.decay * self.predicted + (1 - self.decay) * predicted
+        if self.latch and self.ratio < self.low:
+            self.closed = True
+
+    def length_factor(self, task_loss: float) -> float:
+        """The factor on the default's update (:func:`update_factor` with this gate's
+        opening): ``(cap + opening (1 - cap)) / cap``; 1 once the task loss is at or below 1."""
+        opening = self.opening() if task_loss > 1 else None
+        return update_factor("open", task_loss, opening, 0.0)
+
+
+def probe_run(
+    condition: kd_suite.Condition, seed: int, lr: float, gate: str, quick: bool
+) -> dict[str, Any]:
+    """Train the default ``mokd`` on ``condition`` and record every step's drops.
+
+    ``gate``: one of :data:`GATES` (``"off"`` the default as it is; ``"open"`` / ``"latch"``:
+    :class:`RatioGate` scales the update while the cap acts; ``"lengthen"``: the update times
+    ``1 + max(c, 0)`` (:func:`agreement_with_task`), inside the warm-up times the gate's
+    opening; ``"uncapped"``: the update times ``max(L_task, 1)``, no cap; see
+    :func:`update_factor`). Returns the final accuracy (BatchNorm statistics recomputed for a
+    ResNet), ``collapsed`` (the suite's rule), ``steps`` (one ``[task loss,
+    task drop, task predicted drop, surrogate drop, surrogate predicted drop, opening]`` per
+    step; the opening is None on uncapped or ungated steps), ``agreement`` (one ``[cos(g_task,
+    g_rest), cos(g_task, previous g_rest), cos(g_task, previous g_task)]`` per step after the
+    first, ``g_rest`` the gradient of the distillation losses' sum, every gradient on its
+    step's batch) and ``total_steps``. Raises ``ValueError`` for an unknown gate."""
+    from mokd_optim import MultiObjectiveOptimizer
+
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+    # "lengthen" uses the open gate; "off" and "uncapped" none
+    ratio_gate = RatioGate(latch=gate == "latch") if gate not in ("off", "uncapped") else None
+    run = kd_suite.Training.start(condition, seed, lr, quick)
+    opt = MultiObjectiveOptimizer(run.base, "mokd")
+    params = run.params
+    steps: list[list[Optional[float]]] = []
+    agreement: list[list[float]] = []
+    previous: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    collapsed = False
+    for _, batch in run.batches():
+        losses = run.losses(batch)
+        if not all(torch.isfinite(v) for v in losses.values()):
+            collapsed = True
+            break
+        task_grads = torch.autograd.grad(
+            losses["task"], params, retain_graph=True, allow_unused=True
+        )
+        rest = torch.stack([v for name, v in losses.items() if name != "task"]).sum()
+        rest_grads = torch.autograd.grad(rest, params, retain_graph=True, allow_unused=True)
+        task_flat, rest_flat = _flat(task_grads, params), _flat(rest_grads, params)
+        if previous is not None:
+            agreement.append(
+                [
+                    cosine(task_flat, rest_flat),
+                    cosine(task_flat, previous[1]),
+                    cosine(task_flat, previous[0]),
+                    float(rest_flat.norm() / task_flat.norm()) if task_flat.norm() > 0 else 0.0,
+                ]
+            )
+        previous = (task_flat, rest_flat)
+        opt.zero_grad(set_to_none=True)
+        stats = opt.backward(losses)
+        task_loss = float(losses["task"].detach())
+        factor, opening = 1.0, None
+        if ratio_gate is not None and task_loss > 1:
+            opening = ratio_gate.opening()
+        if gate != "off":
+            task_agreement = agreement_with_task(stats) if gate == "lengthen" else 0.0
+            factor = update_factor(gate, task_loss, opening, task_agreement)
+        if factor != 1.0:
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.mul_(factor)
+        before = [p.detach().clone() for p in params]
+        opt.step()
+        with torch.no_grad():
+            after = run.losses(batch)
+            x, y = run.data.x_train[batch], run.data.y_train[batch]
+            task_after = float(F.cross_entropy(run.student(x), y))
+        weights = stats.weights.double() * factor
+        drops = (
+            torch.stack([v.detach() for v in losses.values()]).double()
+            - torch.stack([v.detach() for v in after.values()]).double()
+        )
+        surrogate = float((weights * drops).sum())
+        surrogate_predicted = predicted_drop([p.grad for p in params], params, before)
+        if ratio_gate is not None and opening is not None:
+            ratio_gate.observe(surrogate, surrogate_predicted)
+        steps.append(
+            [
+                task_loss,
+                task_loss - task_after,
+                predicted_drop(task_grads, params, before),
+                surrogate,
+                surrogate_predicted,
+                opening,
+            ]
+        )
+    accuracy, recomputed = run.final_accuracy()
+    final = recomputed if recomputed is not None else accuracy
+    return {
+        "final": final,
+        "collapsed": collapsed or final < kd_suite.COLLAPSE_ACCURACY,
+        "steps": steps,
+        "agreement": agreement,
+        "total_steps": run.total_steps,
+    }
+
+
+def window_ratios(steps: Sequence[Sequence[Optional[float]]], total: int) -> dict[str, list[float]]:
+    """``{window: [task ratio, surrogate ratio]}`` over the windows of :data:`WINDOWS`: the
+    ratio of the summed drops (a window with no predicted drop gives NaN)."""
+    quarter = {f"q{i}": i * total // 4 for i in range(5)}
+    out = {}
+    for label, first, end in WINDOWS:
+        lo = quarter[first] if isinstance(first, str) else first
+        hi = quarter[end] if isinstance(end, str) else end
+        rows = steps[lo:hi]
+        out[label] = [
+            armijo_ratio(
+                sum(float(r[1] or 0.0) for r in rows), sum(float(r[2] or 0.0) for r in rows)
+            ),
+            armijo_ratio(
+                sum(float(r[3] or 0.0) for r in rows), sum(float(r[4] or 0.0) for r in rows)
+            ),
+        ]
+    return out
+
+
+#: One run: (condition, round, lr scale -- 0 for the condition's own --, gate, seed, quick,
+#: the suite store with the learning-rate grid).
+Job = tuple[str, int, float, str, int, bool, str]
+
+
+def _job(args: Job) -> dict[str, Any]:
+    name, round_number, scale, gate, seed, quick, store_path = args
+    condition = _conditions(round_number)[name]
+    store = kd_suite.Store(Path(store_path))
+    measured = replace(condition, lr_scale=scale) if scale else condition
+    lr = kd_suite.lr_of(measured, store, quick)
+    result = probe_run(measured, seed, lr, gate, quick)
+    openings = [r[5] for r in result["steps"] if r[5] is not None]
+    return {
+        "condition": name,
+        "lr_scale": measured.lr_scale,
+        "gate": gate,
+        "seed": seed,
+        "final": result["final"],
+        "collapsed": result["collapsed"],
+        "windows": window_ratios(result["steps"], result["total_steps"]),
+        "capped_steps": len(openings),
+        "mean_opening": sum(openings) / len(openings) if openings else 0.0,
+        "agreement": _mean_columns(result["agreement"]),
+    }
+
+
+def _mean_columns(rows: Sequence[Sequence[float]]) -> dict[str, float]:
+    """The run's mean same-batch, cross-batch distillation and cross-batch task cosines, and
+    the mean norm ratio ``rho = ||g_rest|| / ||g_task||``."""
+    names = ("same_batch", "cross_batch_rest", "cross_batch_task", "norm_ratio")
+    if not rows:
+        return {name: float("nan") for name in names}
+    return {name: statistics.mean(row[i] for row in rows) for i, name in enumerate(names)}
+
+
+def cross_batch_share(agreement: dict[str, float]) -> float:
+    """The distillation side's share if it were weighed by how well each gradient agrees with
+    the next batch's task gradient: ``max(rest, 0) / (max(rest, 0) + max(task, 0))`` of the
+    cross-batch cosines (0 when both are <= 0)."""
+    rest = max(agreement["cross_batch_rest"], 0.0)
+    task = max(agreement["cross_batch_task"], 0.0)
+    return rest / (rest + task) if rest + task > 0 else 0.0
+
+
+def best_fixed_weight(
+    condition: kd_suite.Condition, store: kd_suite.Store, quick: bool
+) -> Optional[float]:
+    """The weight of the suite's fixed-weight grid with the best mean stored accuracy on
+    ``condition`` (its seeds, its evaluation); None when a weight's runs are missing."""
+    grid = [c for c in kd_suite.baseline_configs({None}) if c.kind == "fixed"]
+    rows = kd_suite.gather(condition, grid, store, quick)
+    if len(rows) < len(grid):
+        return None
+    return max(grid, key=lambda c: (rows[c.label].mean, -c.weight)).weight
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN for fewer than 3 pairs."""
+    if len(xs) < 3:
+        return float("nan")
+
+    def ranks(values: Sequence[float]) -> list[float]:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    return statistics.correlation(ranks(xs), ranks(ys))
+
+
+def fixed_weight_share(weight: float, norm_ratio: float) -> float:
+    """The distillation side's share of a fixed weight's update, ``a rho / ((1 - a) + a rho)``
+    for the loss ``(1 - a) L_task + a L_rest`` and ``rho = ||g_rest|| / ||g_task||``."""
+    return weight * norm_ratio / ((1 - weight) + weight * norm_ratio)
+
+
+def agreement_table(
+    results: Sequence[dict[str, Any]], store: kd_suite.Store, round_number: int, quick: bool
+) -> str:
+    """Per condition (mean over the runs' seeds): same-batch and cross-batch cosines, the share
+    :func:`cross_batch_share` would give, the best fixed weight of the stored grid, the
+    default's gap to it, and the distillation side's share of the update under the default
+    (its stored runs' diagnostics) and under that weight (:func:`fixed_weight_share` with the
+    probe's ``rho``); then the Spearman correlation of the best weight with the same-batch
+    cosine and with the cross-batch share, and on how many conditions the default trails the
+    best weight by more than 0.3 points with a share below / above the weight's."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by.setdefault(r["condition"], []).append(r)
+    conditions = _conditions(round_number)
+    grid = [c for c in kd_suite.baseline_configs({None}) if c.kind == "fixed"]
+    default = kd_suite.CANDIDATES["default"]
+    lines = [
+        "condition  teacher  same-batch  cross-batch rest / task  cross-batch share  best a  "
+        "default - best  share: default / best a"
+    ]
+    pairs: list[tuple[float, float, float]] = []
+    trailing = {"below": 0, "above": 0}
+    for name, rows in by.items():
+        mean = {
+            key: statistics.mean(r["agreement"][key] for r in rows) for key in rows[0]["agreement"]
+        }
+        share = cross_batch_share(mean)
+        condition = conditions[name]
+        best = best_fixed_weight(condition, store, quick)
+        stored = kd_suite.gather(condition, [*grid, default], store, quick)
+        gap = default_share = best_share = float("nan")
+        if best is not None and default.label in stored:
+            gap = 100 * (stored[default.label].mean - stored[f"fixed a={best:g}"].mean)
+            shares = [
+                1 - d["task_share"]
+                for d in stored[default.label].diagnostics
+                if d.get("task_share") is not None
+            ]
+            default_share = statistics.mean(shares) if shares else float("nan")
+            best_share = fixed_weight_share(best, mean["norm_ratio"])
+            if gap < -0.3 and default_share != best_share:
+                trailing["below" if default_share < best_share else "above"] += 1
+        if best is not None and math.isfinite(mean["same_batch"]):
+            pairs.append((best, mean["same_batch"], share))
+        lines.append(
+            f"{name:10} {condition.teacher:7} {mean['same_batch']:10.3f}  "
+            f"{mean['cross_batch_rest']:11.3f} / {mean['cross_batch_task']:.3f}  {share:17.2f}  "
+            f"{'-' if best is None else f'{best:g}':>6}  {_fmt(gap):>14}  "
+            f"{_fmt(default_share):>7} / {_fmt(best_share)}"
+        )
+    weights = [p[0] for p in pairs]
+    lines.append(
+        f"Spearman with the best fixed weight over {len(pairs)} conditions: same-batch cosine "
+        f"{_fmt(spearman(weights, [p[1] for p in pairs]))}, cross-batch share "
+        f"{_fmt(spearman(weights, [p[2] for p in pairs]))}"
+    )
+    lines.append(
+        f"behind the best fixed weight by more than 0.3 points: {sum(trailing.values())}, the "
+        f"default's share below the weight's on {trailing['below']}, above on {trailing['above']}"
+    )
+    return "\n".join(lines)
+
+
+def _conditions(round_number: int) -> dict[str, kd_suite.Condition]:
+    """The round's selection conditions by short name (a probe never runs confirmation ones)."""
+    return {c.name.split()[0]: c for c in kd_suite.conditions_of_round(round_number, "selection")}
+
+
+def run_all(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
+    """Every job's summary, in order (``workers`` processes of one thread each)."""
+    if workers <= 1:  # in this process, one thread as in a worker, the count restored after
+        threads = torch.get_num_threads()
+        kd_suite._worker_init()
+        try:
+            return [_job(job) for job in jobs]
+        finally:
+            torch.set_num_threads(threads)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=kd_suite._worker_init) as pool:
+        return list(pool.imap(_job, jobs))
+
+
+def gate_table(results: Sequence[dict[str, Any]]) -> str:
+    """Per condition and gate: the mean final accuracy over the seeds (%), collapses, the mean
+    opening over the capped steps, and the paired difference from the gate ``"off"``."""
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        by.setdefault((r["condition"], r["gate"]), []).append(r)
+    lines = ["final accuracy (mean over seeds, %), collapses, mean opening over capped steps"]
+    for (name, gate), rows in by.items():
+        mean = 100 * statistics.mean(r["final"] for r in rows)
+        off = by.get((name, "off"))
+        delta = ""
+        if off is not None and gate != "off":
+            delta = f"  {mean - 100 * statistics.mean(r['final'] for r in off):+.2f} vs off"
+        lines.append(
+            f"{name:6} {rows[0]['lr_scale']:>4g}x {gate:6} {mean:6.2f} "
+            f"collapsed {sum(r['collapsed'] for r in rows)}/{len(rows)} "
+            f"opening {statistics.mean(r['mean_opening'] for r in rows):.2f}{delta}"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}" if math.isfinite(x) else "nan"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--measure", action="store_true", help="ratio windows at --scales")
+    mode.add_argument("--gates", default=None, help=f"comma list of {GATES}")
+    mode.add_argument(
+        "--agreement", action="store_true", help="cross-batch agreement, every selection condition"
+    )
+    parser.add_argument("--conditions", default=None, help="comma list of short names")
+    parser.add_argument("--round", type=int, default=19, help="whose selection conditions")
+    parser.add_argument("--scales", default=",".join(map(str, SCALES)))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny data, one seed, both modes")
+    parser.add_argument("--json", type=Path, default=None, help="write every run's summary here")
+    parser.add_argument(
+        "--store", type=Path, default=kd_suite.DEFAULT_STORE,
+        help="the suite's store: the learning-rate grid (run there first when missing)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    seeds = kd_suite.parse_seeds("0" if args.quick else args.seeds)
+    known = _conditions(args.round)
+    store = str(args.store)
+    names = QUICK_CONDITIONS if args.quick else None
+    measure_jobs: list[Job] = []
+    gate_jobs: list[Job] = []
+    agreement_jobs: list[Job] = []
+    if args.agreement or args.quick:
+        chosen = names or tuple((args.conditions or ",".join(known)).split(","))
+        agreement_jobs = [
+            (n, args.round, 0.0, "off", seed, args.quick, store) for n in chosen for seed in seeds
+        ]
+    if args.measure or args.quick or (args.gates is None and not args.agreement):
+        chosen = names or tuple((args.conditions or ",".join(MEASURE_CONDITIONS)).split(","))
+        scales = (0.3, 3.0) if args.quick else tuple(float(s) for s in args.scales.split(","))
+        measure_jobs = [
+            (n, args.round, scale, "off", seed, args.quick, store)
+            for n in chosen for scale in scales for seed in seeds
+        ]  # fmt: skip
+    if args.gates is not None or args.quick:
+        gates = ("off", "latch") if args.quick else tuple(args.gates.split(","))
+        chosen = names or tuple((args.conditions or ",".join(GATE_CONDITIONS)).split(","))
+        gate_jobs = [
+            (n, args.round, 0.0, gate, seed, args.quick, store)
+            for n in chosen for gate in gates for seed in seeds
+        ]  # fmt: skip
+    for name, _, _, gate, _, _, _ in measure_jobs + gate_jobs + agreement_jobs:
+        if name not in known:
+            parser.error(f"{name} is not a selection condition of round {args.round}")
+        if gate not in GATES:
+            parser.error(f"unknown gate {gate!r}; gates are {GATES}")
+    from benchmarks.environment import as_text, describe
+
+    print(as_text(describe()))
+    used = sorted({job[0] for job in measure_jobs + gate_jobs + agreement_jobs})
+    grid = kd_suite.lr_grid_jobs([known[name] for name in used], args.quick)
+    kd_suite.run_jobs(grid, kd_suite.Store(args.store), args.workers, False)
+    results = run_all(measure_jobs + gate_jobs + agreement_jobs, args.workers)
+    measured = results[: len(measure_jobs)]
+    gated = results[len(measure_jobs) : len(measure_jobs) + len(gate_jobs)]
+    agreed = results[len(measure_jobs) + len(gate_jobs) :]
+    for label, runs in (("measure", measured), ("gates", gated), ("agreement", agreed)):
+        for r in runs:
+            r["mode"] = label
+    if measured:
+        print("same-batch ratio (task / surrogate) of the default's steps, gate off")
+        header = "  ".join(f"{window[0]:>11}" for window in WINDOWS)
+        print(f"{'condition':10} {'lr':>5} {'seed':>4}  {header}")
+        for r in measured:
+            cells = "  ".join(f"{_fmt(t):>5}/{_fmt(s):<5}" for t, s in r["windows"].values())
+            print(f"{r['condition']:10} {r['lr_scale']:>4g}x {r['seed']:>4}  {cells}")
+    if gated:
+        print(gate_table(gated))
+    if agreed:
+        print(agreement_table(agreed, kd_suite.Store(args.store), args.round, args.quick))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
