@@ -54,6 +54,8 @@ each).
                                                       # statistics recomputed
     python benchmarks/kd_suite.py --round 11 --split confirmation --held-out 3-5
                                                       # against the weight picked on seeds 0-2
+    python benchmarks/kd_suite.py --lr-pairs          # every stored x0.3 / x3 condition against
+                                                      # its x1 one (reads the store, runs nothing)
     python benchmarks/kd_suite.py --quick             # tiny sizes, every stage; CI checks the JSON
 """
 
@@ -3432,6 +3434,65 @@ def lr_counterpart(condition: Condition, conditions: Sequence[Condition]) -> Opt
     )
 
 
+def learning_rate_drops(
+    condition: Condition, base_condition: Condition, candidate: Config, store: Store, quick: bool
+) -> Optional[tuple[float, float, str]]:
+    """What moving from ``base_condition`` (its recipe at the cross-entropy-best rate) to
+    ``condition`` (the same at x0.3 or x3) costs: ``(the candidate's drop, the drop of the fixed
+    weight best at x1, that weight's label)``, mean accuracies over the seeds as fractions
+    (positive: worse at the other rate). The weight is the one picked at x1, as a user who tuned
+    it there would keep it. ``None`` where a run is missing."""
+    base = verdicts(base_condition, candidate, store, quick)
+    here = verdicts(condition, candidate, store, quick)
+    if not base or not here or "fixed" not in base:
+        return None
+    fixed_label = base["fixed"]["label"]
+    fixed = [c for c in baseline_configs({None, safeguard_of(candidate)}) if c.label == fixed_label]
+    rows_base = gather(base_condition, fixed, store, quick)
+    rows = gather(condition, fixed, store, quick)
+    if fixed_label not in rows or fixed_label not in rows_base:
+        return None
+    return (
+        base["mean"] - here["mean"],
+        rows_base[fixed_label].mean - rows[fixed_label].mean,
+        fixed_label,
+    )
+
+
+def learning_rate_pairs_study(candidate: Config, store: Store, quick: bool) -> list[str]:
+    """Every stored x0.3 / x3 condition of the suite (any round, either split) with its x1
+    counterpart: the learning-rate done-point of issue 13 read over all of them, a record that
+    decides nothing (each round's verdict is its own confirmation pair)."""
+    lines = [
+        f"{candidate.label}: the drop from x1 to x0.3 / x3 against the fixed weight best at x1 "
+        "(points; met: the candidate drops less)",
+        "",
+    ]
+    met: dict[float, list[bool]] = {}
+    for condition in CONDITIONS:
+        if condition.lr_scale == 1:
+            continue
+        base_condition = lr_counterpart(condition, CONDITIONS)
+        drops = (
+            None
+            if base_condition is None
+            else learning_rate_drops(condition, base_condition, candidate, store, quick)
+        )
+        if base_condition is None or drops is None:
+            continue
+        mine, theirs, label = drops
+        met.setdefault(condition.lr_scale, []).append(mine < theirs)
+        lines.append(
+            f"- {condition.name} ({condition.split}, round {condition.round}) against "
+            f"{base_condition.name}: {100 * mine:.2f} against {100 * theirs:.2f} ({label}), "
+            + ("met" if mine < theirs else "not met")
+        )
+    lines.append("")
+    for scale, flags in sorted(met.items()):
+        lines.append(f"x{scale:g}: met on {sum(flags)} of {len(flags)} stored pairs")
+    return lines
+
+
 def default_verdict(
     candidate: Config,
     store: Store,
@@ -3492,19 +3553,9 @@ def default_verdict(
             continue
         if base_condition.name not in results or condition.name not in results:
             continue
-        mine = results[base_condition.name]["mean"] - results[condition.name]["mean"]
-        fixed_label = results[base_condition.name]["fixed"]["label"]
-        fixed_rows_base = gather(
-            base_condition,
-            [c for c in baseline_configs({None}) if c.label == fixed_label],
-            store,
-            quick,
-        )
-        fixed_rows = gather(
-            condition, [c for c in baseline_configs({None}) if c.label == fixed_label], store, quick
-        )
-        if fixed_label in fixed_rows and fixed_label in fixed_rows_base:
-            theirs = fixed_rows_base[fixed_label].mean - fixed_rows[fixed_label].mean
+        drops = learning_rate_drops(condition, base_condition, candidate, store, quick)
+        if drops is not None:
+            mine, theirs, fixed_label = drops
             lines.append(
                 f"- lr x{condition.lr_scale:g} ({condition.name} against {base_condition.name}): the default "
                 f"lost {100 * mine:.2f} points, the best fixed weight ({fixed_label}) {100 * theirs:.2f} "
@@ -3738,6 +3789,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--candidates) and print each candidate against the fixed weight picked on the suite's "
         "seeds and compared on these; the round's page is not written",
     )
+    parser.add_argument(
+        "--lr-pairs",
+        action="store_true",
+        help="print, from the stored runs, every x0.3 / x3 condition of any round against its "
+        "x1 counterpart for --candidates (the learning-rate done-point over all of them); runs "
+        "nothing",
+    )
     args = parser.parse_args(argv)
     if args.ce_only and args.seeds is None:
         parser.error("--ce-only is a form of the seed study: give --seeds too")
@@ -3755,6 +3813,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     candidates = [CANDIDATES[n] for n in args.candidates.split(",") if n]
     if args.representation:
         candidates += [representation_variant(c) for c in candidates]
+    if args.lr_pairs:
+        for candidate in candidates:
+            print("\n".join(learning_rate_pairs_study(candidate, store, quick)), end="\n\n")
+        return 0
     confirmation_candidates = None
     if args.confirmation_candidates:
         confirmation_candidates = [

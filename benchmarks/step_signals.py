@@ -30,11 +30,16 @@ both per condition next to the best fixed weight of the suite's stored runs, and
 ranks the conditions by that weight (Spearman).
 
 Every run is the suite's own (:class:`benchmarks.kd_suite.Training`, one thread per process):
-with the gate ``"off"`` a student without BatchNorm ends where the stored default did. Only a
-round's selection conditions can be named.
+with the gate ``"off"`` a run ends where ``kd_suite.train_run`` does (tested). Against the
+stored default's runs of round 19's 60 selection conditions the counts were the same (37 / 60
+and 56 / 60 tied or ahead of the best fixed weight / cross-entropy, one collapse) and the means
+0.06 points lower: some stored runs were made with another order of the arithmetic (C131's
+seeds end 1.0-1.6 points apart on 8x8 digits), so a probe is compared with ``"off"`` on its own
+runs. Only a round's selection conditions can be named.
 
     python benchmarks/step_signals.py --measure --conditions C84,C122,C130,C90,C60,C10
     python benchmarks/step_signals.py --gates off,open,latch      # 14 conditions, 3 seeds
+    python benchmarks/step_signals.py --gates off,lifted,lowered --conditions all  # the share
     python benchmarks/step_signals.py --agreement --seeds 0       # every selection condition
     python benchmarks/step_signals.py --quick                     # tiny runs, for the tests
 """
@@ -47,6 +52,7 @@ import math
 import multiprocessing
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -74,8 +80,16 @@ SCALES = (0.3, 1.0, 3.0)
 #: ``"off"``: the default as it is; ``"open"`` / ``"latch"``: the warm-up cap released by
 #: :class:`RatioGate`; ``"lengthen"``: round 10's longer step (``1 + max(c, 0)`` times the
 #: default's) after the warm-up, and inside it only as far as the open gate allows;
-#: ``"uncapped"``: no warm-up cap at all (``step="anchor"``'s length: the ceiling of a release).
-GATES = ("off", "open", "latch", "lengthen", "uncapped")
+#: ``"uncapped"``: no warm-up cap at all (``step="anchor"``'s length: the ceiling of a release);
+#: ``"lifted"`` / ``"lowered"``: not a length but a share -- the distillation side's share with
+#: its odds doubled (``a' = 2a / (1 + a)``) or halved (``a' = a / (2 - a)``) by
+#: :meth:`MoKD.set_trust` with a constant (:data:`SHARE_TRUST`): the probes of the strong
+#: teachers whose best fixed weight gives them more of the update and the weak ones whose best
+#: weight gives them less.
+GATES = ("off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered")
+#: The constant trust of the share probes: odds ``2 : 1`` (or ``1 : 2``) combined with the
+#: cosine's double (halve) them.
+SHARE_TRUST = {"lifted": 2 / 3, "lowered": 1 / 3}
 #: Steps of a run whose ratio is summarised: ``(label, first, end)``; None is a quarter bound.
 WINDOWS = (("0-25", 0, 25), ("25-100", 25, 100), ("q2", "q1", "q2"), ("q4", "q3", "q4"))
 
@@ -125,11 +139,24 @@ def agreement_with_task(stats: Any) -> float:
     return max(float(others @ gram[:, 0]) / norms, 0.0) if norms > 0 else 0.0
 
 
+def distillation_share(stats: Any) -> float:
+    """The distillation side's share of a step's update, ``sum_{i > 0} w_i ||g_i|| / sum_i w_i
+    ||g_i||`` (``w`` the weights on the raw gradients, the task first): for two objectives the
+    weight of the teacher's unit gradient in the direction, the share the agreement rule sets
+    (``max(c, 0)`` with the trust's odds) and the one a fixed weight ``a`` gives as ``a rho /
+    ((1 - a) + a rho)``. From the weights alone (no Gram matrix) their own share."""
+    weights = stats.weights.double()
+    if stats.gram is not None:
+        weights = weights * torch.diagonal(stats.gram.double()).clamp_min(0).sqrt()
+    total = float(weights.sum())
+    return 1.0 - float(weights[0]) / total if total > 0 else 0.0
+
+
 def update_factor(gate: str, task_loss: float, opening: Optional[float], agreement: float) -> float:
     """The factor a gate puts on the default's update. ``opening`` is the gate's (None on a step
     outside the warm-up, where the task loss is at or below 1), ``agreement`` ``max(c, 0)``.
 
-    ``"off"``: 1. ``"open"`` / ``"latch"``: ``(cap + opening (1 - cap)) / cap`` inside the
+    ``"off"``, ``"lifted"`` and ``"lowered"`` (a share, not a length): 1. ``"open"`` / ``"latch"``: ``(cap + opening (1 - cap)) / cap`` inside the
     warm-up, ``cap = 1 / L_task``; 1 outside. ``"lengthen"``: ``1 + opening * agreement``
     inside, ``1 + agreement`` outside. ``"uncapped"``: ``max(L_task, 1)`` (the cap undone)."""
     if gate not in GATES:
@@ -138,7 +165,7 @@ def update_factor(gate: str, task_loss: float, opening: Optional[float], agreeme
         return max(task_loss, 1.0)
     if gate == "lengthen":
         return 1.0 + (1.0 if opening is None else opening) * agreement
-    if gate == "off" or opening is None:
+    if gate in ("off", *SHARE_TRUST) or opening is None:
         return 1.0
     cap = min(1.0, 1.0 / task_loss)
     return (cap + opening * (1 - cap)) / cap
@@ -201,22 +228,26 @@ def probe_run(
     :class:`RatioGate` scales the update while the cap acts; ``"lengthen"``: the update times
     ``1 + max(c, 0)`` (:func:`agreement_with_task`), inside the warm-up times the gate's
     opening; ``"uncapped"``: the update times ``max(L_task, 1)``, no cap; see
-    :func:`update_factor`). Returns the final accuracy (BatchNorm statistics recomputed for a
+    :func:`update_factor`; ``"lifted"`` / ``"lowered"``: the default's length, the distillation
+    share's odds doubled / halved). Returns the final accuracy (BatchNorm statistics recomputed for a
     ResNet), ``collapsed`` (the suite's rule), ``steps`` (one ``[task loss,
     task drop, task predicted drop, surrogate drop, surrogate predicted drop, opening]`` per
     step; the opening is None on uncapped or ungated steps), ``agreement`` (one ``[cos(g_task,
     g_rest), cos(g_task, previous g_rest), cos(g_task, previous g_task)]`` per step after the
     first, ``g_rest`` the gradient of the distillation losses' sum, every gradient on its
-    step's batch) and ``total_steps``. Raises ``ValueError`` for an unknown gate."""
+    step's batch), ``shares`` (each step's :func:`distillation_share` of the update) and ``total_steps``. Raises ``ValueError`` for an unknown gate."""
     from mokd_optim import MultiObjectiveOptimizer
 
     if gate not in GATES:
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
-    # "lengthen" uses the open gate; "off" and "uncapped" none
-    ratio_gate = RatioGate(latch=gate == "latch") if gate not in ("off", "uncapped") else None
+    # "lengthen" uses the open gate; "off", "uncapped" and the share probes none
+    ratio_gate = RatioGate(latch=gate == "latch") if gate in ("open", "latch", "lengthen") else None
     run = kd_suite.Training.start(condition, seed, lr, quick)
     opt = MultiObjectiveOptimizer(run.base, "mokd")
+    if gate in SHARE_TRUST:
+        opt.method.set_trust(SHARE_TRUST[gate])  # kept until set again
     params = run.params
+    shares: list[float] = []
     steps: list[list[Optional[float]]] = []
     agreement: list[list[float]] = []
     previous: Optional[tuple[torch.Tensor, torch.Tensor]] = None
@@ -244,6 +275,7 @@ def probe_run(
         previous = (task_flat, rest_flat)
         opt.zero_grad(set_to_none=True)
         stats = opt.backward(losses)
+        shares.append(distillation_share(stats))
         task_loss = float(losses["task"].detach())
         factor, opening = 1.0, None
         if ratio_gate is not None and task_loss > 1:
@@ -288,6 +320,7 @@ def probe_run(
         "collapsed": collapsed or final < kd_suite.COLLAPSE_ACCURACY,
         "steps": steps,
         "agreement": agreement,
+        "shares": shares,
         "total_steps": run.total_steps,
     }
 
@@ -335,8 +368,36 @@ def _job(args: Job) -> dict[str, Any]:
         "windows": window_ratios(result["steps"], result["total_steps"]),
         "capped_steps": len(openings),
         "mean_opening": sum(openings) / len(openings) if openings else 0.0,
+        "mean_share": statistics.mean(result["shares"]) if result["shares"] else 0.0,
+        "share_quarters": quarter_means(result["shares"]),
+        "norm_ratio_course": norm_ratio_course(result["agreement"]),
         "agreement": _mean_columns(result["agreement"]),
     }
+
+
+#: Steps whose mean norm ratio is a run's starting ratio (:func:`norm_ratio_course`).
+START_STEPS = 10
+
+
+def quarter_means(values: Sequence[float]) -> list[float]:
+    """The mean of each quarter of ``values`` (NaN for an empty quarter)."""
+    n = len(values)
+    parts = [values[i * n // 4 : (i + 1) * n // 4] for i in range(4)]
+    return [statistics.mean(part) if part else float("nan") for part in parts]
+
+
+def norm_ratio_course(agreement: Sequence[Sequence[float]]) -> tuple[float, list[float]]:
+    """``(rho_0, [mean rho / rho_0 per quarter])`` of a run's norm ratios ``rho = ||g_rest|| /
+    ||g_task||`` (the 4th column of ``agreement``), ``rho_0`` the mean over the first
+    :data:`START_STEPS` steps: how far the distillation gradient's size relative to the task's
+    moves away from where the losses' units put it at the start. NaNs for an empty run."""
+    rho = [row[3] for row in agreement]
+    if not rho:
+        return float("nan"), [float("nan")] * 4
+    start = statistics.mean(rho[:START_STEPS])
+    if start <= 0:
+        return start, [float("nan")] * 4
+    return start, [q / start for q in quarter_means(rho)]
 
 
 def _mean_columns(rows: Sequence[Sequence[float]]) -> dict[str, float]:
@@ -464,27 +525,53 @@ def _conditions(round_number: int) -> dict[str, kd_suite.Condition]:
     return {c.name.split()[0]: c for c in kd_suite.conditions_of_round(round_number, "selection")}
 
 
-def run_all(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
-    """Every job's summary, in order (``workers`` processes of one thread each)."""
+def run_all(jobs: list[Job], workers: int, progress: bool = True) -> list[dict[str, Any]]:
+    """Every job's summary, in order (``workers`` processes of one thread each); with
+    ``progress`` one line per finished run on stderr (the run, its final accuracy, an ETA)."""
+    started, results = time.perf_counter(), []
+
+    def report(result: dict[str, Any]) -> None:
+        results.append(result)
+        if progress:
+            elapsed = time.perf_counter() - started
+            eta = elapsed / len(results) * (len(jobs) - len(results))
+            print(
+                f"[{len(results)}/{len(jobs)}] {result['condition']} x{result['lr_scale']:g} "
+                f"{result['gate']} seed {result['seed']}: {100 * result['final']:.2f} % "
+                f"(eta {eta / 60:.1f} min)",
+                file=sys.stderr,
+                flush=True,
+            )
+
     if workers <= 1:  # in this process, one thread as in a worker, the count restored after
         threads = torch.get_num_threads()
         kd_suite._worker_init()
         try:
-            return [_job(job) for job in jobs]
+            for job in jobs:
+                report(_job(job))
         finally:
             torch.set_num_threads(threads)
+        return results
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=kd_suite._worker_init) as pool:
-        return list(pool.imap(_job, jobs))
+        for result in pool.imap(_job, jobs):
+            report(result)
+    return results
 
 
 def gate_table(results: Sequence[dict[str, Any]]) -> str:
     """Per condition and gate: the mean final accuracy over the seeds (%), collapses, the mean
-    opening over the capped steps, and the paired difference from the gate ``"off"``."""
+    opening over the capped steps, the mean distillation share, and the paired difference from
+    the gate ``"off"``; below it, by quarter of the run, the share and the norm ratio's course
+    (:func:`norm_ratio_course`)."""
     by: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
         by.setdefault((r["condition"], r["gate"]), []).append(r)
-    lines = ["final accuracy (mean over seeds, %), collapses, mean opening over capped steps"]
+    lines = [
+        "final accuracy (mean over seeds, %), collapses, mean opening over capped steps, mean "
+        "distillation share of the update; by quarter of the run its share and the norm ratio "
+        "rho = ||g_rest|| / ||g_task|| over its first steps' rho_0"
+    ]
     for (name, gate), rows in by.items():
         mean = 100 * statistics.mean(r["final"] for r in rows)
         off = by.get((name, "off"))
@@ -494,7 +581,78 @@ def gate_table(results: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"{name:6} {rows[0]['lr_scale']:>4g}x {gate:6} {mean:6.2f} "
             f"collapsed {sum(r['collapsed'] for r in rows)}/{len(rows)} "
-            f"opening {statistics.mean(r['mean_opening'] for r in rows):.2f}{delta}"
+            f"opening {statistics.mean(r['mean_opening'] for r in rows):.2f} "
+            f"share {statistics.mean(r['mean_share'] for r in rows):.2f}{delta}"
+        )
+        start = statistics.mean(r["norm_ratio_course"][0] for r in rows)
+        course = [statistics.mean(r["norm_ratio_course"][1][q] for r in rows) for q in range(4)]
+        shares = [statistics.mean(r["share_quarters"][q] for r in rows) for q in range(4)]
+        lines.append(
+            f"{'':20} by quarter: share {' '.join(_fmt(x) for x in shares)}; rho_0 "
+            f"{_fmt(start)}, rho / rho_0 {' '.join(_fmt(x) for x in course)}"
+        )
+    return "\n".join(lines)
+
+
+def gate_summary(
+    results: Sequence[dict[str, Any]], store: kd_suite.Store, round_number: int, quick: bool
+) -> str:
+    """Per gate, over the conditions whose baselines are stored: the mean paired difference
+    from the gate ``"off"`` (points), then the suite's counts against the stored baselines on
+    the same seeds -- tied with or ahead of the best fixed weight and of cross-entropy (a loss
+    within one paired standard error is a tie, :func:`kd_suite.verdicts`' rule), both mean gaps
+    and the collapsed runs -- and the mean difference from ``"off"`` by group (the learning-rate
+    scale, and at x1 the teacher)."""
+    conditions = _conditions(round_number)
+    baselines = kd_suite.baseline_configs({None})
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        by.setdefault((r["gate"], r["condition"]), []).append(r)
+    lines = ["against the stored baselines (ties within one paired standard error):"]
+    for gate in dict.fromkeys(r["gate"] for r in results):
+        diffs: list[float] = []
+        groups: dict[str, list[float]] = {}
+        gaps = {"fixed": [], "ce": []}  # type: dict[str, list[float]]
+        won = {"fixed": 0, "ce": 0}
+        collapsed = 0
+        for (g, name), rows in by.items():
+            if g != gate:
+                continue
+            rows = sorted(rows, key=lambda r: r["seed"])
+            seeds = [r["seed"] for r in rows]
+            stored = kd_suite.gather(conditions[name], baselines, store, quick, seeds=seeds)
+            fixed = kd_suite.best_of(stored, [c.label for c in baselines if c.kind == "fixed"])
+            if "ce" not in stored or fixed is None:
+                continue
+            mine = kd_suite.Row(gate, [r["final"] for r in rows], 0, 0.0)
+            for key, other in (("fixed", fixed), ("ce", stored["ce"])):
+                diff, se, _ = kd_suite.paired(mine, other)
+                gaps[key].append(diff)
+                won[key] += diff >= -se
+            collapsed += sum(r["collapsed"] for r in rows)
+            off = sorted(by.get(("off", name), []), key=lambda r: r["seed"])
+            if [r["seed"] for r in off] == seeds:
+                diff = 100 * statistics.mean(a["final"] - b["final"] for a, b in zip(rows, off))
+                diffs.append(diff)
+                condition = conditions[name]
+                group = (
+                    f"x{condition.lr_scale:g}"
+                    if condition.lr_scale != 1
+                    else f"x1 {condition.teacher}"
+                )
+                groups.setdefault(group, []).append(diff)
+        if not gaps["ce"]:
+            continue
+        n = len(gaps["ce"])
+        by_group = ", ".join(
+            f"{group} {statistics.mean(values):+.2f} ({len(values)})"
+            for group, values in sorted(groups.items())
+        )
+        lines.append(
+            f"{gate:8} vs off {statistics.mean(diffs) if diffs else 0.0:+.2f}; best fixed weight "
+            f"{won['fixed']}/{n} ({statistics.mean(gaps['fixed']):+.2f}), cross-entropy "
+            f"{won['ce']}/{n} ({statistics.mean(gaps['ce']):+.2f}), collapsed {collapsed}"
+            + (f"; vs off by group: {by_group}" if gate != "off" and by_group else "")
         )
     return "\n".join(lines)
 
@@ -511,13 +669,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mode.add_argument(
         "--agreement", action="store_true", help="cross-batch agreement, every selection condition"
     )
-    parser.add_argument("--conditions", default=None, help="comma list of short names")
+    parser.add_argument(
+        "--conditions",
+        default=None,
+        help="comma list of short names, or 'all': every selection condition of --round",
+    )
     parser.add_argument("--round", type=int, default=19, help="whose selection conditions")
     parser.add_argument("--scales", default=",".join(map(str, SCALES)))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny data, one seed, both modes")
     parser.add_argument("--json", type=Path, default=None, help="write every run's summary here")
+    parser.add_argument("--no-progress", action="store_true", help="no line per finished run")
     parser.add_argument(
         "--store", type=Path, default=kd_suite.DEFAULT_STORE,
         help="the suite's store: the learning-rate grid (run there first when missing)",
@@ -525,6 +688,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     seeds = kd_suite.parse_seeds("0" if args.quick else args.seeds)
     known = _conditions(args.round)
+    if args.conditions == "all":
+        args.conditions = ",".join(known)
     store = str(args.store)
     names = QUICK_CONDITIONS if args.quick else None
     measure_jobs: list[Job] = []
@@ -560,7 +725,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     used = sorted({job[0] for job in measure_jobs + gate_jobs + agreement_jobs})
     grid = kd_suite.lr_grid_jobs([known[name] for name in used], args.quick)
     kd_suite.run_jobs(grid, kd_suite.Store(args.store), args.workers, False)
-    results = run_all(measure_jobs + gate_jobs + agreement_jobs, args.workers)
+    results = run_all(measure_jobs + gate_jobs + agreement_jobs, args.workers, not args.no_progress)
     measured = results[: len(measure_jobs)]
     gated = results[len(measure_jobs) : len(measure_jobs) + len(gate_jobs)]
     agreed = results[len(measure_jobs) + len(gate_jobs) :]
@@ -576,6 +741,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{r['condition']:10} {r['lr_scale']:>4g}x {r['seed']:>4}  {cells}")
     if gated:
         print(gate_table(gated))
+        print(gate_summary(gated, kd_suite.Store(args.store), args.round, args.quick))
     if agreed:
         print(agreement_table(agreed, kd_suite.Store(args.store), args.round, args.quick))
     if args.json is not None:

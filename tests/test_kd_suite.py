@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -458,6 +459,49 @@ def test_an_lr_condition_without_its_1x_counterpart_is_reported_as_not_measured(
         by_name["C54"].name,
         by_name["C55"].name,
     ]
+
+
+def test_the_learning_rate_pairs_study_reads_every_stored_pair(monkeypatch) -> None:
+    # C122 (1x) with C123 (3x) and C124 (0.3x), C54 (3x) without a 1x counterpart, C135 (1x,
+    # no pair); the candidate's and the x1-best weight's means written by hand: at 3x the
+    # candidate drops 1 point against the weight's 5 (met), at 0.3x 2 against 1 (not met)
+    by_name = {c.name.split()[0]: c for c in kd_suite.CONDITIONS}
+    chosen = tuple(by_name[n] for n in ("C122", "C123", "C124", "C54", "C135"))
+    monkeypatch.setattr(kd_suite, "CONDITIONS", chosen)
+    candidate_mean = {"C122": 0.95, "C123": 0.94, "C124": 0.93}
+    fixed_mean = {"C122": 0.96, "C123": 0.91, "C124": 0.95}
+
+    def verdicts(condition, candidate, store, quick):
+        name = condition.name.split()[0]
+        if name not in candidate_mean:
+            return {}
+        # the best weight at 3x / 0.3x differs from x1's: the pick at x1 must be the one kept
+        label = "fixed a=0.1" if name == "C122" else "fixed a=0.9"
+        return {"mean": candidate_mean[name], "fixed": {"label": label}}
+
+    def gather(condition, configs, store, quick, scale=1.0):
+        name = condition.name.split()[0]
+        return {
+            c.label: SimpleNamespace(mean=fixed_mean[name])
+            for c in configs
+            if c.label == "fixed a=0.1"
+        }
+
+    monkeypatch.setattr(kd_suite, "verdicts", verdicts)
+    monkeypatch.setattr(kd_suite, "gather", gather)
+    drops = kd_suite.learning_rate_drops(
+        by_name["C123"], by_name["C122"], kd_suite.CANDIDATES["default"], None, False
+    )
+    assert drops is not None and drops[2] == "fixed a=0.1"
+    assert drops[0] == pytest.approx(0.01) and drops[1] == pytest.approx(0.05)
+    lines = kd_suite.learning_rate_pairs_study(kd_suite.CANDIDATES["default"], None, False)
+    pairs = [line for line in lines if line.startswith("- ")]
+    assert len(pairs) == 2  # C54 has no counterpart, C135 is a 1x condition
+    assert pairs[0].startswith(f"- {by_name['C123'].name} (") and pairs[0].endswith(", met")
+    assert "1.00 against 5.00 (fixed a=0.1)" in pairs[0]
+    assert pairs[1].endswith("not met") and "2.00 against 1.00" in pairs[1]
+    assert lines[-2:] == ["x0.3: met on 0 of 1 stored pairs", "x3: met on 1 of 1 stored pairs"]
+    assert kd_suite.main(["--lr-pairs", "--candidates", "default"]) == 0  # runs nothing
 
 
 def test_the_lengthen_candidate_differs_from_the_default_by_its_step_only() -> None:

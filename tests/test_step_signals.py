@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -230,8 +231,6 @@ def test_the_agreement_table_compares_the_default_with_the_best_weight(tmp_path)
 def test_the_lengthening_reads_the_task_agreement_of_the_update() -> None:
     # g_task = (1, 0), g_kd = (1, 1): the others' part of the update is along g_kd, cos 1/sqrt 2;
     # g_kd = (-1, 1): against the task, no lengthening; no Gram matrix: none either
-    from types import SimpleNamespace
-
     def stats(kd: list[float], weights: list[float]) -> SimpleNamespace:
         g = torch.tensor([[1.0, 0.0], kd], dtype=torch.float64)
         return SimpleNamespace(gram=g @ g.T, weights=torch.tensor(weights))
@@ -242,6 +241,21 @@ def test_the_lengthening_reads_the_task_agreement_of_the_update() -> None:
     assert agreement(stats([-1.0, 1.0], [0.5, 0.5])) == 0.0
     assert agreement(stats([1.0, 1.0], [0.5, 0.0])) == 0.0  # no others' part
     assert agreement(SimpleNamespace(gram=None, weights=torch.ones(2))) == 0.0
+
+
+def test_the_distillation_share_weighs_each_gradient_by_its_norm() -> None:
+    # raw weights (0.5, 0.1) on gradients of norms 1 and 5 (Gram diagonal 1, 25): the update is
+    # half the task's unit gradient, half the teacher's
+    stats = SimpleNamespace(
+        weights=torch.tensor([0.5, 0.1]), gram=torch.tensor([[1.0, 2.0], [2.0, 25.0]])
+    )
+    assert step_signals.distillation_share(stats) == pytest.approx(0.5)
+    three = SimpleNamespace(weights=torch.tensor([0.2, 0.2, 0.4]), gram=torch.diag(torch.ones(3)))
+    assert step_signals.distillation_share(three) == pytest.approx(0.75)  # the rest summed
+    no_gram = SimpleNamespace(weights=torch.tensor([0.3, 0.1]), gram=None)
+    assert step_signals.distillation_share(no_gram) == pytest.approx(0.25)
+    zero = SimpleNamespace(weights=torch.zeros(2), gram=torch.eye(2))
+    assert step_signals.distillation_share(zero) == 0.0
 
 
 def test_each_gate_puts_its_factor_on_the_update() -> None:
@@ -256,6 +270,9 @@ def test_each_gate_puts_its_factor_on_the_update() -> None:
     assert factor("open", 0.8, None, 0.6) == 1.0
     assert factor("lengthen", 0.8, None, 0.6) == pytest.approx(1.6)
     assert factor("uncapped", 0.8, None, 0.0) == 1.0
+    # the lifted share changes the direction's weights, never the length
+    for share_probe in ("lifted", "lowered"):
+        assert factor(share_probe, 2.5, 0.5, 0.6) == 1.0 == factor(share_probe, 0.8, None, 0.6)
     with pytest.raises(ValueError, match="gate"):
         factor("sometimes", 2.5, 0.5, 0.6)
 
@@ -274,3 +291,112 @@ def test_a_gated_probe_run_records_every_step(quick_run, gate: str) -> None:
         assert any(capped) and all((o is not None) == c for o, c in zip(openings, capped))
     else:
         assert all(o is None for o in openings)
+
+
+@pytest.mark.parametrize("gate, odds", [("lifted", 2.0), ("lowered", 0.5)])
+def test_the_share_probes_scale_the_distillation_shares_odds(
+    quick_run, off_probe, gate: str, odds: float
+) -> None:
+    # on the first step (same parameters, same batch) the probe's share has the default's odds
+    # times 2 (lifted: 2a / (1 + a)) or 1/2 (lowered: a / (2 - a)); afterwards the runs part,
+    # the probe giving the teacher more (less) throughout
+    _, _, off = off_probe
+    _, _, probe = _quick_probe(quick_run[1], gate)
+    a = off["shares"][0]
+    assert 0 < a < 1 and probe["shares"][0] == pytest.approx(odds * a / (1 - a + odds * a))
+    assert len(probe["shares"]) == probe["total_steps"] == len(off["shares"])
+    assert (sum(probe["shares"]) > sum(off["shares"])) is (odds > 1)
+    assert all(row[5] is None for row in probe["steps"])  # no ratio gate acts
+
+
+def test_a_long_probe_reports_each_finished_run(monkeypatch, capsys) -> None:
+    # one line per run on stderr, counting up to the total with an estimate of what is left;
+    # none with progress off; the summaries come back in the jobs' order either way
+    def fake_job(job):
+        return {"condition": job[0], "lr_scale": 1.0, "gate": job[3], "seed": job[4], "final": 0.5}
+
+    monkeypatch.setattr(step_signals, "_job", fake_job)
+    jobs = [("C10", 19, 0.0, "off", 0, True, ""), ("C60", 19, 0.0, "lifted", 1, True, "")]
+    results = step_signals.run_all(jobs, workers=1)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [r["condition"] for r in results] == ["C10", "C60"]
+    assert lines[0].startswith("[1/2] C10 x1 off seed 0: 50.00 % (eta ")
+    assert lines[1].startswith("[2/2] C60 x1 lifted seed 1: 50.00 % (eta 0.0 min)")
+    step_signals.run_all(jobs, workers=1, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_norm_ratio_course_is_read_against_the_first_steps() -> None:
+    # 10 steps at rho 2, then 30 at 4: rho_0 = 2, the quarters (10 steps each) 1, 2, 2, 2
+    agreement = [[0.0, 0.0, 0.0, 2.0]] * 10 + [[0.0, 0.0, 0.0, 4.0]] * 30
+    start, course = step_signals.norm_ratio_course(agreement)
+    assert start == 2.0 and course == [1.0, 2.0, 2.0, 2.0]
+    assert step_signals.quarter_means([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]) == [
+        1.5,
+        3.5,
+        5.5,
+        7.5,
+    ]
+    start, course = step_signals.norm_ratio_course([])
+    assert math.isnan(start) and all(math.isnan(x) for x in course)
+
+
+def test_the_gate_table_prints_the_quarters_under_each_line() -> None:
+    def run(gate: str, final: float, share: float) -> dict:
+        return {
+            "condition": "C124", "lr_scale": 0.3, "gate": gate, "seed": 0, "final": final,
+            "collapsed": False, "mean_opening": 0.0, "mean_share": share,
+            "share_quarters": [share] * 4, "norm_ratio_course": (1.92, [1.03, 0.97, 0.96, 0.94]),
+        }  # fmt: skip
+
+    table = step_signals.gate_table([run("off", 0.92, 0.86), run("lifted", 0.93, 0.93)])
+    lines = table.splitlines()
+    assert lines[3].startswith("C124    0.3x lifted  93.00 collapsed 0/1 opening 0.00 share 0.93")
+    assert lines[3].endswith("+1.00 vs off")
+    assert lines[4].endswith(
+        "share 0.93 0.93 0.93 0.93; rho_0 1.92, rho / rho_0 1.03 0.97 0.96 0.94"
+    )
+
+
+def test_the_gate_summary_counts_with_the_suites_tie_rule(monkeypatch) -> None:
+    # two conditions, seeds 0-2; stored ce and fixed weights written by hand. The "lifted" runs
+    # trail the best weight on C10 by 0.1 +- 0.0 (a loss: the paired standard error is 0) and
+    # tie it within one standard error on C124 (-1, +1, -1); they beat ce on both
+    conditions = step_signals._conditions(19)
+    rows = {
+        "C10": {"ce": [0.80, 0.80, 0.80], "fixed a=0.1": [0.81, 0.81, 0.81],
+                "fixed a=0.9": [0.82, 0.82, 0.82]},
+        "C124": {"ce": [0.90, 0.90, 0.90], "fixed a=0.1": [0.93, 0.91, 0.92]},
+    }  # fmt: skip
+
+    def gather(condition, configs, store, quick, scale=1.0, seeds=None):
+        stored = rows[condition.name.split()[0]]
+        return {
+            c.label: kd_suite.Row(c.label, stored[c.label], 0, 1.0)
+            for c in configs
+            if c.label in stored
+        }
+
+    monkeypatch.setattr(kd_suite, "gather", gather)
+
+    def run(name: str, gate: str, seed: int, final: float) -> dict:
+        return {"condition": name, "gate": gate, "seed": seed, "final": final, "collapsed": False}
+
+    results = [
+        *(run("C10", "off", s, 0.80) for s in range(3)),
+        *(run("C10", "lifted", s, 0.81) for s in range(3)),
+        *(run("C124", "off", s, 0.91) for s in range(3)),
+        *(run("C124", "lifted", s, f) for s, f in enumerate([0.92, 0.92, 0.91])),
+    ]
+    lines = step_signals.gate_summary(results, None, 19, False).splitlines()
+    assert lines[1] == (
+        "off      vs off +0.00; best fixed weight 0/2 (-1.50), cross-entropy 2/2 (+0.50), "
+        "collapsed 0"
+    )
+    assert lines[2].startswith(
+        "lifted   vs off +0.83; best fixed weight 1/2 (-0.67), cross-entropy 2/2 (+1.33)"
+    )
+    assert (
+        lines[2].endswith(f"vs off by group: x0.3 {(1.0 + 2 / 3) / 2:+.2f} (2)")
+        and conditions["C10"].lr_scale == conditions["C124"].lr_scale == 0.3
+    )
