@@ -86,7 +86,13 @@ SCALES = (0.3, 1.0, 3.0)
 #: :meth:`MoKD.set_trust` with a constant (:data:`SHARE_TRUST`): the probes of the strong
 #: teachers whose best fixed weight gives them more of the update and the weak ones whose best
 #: weight gives them less.
-GATES = ("off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered")
+#: ``"grown"``: the update times ``max(1, (1 - a) + a rho / rho_0)`` after the first
+#: :data:`START_STEPS` steps (:func:`grown_factor`) -- the length of the direction's mix had the
+#: distillation loss kept the size relative to the task's it had at the start: longer where the
+#: teacher's gradient stays large while the task's shrinks; scale-free (a ratio of ratios).
+GATES = ("off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown")
+#: Steps whose mean norm ratio is a run's starting ratio (:func:`norm_ratio_course`, ``"grown"``).
+START_STEPS = 10
 #: The constant trust of the share probes: odds ``2 : 1`` (or ``1 : 2``) combined with the
 #: cosine's double (halve) them.
 SHARE_TRUST = {"lifted": 2 / 3, "lowered": 1 / 3}
@@ -150,6 +156,17 @@ def distillation_share(stats: Any) -> float:
         weights = weights * torch.diagonal(stats.gram.double()).clamp_min(0).sqrt()
     total = float(weights.sum())
     return 1.0 - float(weights[0]) / total if total > 0 else 0.0
+
+
+def grown_factor(share: float, rho: float, rho_start: float, steps_seen: int) -> float:
+    """``max(1, (1 - share) + share * rho / rho_start)`` once more than :data:`START_STEPS`
+    norm ratios were seen (1 before, and where ``rho_start`` is not positive): the default's
+    update, ``share`` of it along the distillation gradient, lengthened as that gradient grew
+    against the task's since the start. ``rho = ||g_rest|| / ||g_task||`` this step,
+    ``rho_start`` its mean over the first steps."""
+    if steps_seen <= START_STEPS or not rho_start > 0:
+        return 1.0
+    return max(1.0, (1.0 - share) + share * rho / rho_start)
 
 
 def update_factor(gate: str, task_loss: float, opening: Optional[float], agreement: float) -> float:
@@ -235,7 +252,9 @@ def probe_run(
     step; the opening is None on uncapped or ungated steps), ``agreement`` (one ``[cos(g_task,
     g_rest), cos(g_task, previous g_rest), cos(g_task, previous g_task)]`` per step after the
     first, ``g_rest`` the gradient of the distillation losses' sum, every gradient on its
-    step's batch), ``shares`` (each step's :func:`distillation_share` of the update) and ``total_steps``. Raises ``ValueError`` for an unknown gate."""
+    step's batch), ``shares`` (each step's :func:`distillation_share` of the update) and
+    ``total_steps``; ``"grown"``: the update times :func:`grown_factor`. Raises
+    ``ValueError`` for an unknown gate."""
     from mokd_optim import MultiObjectiveOptimizer
 
     if gate not in GATES:
@@ -248,6 +267,7 @@ def probe_run(
         opt.method.set_trust(SHARE_TRUST[gate])  # kept until set again
     params = run.params
     shares: list[float] = []
+    rhos: list[float] = []
     steps: list[list[Optional[float]]] = []
     agreement: list[list[float]] = []
     previous: Optional[tuple[torch.Tensor, torch.Tensor]] = None
@@ -263,13 +283,15 @@ def probe_run(
         rest = torch.stack([v for name, v in losses.items() if name != "task"]).sum()
         rest_grads = torch.autograd.grad(rest, params, retain_graph=True, allow_unused=True)
         task_flat, rest_flat = _flat(task_grads, params), _flat(rest_grads, params)
+        task_norm = float(task_flat.norm())
+        rhos.append(float(rest_flat.norm()) / task_norm if task_norm > 0 else 0.0)
         if previous is not None:
             agreement.append(
                 [
                     cosine(task_flat, rest_flat),
                     cosine(task_flat, previous[1]),
                     cosine(task_flat, previous[0]),
-                    float(rest_flat.norm() / task_flat.norm()) if task_flat.norm() > 0 else 0.0,
+                    rhos[-1],
                 ]
             )
         previous = (task_flat, rest_flat)
@@ -280,7 +302,10 @@ def probe_run(
         factor, opening = 1.0, None
         if ratio_gate is not None and task_loss > 1:
             opening = ratio_gate.opening()
-        if gate != "off":
+        if gate == "grown":
+            start = statistics.mean(rhos[:START_STEPS])
+            factor = grown_factor(shares[-1], rhos[-1], start, len(rhos))
+        elif gate != "off":
             task_agreement = agreement_with_task(stats) if gate == "lengthen" else 0.0
             factor = update_factor(gate, task_loss, opening, task_agreement)
         if factor != 1.0:
@@ -373,10 +398,6 @@ def _job(args: Job) -> dict[str, Any]:
         "norm_ratio_course": norm_ratio_course(result["agreement"]),
         "agreement": _mean_columns(result["agreement"]),
     }
-
-
-#: Steps whose mean norm ratio is a run's starting ratio (:func:`norm_ratio_course`).
-START_STEPS = 10
 
 
 def quarter_means(values: Sequence[float]) -> list[float]:

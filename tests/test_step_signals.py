@@ -400,3 +400,26 @@ def test_the_gate_summary_counts_with_the_suites_tie_rule(monkeypatch) -> None:
         lines[2].endswith(f"vs off by group: x0.3 {(1.0 + 2 / 3) / 2:+.2f} (2)")
         and conditions["C10"].lr_scale == conditions["C124"].lr_scale == 0.3
     )
+
+
+def test_the_grown_factor_lengthens_by_the_distillation_gradients_growth() -> None:
+    grown = step_signals.grown_factor
+    start = step_signals.START_STEPS
+    assert grown(0.5, 6.0, 2.0, start) == 1.0  # within the first steps: the start is measured
+    assert grown(0.5, 6.0, 2.0, start + 1) == pytest.approx(0.5 + 0.5 * 3.0)
+    assert grown(0.2, 6.0, 2.0, start + 1) == pytest.approx(0.8 + 0.2 * 3.0)
+    assert grown(0.9, 1.0, 2.0, start + 1) == 1.0  # shrunk: never shorter than the default
+    assert grown(0.5, 6.0, 0.0, start + 1) == 1.0  # no start to compare with
+    # scale-free: a distillation loss times 1000 multiplies rho and rho_0 alike
+    assert grown(0.4, 6000.0, 2000.0, 50) == pytest.approx(grown(0.4, 6.0, 2.0, 50))
+
+
+def test_a_grown_probe_run_takes_longer_steps_only_after_the_start(quick_run, off_probe) -> None:
+    # the same first START_STEPS steps as the default (factor 1 while rho_0 is measured), then
+    # the runs part; every step still recorded
+    _, _, off = off_probe
+    _, _, grown = _quick_probe(quick_run[1], "grown")
+    start = step_signals.START_STEPS
+    assert grown["steps"][:start] == off["steps"][:start]
+    assert len(grown["steps"]) == grown["total_steps"]
+    assert grown["steps"][start + 5 :] != off["steps"][start + 5 :]
