@@ -2553,6 +2553,15 @@ def train_run(
     return result
 
 
+def update_shares(weights: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """Each objective's share of a step's update, ``|w_i| ||g_i|| / sum_j |w_j| ||g_j||``
+    (``w`` the weights on the raw gradients, ``gram`` their Gram matrix); all zeros where the
+    update is. ``(K,)``, ``(K, K)`` -> ``(K,)``."""
+    contribution = weights.abs() * torch.diagonal(gram).clamp_min(0).sqrt()
+    total = contribution.sum()
+    return contribution / total if total > 0 else contribution
+
+
 def _probe(stats: Any) -> dict[str, Any]:
     """Per-step diagnostics: normalised shares of the update, gradient norms, cosine."""
     weights = stats.weights.double()
@@ -2560,9 +2569,7 @@ def _probe(stats: Any) -> dict[str, Any]:
     if stats.gram is not None:
         gram = stats.gram.double()
         norms = torch.diagonal(gram).clamp_min(0).sqrt()
-        contribution = weights.abs() * norms
-        total = contribution.sum()
-        record["shares"] = (contribution / total if total > 0 else contribution).tolist()
+        record["shares"] = update_shares(weights, gram).tolist()
         record["norms"] = norms.tolist()
         record["cos"] = (
             float(gram[0, 1] / (norms[0] * norms[1])) if norms[0] * norms[1] > 0 else 0.0
@@ -3186,7 +3193,17 @@ def verdicts(condition: Condition, candidate: Config, store: Store, quick: bool)
     rows = gather(condition, [*baseline_configs(clips), candidate], store, quick)
     if candidate.label not in rows:
         return {}
-    mine = rows[candidate.label]
+    return against_baselines(rows[candidate.label], rows, clips)
+
+
+def against_baselines(
+    mine: Row, rows: dict[str, Row], clips: Iterable[Safeguard]
+) -> dict[str, Any]:
+    """``mine`` against the better cross-entropy and the best fixed weight among ``rows`` (the
+    baselines with each safeguard of ``clips``), paired by seed: ``{"mean", "std", "collapsed",
+    "ce": ..., "fixed": ...}``, each comparison with the baseline's label and mean, the paired
+    difference (points), its standard error, the seeds won and ``won`` -- ahead, or behind by
+    less than one standard error. A comparison is left out where its baseline has no row."""
     ce = best_of(rows, [c.label for c in baseline_configs(clips) if c.kind == "ce"])
     fixed = best_of(rows, [c.label for c in baseline_configs(clips) if c.kind == "fixed"])
     out: dict[str, Any] = {"mean": mine.mean, "std": mine.std, "collapsed": mine.collapsed}
@@ -3448,13 +3465,12 @@ def learning_rate_drops(
         return None
     fixed_label = base["fixed"]["label"]
     fixed = [c for c in baseline_configs({None, safeguard_of(candidate)}) if c.label == fixed_label]
-    rows_base = gather(base_condition, fixed, store, quick)
     rows = gather(condition, fixed, store, quick)
-    if fixed_label not in rows or fixed_label not in rows_base:
+    if fixed_label not in rows:
         return None
     return (
         base["mean"] - here["mean"],
-        rows_base[fixed_label].mean - rows[fixed_label].mean,
+        base["fixed"]["mean"] - rows[fixed_label].mean,
         fixed_label,
     )
 
@@ -3473,12 +3489,10 @@ def learning_rate_pairs_study(candidate: Config, store: Store, quick: bool) -> l
         if condition.lr_scale == 1:
             continue
         base_condition = lr_counterpart(condition, CONDITIONS)
-        drops = (
-            None
-            if base_condition is None
-            else learning_rate_drops(condition, base_condition, candidate, store, quick)
-        )
-        if base_condition is None or drops is None:
+        if base_condition is None:
+            continue
+        drops = learning_rate_drops(condition, base_condition, candidate, store, quick)
+        if drops is None:
             continue
         mine, theirs, label = drops
         met.setdefault(condition.lr_scale, []).append(mine < theirs)

@@ -146,16 +146,18 @@ def agreement_with_task(stats: Any) -> float:
 
 
 def distillation_share(stats: Any) -> float:
-    """The distillation side's share of a step's update, ``sum_{i > 0} w_i ||g_i|| / sum_i w_i
-    ||g_i||`` (``w`` the weights on the raw gradients, the task first): for two objectives the
+    """The distillation side's share of a step's update, ``1 -`` the task's
+    :func:`kd_suite.update_shares` (the suite's diagnostics' shares; the task first): for two
+    objectives the
     weight of the teacher's unit gradient in the direction, the share the agreement rule sets
     (``max(c, 0)`` with the trust's odds) and the one a fixed weight ``a`` gives as ``a rho /
     ((1 - a) + a rho)``. From the weights alone (no Gram matrix) their own share."""
-    weights = stats.weights.double()
-    if stats.gram is not None:
-        weights = weights * torch.diagonal(stats.gram.double()).clamp_min(0).sqrt()
-    total = float(weights.sum())
-    return 1.0 - float(weights[0]) / total if total > 0 else 0.0
+    if stats.gram is None:
+        weights = stats.weights.double()
+        total = float(weights.sum())
+        return 1.0 - float(weights[0]) / total if total > 0 else 0.0
+    shares = kd_suite.update_shares(stats.weights.double(), stats.gram.double())
+    return 1.0 - float(shares[0]) if float(shares.sum()) > 0 else 0.0
 
 
 def grown_factor(share: float, rho: float, rho_start: float, steps_seen: int) -> float:
@@ -173,8 +175,9 @@ def update_factor(gate: str, task_loss: float, opening: Optional[float], agreeme
     """The factor a gate puts on the default's update. ``opening`` is the gate's (None on a step
     outside the warm-up, where the task loss is at or below 1), ``agreement`` ``max(c, 0)``.
 
-    ``"off"``, ``"lifted"`` and ``"lowered"`` (a share, not a length): 1. ``"open"`` / ``"latch"``: ``(cap + opening (1 - cap)) / cap`` inside the
-    warm-up, ``cap = 1 / L_task``; 1 outside. ``"lengthen"``: ``1 + opening * agreement``
+    ``"off"``, ``"lifted"`` and ``"lowered"`` (a share, not a length): 1. ``"open"`` /
+    ``"latch"``: ``(cap + opening (1 - cap)) / cap`` inside the warm-up, ``cap = 1 / L_task``;
+    1 outside. ``"lengthen"``: ``1 + opening * agreement``
     inside, ``1 + agreement`` outside. ``"uncapped"``: ``max(L_task, 1)`` (the cap undone)."""
     if gate not in GATES:
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
@@ -246,8 +249,8 @@ def probe_run(
     ``1 + max(c, 0)`` (:func:`agreement_with_task`), inside the warm-up times the gate's
     opening; ``"uncapped"``: the update times ``max(L_task, 1)``, no cap; see
     :func:`update_factor`; ``"lifted"`` / ``"lowered"``: the default's length, the distillation
-    share's odds doubled / halved). Returns the final accuracy (BatchNorm statistics recomputed for a
-    ResNet), ``collapsed`` (the suite's rule), ``steps`` (one ``[task loss,
+    share's odds doubled / halved). Returns the final accuracy (BatchNorm statistics
+    recomputed for a ResNet), ``collapsed`` (the suite's rule), ``steps`` (one ``[task loss,
     task drop, task predicted drop, surrogate drop, surrogate predicted drop, opening]`` per
     step; the opening is None on uncapped or ungated steps), ``agreement`` (one ``[cos(g_task,
     g_rest), cos(g_task, previous g_rest), cos(g_task, previous g_task)]`` per step after the
@@ -621,7 +624,7 @@ def gate_summary(
     """Per gate, over the conditions whose baselines are stored: the mean paired difference
     from the gate ``"off"`` (points), then the suite's counts against the stored baselines on
     the same seeds -- tied with or ahead of the best fixed weight and of cross-entropy (a loss
-    within one paired standard error is a tie, :func:`kd_suite.verdicts`' rule), both mean gaps
+    within one paired standard error is a tie: :func:`kd_suite.against_baselines`), both mean gaps
     and the collapsed runs -- and the mean difference from ``"off"`` by group (the learning-rate
     scale, and at x1 the teacher)."""
     conditions = _conditions(round_number)
@@ -633,7 +636,7 @@ def gate_summary(
     for gate in dict.fromkeys(r["gate"] for r in results):
         diffs: list[float] = []
         groups: dict[str, list[float]] = {}
-        gaps = {"fixed": [], "ce": []}  # type: dict[str, list[float]]
+        gaps: dict[str, list[float]] = {"fixed": [], "ce": []}
         won = {"fixed": 0, "ce": 0}
         collapsed = 0
         for (g, name), rows in by.items():
@@ -642,15 +645,16 @@ def gate_summary(
             rows = sorted(rows, key=lambda r: r["seed"])
             seeds = [r["seed"] for r in rows]
             stored = kd_suite.gather(conditions[name], baselines, store, quick, seeds=seeds)
-            fixed = kd_suite.best_of(stored, [c.label for c in baselines if c.kind == "fixed"])
-            if "ce" not in stored or fixed is None:
+            mine = kd_suite.Row(
+                gate, [r["final"] for r in rows], sum(r["collapsed"] for r in rows), 0.0
+            )
+            verdict = kd_suite.against_baselines(mine, stored, {None})
+            if "ce" not in verdict or "fixed" not in verdict:
                 continue
-            mine = kd_suite.Row(gate, [r["final"] for r in rows], 0, 0.0)
-            for key, other in (("fixed", fixed), ("ce", stored["ce"])):
-                diff, se, _ = kd_suite.paired(mine, other)
-                gaps[key].append(diff)
-                won[key] += diff >= -se
-            collapsed += sum(r["collapsed"] for r in rows)
+            for key in gaps:
+                gaps[key].append(verdict[key]["diff"])
+                won[key] += verdict[key]["won"]
+            collapsed += mine.collapsed
             off = sorted(by.get(("off", name), []), key=lambda r: r["seed"])
             if [r["seed"] for r in off] == seeds:
                 diff = 100 * statistics.mean(a["final"] - b["final"] for a, b in zip(rows, off))

@@ -475,9 +475,13 @@ def test_the_learning_rate_pairs_study_reads_every_stored_pair(monkeypatch) -> N
         name = condition.name.split()[0]
         if name not in candidate_mean:
             return {}
-        # the best weight at 3x / 0.3x differs from x1's: the pick at x1 must be the one kept
+        # the best weight at 3x / 0.3x differs from x1's (a = 0.9, 99 %): the pick at x1, and
+        # its mean there, must be the ones kept
         label = "fixed a=0.1" if name == "C122" else "fixed a=0.9"
-        return {"mean": candidate_mean[name], "fixed": {"label": label}}
+        return {
+            "mean": candidate_mean[name],
+            "fixed": {"label": label, "mean": fixed_mean[name] if name == "C122" else 0.99},
+        }
 
     def gather(condition, configs, store, quick, scale=1.0):
         name = condition.name.split()[0]
@@ -715,3 +719,12 @@ def test_the_while_short_candidate_is_the_default_plus_the_gated_lengthening() -
     assert dict(candidate.options) == {**dict(default.options), "lengthen": "while-short"}
     probe = kd_suite.CANDIDATES["gated-after-warmup"]
     assert dict(probe.options) == {**dict(default.options), "lengthen": "after-warmup"}
+
+
+def test_the_update_shares_weigh_each_gradient_by_its_norm() -> None:
+    # weights (0.5, -0.1) on gradients of norms 1 and 5: each contributes 0.5 of the update
+    # (the sign does not count); a zero update has zero shares, not NaNs
+    gram = torch.tensor([[1.0, 0.0], [0.0, 25.0]], dtype=torch.float64)
+    shares = kd_suite.update_shares(torch.tensor([0.5, -0.1], dtype=torch.float64), gram)
+    assert shares.tolist() == pytest.approx([0.5, 0.5])
+    assert kd_suite.update_shares(torch.zeros(2, dtype=torch.float64), gram).tolist() == [0, 0]
