@@ -90,7 +90,12 @@ SCALES = (0.3, 1.0, 3.0)
 #: :data:`START_STEPS` steps (:func:`grown_factor`) -- the length of the direction's mix had the
 #: distillation loss kept the size relative to the task's it had at the start: longer where the
 #: teacher's gradient stays large while the task's shrinks; scale-free (a ratio of ratios).
-GATES = ("off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown")
+#: ``"hyper"``: the update times a multiplier that hypergradient descent on the log of the
+#: step length sets (:class:`HyperLength`): it grows while each step's direction still points
+#: along the previous parameter change (the step was too short to finish that descent) and
+#: shrinks back towards 1 when it turns against it; it grows only while the schedule holds its
+#: learning rate near its peak, so an annealing schedule is not undone.
+GATES = ("off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown", "hyper")
 #: Steps whose mean norm ratio is a run's starting ratio (:func:`norm_ratio_course`, ``"grown"``).
 START_STEPS = 10
 #: The constant trust of the share probes: odds ``2 : 1`` (or ``1 : 2``) combined with the
@@ -239,6 +244,49 @@ class RatioGate:
         return update_factor("open", task_loss, opening, 0.0)
 
 
+class HyperLength:
+    """A multiplier on the update length set by hypergradient descent on its log (Baydin et al.
+    2018, "Online learning rate adaptation with hypergradient descent", here on a cosine so that
+    it is scale-free): ``log m += rate * s`` with ``s = -cos(d_t, x_t - x_{t-1})``, ``d_t`` this
+    step's update direction and ``x_t - x_{t-1}`` the previous parameter change (momentum and
+    preconditioning included). ``s > 0``: the new gradient still descends along the last change,
+    so a longer step would have gone further; ``s < 0``: the step overshot. ``m`` is clipped to
+    ``[1, ceiling]`` (never shorter than the default's step) and may grow only while the
+    learning rate is at least ``peak`` of the largest seen and not rising (a warm-up and an
+    annealing tail only let it shrink).
+
+    Raises ``ValueError`` for ``rate <= 0``, ``ceiling < 1`` or ``peak`` outside ``(0, 1]``."""
+
+    def __init__(self, rate: float = 0.03, ceiling: float = 4.0, peak: float = 0.9) -> None:
+        if not rate > 0:
+            raise ValueError(f"rate must be positive, got {rate}")
+        if not ceiling >= 1:
+            raise ValueError(f"ceiling must be at least 1, got {ceiling}")
+        if not 0 < peak <= 1:
+            raise ValueError(f"peak must lie in (0, 1], got {peak}")
+        self.rate, self.log_ceiling, self.peak = rate, math.log(ceiling), peak
+        self.log_multiplier = 0.0
+        self.largest_lr = 0.0
+        self.last_lr: Optional[float] = None
+
+    @property
+    def multiplier(self) -> float:
+        return math.exp(self.log_multiplier)
+
+    def observe(self, signal: float, lr: float) -> float:
+        """One step's ``signal`` (``-cos``, in [-1, 1]) at learning rate ``lr``; returns the
+        multiplier for this step's update. A non-finite signal leaves it unchanged."""
+        rising = self.last_lr is not None and lr > self.last_lr
+        self.largest_lr = max(self.largest_lr, lr)
+        self.last_lr = lr
+        if math.isfinite(signal):
+            change = self.rate * signal
+            at_peak = not rising and lr >= self.peak * self.largest_lr
+            if change < 0 or at_peak:
+                self.log_multiplier = min(self.log_ceiling, max(0.0, self.log_multiplier + change))
+        return self.multiplier
+
+
 def probe_run(
     condition: kd_suite.Condition, seed: int, lr: float, gate: str, quick: bool
 ) -> dict[str, Any]:
@@ -264,6 +312,10 @@ def probe_run(
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
     # "lengthen" uses the open gate; "off", "uncapped" and the share probes none
     ratio_gate = RatioGate(latch=gate == "latch") if gate in ("open", "latch", "lengthen") else None
+    hyper = HyperLength() if gate == "hyper" else None
+    last_change: Optional[torch.Tensor] = None
+    factors: list[float] = []
+    signals: list[float] = []
     run = kd_suite.Training.start(condition, seed, lr, quick)
     opt = MultiObjectiveOptimizer(run.base, "mokd")
     if gate in SHARE_TRUST:
@@ -305,7 +357,12 @@ def probe_run(
         factor, opening = 1.0, None
         if ratio_gate is not None and task_loss > 1:
             opening = ratio_gate.opening()
-        if gate == "grown":
+        if last_change is not None:
+            signals.append(-cosine(_flat([p.grad for p in params], params), last_change))
+        if hyper is not None:
+            signal = signals[-1] if last_change is not None else float("nan")
+            factor = hyper.observe(signal, float(run.base.param_groups[0]["lr"]))
+        elif gate == "grown":
             start = statistics.mean(rhos[:START_STEPS])
             factor = grown_factor(shares[-1], rhos[-1], start, len(rhos))
         elif gate != "off":
@@ -316,8 +373,11 @@ def probe_run(
                 for p in params:
                     if p.grad is not None:
                         p.grad.mul_(factor)
+        factors.append(factor)
         before = [p.detach().clone() for p in params]
         opt.step()
+        with torch.no_grad():
+            last_change = torch.cat([(p - b).reshape(-1) for p, b in zip(params, before)])
         with torch.no_grad():
             after = run.losses(batch)
             x, y = run.data.x_train[batch], run.data.y_train[batch]
@@ -349,6 +409,8 @@ def probe_run(
         "steps": steps,
         "agreement": agreement,
         "shares": shares,
+        "factors": factors,
+        "signals": signals,
         "total_steps": run.total_steps,
     }
 
@@ -398,6 +460,8 @@ def _job(args: Job) -> dict[str, Any]:
         "mean_opening": sum(openings) / len(openings) if openings else 0.0,
         "mean_share": statistics.mean(result["shares"]) if result["shares"] else 0.0,
         "share_quarters": quarter_means(result["shares"]),
+        "factor_quarters": quarter_means(result["factors"]),
+        "signal_quarters": quarter_means(result["signals"]),
         "norm_ratio_course": norm_ratio_course(result["agreement"]),
         "agreement": _mean_columns(result["agreement"]),
     }
@@ -611,9 +675,22 @@ def gate_table(results: Sequence[dict[str, Any]]) -> str:
         start = statistics.mean(r["norm_ratio_course"][0] for r in rows)
         course = [statistics.mean(r["norm_ratio_course"][1][q] for r in rows) for q in range(4)]
         shares = [statistics.mean(r["share_quarters"][q] for r in rows) for q in range(4)]
+        unlogged = [float("nan")] * 4  # runs stored before the factor and signal were logged
+        factors = [
+            statistics.mean(r.get("factor_quarters", [1.0] * 4)[q] for r in rows) for q in range(4)
+        ]
+        signals = [
+            statistics.mean(r.get("signal_quarters", unlogged)[q] for r in rows) for q in range(4)
+        ]
         lines.append(
             f"{'':20} by quarter: share {' '.join(_fmt(x) for x in shares)}; rho_0 "
             f"{_fmt(start)}, rho / rho_0 {' '.join(_fmt(x) for x in course)}"
+            + (
+                f"; descent signal {' '.join(_fmt(x) for x in signals)}"
+                if "signal_quarters" in rows[0]
+                else ""
+            )
+            + (f"; factor {' '.join(_fmt(x) for x in factors)}" if max(factors) != 1 else "")
         )
     return "\n".join(lines)
 

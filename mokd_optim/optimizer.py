@@ -183,7 +183,7 @@ class MultiObjectiveOptimizer(Optimizer):
         self._backward_since_step = False
         self._warned_bypass = False
         # The last step's parameter change, by id(param), for a method that reads it
-        # (needs_previous_step, e.g. MoKD(lengthen="while-short")): one copy of the parameters.
+        # (needs_previous_step, e.g. MoKD(lengthen="hypergradient")): one copy of the parameters.
         self._previous_change: dict[int, Tensor] = {}
         # What torch.optim.Optimizer.__init__ would set up, without taking over the param
         # groups: those belong to the wrapped optimizer and are exposed through properties.
@@ -1041,11 +1041,17 @@ class MultiObjectiveOptimizer(Optimizer):
     def _observe_previous_step(
         self, result: Any, num_groups: int, num_objectives: int, device: torch.device
     ) -> None:
-        """Tell a method that reads it how this step's gradients point against the last
-        parameter change (nothing before the first step, or for a method that does not). Each
-        change is reported once: a backward that no step followed (a ``GradScaler`` skipped it)
-        leaves the next one nothing to report."""
-        if not self._previous_change or not self._tracks_previous_step():
+        """Tell a method that reads it the coming step's learning rate and how this step's
+        gradients point against the last parameter change (nothing before the first step, or
+        for a method that does not). Each change is reported once: a backward that no step
+        followed (a ``GradScaler`` skipped it) leaves the next one nothing to report."""
+        if not self._tracks_previous_step():
+            return
+        lr = self.optimizer.param_groups[0].get("lr") if self.optimizer.param_groups else None
+        for method in self._methods[:num_groups]:
+            if method.needs_previous_step:
+                method.observe_learning_rate(None if lr is None else float(lr))
+        if not self._previous_change:
             return
         products, sq_norms = grad_strategies.change_products(
             result, self._previous_change, num_groups, num_objectives, device

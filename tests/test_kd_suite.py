@@ -714,6 +714,30 @@ def test_round_19_selects_on_round_18s_conditions_and_confirms_on_fresh_ones() -
     assert sum("feat" in c.objectives for c in confirmation) >= 2
 
 
+def test_round_20_selects_on_round_19s_conditions_and_confirms_on_fresh_ones() -> None:
+    # round 20 repeats round 17's draw: its selection data are round 19's selection and
+    # confirmation conditions (68), all recomputed; C146-C153 are new, with a 0.3x / 3x triple
+    # on a recipe never used for 0.3x before, and judged the same way
+    round_19 = [c.name for c in kd_suite.conditions_of_round(19, "all")]
+    round_20 = kd_suite.conditions_of_round(20, "selection")
+    assert [c.name for c in round_20] == round_19 and len(round_20) == 68
+    assert all(c.evaluation == c.lr_evaluation == "recomputed" for c in round_20)
+    confirmation = kd_suite.conditions_of_round(20, "confirmation")
+    assert [c.name.split()[0] for c in confirmation] == [f"C{n}" for n in range(146, 154)]
+    assert all(c.round == 20 and c.evaluation == "recomputed" for c in confirmation)
+    triple = [c for c in confirmation if c.recipe == kd_suite.FASHION_CNN_SGD_COS]
+    assert sorted(c.lr_scale for c in triple) == [0.3, 1.0, 3.0]
+    earlier = [c for c in kd_suite.CONDITIONS if c.round < 20 and c.lr_scale == 0.3]
+    assert kd_suite.FASHION_CNN_SGD_COS not in {c.recipe for c in earlier}
+    assert sum("feat" in c.objectives for c in confirmation) >= 2
+    assert any(c.stress for c in confirmation) and any(c.objectives == "dkd" for c in confirmation)
+
+
+def test_the_hypergradient_candidate_is_the_default_plus_the_factor() -> None:
+    candidate, default = kd_suite.CANDIDATES["gated-hypergradient"], kd_suite.CANDIDATES["gated"]
+    assert dict(candidate.options) == {**dict(default.options), "lengthen": "hypergradient"}
+
+
 def test_the_while_short_candidate_is_the_default_plus_the_gated_lengthening() -> None:
     candidate, default = kd_suite.CANDIDATES["gated-while-short"], kd_suite.CANDIDATES["gated"]
     assert dict(candidate.options) == {**dict(default.options), "lengthen": "while-short"}

@@ -423,3 +423,55 @@ def test_a_grown_probe_run_takes_longer_steps_only_after_the_start(quick_run, of
     assert grown["steps"][:start] == off["steps"][:start]
     assert len(grown["steps"]) == grown["total_steps"]
     assert grown["steps"][start + 5 :] != off["steps"][start + 5 :]
+
+
+def test_the_hypergradient_length_grows_only_at_the_schedules_peak() -> None:
+    hyper = step_signals.HyperLength(rate=0.1, ceiling=2.0, peak=0.9)
+    # a warm-up: the rate rises, a descending signal does not lengthen
+    assert hyper.observe(float("nan"), 0.05) == 1.0
+    assert hyper.observe(0.5, 0.1) == 1.0 and hyper.observe(0.5, 0.2) == 1.0
+    # at the peak it grows by exp(rate * signal) per step
+    assert hyper.observe(0.5, 0.2) == pytest.approx(math.exp(0.05))
+    assert hyper.observe(0.5, 0.19) == pytest.approx(math.exp(0.10))  # 0.95 of the peak
+    # an annealed rate (below 0.9 of the peak) holds it against a descending signal ...
+    assert hyper.observe(1.0, 0.1) == pytest.approx(math.exp(0.10))
+    # ... but an overshoot still shortens it, never below the default's step
+    assert hyper.observe(-0.5, 0.1) == pytest.approx(math.exp(0.05))
+    assert hyper.observe(-1.0, 0.1) == 1.0
+    assert hyper.observe(float("nan"), 0.2) == 1.0  # no previous change: unchanged
+    for _ in range(20):
+        hyper.observe(1.0, 0.2)
+    assert hyper.multiplier == pytest.approx(2.0)  # the ceiling
+    for bad in ({"rate": 0.0}, {"ceiling": 0.5}, {"peak": 0.0}, {"peak": 1.5}):
+        with pytest.raises(ValueError):
+            step_signals.HyperLength(**bad)
+
+
+def test_the_hyper_probe_is_the_library_option(quick_run) -> None:
+    # the probe's factor on the update is what MoKD(lengthen="hypergradient") does to its
+    # weights: the same run to the last digit of the final accuracy, and not the default's
+    condition, lr, probe = _quick_probe(quick_run[1], "hyper")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = kd_suite.CANDIDATES["gated-hypergradient"]
+        suite = kd_suite.train_run(condition, config, 0, lr, 1.0, True)
+        default = kd_suite.train_run(condition, kd_suite.CANDIDATES["default"], 0, lr, 1.0, True)
+    finally:
+        torch.set_num_threads(threads)
+    assert probe["final"] == suite["final"] != default["final"]
+
+
+def test_a_hyper_probe_run_lengthens_as_the_descent_signal_says(quick_run, off_probe) -> None:
+    # the first step has no previous change: the default's step; every later factor is the
+    # exponential of the rate times the clipped running sum of the logged signals
+    _, _, off = off_probe
+    _, _, hyper = _quick_probe(quick_run[1], "hyper")
+    assert hyper["steps"][0] == off["steps"][0] and hyper["factors"][0] == 1.0
+    assert len(hyper["factors"]) == hyper["total_steps"] == len(hyper["signals"]) + 1
+    assert all(-1.0 <= s <= 1.0 for s in hyper["signals"])
+    assert all(1.0 <= f <= 4.0 for f in hyper["factors"]) and max(hyper["factors"]) > 1.0
+    log_m = 0.0  # the quick condition's schedule is constant: every step is at the peak
+    for signal, factor in zip(hyper["signals"], hyper["factors"][1:]):
+        log_m = min(math.log(4.0), max(0.0, log_m + 0.03 * signal))
+        assert factor == pytest.approx(math.exp(log_m))

@@ -33,7 +33,8 @@ class Method(abc.ABC):
 
     An instance whose :attr:`needs_previous_step` is true is also told, before each exact
     weighting, how the per-objective gradients point against the optimizer's previous
-    parameter change (:meth:`observe_previous_step`).
+    parameter change (:meth:`observe_previous_step`) and the wrapped optimizer's learning rate
+    for the coming step (:meth:`observe_learning_rate`).
     """
 
     name: ClassVar[str] = ""
@@ -94,6 +95,11 @@ class Method(abc.ABC):
         optimizer step's parameter change ``delta`` over the balanced parameters (the Gram
         matrix's); ``change_sq_norm``: ``||delta||^2`` over the same. Both float64, on the
         device. Called only when :attr:`needs_previous_step`; default: nothing."""
+
+    def observe_learning_rate(self, lr: Optional[float]) -> None:  # noqa: B027
+        """The wrapped optimizer's learning rate for the coming step (its first parameter
+        group's; ``None`` when it has none), before each exact weighting. Called only when
+        :attr:`needs_previous_step`; default: nothing."""
 
     def observe(self, losses_before: Tensor, losses_after: Tensor) -> None:  # noqa: B027
         """Learn from the loss values after the step (amortised methods). Default: nothing."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -19,8 +20,11 @@ UNANCHORED_STEP_RULES = ("convex", "log")
 #: ``lengthen=`` values besides ``True`` / ``False``: ``"after-warmup"`` lengthens only where
 #: ``step="capped-log-anchor"`` has left its warm-up (a probe after round 18; see
 #: :func:`mokd_weights`); ``"while-short"`` lengthens while the optimizer's steps fall short
-#: (round 19; see :class:`MoKD`).
-LENGTHEN_RULES = ("after-warmup", "while-short")
+#: (round 19; see :class:`MoKD`); ``"hypergradient"`` multiplies the length by a factor that
+#: hypergradient descent sets from the same signal (round 20; see :class:`MoKD`).
+LENGTHEN_RULES = ("after-warmup", "while-short", "hypergradient")
+#: The ``lengthen=`` rules that read the optimizer's previous parameter change.
+PREVIOUS_STEP_RULES = ("while-short", "hypergradient")
 #: How ``anchor_vs_rest`` combines the objectives other than the anchor (see :func:`trade_off`).
 REST_RULES = ("min-norm", "sum")
 #: What happens when the others' part of the direction conflicts with the anchor (see
@@ -58,6 +62,15 @@ STEP_BOUND_DECAY = 0.99
 #: suite): the share follows the agreement over about the last 100 steps, the decay of the
 #: library's other running statistics.
 AGREEMENT_SMOOTHING = 0.99
+
+#: ``lengthen="hypergradient"`` (round 20 of the suite): the log of the length factor moves by
+#: this times ``-cos(d, delta)`` per step (about 33 steps of a fully aligned signal per e-fold),
+#: within ``[1, HYPERGRADIENT_CEILING]``, and may grow only while the learning rate is at least
+#: ``HYPERGRADIENT_PEAK`` of the largest seen and not rising. Cosines and ratios: no constant
+#: of a model's gradient scale.
+HYPERGRADIENT_RATE = 0.03
+HYPERGRADIENT_CEILING = 4.0
+HYPERGRADIENT_PEAK = 0.9
 
 
 def weigh_by_trust(agreement: Tensor, trust: Optional[Tensor]) -> Tensor:
@@ -488,6 +501,11 @@ def mokd_weights(
     if step not in STEP_RULES:
         raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
     _check_lengthen(step, lengthen)
+    if lengthen == "hypergradient":
+        raise ValueError(
+            "mokd: lengthen='hypergradient' keeps a factor across steps: use MoKD, whose "
+            "weights() applies it"
+        )
     for given, what in ((trust, "trust"), (agreement_average, "agreement_average")):
         if given is not None and conflict not in AGREEMENT_RULES:
             raise ValueError(
@@ -625,7 +643,16 @@ class MoKD(Method):
             previous parameter change -- while the task loss still falls along the last step,
             i.e. the steps are too short for it (a low learning rate); the optimizer keeps one
             copy of the parameters for it (exact strategies only: with ``"representation"``
-            nothing is reported and nothing lengthened).
+            nothing is reported and nothing lengthened). ``"hypergradient"`` (round 20): the
+            rule's length times a factor ``m`` in ``[1, HYPERGRADIENT_CEILING]`` that
+            hypergradient descent on ``log m`` sets (Baydin et al. 2018, on a cosine):
+            ``log m += HYPERGRADIENT_RATE * s``, ``s = -cos(d, delta)``, ``d`` this step's
+            update direction -- growing while each step still descends along the last one (a
+            step too short for the loss), shrinking back when the steps overshoot. It grows
+            only while the optimizer's learning rate is at least ``HYPERGRADIENT_PEAK`` of the
+            largest seen and not rising, so a warm-up or an annealing tail is not undone; the
+            same copy of the parameters; with Adam-type optimizers, which normalise the
+            gradient's scale, it does nearly nothing (as the step rule's length).
         agreement_smoothing: ``beta`` in ``[0, 1)``; with ``beta > 0`` an agreement rule uses
             the moving average (decay ``beta``, bias-corrected) of the agreement ``max(c, 0)``
             over the steps instead of this step's value -- a share that follows how much the
@@ -781,6 +808,11 @@ class MoKD(Method):
         self._short_average: Optional[Tensor] = None
         self._short_count = 0
         self._previous_step: Optional[tuple[Tensor, Tensor]] = None
+        # lengthen="hypergradient": [log m, largest learning rate seen, last learning rate]
+        # (float64; nan before the first) and its step count; the coming step's learning rate.
+        self._hyper_average: Optional[Tensor] = None
+        self._hyper_count = 0
+        self._learning_rate: Optional[float] = None
         # Evidence that the others are right where they disagree with the anchor (set_trust).
         self._trust: Optional[float] = None
 
@@ -929,13 +961,52 @@ class MoKD(Method):
 
     @property
     def needs_previous_step(self) -> bool:
-        """``lengthen="while-short"`` reads the optimizer's last parameter change."""
-        return self.lengthen == "while-short"
+        """``lengthen="while-short"`` and ``"hypergradient"`` read the optimizer's last
+        parameter change."""
+        return self.lengthen in PREVIOUS_STEP_RULES
 
     def observe_previous_step(self, products: Tensor, change_sq_norm: Tensor) -> None:
         """Keep ``<g_i, delta>`` and ``||delta||^2`` for this step's weighting (see
-        :meth:`Method.observe_previous_step`); only ``lengthen="while-short"`` reads them."""
+        :meth:`Method.observe_previous_step`); only the ``lengthen`` rules in
+        ``PREVIOUS_STEP_RULES`` read them."""
         self._previous_step = (products, change_sq_norm)
+
+    def observe_learning_rate(self, lr: Optional[float]) -> None:
+        """Keep the coming step's learning rate for ``lengthen="hypergradient"``."""
+        self._learning_rate = lr
+
+    def _hypergradient_factor(self, w: Weights, gram: Tensor) -> Tensor:
+        """``lengthen="hypergradient"`` (round 20): the factor ``m`` on this step's weights
+        ``w`` (0-d). ``s = -cos(d, delta)``, ``d = sum_i w_i g_i`` this step's direction and
+        ``delta`` the optimizer's previous parameter change, moves ``log m`` by
+        ``HYPERGRADIENT_RATE * s`` within ``[0, log HYPERGRADIENT_CEILING]``; a positive move
+        only while the learning rate is at least ``HYPERGRADIENT_PEAK`` of the largest seen
+        and not above the last step's (always, when the optimizer has none). No move before
+        the first parameter change, for a zero direction or change, or for a non-finite ``s``
+        (an AMP overflow). On the device but for the learning rate (a host float)."""
+        observed, self._previous_step = self._previous_step, None
+        lr, self._learning_rate = self._learning_rate, None
+        state = self._hyper_average
+        if state is None:
+            state = torch.tensor([0.0, 0.0, float("nan")], dtype=gram.dtype, device=gram.device)
+        log_m, largest, last = state.to(gram).unbind()
+        grows = torch.ones((), dtype=torch.bool, device=gram.device)
+        if lr is not None:
+            rate = torch.tensor(lr, dtype=gram.dtype, device=gram.device)
+            rising = torch.isfinite(last) & (rate > last)
+            largest = torch.maximum(largest, rate)
+            grows = ~rising & (rate >= HYPERGRADIENT_PEAK * largest)
+            last = rate
+        if observed is not None:
+            products, change_sq_norm = (t.to(gram) for t in observed)
+            norms = ((w @ gram @ w).clamp_min(0.0) * change_sq_norm.clamp_min(0.0)).sqrt()
+            signal = -(w @ products) / torch.where(norms > 0, norms, 1.0)
+            move = HYPERGRADIENT_RATE * torch.where(norms > 0, signal, torch.zeros_like(signal))
+            move = torch.where(torch.isfinite(move) & ((move < 0) | grows), move, 0.0)
+            log_m = (log_m + move).clamp(0.0, math.log(HYPERGRADIENT_CEILING))
+        self._hyper_average = torch.stack((log_m, largest, last))
+        self._hyper_count += 1
+        return log_m.exp()
 
     def _short_gate(self, gram: Tensor) -> Tensor:
         """``lengthen="while-short"`` (round 19): 1 while the moving average (decay
@@ -1003,11 +1074,15 @@ class MoKD(Method):
             trust=None
             if self._trust is None
             else torch.tensor(self._trust, dtype=gram.dtype, device=gram.device),
-            lengthen=self.lengthen,
+            lengthen=False if self.lengthen == "hypergradient" else self.lengthen,
             agreement_average=self._agreement_map(),
             lengthen_gate=self._short_gate(gram) if self.lengthen == "while-short" else None,
         )
         self.info = {"simplex_weights": pi}
+        if self.lengthen == "hypergradient":
+            factor = self._hypergradient_factor(w, gram)
+            w = w * factor
+            self.info["length_factor"] = factor
         return self._bound_step(w, gram)
 
     #: The method's moving averages: the prefix of their ``state_dict`` keys
@@ -1017,6 +1092,7 @@ class MoKD(Method):
         ("anchor_", "_anchor_average", "_anchor_count"),
         ("agreement_", "_agreement_average", "_agreement_count"),
         ("short_", "_short_average", "_short_count"),
+        ("hyper_", "_hyper_average", "_hyper_count"),
     )
 
     def state_dict(self) -> dict[str, Any]:
