@@ -733,6 +733,26 @@ def test_round_20_selects_on_round_19s_conditions_and_confirms_on_fresh_ones() -
     assert any(c.stress for c in confirmation) and any(c.objectives == "dkd" for c in confirmation)
 
 
+def test_every_rounds_fresh_conditions_are_new_settings() -> None:
+    # the store keys runs by a condition's settings, not its name: a confirmation condition
+    # with the settings of a selection condition or of an earlier round's condition would be
+    # one that was looked at (round 20 first declared four such; amended before its runs)
+    def settings(c: kd_suite.Condition) -> tuple:
+        return (c.recipe, c.teacher, c.lr_scale, c.objectives, c.temperature)
+
+    for c in kd_suite.CONDITIONS:
+        if c.split != "confirmation":
+            continue
+        seen = [
+            o.name
+            for o in kd_suite.CONDITIONS
+            if o is not c
+            and (o.split == "selection" or o.round < c.round)
+            and settings(o) == settings(c)
+        ]
+        assert seen == [], f"{c.name} repeats {seen}"
+
+
 def test_the_hypergradient_candidate_is_the_default_plus_the_factor() -> None:
     candidate, default = kd_suite.CANDIDATES["gated-hypergradient"], kd_suite.CANDIDATES["gated"]
     assert dict(candidate.options) == {**dict(default.options), "lengthen": "hypergradient"}
