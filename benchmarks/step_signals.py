@@ -29,6 +29,12 @@ task gradient against this batch's distillation gradient -- is free of it, and
 both per condition next to the best fixed weight of the suite's stored runs, and how well each
 ranks the conditions by that weight (Spearman).
 
+**The descent signal.** ``s = -cos(d_t, x_t - x_{t-1})``, this step's update direction against
+the previous parameter change, is logged by quarter on every gate run; ``--gates hyper`` acts
+on it by hypergradient descent on the log of a length factor (:class:`HyperLength`), the probe
+behind round 20's ``MoKD(lengthen="hypergradient")`` -- the same runs to the last digit
+(tested).
+
 Every run is the suite's own (:class:`benchmarks.kd_suite.Training`, one thread per process):
 with the gate ``"off"`` a run ends where ``kd_suite.train_run`` does (tested). Against the
 stored default's runs of round 19's 60 selection conditions the counts were the same (37 / 60
@@ -40,6 +46,7 @@ runs. Only a round's selection conditions can be named.
     python benchmarks/step_signals.py --measure --conditions C84,C122,C130,C90,C60,C10
     python benchmarks/step_signals.py --gates off,open,latch      # 14 conditions, 3 seeds
     python benchmarks/step_signals.py --gates off,lifted,lowered --conditions all  # the share
+    python benchmarks/step_signals.py --gates off,hyper           # round 20's probe
     python benchmarks/step_signals.py --agreement --seeds 0       # every selection condition
     python benchmarks/step_signals.py --quick                     # tiny runs, for the tests
 """
@@ -95,7 +102,12 @@ SCALES = (0.3, 1.0, 3.0)
 #: along the previous parameter change (the step was too short to finish that descent) and
 #: shrinks back towards 1 when it turns against it; it grows only while the schedule holds its
 #: learning rate near its peak, so an annealing schedule is not undone.
-GATES = ("off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown", "hyper")
+#: ``"hyper-after"``: the same, the factor also held while the default's own warm-up cap acts
+#: (the task loss above 1), as a schedule's warm-up holds it.
+GATES = (
+    "off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown", "hyper",
+    "hyper-after",
+)  # fmt: skip
 #: Steps whose mean norm ratio is a run's starting ratio (:func:`norm_ratio_course`, ``"grown"``).
 START_STEPS = 10
 #: The constant trust of the share probes: odds ``2 : 1`` (or ``1 : 2``) combined with the
@@ -273,10 +285,11 @@ class HyperLength:
     def multiplier(self) -> float:
         return math.exp(self.log_multiplier)
 
-    def observe(self, signal: float, lr: float) -> float:
+    def observe(self, signal: float, lr: float, held: bool = False) -> float:
         """One step's ``signal`` (``-cos``, in [-1, 1]) at learning rate ``lr``; returns the
-        multiplier for this step's update. A non-finite signal leaves it unchanged."""
-        rising = self.last_lr is not None and lr > self.last_lr
+        multiplier for this step's update. A non-finite signal leaves it unchanged; ``held``
+        (e.g. the default's warm-up cap acting) lets it shrink only, as a rising rate does."""
+        rising = held or (self.last_lr is not None and lr > self.last_lr)
         self.largest_lr = max(self.largest_lr, lr)
         self.last_lr = lr
         if math.isfinite(signal):
@@ -312,7 +325,7 @@ def probe_run(
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
     # "lengthen" uses the open gate; "off", "uncapped" and the share probes none
     ratio_gate = RatioGate(latch=gate == "latch") if gate in ("open", "latch", "lengthen") else None
-    hyper = HyperLength() if gate == "hyper" else None
+    hyper = HyperLength() if gate in ("hyper", "hyper-after") else None
     last_change: Optional[torch.Tensor] = None
     factors: list[float] = []
     signals: list[float] = []
@@ -361,7 +374,8 @@ def probe_run(
             signals.append(-cosine(_flat([p.grad for p in params], params), last_change))
         if hyper is not None:
             signal = signals[-1] if last_change is not None else float("nan")
-            factor = hyper.observe(signal, float(run.base.param_groups[0]["lr"]))
+            held = gate == "hyper-after" and float(losses["task"]) > 1
+            factor = hyper.observe(signal, float(run.base.param_groups[0]["lr"]), held)
         elif gate == "grown":
             start = statistics.mean(rhos[:START_STEPS])
             factor = grown_factor(shares[-1], rhos[-1], start, len(rhos))
@@ -461,6 +475,7 @@ def _job(args: Job) -> dict[str, Any]:
         "mean_share": statistics.mean(result["shares"]) if result["shares"] else 0.0,
         "share_quarters": quarter_means(result["shares"]),
         "factor_quarters": quarter_means(result["factors"]),
+        "factor_peak": max(result["factors"], default=1.0),
         "signal_quarters": quarter_means(result["signals"]),
         "norm_ratio_course": norm_ratio_course(result["agreement"]),
         "agreement": _mean_columns(result["agreement"]),
@@ -690,7 +705,12 @@ def gate_table(results: Sequence[dict[str, Any]]) -> str:
                 if "signal_quarters" in rows[0]
                 else ""
             )
-            + (f"; factor {' '.join(_fmt(x) for x in factors)}" if max(factors) != 1 else "")
+            + (
+                f"; factor {' '.join(_fmt(x) for x in factors)}, largest "
+                f"{_fmt(statistics.mean(r.get('factor_peak', 1.0) for r in rows))}"
+                if max(factors) != 1
+                else ""
+            )
         )
     return "\n".join(lines)
 

@@ -475,3 +475,12 @@ def test_a_hyper_probe_run_lengthens_as_the_descent_signal_says(quick_run, off_p
     for signal, factor in zip(hyper["signals"], hyper["factors"][1:]):
         log_m = min(math.log(4.0), max(0.0, log_m + 0.03 * signal))
         assert factor == pytest.approx(math.exp(log_m))
+
+
+def test_a_held_hypergradient_length_only_shrinks() -> None:
+    # "hyper-after" holds the factor while the default's warm-up cap acts, as a rising rate
+    hyper = step_signals.HyperLength(rate=0.1, ceiling=4.0)
+    assert hyper.observe(1.0, 0.1) == pytest.approx(math.exp(0.1))
+    assert hyper.observe(1.0, 0.1, held=True) == pytest.approx(math.exp(0.1))
+    assert hyper.observe(-0.5, 0.1, held=True) == pytest.approx(math.exp(0.05))
+    assert hyper.observe(1.0, 0.1) == pytest.approx(math.exp(0.15))
