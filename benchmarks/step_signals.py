@@ -374,7 +374,7 @@ def probe_run(
             signals.append(-cosine(_flat([p.grad for p in params], params), last_change))
         if hyper is not None:
             signal = signals[-1] if last_change is not None else float("nan")
-            held = gate == "hyper-after" and float(losses["task"]) > 1
+            held = gate == "hyper-after" and task_loss > 1
             factor = hyper.observe(signal, float(run.base.param_groups[0]["lr"]), held)
         elif gate == "grown":
             start = statistics.mean(rhos[:START_STEPS])
@@ -392,7 +392,6 @@ def probe_run(
         opt.step()
         with torch.no_grad():
             last_change = torch.cat([(p - b).reshape(-1) for p, b in zip(params, before)])
-        with torch.no_grad():
             after = run.losses(batch)
             x, y = run.data.x_train[batch], run.data.y_train[batch]
             task_after = float(F.cross_entropy(run.student(x), y))

@@ -599,6 +599,16 @@ def _moving_average(
     return average, count, average / (1 - decay**count)
 
 
+def _descent_cosine(product: Tensor, direction_sq_norm: Tensor, change_sq_norm: Tensor) -> Tensor:
+    """``s = -cos(d, delta) = -<d, delta> / (||d|| ||delta||)`` from ``product = <d, delta>`` and
+    the two squared norms (0-d each): positive while ``d`` still descends along the last
+    parameter change ``delta``; 0 where either vector is zero. What ``lengthen="while-short"``
+    (``d`` the anchor's gradient) and ``"hypergradient"`` (``d`` the update) read."""
+    norms = (direction_sq_norm.clamp_min(0.0) * change_sq_norm.clamp_min(0.0)).sqrt()
+    cosine = -product / torch.where(norms > 0, norms, 1.0)
+    return torch.where(norms > 0, cosine, torch.zeros_like(cosine))
+
+
 @register
 class MoKD(Method):
     """Exact MoKD weighting: min-norm trade-off of the log-loss gradients.
@@ -999,9 +1009,7 @@ class MoKD(Method):
             last = rate
         if observed is not None:
             products, change_sq_norm = (t.to(gram) for t in observed)
-            norms = ((w @ gram @ w).clamp_min(0.0) * change_sq_norm.clamp_min(0.0)).sqrt()
-            signal = -(w @ products) / torch.where(norms > 0, norms, 1.0)
-            move = HYPERGRADIENT_RATE * torch.where(norms > 0, signal, torch.zeros_like(signal))
+            move = HYPERGRADIENT_RATE * _descent_cosine(w @ products, w @ gram @ w, change_sq_norm)
             move = torch.where(torch.isfinite(move) & ((move < 0) | grows), move, 0.0)
             log_m = (log_m + move).clamp(0.0, math.log(HYPERGRADIENT_CEILING))
         self._hyper_average = torch.stack((log_m, largest, last))
@@ -1021,9 +1029,7 @@ class MoKD(Method):
         if observed is not None:
             products, change_sq_norm = (t.to(gram) for t in observed)
             anchor = self._anchor_index
-            norms = (gram[anchor, anchor].clamp_min(0.0) * change_sq_norm.clamp_min(0.0)).sqrt()
-            short = -products[anchor] / torch.where(norms > 0, norms, 1.0)
-            short = torch.where(norms > 0, short, torch.zeros_like(short))
+            short = _descent_cosine(products[anchor], gram[anchor, anchor], change_sq_norm)
             previous = self._short_average
             average, count, _ = _moving_average(
                 previous, self._short_count, short, AGREEMENT_SMOOTHING
