@@ -17,11 +17,14 @@ Peak memory per step is measured separately (``benchmarks/_common.peak_memory``)
 two costs of ``validate=True`` (the loss check's host synchronisation and the autograd-graph
 walk ``gradients.reach_matrix``) and, on the CPU, 1 versus 2 torch threads.
 
-Writes ``benchmarks/results/step_overhead.json`` and regenerates ``docs/benchmarks.md``.
+Writes ``benchmarks/results/step_overhead.json`` and regenerates ``docs/benchmarks.md``. With
+``--device cuda`` it writes ``benchmarks/results/step_overhead_cuda.json`` instead and replaces
+only the page's section "On a GPU" (``report.write_gpu_section``): the CPU results stay.
 
     python benchmarks/step_overhead.py                 # CPU: 32 px, batch 16, ~10 minutes
     python benchmarks/step_overhead.py --quick         # under a minute: checks that it works
     python benchmarks/step_overhead.py --device cuda   # GPU: 224 px, batch 64, bf16 autocast, CUDA events
+    bash benchmarks/gpu_check.sh                       # the GPU run above plus tests/test_cuda.py
 """
 
 from __future__ import annotations
@@ -340,7 +343,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=0.05)
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_overhead.json"
+        "--out",
+        type=Path,
+        default=None,
+        help="default benchmarks/results/step_overhead.json (CPU), step_overhead_cuda.json (CUDA)",
     )
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--plots", type=Path, default=None)
@@ -350,6 +356,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.resolution = args.resolution or (224 if cuda else 32)
     args.num_classes = args.num_classes or (1000 if cuda else 100)
     args.amp = cuda and not args.no_amp
+    if args.out is None:
+        name = f"{page.GPU_SECTION}.json" if cuda else "step_overhead.json"
+        args.out = ROOT / "benchmarks" / "results" / name
     if args.quick:
         (
             args.batch,
@@ -391,6 +400,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "student_parameters": sum(p.numel() for p in setup.params()),
         "peers_not_run": missing,
     }
+    if cuda:
+        properties = torch.cuda.get_device_properties(device)
+        report["cuda_device"] = {
+            "name": properties.name,
+            "capability": f"{properties.major}.{properties.minor}",
+            "multiprocessors": properties.multi_processor_count,
+            "memory_bytes": properties.total_memory,
+            "cudnn": torch.backends.cudnn.version(),
+        }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         report["equivalence"] = check_peers(setup, peer_cases)
@@ -443,7 +461,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             flush=True,
         )
     write_json(args.out, report)
-    page.write_page(args.out.parent, args.page, args.plots)
+    if cuda:  # its own file and section: the CPU results and their sections stay as they are
+        page.write_gpu_section(args.out, args.page)
+    else:
+        page.write_page(args.out.parent, args.page, args.plots)
     print(f"wrote {args.out} and {args.page} in {report['wall_seconds']:.0f} s")
     return report
 

@@ -202,7 +202,10 @@ def _anchor_against_the_rest(
     min-norm point, or, given ``rest_weights`` ``(K,)`` (>= 0; the anchor's entry ignored),
     their combination with those weights. ``(K, K)`` -> ``(K,)``."""
     k = work.shape[-1]
-    others = torch.tensor([i for i in range(k) if i != anchor], device=work.device)
+    # The other objectives' indices, built on the device: a tensor from a Python list would be a
+    # blocking host-to-device copy on every step (a host synchronisation on CUDA).
+    positions = torch.arange(k - 1, device=work.device)
+    others = positions + (positions >= anchor).long()
     among_rest = work[others][:, others]
     if rest_weights is None:
         rest = min_norm(among_rest, backend=backend)
@@ -235,7 +238,7 @@ def _anchor_against_the_rest(
     # A zero vector on either side is a Pareto-stationary point, as in min_norm: all the weight
     # on a zero anchor, or the others' own min-norm point when it is 0.
     at_anchor = torch.zeros_like(weights)
-    at_anchor[anchor] = 1.0
+    at_anchor[anchor].fill_(1.0)  # not `= 1.0`: item assignment of a Python number copies it
     at_rest = torch.zeros_like(weights)
     at_rest[others] = rest
     fallback = torch.where(anchor_norm > 0, at_rest, at_anchor)
@@ -302,7 +305,7 @@ def drop_on_conflict(pi: Weights, log_gram: PSDMatrix, anchor: int) -> Weights:
     ``(K,)``, ``(K, K)`` -> ``(K,)``."""
     others_against = pi @ log_gram[:, anchor] - pi[anchor] * log_gram[anchor, anchor]
     only_anchor = torch.zeros_like(pi)
-    only_anchor[anchor] = 1.0
+    only_anchor[anchor].fill_(1.0)  # not `= 1.0`: item assignment of a Python number copies it
     return torch.where(others_against < 0, only_anchor, pi)
 
 
@@ -335,7 +338,7 @@ def _agreement_with_anchor(
     their cosine c (0 where either is zero), ||v_anchor||, ||r||)``. ``(K,)``, ``(K, K)`` ->
     ``(K,)`` and three 0-d tensors."""
     others = weights.clone()
-    others[anchor] = 0.0
+    others[anchor].fill_(0.0)  # not `= 0.0`: item assignment of a Python number copies it
     anchor_norm = gram[anchor, anchor].clamp_min(0.0).sqrt()
     rest_norm = (others @ gram @ others).clamp_min(0.0).sqrt()
     product = anchor_norm * rest_norm
