@@ -104,15 +104,19 @@ SCALES = (0.3, 1.0, 3.0)
 #: learning rate near its peak, so an annealing schedule is not undone.
 #: ``"hyper-after"``: the same, the factor also held while the default's own warm-up cap acts
 #: (the task loss above 1), as a schedule's warm-up holds it.
+#: ``"unit"``: the update handed to the base optimizer at unit norm every step (its direction
+#: unchanged): for Adam-type optimizers, whose step is invariant to a constant gradient scale but
+#: not to one that drifts over the run, the default's length rule without its drift.
 GATES = (
     "off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown", "hyper",
-    "hyper-after",
+    "hyper-after", "unit", "lifted4", "lifted9",
 )  # fmt: skip
 #: Steps whose mean norm ratio is a run's starting ratio (:func:`norm_ratio_course`, ``"grown"``).
 START_STEPS = 10
 #: The constant trust of the share probes: odds ``2 : 1`` (or ``1 : 2``) combined with the
-#: cosine's double (halve) them.
-SHARE_TRUST = {"lifted": 2 / 3, "lowered": 1 / 3}
+#: cosine's double (halve) them; ``4 : 1`` and ``9 : 1`` (``"lifted4"``, ``"lifted9"``, probed
+#: with AdamW, where the best fixed weights give the teacher 0.84-0.99 of the update).
+SHARE_TRUST = {"lifted": 2 / 3, "lowered": 1 / 3, "lifted4": 0.8, "lifted9": 0.9}
 #: Steps of a run whose ratio is summarised: ``(label, first, end)``; None is a quarter bound.
 WINDOWS = (("0-25", 0, 25), ("25-100", 25, 100), ("q2", "q1", "q2"), ("q4", "q3", "q4"))
 
@@ -329,6 +333,7 @@ def probe_run(
     last_change: Optional[torch.Tensor] = None
     factors: list[float] = []
     signals: list[float] = []
+    feeds: list[float] = []
     run = kd_suite.Training.start(condition, seed, lr, quick)
     opt = MultiObjectiveOptimizer(run.base, "mokd")
     if gate in SHARE_TRUST:
@@ -379,6 +384,9 @@ def probe_run(
         elif gate == "grown":
             start = statistics.mean(rhos[:START_STEPS])
             factor = grown_factor(shares[-1], rhos[-1], start, len(rhos))
+        elif gate == "unit":
+            norm = float(_flat([p.grad for p in params], params).norm())
+            factor = 1.0 / norm if norm > 0 else 1.0
         elif gate != "off":
             task_agreement = agreement_with_task(stats) if gate == "lengthen" else 0.0
             factor = update_factor(gate, task_loss, opening, task_agreement)
@@ -388,6 +396,7 @@ def probe_run(
                     if p.grad is not None:
                         p.grad.mul_(factor)
         factors.append(factor)
+        feeds.append(float(_flat([p.grad for p in params], params).norm()))
         before = [p.detach().clone() for p in params]
         opt.step()
         with torch.no_grad():
@@ -424,6 +433,7 @@ def probe_run(
         "shares": shares,
         "factors": factors,
         "signals": signals,
+        "feeds": feeds,
         "total_steps": run.total_steps,
     }
 
@@ -476,6 +486,7 @@ def _job(args: Job) -> dict[str, Any]:
         "factor_quarters": quarter_means(result["factors"]),
         "factor_peak": max(result["factors"], default=1.0),
         "signal_quarters": quarter_means(result["signals"]),
+        "feed_quarters": feed_course(result["feeds"]),
         "norm_ratio_course": norm_ratio_course(result["agreement"]),
         "agreement": _mean_columns(result["agreement"]),
     }
@@ -500,6 +511,15 @@ def norm_ratio_course(agreement: Sequence[Sequence[float]]) -> tuple[float, list
     if start <= 0:
         return start, [float("nan")] * 4
     return start, [q / start for q in quarter_means(rho)]
+
+
+def feed_course(feeds: Sequence[float]) -> list[float]:
+    """The mean norm of the update handed to the base optimizer by quarter of the run, over its
+    mean over the first :data:`START_STEPS` steps (NaNs for an empty run or a zero start)."""
+    if not feeds:
+        return [float("nan")] * 4
+    start = statistics.mean(feeds[:START_STEPS])
+    return [q / start if start > 0 else float("nan") for q in quarter_means(feeds)]
 
 
 def _mean_columns(rows: Sequence[Sequence[float]]) -> dict[str, float]:
@@ -702,6 +722,14 @@ def gate_table(results: Sequence[dict[str, Any]]) -> str:
             + (
                 f"; descent signal {' '.join(_fmt(x) for x in signals)}"
                 if "signal_quarters" in rows[0]
+                else ""
+            )
+            + (
+                "; update norm / first steps' "
+                + " ".join(
+                    _fmt(statistics.mean(r["feed_quarters"][q] for r in rows)) for q in range(4)
+                )
+                if "feed_quarters" in rows[0]
                 else ""
             )
             + (

@@ -293,7 +293,9 @@ def test_a_gated_probe_run_records_every_step(quick_run, gate: str) -> None:
         assert all(o is None for o in openings)
 
 
-@pytest.mark.parametrize("gate, odds", [("lifted", 2.0), ("lowered", 0.5)])
+@pytest.mark.parametrize(
+    "gate, odds", [("lifted", 2.0), ("lowered", 0.5), ("lifted4", 4.0), ("lifted9", 9.0)]
+)
 def test_the_share_probes_scale_the_distillation_shares_odds(
     quick_run, off_probe, gate: str, odds: float
 ) -> None:
@@ -423,6 +425,27 @@ def test_a_grown_probe_run_takes_longer_steps_only_after_the_start(quick_run, of
     assert grown["steps"][:start] == off["steps"][:start]
     assert len(grown["steps"]) == grown["total_steps"]
     assert grown["steps"][start + 5 :] != off["steps"][start + 5 :]
+
+
+def test_a_unit_probe_hands_the_optimizer_the_direction_at_unit_norm(quick_run, off_probe) -> None:
+    # the first step: the default's own update (same parameters, same batch) divided by its norm
+    _, _, off = off_probe
+    _, _, unit = _quick_probe(quick_run[1], "unit")
+    assert unit["factors"][0] == pytest.approx(1 / off["feeds"][0])
+    assert all(feed == pytest.approx(1.0, rel=1e-5) for feed in unit["feeds"])
+    assert len(unit["feeds"]) == unit["total_steps"]
+    # the default's own update drifts over the run (here it shrinks as the task is learnt)
+    assert len(set(off["feeds"])) > 1 and min(off["feeds"]) < off["feeds"][0]
+
+
+def test_the_feed_course_is_read_against_the_first_steps() -> None:
+    start = step_signals.START_STEPS
+    feeds = [2.0] * start + [1.0] * (40 - start)  # quarters of 10 steps
+    assert step_signals.feed_course(feeds) == pytest.approx([1.0, 0.5, 0.5, 0.5])
+    feeds = [2.0] * 40
+    assert step_signals.feed_course(feeds) == pytest.approx([1.0] * 4)
+    assert all(math.isnan(x) for x in step_signals.feed_course([]))
+    assert all(math.isnan(x) for x in step_signals.feed_course([0.0] * 12))
 
 
 def test_the_hypergradient_length_grows_only_at_the_schedules_peak() -> None:
