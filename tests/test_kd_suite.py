@@ -733,6 +733,26 @@ def test_round_20_selects_on_round_19s_conditions_and_confirms_on_fresh_ones() -
     assert any(c.stress for c in confirmation) and any(c.objectives == "dkd" for c in confirmation)
 
 
+def test_round_21_checks_the_default_on_fresh_pairs_of_temperatures() -> None:
+    # round 21 (no candidate): selection = round 20's conditions (76, recomputed); C154-C161 are
+    # four recipe-teacher pairs that differ only in the KD temperature, T = 2 and T = 8, with
+    # the loss-scale stress on one of them
+    round_20 = [c.name for c in kd_suite.conditions_of_round(20, "all")]
+    round_21 = kd_suite.conditions_of_round(21, "selection")
+    assert [c.name for c in round_21] == round_20 and len(round_21) == 76
+    confirmation = kd_suite.conditions_of_round(21, "confirmation")
+    assert [c.name.split()[0] for c in confirmation] == [f"C{n}" for n in range(154, 162)]
+    assert all(c.round == 21 and c.evaluation == "recomputed" for c in confirmation)
+    pairs: dict[tuple, list[float]] = {}
+    for c in confirmation:
+        key = (c.recipe, c.teacher, c.lr_scale, c.objectives)
+        pairs.setdefault(key, []).append(c.temperature)
+    assert len(pairs) == 4 and all(sorted(t) == [2.0, 8.0] for t in pairs.values())
+    assert {c.teacher for c in confirmation} == {"strong", "weak"}
+    assert {c.recipe.optimizer for c in confirmation} == {"sgd", "adamw"}
+    assert sum(bool(c.stress) for c in confirmation) == 1
+
+
 def test_every_rounds_fresh_conditions_are_new_settings() -> None:
     # the store keys runs by a condition's settings, not its name: a confirmation condition
     # with the settings of a selection condition or of an earlier round's condition would be
