@@ -3724,6 +3724,8 @@ def default_verdict(
     won = [n for n in feature if results[n]["fixed"]["won"] and results[n]["ce"]["won"]]
     lines.append(
         f"- task + KD + feature-head conditions won: {', '.join(won) or 'none'} of {', '.join(feature)}"
+        if feature
+        else "- task + KD + feature-head conditions: none among these conditions (not checked)"
     )
     return [*lines, ""]
 

@@ -461,6 +461,29 @@ def test_an_lr_condition_without_its_1x_counterpart_is_reported_as_not_measured(
     ]
 
 
+def test_a_round_without_feature_conditions_says_the_point_was_not_checked(monkeypatch) -> None:
+    # round 21 declared no task + KD + feature-head condition: the page says so instead of
+    # "none of" an empty list; round 20 (three such conditions) lists them
+    won = {"diff": 0.1, "se": 0.1, "won": True, "label": "fixed a=0.1", "mean": 0.9}
+    monkeypatch.setattr(
+        kd_suite,
+        "verdicts",
+        lambda *args, **kwargs: {"mean": 0.9, "collapsed": 0, "ce": won, "fixed": won},
+    )
+    monkeypatch.setattr(kd_suite, "gather", lambda *args, **kwargs: {})
+    default = kd_suite.CANDIDATES["default"]
+    lines = kd_suite.default_verdict(default, None, False, round_number=21)
+    assert lines[-2] == (
+        "- task + KD + feature-head conditions: none among these conditions (not checked)"
+    )
+    lines = kd_suite.default_verdict(default, None, False, round_number=20)
+    assert lines[-2].startswith("- task + KD + feature-head conditions won: C149")
+    assert lines[-2].endswith(
+        "of C149 mnist-cnn const weak +feat T2, C151 mnist-resnet adamw "
+        "const weak +feat T2, C153 digits-mlp adamw weak +2feat T2"
+    )
+
+
 def test_the_learning_rate_pairs_study_reads_every_stored_pair(monkeypatch) -> None:
     # C122 (1x) with C123 (3x) and C124 (0.3x), C54 (3x) without a 1x counterpart, C135 (1x,
     # no pair); the candidate's and the x1-best weight's means written by hand: at 3x the
