@@ -910,7 +910,7 @@ def gpu_lines(report: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]
             "",
             "Synchronising CUDA calls (host reads, blocking copies) that",
             '`torch.cuda.set_sync_debug_mode("warn")` reported during one `backward` with',
-            "`validate=False` under autocast, after two warm-up steps; docs/amp.md promises none.",
+            "`validate=False` under autocast, after two warm-up steps; docs/optimizer.md promises none.",
             "",
             "| strategy | on the GPU | synchronising calls | where |",
             "|---|---|---|---|",
