@@ -996,7 +996,8 @@ class MoKD(Method):
         only while the learning rate is at least ``HYPERGRADIENT_PEAK`` of the largest seen
         and not above the last step's (always, when the optimizer has none). No move before
         the first parameter change, for a zero direction or change, or for a non-finite ``s``
-        (an AMP overflow). On the device but for the learning rate (a host float)."""
+        (an AMP overflow). On the device; the learning rate (a host float) is written there by a
+        fill, not copied."""
         observed, self._previous_step = self._previous_step, None
         lr, self._learning_rate = self._learning_rate, None
         state = self._hyper_average
@@ -1005,7 +1006,8 @@ class MoKD(Method):
         log_m, largest, last = state.to(gram).unbind()
         grows = torch.ones((), dtype=torch.bool, device=gram.device)
         if lr is not None:
-            rate = torch.tensor(lr, dtype=gram.dtype, device=gram.device)
+            # torch.full, not torch.tensor: a fill on the device, not a blocking copy from the host
+            rate = torch.full((), lr, dtype=gram.dtype, device=gram.device)
             rising = torch.isfinite(last) & (rate > last)
             largest = torch.maximum(largest, rate)
             grows = ~rising & (rate >= HYPERGRADIENT_PEAK * largest)
@@ -1082,7 +1084,7 @@ class MoKD(Method):
             conflict=self.conflict,
             trust=None
             if self._trust is None
-            else torch.tensor(self._trust, dtype=gram.dtype, device=gram.device),
+            else torch.full((), self._trust, dtype=gram.dtype, device=gram.device),
             lengthen=False if self.lengthen == "hypergradient" else self.lengthen,
             agreement_average=self._agreement_map(),
             lengthen_gate=self._short_gate(gram) if self.lengthen == "while-short" else None,
