@@ -375,8 +375,11 @@ def probe_run(
         factor, opening = 1.0, None
         if ratio_gate is not None and task_loss > 1:
             opening = ratio_gate.opening()
+        # the update the optimizer wrote, flattened once: the descent signal and the norms below
+        update = _flat([p.grad for p in params], params)
+        update_norm = float(update.norm())
         if last_change is not None:
-            signals.append(-cosine(_flat([p.grad for p in params], params), last_change))
+            signals.append(-cosine(update, last_change))
         if hyper is not None:
             signal = signals[-1] if last_change is not None else float("nan")
             held = gate == "hyper-after" and task_loss > 1
@@ -385,8 +388,7 @@ def probe_run(
             start = statistics.mean(rhos[:START_STEPS])
             factor = grown_factor(shares[-1], rhos[-1], start, len(rhos))
         elif gate == "unit":
-            norm = float(_flat([p.grad for p in params], params).norm())
-            factor = 1.0 / norm if norm > 0 else 1.0
+            factor = 1.0 / update_norm if update_norm > 0 else 1.0
         elif gate != "off":
             task_agreement = agreement_with_task(stats) if gate == "lengthen" else 0.0
             factor = update_factor(gate, task_loss, opening, task_agreement)
@@ -396,7 +398,7 @@ def probe_run(
                     if p.grad is not None:
                         p.grad.mul_(factor)
         factors.append(factor)
-        feeds.append(float(_flat([p.grad for p in params], params).norm()))
+        feeds.append(update_norm * factor)  # every gate's factor is positive
         before = [p.detach().clone() for p in params]
         opt.step()
         with torch.no_grad():

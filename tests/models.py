@@ -53,3 +53,32 @@ def kd_kl(
     log_p = F.log_softmax(student_logits / temperature, dim=-1)
     q = F.softmax(teacher_logits / temperature, dim=-1)
     return F.kl_div(log_p, q, reduction="batchmean") * temperature**2
+
+
+def two_head_batch(step: int, device: str = "cpu") -> tuple[torch.Tensor, ...]:
+    """``(x, y, feature target, teacher logits)`` for :class:`TwoHeadMLP`, 32 samples drawn on
+    the CPU from a generator seeded with ``step`` (the same on every device), moved to
+    ``device``."""
+    generator = torch.Generator().manual_seed(step)
+    x = torch.rand(32, 1, 8, 8, generator=generator)
+    y = torch.randint(0, 10, (32,), generator=generator)
+    target = torch.randn(32, 48, generator=generator)
+    teacher = 3 * torch.randn(32, 10, generator=generator)
+    return tuple(t.to(device) for t in (x, y, target, teacher))
+
+
+def two_head_losses(
+    model: nn.Module, step: int, dtype: torch.dtype | None = None, device: str = "cpu"
+) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The task, KD and feature losses of :class:`TwoHeadMLP` on :func:`two_head_batch`, under
+    ``torch.autocast(device, dtype)`` when ``dtype`` is given, and the features ``(logits,
+    projected)`` for the ``representation`` strategy."""
+    x, y, target, teacher = two_head_batch(step, device)
+    with torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        logits, projected, _ = model(x)
+        losses = {
+            "task": F.cross_entropy(logits, y),
+            "kd": kd_kl(logits.float(), teacher),
+            "feat": F.smooth_l1_loss(projected.float(), target),
+        }
+    return losses, (logits, projected)

@@ -6,40 +6,18 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mokd_optim import MultiObjectiveOptimizer, ObjectiveError
 from tests.helpers import forbid_host_sync
-from tests.models import TwoHeadMLP, kd_kl
+from tests.models import TwoHeadMLP, two_head_losses
 
 STRATEGIES = ["loop", "vmap", "representation"]
-
-
-def _data(step: int):
-    generator = torch.Generator().manual_seed(step)
-    x = torch.rand(32, 1, 8, 8, generator=generator)
-    y = torch.randint(0, 10, (32,), generator=generator)
-    target = torch.randn(32, 48, generator=generator)
-    teacher = 3 * torch.randn(32, 10, generator=generator)
-    return x, y, target, teacher
-
-
-def _losses(model, step: int, dtype=None):
-    x, y, target, teacher = _data(step)
-    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        logits, projected, _ = model(x)
-        losses = {
-            "task": F.cross_entropy(logits, y),
-            "kd": kd_kl(logits.float(), teacher),
-            "feat": F.smooth_l1_loss(projected.float(), target),
-        }
-    return losses, (logits, projected)
 
 
 def _train(model, opt, scaler, steps, *, strategy="loop", dtype=None, start=0):
     stats = None
     for step in range(start, start + steps):
-        losses, features = _losses(model, step, dtype)
+        losses, features = two_head_losses(model, step, dtype)
         opt.zero_grad()
         stats = opt.backward(losses, features=features if strategy == "representation" else None)
         if scaler is None:
@@ -88,7 +66,7 @@ def test_forced_overflow_skips_the_step_and_changes_nothing(strategy: str) -> No
     params = [p.detach().clone() for p in model.parameters()]
     state = copy.deepcopy(opt.state_dict())
     scaler.update(new_scale=2.0**40)  # fp16 activation gradients overflow at this scale
-    losses, features = _losses(model, 1, torch.float16)
+    losses, features = two_head_losses(model, 1, torch.float16)
     opt.zero_grad()
     stats = opt.backward(losses, features=features if strategy == "representation" else None)
     assert not torch.isfinite(stats.gram).all()
@@ -116,7 +94,7 @@ def test_non_finite_loss_under_amp_skips_instead_of_raising(method: str, bad: st
     scaler = torch.amp.GradScaler("cpu")
     model, opt = _make(scaler=scaler, method=method)
     params = [p.detach().clone() for p in model.parameters()]
-    losses, _ = _losses(model, 0, torch.float16)
+    losses, _ = two_head_losses(model, 0, torch.float16)
     # Adding a non-finite constant leaves every gradient finite: only the loss value is bad.
     losses["kd"] = losses["kd"] + torch.tensor(float(bad))
     opt.zero_grad()
@@ -128,7 +106,7 @@ def test_non_finite_loss_under_amp_skips_instead_of_raising(method: str, bad: st
         assert torch.equal(a, b)
     # Without a scaler the same loss is refused up front.
     plain_model, plain_opt = _make(method=method)
-    losses, _ = _losses(plain_model, 0)
+    losses, _ = two_head_losses(plain_model, 0)
     losses["kd"] = losses["kd"] + torch.tensor(float("nan"))
     with pytest.raises(ObjectiveError, match="not finite"):
         plain_opt.backward(losses)
@@ -170,7 +148,7 @@ def test_max_norm_clips_the_unscaled_gradient() -> None:
     opt = MultiObjectiveOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.0), "mokd", max_norm=1e-3, scaler=scaler
     )
-    losses, _ = _losses(model, 0, torch.float16)
+    losses, _ = two_head_losses(model, 0, torch.float16)
     opt.backward(losses)
     scaler.step(opt)
     total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
@@ -180,7 +158,7 @@ def test_max_norm_clips_the_unscaled_gradient() -> None:
 def test_amp_backward_reads_nothing_on_the_host() -> None:
     scaler = torch.amp.GradScaler("cpu")
     model, opt = _make(scaler=scaler, validate=False)
-    losses, _ = _losses(model, 0, torch.float16)
+    losses, _ = two_head_losses(model, 0, torch.float16)
     with forbid_host_sync():
         opt.backward(losses)
     scaler.step(opt)

@@ -35,10 +35,9 @@ from typing import Any, Optional
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mokd_optim import MultiObjectiveOptimizer
-from tests.models import TwoHeadMLP, kd_kl
+from tests.models import TwoHeadMLP, two_head_losses
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -56,30 +55,6 @@ def _record(**values: Any) -> None:
     if path:
         with open(path, "a") as handle:
             handle.write(json.dumps(values) + "\n")
-
-
-def _batch(step: int, device: str) -> tuple[torch.Tensor, ...]:
-    """The batch of ``tests/test_amp.py`` for ``step``, drawn on the CPU, moved to ``device``."""
-    generator = torch.Generator().manual_seed(step)
-    x = torch.rand(32, 1, 8, 8, generator=generator)
-    y = torch.randint(0, 10, (32,), generator=generator)
-    target = torch.randn(32, 48, generator=generator)
-    teacher = 3 * torch.randn(32, 10, generator=generator)
-    return tuple(t.to(device) for t in (x, y, target, teacher))
-
-
-def _losses(
-    model: torch.nn.Module, step: int, device: str, dtype: Optional[torch.dtype]
-) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    x, y, target, teacher = _batch(step, device)
-    with torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        logits, projected, _ = model(x)
-        losses = {
-            "task": F.cross_entropy(logits, y),
-            "kd": kd_kl(logits.float(), teacher),
-            "feat": F.smooth_l1_loss(projected.float(), target),
-        }
-    return losses, (logits, projected)
 
 
 def _make(
@@ -100,7 +75,7 @@ def _train(
     snapshots = [[p.detach().double().cpu() for p in model.parameters()]]
     weights = []
     for step in range(STEPS):
-        losses, features = _losses(model, step, device, DTYPES[precision])
+        losses, features = two_head_losses(model, step, DTYPES[precision], device)
         opt.zero_grad()
         stats = opt.backward(losses, features=features if strategy == "representation" else None)
         assert torch.isfinite(stats.gram).all(), f"step {step}: Gram matrix {stats.gram}"
@@ -174,11 +149,11 @@ def test_cuda_backward_does_not_synchronise(strategy: str, precision: str) -> No
             opt.step()
 
     for index in range(2):
-        losses, features = _losses(model, index, "cuda", dtype)
+        losses, features = two_head_losses(model, index, dtype, "cuda")
         opt.zero_grad()
         opt.backward(losses, features=features if strategy == "representation" else None)
         take_step()
-    losses, features = _losses(model, 2, "cuda", dtype)
+    losses, features = two_head_losses(model, 2, dtype, "cuda")
     opt.zero_grad()
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
@@ -216,7 +191,7 @@ def _site(filename: str, lineno: int) -> str:
 def test_the_cuda_runs_ran_on_the_gpu() -> None:
     """A guard against a silent CPU fallback: parameters, Gram matrix and weights on CUDA."""
     model, opt = _make("cuda", "loop", "bf16")
-    losses, _ = _losses(model, 0, "cuda", torch.bfloat16)
+    losses, _ = two_head_losses(model, 0, torch.bfloat16, "cuda")
     stats = opt.backward(losses)
     assert all(p.is_cuda for p in model.parameters())
     assert stats.gram is not None and stats.gram.is_cuda and stats.weights.is_cuda

@@ -434,6 +434,18 @@ def test_constant_weights_judge_each_fixed_weight_like_a_candidate(tmp_path) -> 
     assert kd_suite.constant_weights([s4], store, quick=False) == []  # nothing complete: no table
 
 
+def _every_condition_won(monkeypatch) -> None:
+    """``default_verdict`` without runs: every condition won against both baselines (ahead by
+    0.1 points), nothing stored for the learning-rate and loss-scale points."""
+    won = {"diff": 0.1, "se": 0.1, "won": True, "label": "fixed a=0.1", "mean": 0.9}
+    monkeypatch.setattr(
+        kd_suite,
+        "verdicts",
+        lambda *args, **kwargs: {"mean": 0.9, "collapsed": 0, "ce": won, "fixed": won},
+    )
+    monkeypatch.setattr(kd_suite, "gather", lambda *args, **kwargs: {})
+
+
 def test_an_lr_condition_without_its_1x_counterpart_is_reported_as_not_measured(
     monkeypatch,
 ) -> None:
@@ -446,13 +458,7 @@ def test_an_lr_condition_without_its_1x_counterpart_is_reported_as_not_measured(
     assert kd_suite.lr_counterpart(by_name["C49"], round_7) == by_name["C47"]
     assert kd_suite.lr_counterpart(by_name["C54"], round_8) is None
     assert kd_suite.lr_counterpart(by_name["C55"], round_8) is None
-    won = {"diff": 0.1, "se": 0.1, "won": True, "label": "fixed a=0.1", "mean": 0.9}
-    monkeypatch.setattr(
-        kd_suite,
-        "verdicts",
-        lambda *args, **kwargs: {"mean": 0.9, "collapsed": 0, "ce": won, "fixed": won},
-    )
-    monkeypatch.setattr(kd_suite, "gather", lambda *args, **kwargs: {})
+    _every_condition_won(monkeypatch)
     lines = kd_suite.default_verdict(kd_suite.CANDIDATES["default"], None, False, round_number=8)
     not_measured = [line for line in lines if "not measured" in line]
     assert [line.split(" (")[1].split(")")[0] for line in not_measured] == [
@@ -464,13 +470,7 @@ def test_an_lr_condition_without_its_1x_counterpart_is_reported_as_not_measured(
 def test_a_round_without_feature_conditions_says_the_point_was_not_checked(monkeypatch) -> None:
     # round 21 declared no task + KD + feature-head condition: the page says so instead of
     # "none of" an empty list; round 20 (three such conditions) lists them
-    won = {"diff": 0.1, "se": 0.1, "won": True, "label": "fixed a=0.1", "mean": 0.9}
-    monkeypatch.setattr(
-        kd_suite,
-        "verdicts",
-        lambda *args, **kwargs: {"mean": 0.9, "collapsed": 0, "ce": won, "fixed": won},
-    )
-    monkeypatch.setattr(kd_suite, "gather", lambda *args, **kwargs: {})
+    _every_condition_won(monkeypatch)
     default = kd_suite.CANDIDATES["default"]
     lines = kd_suite.default_verdict(default, None, False, round_number=21)
     assert lines[-2] == (
