@@ -47,6 +47,7 @@ runs. Only a round's selection conditions can be named.
     python benchmarks/step_signals.py --gates off,open,latch      # 14 conditions, 3 seeds
     python benchmarks/step_signals.py --gates off,lifted,lowered --conditions all  # the share
     python benchmarks/step_signals.py --gates off,hyper           # round 20's probe
+    python benchmarks/step_signals.py --round 21 --gates off,grown-odds,layerwise --conditions all
     python benchmarks/step_signals.py --agreement --seeds 0       # every selection condition
     python benchmarks/step_signals.py --quick                     # tiny runs, for the tests
 """
@@ -104,13 +105,24 @@ SCALES = (0.3, 1.0, 3.0)
 #: learning rate near its peak, so an annealing schedule is not undone.
 #: ``"hyper-after"``: the same, the factor also held while the default's own warm-up cap acts
 #: (the task loss above 1), as a schedule's warm-up holds it.
+#: ``"grown-odds"``: a share, not a length -- the distillation side's share with its odds
+#: times ``rho / rho_0`` (:func:`growth_trust`), ``rho`` a moving average of the norm ratio and
+#: ``rho_0`` its mean over the first steps: the odds a fixed weight's share moves by over a run
+#: (``a rho / (1 - a)``), kept scale-free by measuring the ratio against its own start.
+#: ``"layerwise"``: the default's rule applied to each parameter tensor on its own -- each
+#: tensor's distillation share the moving average of its own cosine ``max(c_p, 0)`` (no share on
+#: a step where ``c_p <= 0``), its part of the update as long as its task gradient times the
+#: default's length factor ``min(1, 1 / L_task)`` (:class:`LayerwiseShare`): where the layers
+#: disagree, the teacher keeps its say in those that agree.
 #: ``"unit"``: the update handed to the base optimizer at unit norm every step (its direction
 #: unchanged): for Adam-type optimizers, whose step is invariant to a constant gradient scale but
 #: not to one that drifts over the run, the default's length rule without its drift.
 GATES = (
     "off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown", "hyper",
-    "hyper-after", "unit", "lifted4", "lifted9",
+    "hyper-after", "unit", "lifted4", "lifted9", "grown-odds", "layerwise",
 )  # fmt: skip
+#: Decay of the moving average of the norm ratio that ``"grown-odds"`` compares with the start.
+GROWTH_SMOOTHING = 0.95
 #: Steps whose mean norm ratio is a run's starting ratio (:func:`norm_ratio_course`, ``"grown"``).
 START_STEPS = 10
 #: The constant trust of the share probes: odds ``2 : 1`` (or ``1 : 2``) combined with the
@@ -190,6 +202,64 @@ def grown_factor(share: float, rho: float, rho_start: float, steps_seen: int) ->
     if steps_seen <= START_STEPS or not rho_start > 0:
         return 1.0
     return max(1.0, (1.0 - share) + share * rho / rho_start)
+
+
+def growth_trust(rho_average: float, rho_start: float, steps_seen: int) -> Optional[float]:
+    """The trust for :meth:`MoKD.set_trust` that multiplies the share's odds by ``g = rho_average
+    / rho_start`` (``t = g / (1 + g)``), once more than :data:`START_STEPS` norm ratios were
+    seen; None (no evidence) before, or where either ratio is not positive and finite."""
+    if steps_seen <= START_STEPS or not (rho_start > 0 and rho_average > 0):
+        return None
+    growth = rho_average / rho_start
+    if not math.isfinite(growth):
+        return None
+    return growth / (1.0 + growth)
+
+
+class LayerwiseShare:
+    """The agreement share per parameter tensor (``"layerwise"``): for each tensor ``p`` the
+    moving average (decay ``smoothing``, bias-corrected) of ``max(cos(t_p, r_p), 0)``, ``t_p``
+    and ``r_p`` its task and distillation gradients, 0 on a step whose own cosine is ``<= 0``;
+    the tensor's update ``|t_p| f ((1 - a_p) t_p / |t_p| + a_p r_p / |r_p|)``, ``f`` the
+    default's length over the task gradient's."""
+
+    def __init__(self, count: int, smoothing: float = 0.99) -> None:
+        self.smoothing = smoothing
+        self.sums = [0.0] * count
+        self.steps = 0
+        self.shares: list[float] = []
+
+    def update(
+        self,
+        task: Sequence[Optional[torch.Tensor]],
+        rest: Sequence[Optional[torch.Tensor]],
+        factor: float,
+    ) -> list[Optional[torch.Tensor]]:
+        """The per-tensor update for one step (None where the task gradient is zero or None:
+        that tensor keeps the default's update, e.g. a ``SubspaceHead`` only the features
+        reach)."""
+        self.steps += 1
+        correction = 1.0 - self.smoothing**self.steps
+        out: list[Optional[torch.Tensor]] = []
+        shares = []
+        for i, (t, r) in enumerate(zip(task, rest)):
+            t_norm = float(t.norm()) if t is not None else 0.0
+            r_norm = float(r.norm()) if r is not None else 0.0
+            c = float((t * r).sum()) / (t_norm * r_norm) if t_norm > 0 and r_norm > 0 else 0.0
+            agreement = max(c, 0.0)
+            self.sums[i] = self.smoothing * self.sums[i] + (1 - self.smoothing) * agreement
+            share = self.sums[i] / correction if agreement > 0 else 0.0
+            shares.append(share)
+            if t is None or t_norm == 0:  # a head the task does not reach: the default's update
+                out.append(None)
+                continue
+            direction = (1.0 - share) * t / t_norm
+            if r is not None and r_norm > 0:
+                direction = direction + share * r / r_norm
+            d_norm = float(direction.norm())
+            out.append(direction * (t_norm * factor / d_norm) if d_norm > 0 else direction)
+        self.shares.append(statistics.mean(shares) if shares else 0.0)
+        return out
 
 
 def update_factor(gate: str, task_loss: float, opening: Optional[float], agreement: float) -> float:
@@ -341,6 +411,9 @@ def probe_run(
     params = run.params
     shares: list[float] = []
     rhos: list[float] = []
+    odds: list[float] = []
+    rho_average: Optional[float] = None
+    layerwise = LayerwiseShare(len(run.params)) if gate == "layerwise" else None
     steps: list[list[Optional[float]]] = []
     agreement: list[list[float]] = []
     previous: Optional[tuple[torch.Tensor, torch.Tensor]] = None
@@ -368,6 +441,15 @@ def probe_run(
                 ]
             )
         previous = (task_flat, rest_flat)
+        if gate == "grown-odds":
+            rho_average = (
+                rhos[-1]
+                if rho_average is None
+                else (GROWTH_SMOOTHING * rho_average + (1 - GROWTH_SMOOTHING) * rhos[-1])
+            )
+            trust = growth_trust(rho_average, statistics.mean(rhos[:START_STEPS]), len(rhos))
+            opt.method.set_trust(trust)
+            odds.append(1.0 if trust is None else trust / (1.0 - trust))
         opt.zero_grad(set_to_none=True)
         stats = opt.backward(losses)
         shares.append(distillation_share(stats))
@@ -389,6 +471,15 @@ def probe_run(
             factor = grown_factor(shares[-1], rhos[-1], start, len(rhos))
         elif gate == "unit":
             factor = 1.0 / update_norm if update_norm > 0 else 1.0
+        elif layerwise is not None:
+            length = 1.0 / max(task_loss, 1.0)  # the default's length over the task gradient's
+            with torch.no_grad():
+                for p, u in zip(params, layerwise.update(task_grads, rest_grads, length)):
+                    if u is not None:
+                        p.grad = u.detach().clone()
+            shares[-1] = layerwise.shares[-1]
+            update = _flat([p.grad for p in params], params)
+            update_norm = float(update.norm())
         elif gate != "off":
             task_agreement = agreement_with_task(stats) if gate == "lengthen" else 0.0
             factor = update_factor(gate, task_loss, opening, task_agreement)
@@ -436,6 +527,7 @@ def probe_run(
         "factors": factors,
         "signals": signals,
         "feeds": feeds,
+        "odds": odds,
         "total_steps": run.total_steps,
     }
 
@@ -489,6 +581,7 @@ def _job(args: Job) -> dict[str, Any]:
         "factor_peak": max(result["factors"], default=1.0),
         "signal_quarters": quarter_means(result["signals"]),
         "feed_quarters": feed_course(result["feeds"]),
+        "odds_quarters": quarter_means(result["odds"]) if result["odds"] else [1.0] * 4,
         "norm_ratio_course": norm_ratio_course(result["agreement"]),
         "agreement": _mean_columns(result["agreement"]),
     }
@@ -732,6 +825,14 @@ def gate_table(results: Sequence[dict[str, Any]]) -> str:
                     _fmt(statistics.mean(r["feed_quarters"][q] for r in rows)) for q in range(4)
                 )
                 if "feed_quarters" in rows[0]
+                else ""
+            )
+            + (
+                "; share odds x "
+                + " ".join(
+                    _fmt(statistics.mean(r["odds_quarters"][q] for r in rows)) for q in range(4)
+                )
+                if rows[0]["gate"] == "grown-odds"
                 else ""
             )
             + (

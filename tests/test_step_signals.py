@@ -507,3 +507,67 @@ def test_a_held_hypergradient_length_only_shrinks() -> None:
     assert hyper.observe(1.0, 0.1, held=True) == pytest.approx(math.exp(0.1))
     assert hyper.observe(-0.5, 0.1, held=True) == pytest.approx(math.exp(0.05))
     assert hyper.observe(1.0, 0.1) == pytest.approx(math.exp(0.15))
+
+
+def test_the_growth_trust_multiplies_the_shares_odds_by_the_norm_ratios_growth() -> None:
+    trust = step_signals.growth_trust
+    start = step_signals.START_STEPS
+    assert trust(6.0, 2.0, start) is None  # within the first steps: the start is measured
+    t = trust(6.0, 2.0, start + 1)
+    assert t is not None and t / (1 - t) == pytest.approx(3.0)  # odds times rho / rho_0
+    shrunk = trust(1.0, 2.0, start + 1)
+    assert shrunk is not None and shrunk / (1 - shrunk) == pytest.approx(0.5)  # and below 1
+    assert trust(6.0, 0.0, start + 1) is None and trust(0.0, 2.0, start + 1) is None
+    # scale-free: a distillation loss times 1000 multiplies rho and rho_0 alike
+    assert trust(6000.0, 2000.0, 50) == pytest.approx(trust(6.0, 2.0, 50))
+
+
+def test_a_grown_odds_probe_run_leaves_the_start_to_the_default(quick_run, off_probe) -> None:
+    # no evidence while rho_0 is measured: the default's shares on the first START_STEPS steps
+    # (same parameters, same batches); afterwards the odds follow rho's growth and the runs part
+    _, _, off = off_probe
+    _, _, probe = _quick_probe(quick_run[1], "grown-odds")
+    start = step_signals.START_STEPS
+    assert probe["shares"][:start] == pytest.approx(off["shares"][:start])
+    assert probe["odds"][:start] == [1.0] * start
+    assert len(probe["odds"]) == probe["total_steps"] and len(set(probe["odds"][start:])) > 1
+    assert probe["shares"][start + 5 :] != off["shares"][start + 5 :]
+
+
+def test_the_layerwise_share_weighs_each_tensor_by_its_own_cosine() -> None:
+    layerwise = step_signals.LayerwiseShare(3, smoothing=0.9)
+    agreeing_task, agreeing_rest = torch.tensor([3.0, 0.0]), torch.tensor([0.6, 0.8])  # cos 0.6
+    conflicting_task, conflicting_rest = torch.tensor([0.0, 2.0]), torch.tensor([1.0, -1.0])
+    head_rest = torch.tensor([0.5, 0.5])  # a tensor the task does not reach
+    first = layerwise.update(
+        [agreeing_task, conflicting_task, None], [agreeing_rest, conflicting_rest, head_rest], 0.5
+    )
+    # one step: the bias-corrected average is the cosine itself; each part as long as its task
+    # gradient times the length factor
+    direction = 0.4 * torch.tensor([1.0, 0.0]) + 0.6 * torch.tensor([0.6, 0.8])
+    assert first[0] is not None and torch.allclose(first[0], direction / direction.norm() * 1.5)
+    assert first[1] is not None and torch.allclose(first[1], conflicting_task * 0.5)  # no share
+    assert first[2] is None  # keeps the default's update
+    assert layerwise.shares == [pytest.approx((0.6 + 0.0 + 0.0) / 3)]
+    # the next step averages the agreeing tensor's cosine with its first (0.6, then 0.8)
+    second = layerwise.update(
+        [agreeing_task, conflicting_task, None],
+        [torch.tensor([0.8, 0.6]), conflicting_rest, head_rest],
+        1.0,
+    )
+    share = (0.9 * 0.1 * 0.6 + 0.1 * 0.8) / (1 - 0.9**2)
+    direction = (1 - share) * torch.tensor([1.0, 0.0]) + share * torch.tensor([0.8, 0.6])
+    assert second[0] is not None and torch.allclose(second[0], direction / direction.norm() * 3.0)
+
+
+def test_a_layerwise_probe_run_keeps_the_defaults_length(quick_run, off_probe) -> None:
+    # the first step (same parameters, same batch): every tensor's part as long as its task
+    # gradient times min(1, 1 / L_task), so the update's norm is the default's; its shares
+    # are the tensors' own, not the default's single one
+    _, _, off = off_probe
+    _, _, probe = _quick_probe(quick_run[1], "layerwise")
+    assert probe["feeds"][0] == pytest.approx(off["feeds"][0], rel=1e-5)
+    assert len(probe["shares"]) == probe["total_steps"]
+    assert max(abs(a - b) for a, b in zip(probe["shares"], off["shares"])) > 0.01
+    # the same length, another direction: the first step lowers the task loss by another amount
+    assert probe["steps"][0][1] != pytest.approx(off["steps"][0][1], rel=1e-4)
