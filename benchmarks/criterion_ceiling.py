@@ -14,6 +14,8 @@ on the evaluation seeds to:
   set of runs and deploys on another gets it;
 - **the weight best over all stored seeds** -- the best-in-expectation configuration (its seeds
   overlap the evaluation set: a slightly flattering estimate);
+- **one constant weight** (``--constant``, default 0.1: the weight most often best in the suite)
+  used on every condition untuned -- the bar a single rule without per-condition tuning meets;
 - **the default** (``mokd`` with no options).
 
 It prints each one's probability of counting as "ahead or tied" per condition, the expected
@@ -21,6 +23,7 @@ number of conditions won, and the chance of winning on at least two thirds of th
 condition's evaluation seeds are drawn independently.
 
     python benchmarks/criterion_ceiling.py --round 20 --split confirmation      # seeds 0-9
+    python benchmarks/criterion_ceiling.py --round 21 --constant 0.3
 """
 
 from __future__ import annotations
@@ -58,27 +61,36 @@ def wins(mine: Sequence[float], others: dict[str, Sequence[float]], seeds: Seque
 
 
 def split_probabilities(
-    fixed: dict[str, Sequence[float]], default: Sequence[float], size: int
+    fixed: dict[str, Sequence[float]],
+    default: Sequence[float],
+    size: int,
+    constant: Optional[str] = None,
 ) -> dict[str, list[bool]]:
     """For every (pick, evaluation) pair of disjoint ``size``-seed subsets of the stored seeds:
-    whether the weight picked on the pick seeds, the weight best over all seeds and ``default``
-    win (:func:`wins`) against the best fixed weight on the evaluation seeds. Keyed ``"picked"``,
-    ``"best overall"``, ``"default"``; one boolean per pair (the last two repeat per evaluation
-    set, which keeps the three equally weighted)."""
+    whether the weight picked on the pick seeds, the weight best over all seeds, the weight
+    labelled ``constant`` (a key of ``fixed``; left out when None) and ``default`` win
+    (:func:`wins`) against the best fixed weight on the evaluation seeds. Keyed ``"picked"``,
+    ``"best overall"``, ``"constant"``, ``"default"``; one boolean per pair (all but the first
+    repeat per evaluation set, which keeps them equally weighted). Raises ``ValueError`` for too
+    few seeds or an unknown ``constant``."""
     n = len(default)
     if any(len(v) != n for v in fixed.values()) or n < 2 * size:
         raise ValueError(f"need {2 * size} seeds of every configuration, got {n}")
+    if constant is not None and constant not in fixed:
+        raise ValueError(f"no fixed weight labelled {constant!r}; have {sorted(fixed)}")
     overall = max(fixed, key=lambda label: statistics.mean(fixed[label]))
-    out: dict[str, list[bool]] = {"picked": [], "best overall": [], "default": []}
+    unpicked = {"best overall": fixed[overall], "default": default}
+    if constant is not None:
+        unpicked = {"best overall": fixed[overall], "constant": fixed[constant], "default": default}
+    out: dict[str, list[bool]] = {"picked": [], **{key: [] for key in unpicked}}
     for evaluation in itertools.combinations(range(n), size):
         rest = [s for s in range(n) if s not in evaluation]
-        won_overall = wins(fixed[overall], fixed, evaluation)
-        won_default = wins(default, fixed, evaluation)
+        verdicts = {key: wins(values, fixed, evaluation) for key, values in unpicked.items()}
         for pick in itertools.combinations(rest, size):
             picked = max(fixed, key=lambda label: statistics.mean(fixed[label][s] for s in pick))
             out["picked"].append(wins(fixed[picked], fixed, evaluation))
-            out["best overall"].append(won_overall)
-            out["default"].append(won_default)
+            for key, verdict in verdicts.items():
+                out[key].append(verdict)
     return out
 
 
@@ -96,10 +108,16 @@ def ceiling_table(
     store: kd_suite.Store,
     seeds: Sequence[int],
     size: int = 3,
+    constant: float = 0.1,
 ) -> list[str]:
     """The per-condition probabilities and the summary as markdown lines; conditions without
-    every configuration on every one of ``seeds`` are left out (and named)."""
+    every configuration on every one of ``seeds`` are left out (and named). ``constant``: the
+    fixed weight (one of :data:`kd_suite.FIXED_WEIGHTS`) judged as one untuned constant.
+    Raises ``ValueError`` for a ``constant`` outside the grid."""
     fixed_configs = [c for c in kd_suite.baseline_configs({None}) if c.kind == "fixed"]
+    constant_label = next((c.label for c in fixed_configs if c.weight == constant), None)
+    if constant_label is None:
+        raise ValueError(f"constant {constant} is not in the grid {kd_suite.FIXED_WEIGHTS}")
     default = kd_suite._library_default()
     lines = [
         f"Seeds {seeds[0]}-{seeds[-1]}; pick and evaluation sets of {size} seeds, disjoint, every "
@@ -107,10 +125,12 @@ def ceiling_table(
         "best fixed weight on the evaluation seeds (the suite's rule).",
         "",
         "| condition | best over all seeds | weight picked on other seeds | best weight over all "
-        "seeds | the default |",
-        "|---|---|---|---|---|",
+        f"seeds | a = {constant:g} on every condition | the default |",
+        "|---|---|---|---|---|---|",
     ]
-    columns: dict[str, list[float]] = {"picked": [], "best overall": [], "default": []}
+    columns: dict[str, list[float]] = {
+        "picked": [], "best overall": [], "constant": [], "default": []
+    }  # fmt: skip
     skipped = []
     for condition in conditions:
         rows = kd_suite.gather(condition, [*fixed_configs, default], store, False, seeds=seeds)
@@ -118,14 +138,15 @@ def ceiling_table(
             skipped.append(condition.name)
             continue
         fixed = {c.label: rows[c.label].finals for c in fixed_configs}
-        result = split_probabilities(fixed, rows[default.label].finals, size)
+        result = split_probabilities(fixed, rows[default.label].finals, size, constant_label)
         chances = {key: sum(v) / len(v) for key, v in result.items()}
         for key, value in chances.items():
             columns[key].append(value)
         overall = max(fixed, key=lambda label: statistics.mean(fixed[label]))
         lines.append(
-            f"| {condition.name} | {overall} | {chances['picked']:.2f} | "
-            f"{chances['best overall']:.2f} | {chances['default']:.2f} |"
+            f"| {condition.name} | {overall} | "
+            + " | ".join(f"{chances[key]:.2f}" for key in columns)
+            + " |"
         )
     if not columns["default"]:
         return [*lines, "", "No condition has every configuration on those seeds."]
@@ -152,6 +173,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seeds", default="0-9")
     parser.add_argument("--size", type=int, default=3, help="seeds in a pick / evaluation set")
     parser.add_argument("--exclude", default="", help="comma list of short condition names")
+    parser.add_argument(
+        "--constant", type=float, default=0.1, help="the fixed weight judged as one constant"
+    )
     parser.add_argument("--store", type=Path, default=kd_suite.DEFAULT_STORE)
     args = parser.parse_args(argv)
     excluded = {name for name in args.exclude.split(",") if name}
@@ -161,7 +185,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if c.name.split()[0] not in excluded
     ]
     seeds = kd_suite.parse_seeds(args.seeds)
-    print("\n".join(ceiling_table(conditions, kd_suite.Store(args.store), seeds, args.size)))
+    if args.constant not in kd_suite.FIXED_WEIGHTS:
+        parser.error(f"--constant must be one of {kd_suite.FIXED_WEIGHTS}")
+    table = ceiling_table(conditions, kd_suite.Store(args.store), seeds, args.size, args.constant)
+    print("\n".join(table))
     return 0
 
 

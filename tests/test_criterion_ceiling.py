@@ -48,3 +48,34 @@ def test_two_thirds_chance() -> None:
     assert cc.two_thirds_chance([0.5] * 3, draws=20_000) == pytest.approx(0.5, abs=0.02)
     # at least 6 of 8 at p = 0.9: 0.962
     assert cc.two_thirds_chance([0.9] * 8, draws=20_000) == pytest.approx(0.962, abs=0.01)
+
+
+def test_a_constant_weight_is_judged_untuned_on_every_evaluation_set() -> None:
+    default = [v - 0.05 for v in FIXED["fixed a=0.3"]]
+    behind = cc.split_probabilities(FIXED, default, size=3, constant="fixed a=0.1")
+    assert set(behind) == {"picked", "best overall", "constant", "default"}
+    assert len(behind["constant"]) == len(behind["picked"]) == 120 * 35
+    assert not any(behind["constant"])  # two points behind a = 0.3 on every seed
+    best = cc.split_probabilities(FIXED, default, size=3, constant="fixed a=0.3")
+    assert all(best["constant"])  # the best weight itself: a difference of 0
+    # a weight one point above a = 0.3 on odd seeds and one below on even ones: ahead or tied
+    # on the evaluation sets with an odd seed, behind on the all-even ones (C(5, 3) = 10 of
+    # 120), the same verdict for every pick set
+    swinging = {**FIXED, "fixed a=0.7": [v + (0.01 if s % 2 else -0.01)
+                                         for s, v in enumerate(FIXED["fixed a=0.3"])]}  # fmt: skip
+    noisy = cc.split_probabilities(swinging, default, size=3, constant="fixed a=0.7")["constant"]
+    assert sum(noisy) == (120 - 10) * 35
+    assert set(cc.split_probabilities(FIXED, default, size=3)) == {
+        "picked", "best overall", "default"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="no fixed weight labelled"):
+        cc.split_probabilities(FIXED, default, size=3, constant="fixed a=0.2")
+
+
+def test_the_table_refuses_a_constant_outside_the_grid(tmp_path) -> None:
+    from benchmarks import kd_suite
+
+    with pytest.raises(ValueError, match="not in the grid"):
+        cc.ceiling_table([], kd_suite.Store(tmp_path / "store.json"), list(range(10)), 3, 0.2)
+    with pytest.raises(SystemExit):
+        cc.main(["--constant", "0.2", "--store", str(tmp_path / "store.json")])
