@@ -48,6 +48,8 @@ runs. Only a round's selection conditions can be named.
     python benchmarks/step_signals.py --gates off,lifted,lowered --conditions all  # the share
     python benchmarks/step_signals.py --gates off,hyper           # round 20's probe
     python benchmarks/step_signals.py --round 21 --gates off,grown-odds,layerwise --conditions all
+    python benchmarks/step_signals.py --round 21 --gates off,weight-share,weight-length \
+        --conditions C13,C38,C64,C94,C112,C153,S9,C142 --seeds 0-9   # a = 0.1's lead, located
     python benchmarks/step_signals.py --agreement --seeds 0       # every selection condition
     python benchmarks/step_signals.py --quick                     # tiny runs, for the tests
 """
@@ -114,13 +116,30 @@ SCALES = (0.3, 1.0, 3.0)
 #: a step where ``c_p <= 0``), its part of the update as long as its task gradient times the
 #: default's length factor ``min(1, 1 / L_task)`` (:class:`LayerwiseShare`): where the layers
 #: disagree, the teacher keeps its say in those that agree.
+#: ``"weight-share"`` / ``"weight-length"``: diagnostics, not rules (they read the losses'
+#: units): the update with the distillation share a fixed weight ``a`` (:data:`DIAGNOSTIC_WEIGHT`)
+#: gives on this step, ``a rho / ((1 - a) + a rho)``, on every step (conflicting ones too) at the
+#: default's length; or the default's direction at that weight's length ``|(1 - a) g_task + a
+#: g_rest|`` (:func:`weight_update`). Which of the two a fixed weight's lead comes from.
 #: ``"unit"``: the update handed to the base optimizer at unit norm every step (its direction
 #: unchanged): for Adam-type optimizers, whose step is invariant to a constant gradient scale but
 #: not to one that drifts over the run, the default's length rule without its drift.
 GATES = (
     "off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown", "hyper",
-    "hyper-after", "unit", "lifted4", "lifted9", "grown-odds", "layerwise",
+    "hyper-after", "unit", "lifted4", "lifted9", "grown-odds", "layerwise", "weight-share",
+    "weight-length", "memory", "memory-open",
 )  # fmt: skip
+#: The library options of the gates that are plain ``MoKD`` options: a longer memory of the
+#: agreement (``"memory"``: a moving average with decay 0.999, about the run's mean on the
+#: suite's 250-300-step runs, the conflict gate kept; ``"memory-open"``: the same average on
+#: every step, conflicting ones too).
+OPTION_GATES: dict[str, dict[str, Any]] = {
+    "memory": {"agreement_smoothing": 0.999},
+    "memory-open": {"agreement_smoothing": 0.999, "agreement_gate": "off"},
+}
+#: The fixed weight whose share or length the diagnostic gates ``"weight-share"`` /
+#: ``"weight-length"`` hand the default (0.1: the weight most often best in the suite).
+DIAGNOSTIC_WEIGHT = 0.1
 #: Decay of the moving average of the norm ratio that ``"grown-odds"`` compares with the start.
 GROWTH_SMOOTHING = 0.95
 #: Steps whose mean norm ratio is a run's starting ratio (:func:`norm_ratio_course`, ``"grown"``).
@@ -260,6 +279,32 @@ class LayerwiseShare:
             out.append(direction * (t_norm * factor / d_norm) if d_norm > 0 else direction)
         self.shares.append(statistics.mean(shares) if shares else 0.0)
         return out
+
+
+def weight_update(
+    task: torch.Tensor, rest: torch.Tensor, task_loss: float, weight: float
+) -> torch.Tensor:
+    """``"weight-share"``'s update (flat): the unit directions of the task and distillation
+    gradients mixed by the share a fixed ``weight`` gives the distillation side this step,
+    ``a rho / ((1 - a) + a rho)`` with ``rho = |rest| / |task|``, as long as the default's update
+    ``|task| min(1, 1 / L_task)``. A zero task or rest gradient: the task's own (scaled)."""
+    task_norm, rest_norm = float(task.norm()), float(rest.norm())
+    length = task_norm / max(task_loss, 1.0)
+    if task_norm == 0 or rest_norm == 0:
+        return task / max(task_loss, 1.0)
+    rho = rest_norm / task_norm
+    share = weight * rho / ((1 - weight) + weight * rho)
+    direction = (1 - share) * task / task_norm + share * rest / rest_norm
+    return direction * (length / float(direction.norm()))
+
+
+def _write_flat(update: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
+    """Write a flat update into the parameters' ``.grad`` (the layout of :func:`_flat`)."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = update[offset : offset + n].view_as(p).clone()
+        offset += n
 
 
 def update_factor(gate: str, task_loss: float, opening: Optional[float], agreement: float) -> float:
@@ -405,7 +450,7 @@ def probe_run(
     signals: list[float] = []
     feeds: list[float] = []
     run = kd_suite.Training.start(condition, seed, lr, quick)
-    opt = MultiObjectiveOptimizer(run.base, "mokd")
+    opt = MultiObjectiveOptimizer(run.base, "mokd", **OPTION_GATES.get(gate, {}))
     if gate in SHARE_TRUST:
         opt.method.set_trust(SHARE_TRUST[gate])  # kept until set again
     params = run.params
@@ -471,6 +516,20 @@ def probe_run(
             factor = grown_factor(shares[-1], rhos[-1], start, len(rhos))
         elif gate == "unit":
             factor = 1.0 / update_norm if update_norm > 0 else 1.0
+        elif gate == "weight-share":
+            with torch.no_grad():
+                _write_flat(
+                    weight_update(task_flat, rest_flat, task_loss, DIAGNOSTIC_WEIGHT), params
+                )
+            update = _flat([p.grad for p in params], params)
+            update_norm = float(update.norm())
+            rho = rhos[-1]
+            shares[-1] = (
+                DIAGNOSTIC_WEIGHT * rho / ((1 - DIAGNOSTIC_WEIGHT) + DIAGNOSTIC_WEIGHT * rho)
+            )
+        elif gate == "weight-length":
+            fixed = (1 - DIAGNOSTIC_WEIGHT) * task_flat + DIAGNOSTIC_WEIGHT * rest_flat
+            factor = float(fixed.norm()) / update_norm if update_norm > 0 else 1.0
         elif layerwise is not None:
             length = 1.0 / max(task_loss, 1.0)  # the default's length over the task gradient's
             with torch.no_grad():

@@ -776,6 +776,35 @@ def test_round_21_checks_the_default_on_fresh_pairs_of_temperatures() -> None:
     assert sum(bool(c.stress) for c in confirmation) == 1
 
 
+def test_round_22_selects_on_round_21s_conditions_and_confirms_on_fresh_ones() -> None:
+    # round 22: selection = round 21's conditions (84, recomputed); C162-C169 are new, a 0.3x /
+    # 3x triple on a digits MLP with a weak teacher (the candidate's case) with the loss-scale
+    # stress at x1, weak teachers on six of eight, feature heads on three, one DKD condition
+    round_21 = [c.name for c in kd_suite.conditions_of_round(21, "all")]
+    round_22 = kd_suite.conditions_of_round(22, "selection")
+    assert [c.name for c in round_22] == round_21 and len(round_22) == 84
+    assert all(c.evaluation == c.lr_evaluation == "recomputed" for c in round_22)
+    confirmation = kd_suite.conditions_of_round(22, "confirmation")
+    assert [c.name.split()[0] for c in confirmation] == [f"C{n}" for n in range(162, 170)]
+    assert all(c.round == 22 and c.evaluation == "recomputed" for c in confirmation)
+    triple = [c for c in confirmation if c.recipe == kd_suite.DIGITS_MLP_ADAMW_CONST]
+    assert sorted(c.lr_scale for c in triple) == [0.3, 1.0, 3.0]
+    assert [c.stress for c in confirmation if c.stress] == [(1e3, 1e-2)]
+    assert sum(c.teacher == "weak" for c in confirmation) == 6
+    assert sum("feat" in c.objectives for c in confirmation) == 3
+    assert any(c.objectives == "dkd" for c in confirmation)
+
+
+def test_the_long_memory_candidate_is_the_default_with_a_longer_ungated_average() -> None:
+    candidate, default = kd_suite.CANDIDATES["long-memory"], kd_suite.CANDIDATES["gated"]
+    options = kd_suite.method_options(candidate)
+    assert options == {
+        **kd_suite.method_options(default),
+        "agreement_smoothing": 0.999,
+        "agreement_gate": "off",
+    }
+
+
 def test_every_rounds_fresh_conditions_are_new_settings() -> None:
     # the store keys runs by a condition's settings, not its name: a confirmation condition
     # with the settings of a selection condition or of an earlier round's condition would be

@@ -571,3 +571,63 @@ def test_a_layerwise_probe_run_keeps_the_defaults_length(quick_run, off_probe) -
     assert max(abs(a - b) for a, b in zip(probe["shares"], off["shares"])) > 0.01
     # the same length, another direction: the first step lowers the task loss by another amount
     assert probe["steps"][0][1] != pytest.approx(off["steps"][0][1], rel=1e-4)
+
+
+def test_the_weight_share_update_mixes_the_unit_gradients_by_a_fixed_weights_share() -> None:
+    task, rest = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])  # rho = 4/3
+    update = step_signals.weight_update(task, rest, task_loss=2.0, weight=0.1)
+    share = 0.1 * (4 / 3) / (0.9 + 0.1 * (4 / 3))
+    assert float(update.norm()) == pytest.approx(3.0 / 2.0)  # the default's capped length
+    assert float(update[1] / update[0]) == pytest.approx(share / (1 - share))
+    # not scale-free (a diagnostic): the distillation loss x1000 takes nearly all the share
+    scaled = step_signals.weight_update(task, 1000 * rest, task_loss=0.5, weight=0.1)
+    assert float(scaled.norm()) == pytest.approx(3.0) and float(scaled[1] / scaled[0]) > 100
+    assert torch.equal(step_signals.weight_update(task, torch.zeros(2), 2.0, 0.1), task / 2.0)
+
+
+def test_a_flat_update_is_written_back_in_the_parameters_layout() -> None:
+    params = [torch.zeros(2, 3, requires_grad=True), torch.zeros(4, requires_grad=True)]
+    flat = torch.arange(10.0)
+    step_signals._write_flat(flat, params)
+    assert params[0].grad is not None and params[0].grad.shape == (2, 3)
+    assert torch.equal(step_signals._flat([p.grad for p in params], params), flat)
+
+
+def _first_step_gradients(condition: kd_suite.Condition, lr: float) -> tuple[torch.Tensor, ...]:
+    """The task and distillation gradients (flat) of the quick condition's first step, seed 0."""
+    run = kd_suite.Training.start(condition, 0, lr, True)
+    _, batch = next(iter(run.batches()))
+    losses = run.losses(batch)
+    rest = torch.stack([v for name, v in losses.items() if name != "task"]).sum()
+    grads = [
+        step_signals._flat(
+            torch.autograd.grad(loss, run.params, retain_graph=True, allow_unused=True), run.params
+        )
+        for loss in (losses["task"], rest)
+    ]
+    return grads[0], grads[1], losses["task"].detach()
+
+
+def test_the_weight_diagnostics_hand_the_default_a_fixed_weights_share_or_length(
+    quick_run, off_probe
+) -> None:
+    condition, lr, off = off_probe
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        task, rest, task_loss = _first_step_gradients(condition, lr)
+    finally:
+        torch.set_num_threads(threads)
+    a = step_signals.DIAGNOSTIC_WEIGHT
+    # "weight-length": the default's first direction at |(1 - a) g_task + a g_rest|
+    _, _, longer = _quick_probe(quick_run[1], "weight-length")
+    assert longer["feeds"][0] == pytest.approx(float(((1 - a) * task + a * rest).norm()), rel=1e-4)
+    assert longer["shares"][0] == pytest.approx(off["shares"][0])
+    # "weight-share": the default's first length, the fixed weight's share on every step
+    _, _, shared = _quick_probe(quick_run[1], "weight-share")
+    assert shared["feeds"][0] == pytest.approx(off["feeds"][0], rel=1e-4)
+    rho = float(rest.norm() / task.norm())
+    assert shared["shares"][0] == pytest.approx(a * rho / ((1 - a) + a * rho), rel=1e-5)
+    assert off["feeds"][0] == pytest.approx(
+        float(task.norm()) / max(float(task_loss), 1.0), rel=1e-4
+    )
