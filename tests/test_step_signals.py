@@ -106,6 +106,17 @@ def _quick_probe(store: str, gate: str) -> tuple[kd_suite.Condition, float, dict
         torch.set_num_threads(threads)
 
 
+def _suite_run(condition: kd_suite.Condition, lr: float, candidate: str) -> dict:
+    """The suite's own run of ``candidate`` on ``condition`` (seed 0, quick), on one thread as
+    the probe ran."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return kd_suite.train_run(condition, kd_suite.CANDIDATES[candidate], 0, lr, 1.0, True)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def off_probe(quick_run) -> tuple[kd_suite.Condition, float, dict]:
     return _quick_probe(quick_run[1], "off")
@@ -474,14 +485,8 @@ def test_the_hyper_probe_is_the_library_option(quick_run) -> None:
     # the probe's factor on the update is what MoKD(lengthen="hypergradient") does to its
     # weights: the same run to the last digit of the final accuracy, and not the default's
     condition, lr, probe = _quick_probe(quick_run[1], "hyper")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        config = kd_suite.CANDIDATES["gated-hypergradient"]
-        suite = kd_suite.train_run(condition, config, 0, lr, 1.0, True)
-        default = kd_suite.train_run(condition, kd_suite.CANDIDATES["default"], 0, lr, 1.0, True)
-    finally:
-        torch.set_num_threads(threads)
+    suite = _suite_run(condition, lr, "gated-hypergradient")
+    default = _suite_run(condition, lr, "default")
     assert probe["final"] == suite["final"] != default["final"]
 
 
@@ -630,4 +635,21 @@ def test_the_weight_diagnostics_hand_the_default_a_fixed_weights_share_or_length
     assert shared["shares"][0] == pytest.approx(a * rho / ((1 - a) + a * rho), rel=1e-5)
     assert off["feeds"][0] == pytest.approx(
         float(task.norm()) / max(float(task_loss), 1.0), rel=1e-4
+    )
+
+
+def test_the_memory_probe_is_round_22s_candidate(quick_run, off_probe) -> None:
+    # "memory-open" trains with the library options of the suite's "long-memory" candidate:
+    # the probe's run ends where the suite's own run of that candidate does, and (a longer,
+    # ungated average) elsewhere than the default's
+    condition, lr, off = off_probe
+    _, _, probe = _quick_probe(quick_run[1], "memory-open")
+    assert probe["final"] == _suite_run(condition, lr, "long-memory")["final"]
+    assert step_signals.OPTION_GATES["memory-open"] == {
+        key: value
+        for key, value in kd_suite.method_options(kd_suite.CANDIDATES["long-memory"]).items()
+        if key in ("agreement_smoothing", "agreement_gate")
+    }
+    assert probe["shares"] != off["shares"] and set(step_signals.OPTION_GATES) <= set(
+        step_signals.GATES
     )
