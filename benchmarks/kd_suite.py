@@ -1784,6 +1784,15 @@ CONDITIONS: tuple[Condition, ...] = (
     # MNIST CNN (SGD, cosine) with two heads at T = 8; an MNIST CNN (AdamW, cosine) with one head
     # at T = 2; a Fashion CNN (SGD, constant) with a weak teacher at T = 4; an MNIST MLP (AdamW,
     # cosine) with a weak teacher and DKD at T = 4.
+    # Selection verdict (written before any confirmation run; `--round 22 --split selection
+    # --candidates default,long-memory`, 10 min, the baselines stored): default +2.85 / +3.37,
+    # 55 / 84 against the best fixed weight, 79 / 84 against ce, 1 collapse (C91); candidate
+    # +2.89 / +3.41, 57 / 84, 76 / 84, 1 collapse (C91). (1), (2) and (4) met; (3) differed on
+    # seeds 0-2, so the eleven conditions where either trailed ce or collapsed (C13, C38, C50,
+    # C64, C69, C91, C101, C118, C143, C150, C160) ran on seeds 0-9 (`--seeds 0-9 --ce-only`,
+    # 9 min): each trails ce on 6 of 11 (the candidate newly on C160, -1.15 +- 0.29; the
+    # default on C101, -0.36 +- 0.29) and collapses on 1 of 110 runs (C91). (3) met: the
+    # candidate MEETS the adoption rule, by small margins (+0.04 on both means, two more ties).
     *_recomputed_confirmation(
         22,
         (
