@@ -1793,6 +1793,10 @@ CONDITIONS: tuple[Condition, ...] = (
     # 9 min): each trails ce on 6 of 11 (the candidate newly on C160, -1.15 +- 0.29; the
     # default on C101, -0.36 +- 0.29) and collapses on 1 of 110 runs (C91). (3) met: the
     # candidate MEETS the adoption rule, by small margins (+0.04 on both means, two more ties).
+    # Adopted: MoKD's agreement_smoothing default 0.999, agreement_gate "off". Confirmation
+    # (after the verdict): new default -0.35 / +0.51, 2 / 8 and 6 / 8, no collapse; rounds 18-21's
+    # rule -0.68 / +0.17, 2 / 8 and 7 / 8; the prediction held (weak teachers -0.37 against
+    # -0.78).
     *_recomputed_confirmation(
         22,
         (
@@ -2054,7 +2058,7 @@ ROUND_3: dict[str, Any] = {"step": "capped-log-anchor", "equalize": 1.0, "anchor
 #: default since), which the later candidates build on.
 ROUND_4: dict[str, Any] = {**ROUND_3, "rest": "sum"}
 ROUND_7: dict[str, Any] = {**ROUND_4, "conflict": "agreement"}
-#: Round 13's gated moving-average share, the default since round 18.
+#: Round 13's gated moving-average share, the default of rounds 18-21.
 GATED: dict[str, Any] = {**ROUND_7, "agreement_smoothing": 0.99, "agreement_gate": "mean"}
 
 CANDIDATES: dict[str, Config] = {

@@ -134,7 +134,7 @@ GATES = (
 #: suite's 250-300-step runs, the conflict gate kept; ``"memory-open"``: the same average on
 #: every step, conflicting ones too).
 OPTION_GATES: dict[str, dict[str, Any]] = {
-    "memory": {"agreement_smoothing": 0.999},
+    "memory": {"agreement_smoothing": 0.999, "agreement_gate": "mean"},
     "memory-open": {"agreement_smoothing": 0.999, "agreement_gate": "off"},
 }
 #: The fixed weight whose share or length the diagnostic gates ``"weight-share"`` /

@@ -136,11 +136,12 @@ def test_mokd_candidates_spell_out_every_option() -> None:
             assert set(every) - set(options) <= set(kd_suite.NEUTRAL_MOKD_OPTIONS)
             assert set(kd_suite.method_options(config)) == set(every)
     # the default spells out anchor_vs_rest=True, rest="sum", conflict="agreement" and round
-    # 18's agreement_smoothing=0.99, agreement_gate="mean" (not the neutral values): the same
-    # runs as round 13's "gated" candidate, not round 7's (the per-step share, smoothing left
-    # out), round 6's ("project"), round 4's (conflict left out: "pareto") nor round 3's (rest
-    # left out: "min-norm")
-    assert kd_suite.CANDIDATES["gated"].key == kd_suite.CANDIDATES["default"].key
+    # 22's agreement_smoothing=0.999 (agreement_gate="off", the neutral value): the same runs
+    # as round 22's "long-memory" candidate, not rounds 18-21's ("gated"), round 7's (the
+    # per-step share, smoothing left out), round 6's ("project"), round 4's (conflict left
+    # out: "pareto") nor round 3's (rest left out: "min-norm")
+    assert kd_suite.CANDIDATES["long-memory"].key == kd_suite.CANDIDATES["default"].key
+    assert kd_suite.CANDIDATES["gated"].key != kd_suite.CANDIDATES["default"].key
     assert kd_suite.CANDIDATES["agreement"].key != kd_suite.CANDIDATES["default"].key
     assert kd_suite.method_options(kd_suite.CANDIDATES["agreement"])["agreement_smoothing"] == 0
     assert kd_suite.CANDIDATES["project"].key != kd_suite.CANDIDATES["default"].key

@@ -946,38 +946,42 @@ def test_agreement_smoothing_uses_the_running_mean_of_the_agreement(k: int, gate
     )
 
 
-def test_the_default_share_is_the_gated_moving_average_of_the_agreement() -> None:
-    # round 18 adopted agreement_smoothing=0.99 with agreement_gate="mean" for the agreement
-    # rules; any rule that cannot use it (or agreement_lag) keeps the per-step share, and
-    # agreement_smoothing=0 gives round 7's per-step rule back, ungated
+def test_the_default_share_is_the_runs_mean_agreement_on_every_step() -> None:
+    # round 22 adopted agreement_smoothing=0.999 with agreement_gate="off" for the agreement
+    # rules (rounds 18-21: 0.99 with "mean", still reachable by options); any rule that cannot
+    # use it (or agreement_lag) keeps the per-step share, and agreement_smoothing=0 gives round
+    # 7's per-step rule back; the gate is "off" unless asked for
     default = methods.get("mokd").options()
-    assert default["agreement_smoothing"] == pytest.approx(0.99)
-    assert default["agreement_gate"] == "mean"
+    assert default["agreement_smoothing"] == pytest.approx(0.999)
+    assert default["agreement_gate"] == "off"
     for options in ({"conflict": "project"}, {"agreement_lag": True}, {"simplex": False}):
         chosen = methods.get("mokd", **options).options()
         assert (chosen["agreement_smoothing"], chosen["agreement_gate"]) == (0.0, "off")
     per_step = methods.get("mokd", agreement_smoothing=0.0).options()
     assert (per_step["agreement_smoothing"], per_step["agreement_gate"]) == (0.0, "off")
-    assert methods.get("mokd", agreement_smoothing=0.9).options()["agreement_gate"] == "mean"
-    # the default steps exactly as the explicit configuration does, and differs from round 7's
-    rng = np.random.default_rng(18)
-    implicit, explicit, round_7 = (
+    assert methods.get("mokd", agreement_smoothing=0.9).options()["agreement_gate"] == "off"
+    # the default steps exactly as the explicit configuration does, and differs from rounds
+    # 18-21's and from round 7's
+    rng = np.random.default_rng(22)
+    implicit, explicit, round_18, round_7 = (
         methods.get("mokd", **options)
         for options in (
             {},
+            {"agreement_smoothing": 0.999, "agreement_gate": "off"},
             {"agreement_smoothing": 0.99, "agreement_gate": "mean"},
             {"agreement_smoothing": 0.0},
         )
     )
-    for method in (implicit, explicit, round_7):
+    for method in (implicit, explicit, round_18, round_7):
         method.bind(["task", "kd"])
-    differs = False
+    differs_18 = differs_7 = False
     for _ in range(8):
         jacobian, losses, _ = _random_agreement_step(rng, 2)
         w = _weights(implicit, jacobian, losses)
         np.testing.assert_array_equal(w, _weights(explicit, jacobian, losses))
-        differs |= not np.allclose(w, _weights(round_7, jacobian, losses))
-    assert differs
+        differs_18 |= not np.allclose(w, _weights(round_18, jacobian, losses))
+        differs_7 |= not np.allclose(w, _weights(round_7, jacobian, losses))
+    assert differs_18 and differs_7
 
 
 def test_agreement_smoothing_checks_its_value_and_rule() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -106,13 +107,14 @@ def _quick_probe(store: str, gate: str) -> tuple[kd_suite.Condition, float, dict
         torch.set_num_threads(threads)
 
 
-def _suite_run(condition: kd_suite.Condition, lr: float, candidate: str) -> dict:
-    """The suite's own run of ``candidate`` on ``condition`` (seed 0, quick), on one thread as
-    the probe ran."""
+def _suite_run(condition: kd_suite.Condition, lr: float, candidate: str | kd_suite.Config) -> dict:
+    """The suite's own run of ``candidate`` (a name of ``kd_suite.CANDIDATES`` or a
+    configuration) on ``condition`` (seed 0, quick), on one thread as the probe ran."""
+    config = kd_suite.CANDIDATES[candidate] if isinstance(candidate, str) else candidate
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return kd_suite.train_run(condition, kd_suite.CANDIDATES[candidate], 0, lr, 1.0, True)
+        return kd_suite.train_run(condition, config, 0, lr, 1.0, True)
     finally:
         torch.set_num_threads(threads)
 
@@ -485,9 +487,14 @@ def test_the_hyper_probe_is_the_library_option(quick_run) -> None:
     # the probe's factor on the update is what MoKD(lengthen="hypergradient") does to its
     # weights: the same run to the last digit of the final accuracy, and not the default's
     condition, lr, probe = _quick_probe(quick_run[1], "hyper")
-    suite = _suite_run(condition, lr, "gated-hypergradient")
-    default = _suite_run(condition, lr, "default")
-    assert probe["final"] == suite["final"] != default["final"]
+    default = kd_suite.CANDIDATES["default"]
+    hyper = replace(
+        default,
+        label="mokd (library default), lengthen=hypergradient",
+        options=tuple(sorted({**dict(default.options), "lengthen": "hypergradient"}.items())),
+    )
+    assert probe["final"] == _suite_run(condition, lr, hyper)["final"]
+    assert probe["final"] != _suite_run(condition, lr, default)["final"]
 
 
 def test_a_hyper_probe_run_lengthens_as_the_descent_signal_says(quick_run, off_probe) -> None:
@@ -639,17 +646,20 @@ def test_the_weight_diagnostics_hand_the_default_a_fixed_weights_share_or_length
 
 
 def test_the_memory_probe_is_round_22s_candidate(quick_run, off_probe) -> None:
-    # "memory-open" trains with the library options of the suite's "long-memory" candidate:
-    # the probe's run ends where the suite's own run of that candidate does, and (a longer,
-    # ungated average) elsewhere than the default's
+    # "memory-open" trains with the library options of the suite's "long-memory" candidate --
+    # the library default since round 22: the probe's run ends where the suite's own run of
+    # that candidate does, and is the default's ("off"), step for step; "memory" (the same
+    # average, gated as rounds 18-21) and rounds 18-21's rule are not
     condition, lr, off = off_probe
     _, _, probe = _quick_probe(quick_run[1], "memory-open")
     assert probe["final"] == _suite_run(condition, lr, "long-memory")["final"]
+    assert probe["shares"] == off["shares"]
+    _, _, gated = _quick_probe(quick_run[1], "memory")
+    assert gated["shares"] != off["shares"]
+    assert probe["final"] != _suite_run(condition, lr, "gated")["final"]
     assert step_signals.OPTION_GATES["memory-open"] == {
         key: value
         for key, value in kd_suite.method_options(kd_suite.CANDIDATES["long-memory"]).items()
         if key in ("agreement_smoothing", "agreement_gate")
     }
-    assert probe["shares"] != off["shares"] and set(step_signals.OPTION_GATES) <= set(
-        step_signals.GATES
-    )
+    assert set(step_signals.OPTION_GATES) <= set(step_signals.GATES)

@@ -58,10 +58,17 @@ STATIONARY_RTOL = 1e-3
 #: last 100 steps).
 STEP_BOUND_DECAY = 0.99
 
-#: :class:`MoKD`'s default ``agreement_smoothing`` under an agreement rule (round 18 of the
-#: suite): the share follows the agreement over about the last 100 steps, the decay of the
-#: library's other running statistics.
+#: The decay of the library's other running statistics (about the last 100 steps): round 18's
+#: ``agreement_smoothing`` (the default of rounds 18-21) and the average behind
+#: ``lengthen="while-short"``.
 AGREEMENT_SMOOTHING = 0.99
+
+#: :class:`MoKD`'s default ``agreement_smoothing`` under an agreement rule (round 22 of the
+#: suite): the share is about the run's mean agreement (1000 steps of memory; the suite's runs
+#: are 250-300 steps long), given on every step (``agreement_gate="off"``) -- a weak teacher
+#: keeps the share it earned early instead of losing it as its cosine falls once the labels
+#: are fit.
+DEFAULT_AGREEMENT_SMOOTHING = 0.999
 
 #: ``lengthen="hypergradient"`` (round 20 of the suite): the log of the length factor moves by
 #: this times ``-cos(d, delta)`` per step (about 33 steps of a fully aligned signal per e-fold),
@@ -636,9 +643,9 @@ class MoKD(Method):
             ``"agreement"`` (default, chosen in round 7): the others' share of the update is
             their cosine ``c`` with the anchor, ``max(c, 0)`` -- nothing where they are
             orthogonal to it or against it, so a teacher whose gradient does not help the task
-            gets little of the step (see :func:`share_by_agreement`); by default (round 18) the
-            cosine's moving average over the run on the steps where ``c > 0``
-            (``agreement_smoothing``, ``agreement_gate``); ``"scaled"``: the anchor
+            gets little of the step (see :func:`share_by_agreement`); by default (round 22) the
+            run's mean of ``max(c, 0)`` (a moving average with a 1000-step memory) on every
+            step (``agreement_smoothing``, ``agreement_gate``); ``"scaled"``: the anchor
             plus ``max(c, 0)`` times the others (Du et al. 2018); ``"sharpened"`` /
             ``"sharpened-above"`` (round 11): the cosine's odds squared, everywhere / only
             above 1/2 (:func:`agreement_share`). The rest change the step only
@@ -671,13 +678,14 @@ class MoKD(Method):
             over the steps instead of this step's value -- a share that follows how much the
             others agree with the anchor over a run, not the batch at hand (round 12 of the
             suite); needs ``conflict`` in ``AGREEMENT_RULES``. ``0``: this step's (the default
-            of rounds 7-17). Default ``None``: ``AGREEMENT_SMOOTHING`` (0.99; round 18) under an
-            agreement rule without ``agreement_lag``, else ``0``.
+            of rounds 7-17). Default ``None``: ``DEFAULT_AGREEMENT_SMOOTHING`` (0.999; round 22
+            of the suite) under an agreement rule without ``agreement_lag``, else ``0``; rounds
+            18-21's default was ``0.99`` with ``agreement_gate="mean"``.
         agreement_gate: with ``agreement_smoothing``, what a step whose own cosine is ``<= 0``
-            gets (round 13 of the suite), one of ``AGREEMENT_GATES``: ``"off"`` the moving
-            average like every step; ``"mean"`` no share (the per-step rule's answer in a
-            conflict), the others the moving average of ``max(c, 0)`` over every step (the
-            default with ``agreement_smoothing > 0`` since round 18, ``"off"`` without);
+            gets (round 13 of the suite), one of ``AGREEMENT_GATES``: ``"off"`` (the default
+            since round 22) the moving average like every step; ``"mean"`` no share (the
+            per-step rule's answer in a conflict), the others the moving average of
+            ``max(c, 0)`` over every step (the default of rounds 18-21);
             ``"agreeing-mean"`` no share, the others the moving average of ``c`` over the
             agreeing steps only; ``"blend"`` (round 17) ``(1 - f) m + f a``, the moving average
             ``m`` of ``max(c, 0)`` and this step's ``a`` mixed by the moving average ``f`` of
@@ -738,12 +746,14 @@ class MoKD(Method):
             anchor_vs_rest = bool(simplex)
         if conflict is None:  # the agreement share (the default) with simplex weights
             conflict = "agreement" if simplex else "pareto"
-        if agreement_smoothing is None:  # the run's mean agreement (round 18) with that share
+        if agreement_smoothing is None:  # the run's mean agreement (round 22) with that share
             agreement_smoothing = (
-                AGREEMENT_SMOOTHING if conflict in AGREEMENT_RULES and not agreement_lag else 0.0
+                DEFAULT_AGREEMENT_SMOOTHING
+                if conflict in AGREEMENT_RULES and not agreement_lag
+                else 0.0
             )
-        if agreement_gate is None:  # no share on a conflicting step wherever a mean is used
-            agreement_gate = "mean" if agreement_smoothing > 0 else "off"
+        if agreement_gate is None:  # the average on every step, conflicting ones too (round 22)
+            agreement_gate = "off"
         if step not in STEP_RULES:
             raise ValueError(f"mokd: unknown step rule {step!r}; choose one of {STEP_RULES}")
         if not isinstance(anchor, (int, str)) or isinstance(anchor, bool):
