@@ -79,9 +79,11 @@ def split_probabilities(
     if constant is not None and constant not in fixed:
         raise ValueError(f"no fixed weight labelled {constant!r}; have {sorted(fixed)}")
     overall = max(fixed, key=lambda label: statistics.mean(fixed[label]))
-    unpicked = {"best overall": fixed[overall], "default": default}
-    if constant is not None:
-        unpicked = {"best overall": fixed[overall], "constant": fixed[constant], "default": default}
+    unpicked = {
+        "best overall": fixed[overall],
+        **({} if constant is None else {"constant": fixed[constant]}),
+        "default": default,
+    }
     out: dict[str, list[bool]] = {"picked": [], **{key: [] for key in unpicked}}
     for evaluation in itertools.combinations(range(n), size):
         rest = [s for s in range(n) if s not in evaluation]

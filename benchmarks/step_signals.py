@@ -292,8 +292,7 @@ def weight_update(
     length = task_norm / max(task_loss, 1.0)
     if task_norm == 0 or rest_norm == 0:
         return task / max(task_loss, 1.0)
-    rho = rest_norm / task_norm
-    share = weight * rho / ((1 - weight) + weight * rho)
+    share = fixed_weight_share(weight, rest_norm / task_norm)
     direction = (1 - share) * task / task_norm + share * rest / rest_norm
     return direction * (length / float(direction.norm()))
 
@@ -517,16 +516,11 @@ def probe_run(
         elif gate == "unit":
             factor = 1.0 / update_norm if update_norm > 0 else 1.0
         elif gate == "weight-share":
+            update = weight_update(task_flat, rest_flat, task_loss, DIAGNOSTIC_WEIGHT)
             with torch.no_grad():
-                _write_flat(
-                    weight_update(task_flat, rest_flat, task_loss, DIAGNOSTIC_WEIGHT), params
-                )
-            update = _flat([p.grad for p in params], params)
+                _write_flat(update, params)
             update_norm = float(update.norm())
-            rho = rhos[-1]
-            shares[-1] = (
-                DIAGNOSTIC_WEIGHT * rho / ((1 - DIAGNOSTIC_WEIGHT) + DIAGNOSTIC_WEIGHT * rho)
-            )
+            shares[-1] = fixed_weight_share(DIAGNOSTIC_WEIGHT, rhos[-1])
         elif gate == "weight-length":
             fixed = (1 - DIAGNOSTIC_WEIGHT) * task_flat + DIAGNOSTIC_WEIGHT * rest_flat
             factor = float(fixed.norm()) / update_norm if update_norm > 0 else 1.0

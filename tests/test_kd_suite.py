@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import replace
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 import torch
@@ -723,17 +723,29 @@ def test_round_18_keeps_round_17s_draw_and_adds_its_confirmation_conditions() ->
     }
 
 
+def _fresh_after_the_previous_round(
+    round_number: int, first: int, selection_count: Optional[int] = None
+) -> list[kd_suite.Condition]:
+    """Rounds 19 on repeat round 17's draw: a round's selection data are the previous round's
+    selection and confirmation conditions (``selection_count`` of them, when given), judged with
+    recomputed BatchNorm statistics; its eight confirmation conditions ``C<first>`` on are its
+    own, judged the same way. Returns them."""
+    previous = [c.name for c in kd_suite.conditions_of_round(round_number - 1, "all")]
+    selection = kd_suite.conditions_of_round(round_number, "selection")
+    assert [c.name for c in selection] == previous
+    assert selection_count is None or len(selection) == selection_count
+    assert all(c.evaluation == c.lr_evaluation == "recomputed" for c in selection)
+    confirmation = kd_suite.conditions_of_round(round_number, "confirmation")
+    assert [c.name.split()[0] for c in confirmation] == [f"C{n}" for n in range(first, first + 8)]
+    assert all(c.round == round_number and c.evaluation == "recomputed" for c in confirmation)
+    return confirmation
+
+
 def test_round_19_selects_on_round_18s_conditions_and_confirms_on_fresh_ones() -> None:
     # round 19 repeats round 17's draw: its selection data are round 18's selection and
     # confirmation conditions (60), all recomputed; its confirmation conditions C138-C145 are
     # new and judged the same way
-    round_18 = [c.name for c in kd_suite.conditions_of_round(18, "all")]
-    round_19 = kd_suite.conditions_of_round(19, "selection")
-    assert [c.name for c in round_19] == round_18
-    assert all(c.evaluation == c.lr_evaluation == "recomputed" for c in round_19)
-    confirmation = kd_suite.conditions_of_round(19, "confirmation")
-    assert [c.name.split()[0] for c in confirmation] == [f"C{n}" for n in range(138, 146)]
-    assert all(c.round == 19 and c.evaluation == "recomputed" for c in confirmation)
+    confirmation = _fresh_after_the_previous_round(19, first=138)
     assert {c.lr_scale for c in confirmation} == {0.3, 1.0, 3.0}
     assert sum("feat" in c.objectives for c in confirmation) >= 2
 
@@ -742,13 +754,7 @@ def test_round_20_selects_on_round_19s_conditions_and_confirms_on_fresh_ones() -
     # round 20 repeats round 17's draw: its selection data are round 19's selection and
     # confirmation conditions (68), all recomputed; C146-C153 are new, with a 0.3x / 3x triple
     # on a recipe never used for 0.3x before, and judged the same way
-    round_19 = [c.name for c in kd_suite.conditions_of_round(19, "all")]
-    round_20 = kd_suite.conditions_of_round(20, "selection")
-    assert [c.name for c in round_20] == round_19 and len(round_20) == 68
-    assert all(c.evaluation == c.lr_evaluation == "recomputed" for c in round_20)
-    confirmation = kd_suite.conditions_of_round(20, "confirmation")
-    assert [c.name.split()[0] for c in confirmation] == [f"C{n}" for n in range(146, 154)]
-    assert all(c.round == 20 and c.evaluation == "recomputed" for c in confirmation)
+    confirmation = _fresh_after_the_previous_round(20, first=146, selection_count=68)
     triple = [c for c in confirmation if c.recipe == kd_suite.FASHION_CNN_SGD_COS]
     assert sorted(c.lr_scale for c in triple) == [0.3, 1.0, 3.0]
     earlier = [c for c in kd_suite.CONDITIONS if c.round < 20 and c.lr_scale == 0.3]
@@ -761,12 +767,7 @@ def test_round_21_checks_the_default_on_fresh_pairs_of_temperatures() -> None:
     # round 21 (no candidate): selection = round 20's conditions (76, recomputed); C154-C161 are
     # four recipe-teacher pairs that differ only in the KD temperature, T = 2 and T = 8, with
     # the loss-scale stress on one of them
-    round_20 = [c.name for c in kd_suite.conditions_of_round(20, "all")]
-    round_21 = kd_suite.conditions_of_round(21, "selection")
-    assert [c.name for c in round_21] == round_20 and len(round_21) == 76
-    confirmation = kd_suite.conditions_of_round(21, "confirmation")
-    assert [c.name.split()[0] for c in confirmation] == [f"C{n}" for n in range(154, 162)]
-    assert all(c.round == 21 and c.evaluation == "recomputed" for c in confirmation)
+    confirmation = _fresh_after_the_previous_round(21, first=154, selection_count=76)
     pairs: dict[tuple, list[float]] = {}
     for c in confirmation:
         key = (c.recipe, c.teacher, c.lr_scale, c.objectives)
@@ -781,13 +782,7 @@ def test_round_22_selects_on_round_21s_conditions_and_confirms_on_fresh_ones() -
     # round 22: selection = round 21's conditions (84, recomputed); C162-C169 are new, a 0.3x /
     # 3x triple on a digits MLP with a weak teacher (the candidate's case) with the loss-scale
     # stress at x1, weak teachers on six of eight, feature heads on three, one DKD condition
-    round_21 = [c.name for c in kd_suite.conditions_of_round(21, "all")]
-    round_22 = kd_suite.conditions_of_round(22, "selection")
-    assert [c.name for c in round_22] == round_21 and len(round_22) == 84
-    assert all(c.evaluation == c.lr_evaluation == "recomputed" for c in round_22)
-    confirmation = kd_suite.conditions_of_round(22, "confirmation")
-    assert [c.name.split()[0] for c in confirmation] == [f"C{n}" for n in range(162, 170)]
-    assert all(c.round == 22 and c.evaluation == "recomputed" for c in confirmation)
+    confirmation = _fresh_after_the_previous_round(22, first=162, selection_count=84)
     triple = [c for c in confirmation if c.recipe == kd_suite.DIGITS_MLP_ADAMW_CONST]
     assert sorted(c.lr_scale for c in triple) == [0.3, 1.0, 3.0]
     assert [c.stress for c in confirmation if c.stress] == [(1e3, 1e-2)]
