@@ -124,10 +124,15 @@ SCALES = (0.3, 1.0, 3.0)
 #: ``"unit"``: the update handed to the base optimizer at unit norm every step (its direction
 #: unchanged): for Adam-type optimizers, whose step is invariant to a constant gradient scale but
 #: not to one that drifts over the run, the default's length rule without its drift.
+#: ``"jitter"``: a control, not a rule (an A/A test of the suite's adoption rule): the update
+#: times ``e^{+0.01}`` and ``e^{-0.01}`` on alternate steps (:func:`jitter_factor`) -- no
+#: systematic change of the length (the factors' logs cancel in pairs), but enough that the
+#: runs part from the default's as a real candidate's do, so its gaps to the default on the
+#: selection conditions are what a rule with no effect at all scores.
 GATES = (
     "off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown", "hyper",
     "hyper-after", "unit", "lifted4", "lifted9", "grown-odds", "layerwise", "weight-share",
-    "weight-length", "memory", "memory-open",
+    "weight-length", "memory", "memory-open", "jitter",
 )  # fmt: skip
 #: The library options of the gates that are plain ``MoKD`` options: a longer memory of the
 #: agreement (``"memory"``: a moving average with decay 0.999, about the run's mean on the
@@ -140,6 +145,9 @@ OPTION_GATES: dict[str, dict[str, Any]] = {
 #: The fixed weight whose share or length the diagnostic gates ``"weight-share"`` /
 #: ``"weight-length"`` hand the default (0.1: the weight most often best in the suite).
 DIAGNOSTIC_WEIGHT = 0.1
+#: The log of the ``"jitter"`` control's factor: the update times ``e^{+JITTER}`` and
+#: ``e^{-JITTER}`` on alternate steps.
+JITTER = 0.01
 #: Decay of the moving average of the norm ratio that ``"grown-odds"`` compares with the start.
 GROWTH_SMOOTHING = 0.95
 #: Steps whose mean norm ratio is a run's starting ratio (:func:`norm_ratio_course`, ``"grown"``).
@@ -295,6 +303,12 @@ def weight_update(
     share = fixed_weight_share(weight, rest_norm / task_norm)
     direction = (1 - share) * task / task_norm + share * rest / rest_norm
     return direction * (length / float(direction.norm()))
+
+
+def jitter_factor(step: int) -> float:
+    """The ``"jitter"`` control's factor on step ``step`` (0-based): ``e^{+JITTER}`` on even
+    steps, ``e^{-JITTER}`` on odd ones, so any two consecutive factors multiply to 1."""
+    return math.exp(JITTER if step % 2 == 0 else -JITTER)
 
 
 def _write_flat(update: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
@@ -515,6 +529,8 @@ def probe_run(
             factor = grown_factor(shares[-1], rhos[-1], start, len(rhos))
         elif gate == "unit":
             factor = 1.0 / update_norm if update_norm > 0 else 1.0
+        elif gate == "jitter":
+            factor = jitter_factor(len(factors))
         elif gate == "weight-share":
             update = weight_update(task_flat, rest_flat, task_loss, DIAGNOSTIC_WEIGHT)
             with torch.no_grad():

@@ -234,6 +234,49 @@ def test_behind_ce_study_counts_conditions_beyond_one_standard_error(tmp_path) -
     assert kd_suite.behind_ce_study([s1], [default], store, (0, 2))[0].endswith("seeds 0, 2:")
 
 
+def test_the_clipped_criterion_bounds_each_conditions_difference(tmp_path) -> None:
+    # three conditions of one recipe (S1, S2, C146), two configurations on seeds 0-2 written
+    # by hand: paired mean differences +0.5, -23.3 (a collapsed seed) and +2 points; clipped at
+    # 1 they average (0.5 - 1 + 1) / 3, two of three clipped; S3 (nothing stored) is left out
+    by_name = {c.name.split()[0]: c for c in kd_suite.CONDITIONS}
+    s1, s2, c146, s3 = by_name["S1"], by_name["S2"], by_name["C146"], by_name["S3"]
+    store, _ = _store_with_ce_best_lr(tmp_path, s1, best=1)
+    for run in store.runs.values():  # C146 picks its rate from the recomputed field
+        run["final_bn_recomputed"] = None
+    default, candidate = kd_suite.CANDIDATES["default"], kd_suite.CANDIDATES["hypergradient"]
+    finals = {
+        s1: {default: [0.80, 0.81, 0.82], candidate: [0.805, 0.815, 0.825]},
+        s2: {default: [0.80, 0.80, 0.80], candidate: [0.80, 0.10, 0.80]},
+        c146: {default: [0.90, 0.90, 0.90], candidate: [0.92, 0.92, 0.92]},
+    }
+    for condition, by_config in finals.items():
+        lr = kd_suite.LR_GRID["sgd"][1] * condition.lr_scale
+        for config, values in by_config.items():
+            for seed, final in enumerate(values):
+                key = kd_suite.run_key("main", condition, config, seed, lr, 1.0, False)
+                store.runs[key] = {
+                    "final": final,
+                    "final_bn_recomputed": None,  # no BatchNorm: C146 reads "final"
+                    "collapsed": final < 0.2,
+                    "seconds": 1.0,
+                }
+    conditions = [s1, s2, c146, s3]
+    mean, n, clipped = kd_suite.clipped_mean_difference(
+        conditions, candidate, default, store, False
+    )
+    assert (n, clipped) == (3, 2)
+    assert mean == pytest.approx((0.5 - 1.0 + 1.0) / 3)
+    # unclipped, the one collapsed seed decides: (0.5 - 23.33 + 2) / 3
+    unclipped = kd_suite.clipped_mean_difference(conditions, candidate, default, store, False, 99)
+    assert unclipped is not None and unclipped[0] == pytest.approx((0.5 - 70.0 / 3 + 2.0) / 3)
+    lines = kd_suite.clipped_lines(conditions, [default, candidate], store, False)
+    assert lines == [
+        f"- {candidate.label} against {default.label}: +0.167 points, each condition's paired "
+        "difference clipped at +-1 (3 conditions, 2 clipped)"
+    ]
+    assert kd_suite.clipped_mean_difference([s3], candidate, default, store, False) is None
+
+
 def test_ce_only_seed_study_runs_no_fixed_weight_and_no_stress(tmp_path) -> None:
     condition = next(c for c in kd_suite.CONDITIONS if c.stress)  # S8: stress scales
     store, _ = _store_with_ce_best_lr(tmp_path, condition, best=0)
@@ -789,6 +832,58 @@ def test_round_22_selects_on_round_21s_conditions_and_confirms_on_fresh_ones() -
     assert sum(c.teacher == "weak" for c in confirmation) == 6
     assert sum("feat" in c.objectives for c in confirmation) == 3
     assert any(c.objectives == "dkd" for c in confirmation)
+
+
+def test_round_23_confirms_on_conditions_drawn_not_picked() -> None:
+    # round 23: selection = round 22's conditions (92, recomputed); C170-C177 are the seeded
+    # draw of draw_fresh_settings(23, every earlier condition): the x1 / x3 / x0.3 triple (x1
+    # with the loss-scale stress) and five more at x1, in the draw's order
+    confirmation = _fresh_after_the_previous_round(23, first=170, selection_count=92)
+    earlier = [c for c in kd_suite.CONDITIONS if c.round <= 22]
+    triple, others = kd_suite.draw_fresh_settings(23, earlier)
+    declared = [(c.recipe, c.teacher, c.objectives, c.temperature) for c in confirmation]
+    assert declared == [triple] * 3 + others
+    assert [c.lr_scale for c in confirmation] == [1.0, 3.0, 0.3] + [1.0] * 5
+    assert [c.stress for c in confirmation] == [(1e3, 1e-2)] + [()] * 7
+
+
+def test_a_fresh_draw_is_new_seeded_and_refuses_an_exhausted_space() -> None:
+    # the space is every recipe the suite has used, each once
+    assert {c.recipe for c in kd_suite.CONDITIONS} == set(kd_suite.RECIPES)
+    assert len(set(kd_suite.RECIPES)) == len(kd_suite.RECIPES)
+    earlier = [c for c in kd_suite.CONDITIONS if c.round <= 22]
+    taken = {(c.recipe, c.teacher, c.lr_scale, c.objectives, c.temperature) for c in earlier}
+    triple, others = kd_suite.draw_fresh_settings(23, earlier)
+    recipe, teacher, objectives, temperature = triple
+    for scale in (1.0, 3.0, 0.3):
+        assert (recipe, teacher, scale, objectives, temperature) not in taken
+    for other_recipe, other_teacher, other_objectives, other_temperature in others:
+        assert (other_recipe, other_teacher, 1.0, other_objectives, other_temperature) not in taken
+    assert len(set(others)) == 5 and triple not in others
+    assert kd_suite.draw_fresh_settings(23, earlier) == (triple, others)
+    assert kd_suite.draw_fresh_settings(24, earlier) != (triple, others)
+    # a setting already taken at x3 keeps its recipe out of the triple, not out of the rest
+    blocked = replace(earlier[0], recipe=recipe, teacher=teacher, lr_scale=3.0)
+    blocked = replace(blocked, objectives=objectives, temperature=temperature)
+    assert kd_suite.draw_fresh_settings(23, [*earlier, blocked])[0] != triple
+    everything = [
+        kd_suite.Condition("X", "selection", r, t, lr_scale=1.0, objectives=o, temperature=temp)
+        for r in kd_suite.RECIPES
+        for t in kd_suite.DRAW_TEACHERS
+        for o in kd_suite.DRAW_OBJECTIVES
+        for temp in kd_suite.DRAW_TEMPERATURES
+    ]
+    with pytest.raises(ValueError, match="too few new settings"):
+        kd_suite.draw_fresh_settings(23, everything)
+
+
+def test_the_hypergradient_candidate_is_the_new_default_plus_the_factor() -> None:
+    candidate, default = kd_suite.CANDIDATES["hypergradient"], kd_suite.CANDIDATES["default"]
+    assert kd_suite.method_options(candidate) == {
+        **kd_suite.method_options(default),
+        "lengthen": "hypergradient",
+    }
+    assert kd_suite.CANDIDATES["long-memory"].key == default.key
 
 
 def test_the_long_memory_candidate_is_the_default_with_a_longer_ungated_average() -> None:

@@ -663,3 +663,23 @@ def test_the_memory_probe_is_round_22s_candidate(quick_run, off_probe) -> None:
         if key in ("agreement_smoothing", "agreement_gate")
     }
     assert set(step_signals.OPTION_GATES) <= set(step_signals.GATES)
+
+
+def test_the_jitter_controls_factors_cancel_in_pairs() -> None:
+    factors = [step_signals.jitter_factor(step) for step in range(6)]
+    assert factors[0] == pytest.approx(math.exp(step_signals.JITTER)) and factors[0] > 1
+    assert factors[1] == pytest.approx(math.exp(-step_signals.JITTER)) and factors[1] < 1
+    assert factors[::2] == [factors[0]] * 3 and factors[1::2] == [factors[1]] * 3
+    assert factors[0] * factors[1] == pytest.approx(1.0, abs=1e-15)
+
+
+def test_a_jitter_probe_run_is_the_default_with_its_update_jittered(quick_run, off_probe) -> None:
+    # the control takes the default's first update times e^{+0.01} (same parameters, same
+    # batch), alternates the factor after that, and its run parts from the default's
+    _, _, off = off_probe
+    _, _, jitter = _quick_probe(quick_run[1], "jitter")
+    assert jitter["factors"][:4] == [step_signals.jitter_factor(step) for step in range(4)]
+    assert len(jitter["factors"]) == jitter["total_steps"]
+    assert jitter["feeds"][0] == pytest.approx(off["feeds"][0] * math.exp(step_signals.JITTER))
+    assert jitter["shares"][0] == pytest.approx(off["shares"][0])
+    assert jitter["feeds"][1:] != off["feeds"][1:]
