@@ -1893,6 +1893,18 @@ CONDITIONS: tuple[Condition, ...] = (
     # T = 8; an MNIST MLP (SGD, cosine) with a weak teacher at T = 8; an MNIST CNN (SGD, cosine)
     # with two heads at T = 2. Prediction: from C170 to C172 (x1 to x0.3, SGD at a constant
     # rate, where the factor acts) the candidate loses less than the default.
+    # Selection verdict (written before any confirmation run; `--round 23 --split selection
+    # --candidates default,hypergradient`, 11 min with the baselines stored): default +2.61 /
+    # +3.16, 59 / 92 against the best fixed weight, 82 / 92 against ce, 1 collapse (C91);
+    # candidate +2.45 / +3.00 (C91 -20.5 by a collapsed seed), 60 / 92, 86 / 92, 1 collapse
+    # (C91). (1) +0.057 clipped (12 of 92 clipped; SGD 0.3x +0.78 over six, AdamW 0.3x +0.00
+    # over three, 1x -0.04 to +0.04 by optimizer and teacher): met. The two rules' status
+    # differed on 19 conditions (S9, C10, C13, C69, C80, C84, C109, C113, C118, C126, C131,
+    # C143, C154, C156, C157, C159, C163, C164, C168), rerun on seeds 0-9 with every baseline
+    # (`--conditions ... --seeds 0-9 --candidates default,hypergradient`, 18 min): tied with or
+    # ahead of the best fixed weight on 7 of them for the default (S9, C13, C113, C126, C154,
+    # C157, C159) and 6 for the candidate (C10, C13, C84, C118, C126, C154), ce 16 each, no
+    # collapse. (2) fails by one condition: NOT adopted; the default is unchanged.
     *_recomputed_confirmation(
         23,
         (
