@@ -402,14 +402,22 @@ def test_the_gate_summary_counts_with_the_suites_tie_rule(monkeypatch) -> None:
         *(run("C10", "lifted", s, 0.81) for s in range(3)),
         *(run("C124", "off", s, 0.91) for s in range(3)),
         *(run("C124", "lifted", s, f) for s, f in enumerate([0.92, 0.92, 0.91])),
+        # three points ahead of "off" on C10: the clipped mean counts them as one
+        *(run("C10", "lowered", s, 0.83) for s in range(3)),
+        *(run("C124", "lowered", s, f) for s, f in enumerate([0.92, 0.92, 0.91])),
     ]
     lines = step_signals.gate_summary(results, None, 19, False).splitlines()
     assert lines[1] == (
-        "off      vs off +0.00; best fixed weight 0/2 (-1.50), cross-entropy 2/2 (+0.50), "
-        "collapsed 0"
+        "off      vs off +0.00 (clipped at +-1: +0.00); best fixed weight 0/2 (-1.50), "
+        "cross-entropy 2/2 (+0.50), collapsed 0"
     )
     assert lines[2].startswith(
-        "lifted   vs off +0.83; best fixed weight 1/2 (-0.67), cross-entropy 2/2 (+1.33)"
+        "lifted   vs off +0.83 (clipped at +-1: +0.83); best fixed weight 1/2 (-0.67), "
+        "cross-entropy 2/2 (+1.33)"
+    )
+    assert lines[3].startswith(
+        "lowered  vs off +1.83 (clipped at +-1: +0.83); best fixed weight 2/2 (+0.33), "
+        "cross-entropy 2/2 (+2.33)"
     )
     assert (
         lines[2].endswith(f"vs off by group: x0.3 {(1.0 + 2 / 3) / 2:+.2f} (2)")
