@@ -919,8 +919,8 @@ def gate_summary(
 ) -> str:
     """Per gate, over the conditions whose baselines are stored: the mean paired difference
     from the gate ``"off"`` (points) and its mean with each condition's difference clipped at
-    ``kd_suite.CLIP_POINTS`` (round 23's criterion (1)), then the suite's counts against the stored baselines on
-    the same seeds -- tied with or ahead of the best fixed weight and of cross-entropy (a loss
+    ``kd_suite.CLIP_POINTS`` (round 23's criterion (1)), then the suite's counts against the
+    stored baselines on the same seeds -- tied with or ahead of the best fixed weight and of cross-entropy (a loss
     within one paired standard error is a tie: :func:`kd_suite.against_baselines`), both mean gaps
     and the collapsed runs -- and the mean difference from ``"off"`` by group (the learning-rate
     scale, and at x1 the teacher)."""
@@ -970,10 +970,9 @@ def gate_summary(
             f"{group} {statistics.mean(values):+.2f} ({len(values)})"
             for group, values in sorted(groups.items())
         )
-        clipped = [max(-kd_suite.CLIP_POINTS, min(kd_suite.CLIP_POINTS, d)) for d in diffs]
         lines.append(
             f"{gate:8} vs off {statistics.mean(diffs) if diffs else 0.0:+.2f} (clipped at "
-            f"+-{kd_suite.CLIP_POINTS:g}: {statistics.mean(clipped) if clipped else 0.0:+.2f}); "
+            f"+-{kd_suite.CLIP_POINTS:g}: {kd_suite.clipped_mean(diffs):+.2f}); "
             "best fixed weight "
             f"{won['fixed']}/{n} ({statistics.mean(gaps['fixed']):+.2f}), cross-entropy "
             f"{won['ce']}/{n} ({statistics.mean(gaps['ce']):+.2f}), collapsed {collapsed}"

@@ -275,6 +275,8 @@ def test_the_clipped_criterion_bounds_each_conditions_difference(tmp_path) -> No
         "difference clipped at +-1 (3 conditions, 2 clipped)"
     ]
     assert kd_suite.clipped_mean_difference([s3], candidate, default, store, False) is None
+    assert kd_suite.clipped_mean([3.0, -0.5, -7.0], clip=1.0) == pytest.approx(-0.5 / 3)
+    assert kd_suite.clipped_mean([]) == 0.0
 
 
 def test_ce_only_seed_study_runs_no_fixed_weight_and_no_stress(tmp_path) -> None:
