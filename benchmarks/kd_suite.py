@@ -180,6 +180,13 @@ class Condition:
                 )
 
     @property
+    def settings(self) -> tuple[Recipe, str, float, str, float]:
+        """What the store keys this condition's runs by (with the configuration and seed):
+        ``(recipe, teacher, lr_scale, objectives, temperature)`` -- two conditions with the same
+        settings share their runs, whatever their names."""
+        return (self.recipe, self.teacher, self.lr_scale, self.objectives, self.temperature)
+
+    @property
     def result_value(self) -> str:
         """The field of a stored run that this condition's verdicts read."""
         return _RESULT_FIELDS[self.evaluation]
@@ -2060,7 +2067,7 @@ def draw_fresh_settings(
     import itertools
     import random
 
-    used = {(c.recipe, c.teacher, c.lr_scale, c.objectives, c.temperature) for c in taken}
+    used = {c.settings for c in taken}
     space = list(itertools.product(RECIPES, DRAW_TEACHERS, DRAW_OBJECTIVES, DRAW_TEMPERATURES))
     random.Random(seed).shuffle(space)
     triple: Optional[FreshSetting] = None

@@ -596,9 +596,7 @@ def test_the_lengthen_candidate_differs_from_the_default_by_its_step_only() -> N
 def test_no_two_conditions_train_the_same_way() -> None:
     # a fresh condition is fresh only if no earlier one shares its whole training setting
     # (the run key would repeat an earlier, looked-at condition's runs)
-    settings = [
-        (c.recipe, c.teacher, c.objectives, c.temperature, c.lr_scale) for c in kd_suite.CONDITIONS
-    ]
+    settings = [c.settings for c in kd_suite.CONDITIONS]
     assert len(set(settings)) == len(settings)
     assert {c.evaluation for c in kd_suite.CONDITIONS} == {"running", "recomputed"}
     # round 16 declared the recomputed evaluation for all its conditions, no earlier round any
@@ -854,7 +852,7 @@ def test_a_fresh_draw_is_new_seeded_and_refuses_an_exhausted_space() -> None:
     assert {c.recipe for c in kd_suite.CONDITIONS} == set(kd_suite.RECIPES)
     assert len(set(kd_suite.RECIPES)) == len(kd_suite.RECIPES)
     earlier = [c for c in kd_suite.CONDITIONS if c.round <= 22]
-    taken = {(c.recipe, c.teacher, c.lr_scale, c.objectives, c.temperature) for c in earlier}
+    taken = {c.settings for c in earlier}
     triple, others = kd_suite.draw_fresh_settings(23, earlier)
     recipe, teacher, objectives, temperature = triple
     for scale in (1.0, 3.0, 0.3):
@@ -898,13 +896,31 @@ def test_the_long_memory_candidate_is_the_default_with_a_longer_ungated_average(
     }
 
 
+def test_a_conditions_settings_are_what_its_runs_are_keyed_by() -> None:
+    # same settings under another name and split: the same run key; any one setting changed:
+    # another key
+    c = kd_suite.CONDITIONS[0]
+    config = kd_suite.CANDIDATES["default"]
+    renamed = replace(c, name="X other name", split="confirmation", round=99)
+    assert renamed.settings == c.settings == (
+        c.recipe, c.teacher, c.lr_scale, c.objectives, c.temperature
+    )  # fmt: skip
+    key = kd_suite.run_key("main", c, config, 0, 0.1, 1.0, False)
+    assert kd_suite.run_key("main", renamed, config, 0, 0.1, 1.0, False) == key
+    for changed in (
+        replace(c, recipe=kd_suite.DIGITS_MLP_SGD_COS),
+        replace(c, teacher="weak"),
+        replace(c, objectives="dkd"),
+        replace(c, temperature=2.0),
+    ):
+        assert changed.settings != c.settings
+        assert kd_suite.run_key("main", changed, config, 0, 0.1, 1.0, False) != key
+
+
 def test_every_rounds_fresh_conditions_are_new_settings() -> None:
     # the store keys runs by a condition's settings, not its name: a confirmation condition
     # with the settings of a selection condition or of an earlier round's condition would be
     # one that was looked at (round 20 first declared four such; amended before its runs)
-    def settings(c: kd_suite.Condition) -> tuple:
-        return (c.recipe, c.teacher, c.lr_scale, c.objectives, c.temperature)
-
     for c in kd_suite.CONDITIONS:
         if c.split != "confirmation":
             continue
@@ -913,7 +929,7 @@ def test_every_rounds_fresh_conditions_are_new_settings() -> None:
             for o in kd_suite.CONDITIONS
             if o is not c
             and (o.split == "selection" or o.round < c.round)
-            and settings(o) == settings(c)
+            and o.settings == c.settings
         ]
         assert seen == [], f"{c.name} repeats {seen}"
 
