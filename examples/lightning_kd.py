@@ -140,6 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
         enable_progress_bar=not args.quick,
     )
     trainer.fit(module, loader, ckpt_path=args.resume)
+    if torch.distributed.is_initialized():  # Lightning leaves a gloo group alive at exit
+        torch.distributed.destroy_process_group()
     accuracy = evaluate(module.student.cpu(), data.x_test, data.y_test)
     if trainer.is_global_zero:
         print(

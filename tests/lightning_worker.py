@@ -5,6 +5,10 @@ the second process itself (2 CPU processes, gloo). Each scenario trains ``STEPS`
 steps on shards of ``PER_RANK`` samples (Lightning's ``DistributedSampler`` interleaves the
 unshuffled data, so each step's two shards make up one batch of ``2 * PER_RANK``); every rank
 writes ``OUT_DIR/rank<r>.pt`` with the final parameters, weights and ``global_step``.
+
+Lightning destroys the process group at exit only for nccl; with gloo a process that exits
+with the group alive can abort in interpreter shutdown ("terminate called without an active
+exception", SIGABRT -- seen once in CI), so ``main`` tears the group down itself.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ def main(out: Path) -> None:
             "global_step": fit.global_step,
             "world_size": fit.world_size,
         }
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    results["process_group_destroyed"] = not torch.distributed.is_initialized()
     torch.save(results, out / f"rank{rank}.pt")
 
 
