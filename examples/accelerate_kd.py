@@ -125,6 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
                 (args.state / "epoch.txt").write_text(str(epoch + 1))
     accuracy = evaluate(accelerator.unwrap_model(student).cpu(), data.x_test, data.y_test)
     accelerator.print(f"teacher {teacher_accuracy:.4f}  student ({args.method}) {accuracy:.4f}")
+    accelerator.end_training()  # destroys the process group under multi-process launches
     return accuracy
 
 

@@ -47,6 +47,8 @@ def main(out: Path) -> None:
             "num_processes": accelerator.num_processes,
             "distributed_type": str(accelerator.distributed_type),
         }
+    accelerator.end_training()  # destroys the gloo group: alive at exit it can abort the process
+    results["process_group_destroyed"] = not torch.distributed.is_initialized()
     torch.save(results, out / f"rank{rank}.pt")
 
 
