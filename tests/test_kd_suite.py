@@ -319,7 +319,7 @@ def test_recomputed_batchnorm_accuracy_uses_the_final_weights_statistics() -> No
     assert kd_suite.recomputed_batchnorm_accuracy(linear, data) is None
 
 
-def _bn_run(final: float, recomputed: float) -> dict[str, Any]:
+def _bn_run(final: float, recomputed: Optional[float]) -> dict[str, Any]:
     """A stored run evaluated both ways, written by hand (what the suite's runs hold)."""
     return {"final": final, "final_bn_recomputed": recomputed, "collapsed": False, "seconds": 1.0}
 
@@ -540,7 +540,7 @@ def test_the_learning_rate_pairs_study_reads_every_stored_pair(monkeypatch) -> N
     candidate_mean = {"C122": 0.95, "C123": 0.94, "C124": 0.93}
     fixed_mean = {"C122": 0.96, "C123": 0.91, "C124": 0.95}
 
-    def verdicts(condition, candidate, store, quick):
+    def verdicts(condition, candidate, store, quick, seeds=None):
         name = condition.name.split()[0]
         if name not in candidate_mean:
             return {}
@@ -552,7 +552,7 @@ def test_the_learning_rate_pairs_study_reads_every_stored_pair(monkeypatch) -> N
             "fixed": {"label": label, "mean": fixed_mean[name] if name == "C122" else 0.99},
         }
 
-    def gather(condition, configs, store, quick, scale=1.0):
+    def gather(condition, configs, store, quick, scale=1.0, seeds=None):
         name = condition.name.split()[0]
         return {
             c.label: SimpleNamespace(mean=fixed_mean[name])
@@ -845,6 +845,52 @@ def test_round_23_confirms_on_conditions_drawn_not_picked() -> None:
     assert declared == [triple] * 3 + others
     assert [c.lr_scale for c in confirmation] == [1.0, 3.0, 0.3] + [1.0] * 5
     assert [c.stress for c in confirmation] == [(1e3, 1e-2)] + [()] * 7
+
+
+def test_round_24_confirms_on_conditions_drawn_not_picked() -> None:
+    # round 24 (a check, no candidate): selection = round 23's conditions (100, recomputed);
+    # C178-C185 are the seeded draw of draw_fresh_settings(24, every earlier condition), laid
+    # out as round 23's: the triple (x1 with the loss-scale stress), then five more at x1
+    confirmation = _fresh_after_the_previous_round(24, first=178, selection_count=100)
+    earlier = [c for c in kd_suite.CONDITIONS if c.round <= 23]
+    triple, others = kd_suite.draw_fresh_settings(24, earlier)
+    assert [c.settings[:2] + c.settings[3:] for c in confirmation] == [triple] * 3 + others
+    assert [c.lr_scale for c in confirmation] == [1.0, 3.0, 0.3] + [1.0] * 5
+    assert [c.stress for c in confirmation] == [(1e3, 1e-2)] + [()] * 7
+    assert kd_suite.VERDICT_SEEDS[24] == tuple(range(10))
+    assert not any(r in kd_suite.VERDICT_SEEDS for r in range(1, 24))  # none declared it before
+
+
+def test_a_round_with_verdict_seeds_is_judged_on_them_first(tmp_path, monkeypatch) -> None:
+    # C181 (round 24, an MLP: its recomputed value falls back to the evaluated one), written by
+    # hand: on seeds 0-2 the default trails ce by 2 points on every seed (not met); on seeds 3-9
+    # it leads by 2 on each, so over seeds 0-9 it leads by 0.8 (met). Round 24 declared seeds
+    # 0-9: its page gives that verdict first and the suite's seeds after it, for the record
+    c181 = next(c for c in kd_suite.CONDITIONS if c.name.startswith("C181 "))
+    monkeypatch.setattr(kd_suite, "conditions_of_round", lambda *args, **kwargs: [c181])
+    store, lr = _store_with_ce_best_lr(tmp_path, c181, best=1)
+    for grid_run in store.runs.values():  # an MLP's grid: nothing to recompute
+        grid_run["final_bn_recomputed"] = None
+    default = kd_suite.CANDIDATES["default"]
+    for config in [*kd_suite.baseline_configs({None}), default]:
+        for seed in range(10):
+            final = 0.90
+            if config.label == default.label:
+                final = 0.88 if seed < 3 else 0.92
+            key = kd_suite.run_key("main", c181, config, seed, lr, 1.0, False)
+            store.runs[key] = _bn_run(final, None)
+    lines = kd_suite.declared_verdict(default, store, False, round_number=24)
+    text = "\n".join(lines)
+    assert lines[0] == "The round declared its verdict on seeds 0-9 (the verdict):"
+    first, record = text.split("The same criteria on the suite's seeds 0-2 (for the record):")
+    assert f"for {default.label}, seeds 0-9:" in first
+    assert "everywhere (ties within one paired standard error): **met**" in first
+    assert "against the best tuned fixed weight: mean +0.80 points (met)" in first
+    assert f"**not met**, behind on {c181.name} (-2.00 ± 0.00)" in record
+    # a round without declared seeds: the suite's seeds only, as before
+    assert kd_suite.declared_verdict(default, store, False, round_number=23) == (
+        kd_suite.default_verdict(default, store, False, round_number=23)
+    )
 
 
 def test_a_fresh_draw_is_new_seeded_and_refuses_an_exhausted_space() -> None:
