@@ -4093,6 +4093,12 @@ def learning_rate_pairs_study(candidate: Config, store: Store, quick: bool) -> l
     return lines
 
 
+def drop_words(drop: float) -> str:
+    """A learning-rate drop (a fraction; positive: worse at the other rate) in words: ``"lost
+    0.47 points"`` or, for a negative drop, ``"gained 0.23 points"``."""
+    return f"{'lost' if drop >= 0 else 'gained'} {100 * abs(drop):.2f} points"
+
+
 def default_verdict(
     candidate: Config,
     store: Store,
@@ -4164,7 +4170,7 @@ def default_verdict(
             mine, theirs, fixed_label = drops
             lines.append(
                 f"- lr x{condition.lr_scale:g} ({condition.name} against {base_condition.name}): the default "
-                f"lost {100 * mine:.2f} points, the best fixed weight ({fixed_label}) {100 * theirs:.2f} "
+                f"{drop_words(mine)}, the best fixed weight ({fixed_label}) {drop_words(theirs)} "
                 f"({'met' if mine < theirs else 'not met'})"
             )
     feature = [

@@ -861,6 +861,13 @@ def test_round_24_confirms_on_conditions_drawn_not_picked() -> None:
     assert not any(r in kd_suite.VERDICT_SEEDS for r in range(1, 24))  # none declared it before
 
 
+def test_a_learning_rate_drop_is_written_as_a_loss_or_a_gain() -> None:
+    # round 24's 0.3x condition ended above its 1x one: "lost -0.23 points" read as a loss
+    assert kd_suite.drop_words(0.0047) == "lost 0.47 points"
+    assert kd_suite.drop_words(-0.0023) == "gained 0.23 points"
+    assert kd_suite.drop_words(0.0) == "lost 0.00 points"
+
+
 def test_a_round_with_verdict_seeds_is_judged_on_them_first(tmp_path, monkeypatch) -> None:
     # C181 (round 24, an MLP: its recomputed value falls back to the evaluated one), written by
     # hand: on seeds 0-2 the default trails ce by 2 points on every seed (not met); on seeds 3-9
