@@ -448,8 +448,9 @@ def probe_run(
     step; the opening is None on uncapped or ungated steps), ``agreement`` (one ``[cos(g_task,
     g_rest), cos(g_task, previous g_rest), cos(g_task, previous g_task)]`` per step after the
     first, ``g_rest`` the gradient of the distillation losses' sum, every gradient on its
-    step's batch), ``shares`` (each step's :func:`distillation_share` of the update) and
-    ``total_steps``; ``"grown"``: the update times :func:`grown_factor`. Raises
+    step's batch), ``shares`` (each step's :func:`distillation_share` of the update),
+    ``labels`` (one ``[teacher's accuracy, student's accuracy after the step]`` on the step's
+    batch per step) and ``total_steps``; ``"grown"``: the update times :func:`grown_factor`. Raises
     ``ValueError`` for an unknown gate."""
     from mokd_optim import MultiObjectiveOptimizer
 
@@ -474,6 +475,7 @@ def probe_run(
     layerwise = LayerwiseShare(len(run.params)) if gate == "layerwise" else None
     steps: list[list[Optional[float]]] = []
     agreement: list[list[float]] = []
+    labels: list[list[float]] = []
     previous: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     collapsed = False
     for _, batch in run.batches():
@@ -565,7 +567,15 @@ def probe_run(
             last_change = torch.cat([(p - b).reshape(-1) for p, b in zip(params, before)])
             after = run.losses(batch)
             x, y = run.data.x_train[batch], run.data.y_train[batch]
-            task_after = float(F.cross_entropy(run.student(x), y))
+            logits_after = run.student(x)
+            task_after = float(F.cross_entropy(logits_after, y))
+            teacher_right = run.teacher["logits"][batch].argmax(1) == y
+            labels.append(
+                [
+                    float(teacher_right.float().mean()),
+                    float((logits_after.argmax(1) == y).float().mean()),
+                ]
+            )
         weights = stats.weights.double() * factor
         drops = (
             torch.stack([v.detach() for v in losses.values()]).double()
@@ -597,6 +607,7 @@ def probe_run(
         "signals": signals,
         "feeds": feeds,
         "odds": odds,
+        "labels": labels,
         "total_steps": run.total_steps,
     }
 
@@ -623,12 +634,14 @@ def window_ratios(steps: Sequence[Sequence[Optional[float]]], total: int) -> dic
 
 #: One run: (condition, round, lr scale -- 0 for the condition's own --, gate, seed, quick,
 #: the suite store with the learning-rate grid).
-Job = tuple[str, int, float, str, int, bool, str]
+#: ``(condition, round, lr scale or 0, gate, seed, quick, store path[, after])``; ``after``:
+#: the condition is one of the round's confirmation conditions, probed after the round (``--after``).
+Job = tuple[Any, ...]
 
 
 def _job(args: Job) -> dict[str, Any]:
-    name, round_number, scale, gate, seed, quick, store_path = args
-    condition = _conditions(round_number)[name]
+    name, round_number, scale, gate, seed, quick, store_path, *rest = args
+    condition = _conditions(round_number, after=bool(rest and rest[0]))[name]
     store = kd_suite.Store(Path(store_path))
     measured = replace(condition, lr_scale=scale) if scale else condition
     lr = kd_suite.lr_of(measured, store, quick)
@@ -653,6 +666,9 @@ def _job(args: Job) -> dict[str, Any]:
         "odds_quarters": quarter_means(result["odds"]) if result["odds"] else [1.0] * 4,
         "norm_ratio_course": norm_ratio_course(result["agreement"]),
         "agreement": _mean_columns(result["agreement"]),
+        "teacher_accuracy_quarters": quarter_means([row[0] for row in result["labels"]]),
+        "student_accuracy_quarters": quarter_means([row[1] for row in result["labels"]]),
+        "student_reaches_teacher": reach_fraction(result["labels"]),
     }
 
 
@@ -661,6 +677,28 @@ def quarter_means(values: Sequence[float]) -> list[float]:
     n = len(values)
     parts = [values[i * n // 4 : (i + 1) * n // 4] for i in range(4)]
     return [statistics.mean(part) if part else float("nan") for part in parts]
+
+
+#: Steps over which :func:`reach_fraction` averages the batch accuracies.
+REACH_WINDOW = 25
+
+
+def reach_fraction(
+    labels: Sequence[Sequence[float]], window: int = REACH_WINDOW
+) -> Optional[float]:
+    """How far into a run the student's accuracy on the labels of its training batches first
+    reaches the teacher's, both averaged over the last ``window`` steps: the step (counted from
+    1) over the run's length, or None when it never does. ``labels`` holds one ``[teacher's
+    batch accuracy, student's batch accuracy]`` per step (``probe_run``'s ``labels``). A
+    teacher the student reaches early has little left to teach on the labels."""
+    teacher = [row[0] for row in labels]
+    student = [row[1] for row in labels]
+    for end in range(window, len(labels) + 1):
+        if statistics.mean(student[end - window : end]) >= statistics.mean(
+            teacher[end - window : end]
+        ):
+            return end / len(labels)
+    return None
 
 
 def norm_ratio_course(agreement: Sequence[Sequence[float]]) -> tuple[float, list[float]]:
@@ -744,7 +782,11 @@ def fixed_weight_share(weight: float, norm_ratio: float) -> float:
 
 
 def agreement_table(
-    results: Sequence[dict[str, Any]], store: kd_suite.Store, round_number: int, quick: bool
+    results: Sequence[dict[str, Any]],
+    store: kd_suite.Store,
+    round_number: int,
+    quick: bool,
+    after: bool = False,
 ) -> str:
     """Per condition (mean over the runs' seeds): same-batch and cross-batch cosines, the share
     :func:`cross_batch_share` would give, the best fixed weight of the stored grid, the
@@ -756,7 +798,7 @@ def agreement_table(
     by: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by.setdefault(r["condition"], []).append(r)
-    conditions = _conditions(round_number)
+    conditions = _conditions(round_number, after)
     grid = [c for c in kd_suite.baseline_configs({None}) if c.kind == "fixed"]
     default = kd_suite.CANDIDATES["default"]
     lines = [
@@ -806,9 +848,13 @@ def agreement_table(
     return "\n".join(lines)
 
 
-def _conditions(round_number: int) -> dict[str, kd_suite.Condition]:
-    """The round's selection conditions by short name (a probe never runs confirmation ones)."""
-    return {c.name.split()[0]: c for c in kd_suite.conditions_of_round(round_number, "selection")}
+def _conditions(round_number: int, after: bool = False) -> dict[str, kd_suite.Condition]:
+    """The round's selection conditions by short name: a probe never runs a round's
+    confirmation conditions -- unless ``after`` the round, when they have been run once and
+    looked at and are what the next round may select on (its selection and confirmation
+    conditions, ``--after``)."""
+    split = "all" if after else "selection"
+    return {c.name.split()[0]: c for c in kd_suite.conditions_of_round(round_number, split)}
 
 
 def run_all(jobs: list[Job], workers: int, progress: bool = True) -> list[dict[str, Any]]:
@@ -911,11 +957,35 @@ def gate_table(results: Sequence[dict[str, Any]]) -> str:
                 else ""
             )
         )
+        if "teacher_accuracy_quarters" in rows[0]:
+            lines.append(label_line(rows))
     return "\n".join(lines)
 
 
+def label_line(rows: Sequence[dict[str, Any]]) -> str:
+    """The runs' record on the labels of their training batches: the teacher's and the
+    student's accuracy by quarter (means over the runs) and where the student first reaches
+    the teacher (:func:`reach_fraction`; each run's, "never" for a run where it does not)."""
+    quarters = {
+        who: [statistics.mean(r[f"{who}_accuracy_quarters"][q] for r in rows) for q in range(4)]
+        for who in ("teacher", "student")
+    }
+    reached = [r["student_reaches_teacher"] for r in rows]
+    return (
+        f"{'':20} on the labels: teacher {' '.join(_fmt(x) for x in quarters['teacher'])}, "
+        f"student {' '.join(_fmt(x) for x in quarters['student'])}; the student reaches the "
+        "teacher at "
+        + ", ".join("never" if x is None else f"{x:.2f}" for x in reached)
+        + " of the run"
+    )
+
+
 def gate_summary(
-    results: Sequence[dict[str, Any]], store: kd_suite.Store, round_number: int, quick: bool
+    results: Sequence[dict[str, Any]],
+    store: kd_suite.Store,
+    round_number: int,
+    quick: bool,
+    after: bool = False,
 ) -> str:
     """Per gate, over the conditions whose baselines are stored: the mean paired difference
     from the gate ``"off"`` (points) and its mean with each condition's difference clipped at
@@ -924,7 +994,7 @@ def gate_summary(
     within one paired standard error is a tie: :func:`kd_suite.against_baselines`), both mean gaps
     and the collapsed runs -- and the mean difference from ``"off"`` by group (the learning-rate
     scale, and at x1 the teacher)."""
-    conditions = _conditions(round_number)
+    conditions = _conditions(round_number, after)
     baselines = kd_suite.baseline_configs({None})
     by: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
@@ -999,6 +1069,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="comma list of short names, or 'all': every selection condition of --round",
     )
     parser.add_argument("--round", type=int, default=19, help="whose selection conditions")
+    parser.add_argument(
+        "--after",
+        action="store_true",
+        help="probe after --round: its confirmation conditions (run once and looked at, the "
+        "next round's selection data) beside its selection conditions",
+    )
     parser.add_argument("--scales", default=",".join(map(str, SCALES)))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--workers", type=int, default=2)
@@ -1011,7 +1087,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     seeds = kd_suite.parse_seeds("0" if args.quick else args.seeds)
-    known = _conditions(args.round)
+    known = _conditions(args.round, args.after)
     if args.conditions == "all":
         args.conditions = ",".join(known)
     store = str(args.store)
@@ -1022,25 +1098,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.agreement or args.quick:
         chosen = names or tuple((args.conditions or ",".join(known)).split(","))
         agreement_jobs = [
-            (n, args.round, 0.0, "off", seed, args.quick, store) for n in chosen for seed in seeds
+            (n, args.round, 0.0, "off", seed, args.quick, store, args.after)
+            for n in chosen
+            for seed in seeds
         ]
     if args.measure or args.quick or (args.gates is None and not args.agreement):
         chosen = names or tuple((args.conditions or ",".join(MEASURE_CONDITIONS)).split(","))
         scales = (0.3, 3.0) if args.quick else tuple(float(s) for s in args.scales.split(","))
         measure_jobs = [
-            (n, args.round, scale, "off", seed, args.quick, store)
+            (n, args.round, scale, "off", seed, args.quick, store, args.after)
             for n in chosen for scale in scales for seed in seeds
         ]  # fmt: skip
     if args.gates is not None or args.quick:
         gates = ("off", "latch") if args.quick else tuple(args.gates.split(","))
         chosen = names or tuple((args.conditions or ",".join(GATE_CONDITIONS)).split(","))
         gate_jobs = [
-            (n, args.round, 0.0, gate, seed, args.quick, store)
+            (n, args.round, 0.0, gate, seed, args.quick, store, args.after)
             for n in chosen for gate in gates for seed in seeds
         ]  # fmt: skip
-    for name, _, _, gate, _, _, _ in measure_jobs + gate_jobs + agreement_jobs:
+    for name, _, _, gate, *_ in measure_jobs + gate_jobs + agreement_jobs:
         if name not in known:
-            parser.error(f"{name} is not a selection condition of round {args.round}")
+            what = "a condition" if args.after else "a selection condition"
+            parser.error(f"{name} is not {what} of round {args.round}")
         if gate not in GATES:
             parser.error(f"unknown gate {gate!r}; gates are {GATES}")
     from benchmarks.environment import as_text, describe
@@ -1065,9 +1144,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{r['condition']:10} {r['lr_scale']:>4g}x {r['seed']:>4}  {cells}")
     if gated:
         print(gate_table(gated))
-        print(gate_summary(gated, kd_suite.Store(args.store), args.round, args.quick))
+        print(gate_summary(gated, kd_suite.Store(args.store), args.round, args.quick, args.after))
     if agreed:
-        print(agreement_table(agreed, kd_suite.Store(args.store), args.round, args.quick))
+        print(
+            agreement_table(agreed, kd_suite.Store(args.store), args.round, args.quick, args.after)
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -691,3 +691,63 @@ def test_a_jitter_probe_run_is_the_default_with_its_update_jittered(quick_run, o
     assert jitter["feeds"][0] == pytest.approx(off["feeds"][0] * math.exp(step_signals.JITTER))
     assert jitter["shares"][0] == pytest.approx(off["shares"][0])
     assert jitter["feeds"][1:] != off["feeds"][1:]
+
+
+def test_the_student_reaches_the_teacher_when_its_window_mean_does() -> None:
+    # the teacher right on 0.8 of every batch; the student at 0.5 for 30 steps, then 0.9: with a
+    # window of 10 the student's mean first reaches 0.8 at step 38 (three steps of 0.5 left:
+    # (3 * 0.5 + 7 * 0.9) / 10 = 0.78 at step 37, (2 * 0.5 + 8 * 0.9) / 10 = 0.82 at 38)
+    labels = [[0.8, 0.5]] * 30 + [[0.8, 0.9]] * 30
+    assert step_signals.reach_fraction(labels, window=10) == pytest.approx(38 / 60)
+    assert step_signals.reach_fraction([[0.8, 0.5]] * 60, window=10) is None
+    assert step_signals.reach_fraction([[0.8, 0.8]] * 60, window=10) == pytest.approx(10 / 60)
+    assert step_signals.reach_fraction([[0.8, 0.9]] * 5, window=10) is None  # shorter than it
+
+
+def test_a_probe_run_records_the_teacher_and_the_student_on_the_labels(off_probe) -> None:
+    # one row per step; the teacher's column is its accuracy on the step's batch, read from its
+    # stored logits: over the run it averages the teacher's accuracy on the batches drawn
+    condition, lr, probe = off_probe
+    labels = probe["labels"]
+    assert len(labels) == probe["total_steps"]
+    assert all(0.0 <= t <= 1.0 and 0.0 <= s <= 1.0 for t, s in labels)
+    run = kd_suite.Training.start(condition, 0, lr, True)
+    right = run.teacher["logits"].argmax(1) == run.data.y_train
+    batches = [batch for _, batch in run.batches()]
+    expected = [float(right[batch].float().mean()) for batch in batches]
+    assert [row[0] for row in labels] == pytest.approx(expected)
+    assert len(set(round(row[1], 6) for row in labels)) > 1  # the student's changes as it learns
+
+
+def test_the_label_line_gives_both_accuracies_by_quarter_and_each_runs_reach() -> None:
+    def run(reach: float | None) -> dict:
+        return {
+            "teacher_accuracy_quarters": [0.8, 0.8, 0.8, 0.8],
+            "student_accuracy_quarters": [0.3, 0.6, 0.8, 0.9],
+            "student_reaches_teacher": reach,
+        }
+
+    line = step_signals.label_line([run(0.6), run(None)])
+    assert line.strip() == (
+        "on the labels: teacher 0.80 0.80 0.80 0.80, student 0.30 0.60 0.80 0.90; the student "
+        "reaches the teacher at 0.60, never of the run"
+    )
+
+
+def test_after_a_round_its_confirmation_conditions_can_be_probed(tmp_path) -> None:
+    # round 24's C178 is a confirmation condition: refused by --round 24, known with --after
+    assert "C178" not in step_signals._conditions(24)
+    assert step_signals._conditions(24, after=True)["C178"].split == "confirmation"
+    with pytest.raises(SystemExit):
+        step_signals.main(
+            [
+                "--round",
+                "24",
+                "--gates",
+                "off",
+                "--conditions",
+                "C178",
+                "--store",
+                str(tmp_path / "s.json"),
+            ]
+        )
