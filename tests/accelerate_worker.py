@@ -4,7 +4,8 @@ Launched like a user's script: ``accelerate launch --num_processes 2 --cpu -m
 tests.accelerate_worker OUT_DIR`` (gloo on CPU). Accelerate's prepared loader gives each
 process whole consecutive batches of ``PER_RANK`` (process ``r`` takes batch ``2i + r``), so
 each step's two batches make up the reference's batch of ``2 * PER_RANK``. Every process
-writes ``OUT_DIR/rank<r>.pt`` with its final parameters and weights.
+writes ``OUT_DIR/rank<r>.pt`` with its final parameters and weights, then leaves through
+``save_and_leave`` (tests/_framework_support.py), which skips the interpreter's shutdown.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from accelerate import Accelerator
 
 from tests._accelerate_support import prepare, train
+from tests._framework_support import save_and_leave
 
 PER_RANK = 4
 STEPS = 3
@@ -47,9 +49,7 @@ def main(out: Path) -> None:
             "num_processes": accelerator.num_processes,
             "distributed_type": str(accelerator.distributed_type),
         }
-    accelerator.end_training()  # destroys the gloo group: alive at exit it can abort the process
-    results["process_group_destroyed"] = not torch.distributed.is_initialized()
-    torch.save(results, out / f"rank{rank}.pt")
+    save_and_leave(results, out / f"rank{rank}.pt")
 
 
 if __name__ == "__main__":

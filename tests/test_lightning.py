@@ -101,9 +101,7 @@ def ddp_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
         timeout=300,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    assert all(rank["process_group_destroyed"] for rank in ranks)  # no gloo threads at exit
-    return ranks
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
 @pytest.mark.parametrize("scenario", list(lightning_worker.SCENARIOS))
