@@ -476,6 +476,8 @@ def probe_run(
     steps: list[list[Optional[float]]] = []
     agreement: list[list[float]] = []
     labels: list[list[float]] = []
+    # the teacher's logits are fixed: which training images it gets right is known up front
+    teacher_right = run.teacher["logits"].argmax(1) == run.data.y_train
     previous: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     collapsed = False
     for _, batch in run.batches():
@@ -569,10 +571,9 @@ def probe_run(
             x, y = run.data.x_train[batch], run.data.y_train[batch]
             logits_after = run.student(x)
             task_after = float(F.cross_entropy(logits_after, y))
-            teacher_right = run.teacher["logits"][batch].argmax(1) == y
             labels.append(
                 [
-                    float(teacher_right.float().mean()),
+                    float(teacher_right[batch].float().mean()),
                     float((logits_after.argmax(1) == y).float().mean()),
                 ]
             )
@@ -633,15 +634,14 @@ def window_ratios(steps: Sequence[Sequence[Optional[float]]], total: int) -> dic
 
 
 #: One run: (condition, round, lr scale -- 0 for the condition's own --, gate, seed, quick,
-#: the suite store with the learning-rate grid).
-#: ``(condition, round, lr scale or 0, gate, seed, quick, store path[, after])``; ``after``:
-#: the condition is one of the round's confirmation conditions, probed after the round (``--after``).
-Job = tuple[Any, ...]
+#: the suite store with the learning-rate grid, after -- the condition may be one of the round's
+#: confirmation conditions, probed after the round: ``--after``).
+Job = tuple[str, int, float, str, int, bool, str, bool]
 
 
 def _job(args: Job) -> dict[str, Any]:
-    name, round_number, scale, gate, seed, quick, store_path, *rest = args
-    condition = _conditions(round_number, after=bool(rest and rest[0]))[name]
+    name, round_number, scale, gate, seed, quick, store_path, after = args
+    condition = _conditions(round_number, after)[name]
     store = kd_suite.Store(Path(store_path))
     measured = replace(condition, lr_scale=scale) if scale else condition
     lr = kd_suite.lr_of(measured, store, quick)

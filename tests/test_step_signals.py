@@ -331,7 +331,10 @@ def test_a_long_probe_reports_each_finished_run(monkeypatch, capsys) -> None:
         return {"condition": job[0], "lr_scale": 1.0, "gate": job[3], "seed": job[4], "final": 0.5}
 
     monkeypatch.setattr(step_signals, "_job", fake_job)
-    jobs = [("C10", 19, 0.0, "off", 0, True, ""), ("C60", 19, 0.0, "lifted", 1, True, "")]
+    jobs = [
+        ("C10", 19, 0.0, "off", 0, True, "", False),
+        ("C60", 19, 0.0, "lifted", 1, True, "", False),
+    ]
     results = step_signals.run_all(jobs, workers=1)
     lines = capsys.readouterr().err.strip().splitlines()
     assert [r["condition"] for r in results] == ["C10", "C60"]
