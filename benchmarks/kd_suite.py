@@ -121,6 +121,7 @@ DEFAULT_PAGES = {
     22: ROOT / "docs" / "results_round22.md",
     23: ROOT / "docs" / "results_round23.md",
     24: ROOT / "docs" / "results_round24.md",
+    25: ROOT / "docs" / "results_round25.md",
 }
 
 
@@ -288,6 +289,7 @@ ROUNDS = {
     "rule with clipped per-condition differences; fresh conditions drawn, not picked)",
     24: "round 24 (a check of the unchanged default on fresh conditions drawn, not picked, "
     "judged on ten seeds; no candidate)",
+    25: 'round 25 (the run\'s mean agreement squared as the share: conflict="squared")',
 }
 
 
@@ -2057,6 +2059,96 @@ CONDITIONS: tuple[Condition, ...] = (
             ),
         ),
     ),
+    # --- round 25: the run's mean agreement squared as the distillation side's share
+    # ("squared": conflict="squared" with agreement_smoothing=0.999, agreement_gate="off"; the
+    # share a^2 instead of a, a the moving average of max(c, 0)). Declared before any round-25
+    # run of the candidate on the selection conditions or of anything on C186-C193.
+    # Why (selection data only): round 24 lost four Fashion ResNet conditions (C178-C180, C184)
+    # where the default gave a weak teacher 0.37-0.66 of the update and a = 0.1's share
+    # (0.13-0.15) at the default's length ended above ce (+2.80 / +2.09 against the default);
+    # rounds 21-22's diagnostics found the same on digits weak teachers (+0.3 to +1.1), while
+    # strong teachers need their large share (C146, C90: -0.9 / -1.1 with a = 0.1's). A share
+    # that shrinks most where the agreement is moderate: a^2, the fraction of the distillation
+    # unit direction's squared length that lies along the task's (0.3 -> 0.09, 0.5 -> 0.25, 0.8
+    # -> 0.64). Disclosed probe on looked-at selection conditions (`step_signals.py --round 24
+    # --after --gates off,squared,sharpened-below --conditions C178,C184,C133,C38,C64,C112,C135,
+    # C146,C90,S9,C13,C142,C185,C125 --seeds 0,1,2`, 9 min): "squared" +0.34 against the
+    # default (clipped +0.23), tied with or ahead of the best fixed weight on 11 of 14 against 6,
+    # ce 12 against 9, no collapse (C178 +1.54, C184 +1.92, C133 +1.01; C135 -0.79, C90 -0.38,
+    # C142 -0.33); "sharpened-below" (odds squared below 1/2 only) +0.01, 6 of 14: dropped.
+    # Hypotheses: H25a -- on the fresh set the candidate's mean paired difference against the
+    # default is positive over its weak-teacher conditions (C186-C188, C191, C193); H25b -- it
+    # is above -0.3 over its strong-teacher ones (C189, C190, C192).
+    # Protocol (as round 23's): selection = round 24's 100 conditions and C178-C185 (108;
+    # recomputed evaluation, seeds 0-2; `--round 25 --split selection --candidates
+    # default,squared`). Adopt "squared" iff, against the default, (1) the mean over the 108
+    # of each condition's paired difference clipped to +-1 point (clipped_mean_difference) is at
+    # least 0; (2) it ties or beats the best fixed weight on at least as many; (3) it trails ce
+    # on no more; (4) it collapses no more -- every condition where the two rules' status on
+    # (2), (3) or (4) differs on seeds 0-2 is rerun on seeds 0-9 with every baseline, and those
+    # runs decide (2)-(4) for it. The selection verdict is written here before any confirmation
+    # run. Then C186-C193 (fresh) run once with both (`--round 25 --split confirmation
+    # --candidates default,squared`, then `--seeds 0-9`), the verdict being the chosen rule's on
+    # seeds 0-9 (VERDICT_SEEDS). The fresh settings are drawn, not picked:
+    # draw_fresh_settings(25, every condition of rounds 1-24) -- a Fashion CNN (SGD, warm-up +
+    # cosine) with a weak teacher and DKD at T = 2 at x1 (with the loss-scale stress), x3 and
+    # x0.3; a Fashion CNN (SGD, constant) at T = 8; an MNIST ResNet (SGD, warm-up + cosine) with
+    # DKD at T = 2; an MNIST ResNet (SGD, constant) with a weak teacher and two heads at T = 4;
+    # an MNIST MLP (AdamW, cosine) with two heads at T = 4; an MNIST MLP (SGD, constant) with a
+    # weak teacher at T = 8.
+    *_recomputed_confirmation(
+        25,
+        (
+            (
+                "C186 fashion-cnn warmup weak dkd T2",
+                FASHION_CNN_SGD_WC,
+                "weak",
+                1.0,
+                "dkd",
+                2.0,
+                (1e3, 1e-2),
+            ),
+            (
+                "C187 fashion-cnn warmup weak dkd T2 lr x3",
+                FASHION_CNN_SGD_WC,
+                "weak",
+                3.0,
+                "dkd",
+                2.0,
+                (),
+            ),
+            (
+                "C188 fashion-cnn warmup weak dkd T2 lr x0.3",
+                FASHION_CNN_SGD_WC,
+                "weak",
+                0.3,
+                "dkd",
+                2.0,
+                (),
+            ),
+            ("C189 fashion-cnn const T8", FASHION_CNN_SGD_CONST, "strong", 1.0, "kd", 8.0, ()),
+            ("C190 mnist-resnet warmup dkd T2", MNIST_RESNET_SGD_WC, "strong", 1.0, "dkd", 2.0, ()),
+            (
+                "C191 mnist-resnet const weak +2feat T4",
+                MNIST_RESNET_SGD_CONST,
+                "weak",
+                1.0,
+                "kd+2feat",
+                4.0,
+                (),
+            ),
+            (
+                "C192 mnist-mlp adamw +2feat T4",
+                MNIST_MLP_ADAMW_COS,
+                "strong",
+                1.0,
+                "kd+2feat",
+                4.0,
+                (),
+            ),
+            ("C193 mnist-mlp const weak T8", MNIST_MLP_SGD_CONST, "weak", 1.0, "kd", 8.0, ()),
+        ),
+    ),
 )
 
 #: Earlier confirmation conditions (looked at) that a later round uses as selection data.
@@ -2083,6 +2175,7 @@ REUSED_AS_SELECTION: dict[int, tuple[str, ...]] = {
     22: ("C6", *(f"C{n}" for n in range(9, 162))),
     23: ("C6", *(f"C{n}" for n in range(9, 170))),
     24: ("C6", *(f"C{n}" for n in range(9, 178))),
+    25: ("C6", *(f"C{n}" for n in range(9, 186))),
 }
 #: Rounds whose selection data are a seeded draw: ``(draw round, counts)`` -- so many
 #: conditions of each student kind drawn from the conditions eligible in the draw round, seeded
@@ -2099,14 +2192,15 @@ SELECTION_DRAWS: dict[int, tuple[int, dict[str, int]]] = {
     22: (17, ROUND_17_DRAW),
     23: (17, ROUND_17_DRAW),
     24: (17, ROUND_17_DRAW),
+    25: (17, ROUND_17_DRAW),
 }
 #: Rounds that judge every condition, selection included, with this evaluation and pick every
 #: learning rate the same way (``Condition.evaluation``, ``Condition.lr_evaluation``).
-ROUND_EVALUATION: dict[int, str] = {r: "recomputed" for r in range(17, 25)}
+ROUND_EVALUATION: dict[int, str] = {r: "recomputed" for r in range(17, 26)}
 #: Rounds that declared their done-criteria verdict on more seeds than the suite's (the issue
 #: asks for a mean over at least three): the page checks the criteria on these seeds first and
 #: on the suite's seeds after, for the record (``default_verdict(seeds=...)``).
-VERDICT_SEEDS: dict[int, tuple[int, ...]] = {24: tuple(range(10))}
+VERDICT_SEEDS: dict[int, tuple[int, ...]] = {24: tuple(range(10)), 25: tuple(range(10))}
 #: Rounds that change only the trade-off of more than two objectives: feature conditions only.
 FEATURE_ROUNDS = (3, 4)
 
@@ -2490,6 +2584,17 @@ CANDIDATES: dict[str, Config] = {
         "mokd",
         **LONG_MEMORY,
         lengthen="hypergradient",
+    ),
+    # round 25: the run's mean agreement squared (the share a^2), or its odds squared below 1/2
+    "squared": _m(
+        "mokd conflict=squared, agreement_smoothing=0.999, agreement_gate=off",
+        "mokd",
+        **{**LONG_MEMORY, "conflict": "squared"},
+    ),
+    "sharpened-below": _m(
+        "mokd conflict=sharpened-below, agreement_smoothing=0.999, agreement_gate=off",
+        "mokd",
+        **{**LONG_MEMORY, "conflict": "sharpened-below"},
     ),
     # the zoo at defaults
     "mgda": _m("mgda", "mgda"),

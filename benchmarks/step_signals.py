@@ -132,15 +132,18 @@ SCALES = (0.3, 1.0, 3.0)
 GATES = (
     "off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown", "hyper",
     "hyper-after", "unit", "lifted4", "lifted9", "grown-odds", "layerwise", "weight-share",
-    "weight-length", "memory", "memory-open", "jitter",
+    "weight-length", "memory", "memory-open", "jitter", "squared", "sharpened-below",
 )  # fmt: skip
 #: The library options of the gates that are plain ``MoKD`` options: a longer memory of the
 #: agreement (``"memory"``: a moving average with decay 0.999, about the run's mean on the
 #: suite's 250-300-step runs, the conflict gate kept; ``"memory-open"``: the same average on
-#: every step, conflicting ones too).
+#: every step, conflicting ones too); the default's share squared (``"squared"``, ``a^2``) or
+#: its odds squared below 1/2 (``"sharpened-below"``), the probes before round 25.
 OPTION_GATES: dict[str, dict[str, Any]] = {
     "memory": {"agreement_smoothing": 0.999, "agreement_gate": "mean"},
     "memory-open": {"agreement_smoothing": 0.999, "agreement_gate": "off"},
+    "squared": {"conflict": "squared"},
+    "sharpened-below": {"conflict": "sharpened-below"},
 }
 #: The fixed weight whose share or length the diagnostic gates ``"weight-share"`` /
 #: ``"weight-length"`` hand the default (0.1: the weight most often best in the suite).

@@ -861,6 +861,22 @@ def test_round_24_confirms_on_conditions_drawn_not_picked() -> None:
     assert not any(r in kd_suite.VERDICT_SEEDS for r in range(1, 24))  # none declared it before
 
 
+def test_round_25_confirms_on_conditions_drawn_not_picked() -> None:
+    # round 25 ("squared" against the default): selection = round 24's conditions and
+    # C178-C185 (108, recomputed); C186-C193 are the seeded draw of draw_fresh_settings(25,
+    # every earlier condition), laid out as round 24's, judged on ten seeds as declared
+    confirmation = _fresh_after_the_previous_round(25, first=186, selection_count=108)
+    earlier = [c for c in kd_suite.CONDITIONS if c.round <= 24]
+    triple, others = kd_suite.draw_fresh_settings(25, earlier)
+    assert [c.settings[:2] + c.settings[3:] for c in confirmation] == [triple] * 3 + others
+    assert [c.lr_scale for c in confirmation] == [1.0, 3.0, 0.3] + [1.0] * 5
+    assert [c.stress for c in confirmation] == [(1e3, 1e-2)] + [()] * 7
+    assert kd_suite.VERDICT_SEEDS[25] == tuple(range(10))
+    squared = dict(kd_suite.CANDIDATES["squared"].options)
+    default = dict(kd_suite.CANDIDATES["default"].options)
+    assert squared == {**default, "conflict": "squared"}  # the one option that differs
+
+
 def test_a_learning_rate_drop_is_written_as_a_loss_or_a_gain() -> None:
     # round 24's 0.3x condition ended above its 1x one: "lost -0.23 points" read as a loss
     assert kd_suite.drop_words(0.0047) == "lost 0.47 points"

@@ -538,7 +538,8 @@ def _reference_agreement(
     equalize=1): a and r as in _reference_conflict, s = max(a . r, 0), with ``trust`` t made
     s' by logit(s') = logit(s) + logit(t) (set_trust, round 8); "sharpened" then doubles the
     log-odds of s ("sharpened-above" only where s > 1/2); the direction is (1 - s) a + s r
-    ("agreement", "sharpened*") or a + s r ("scaled"). Returned at unit length."""
+    ("agreement", "sharpened*") or a + s r ("scaled"); "sharpened-below" squares the odds only
+    where s < 1/2 and "squared" makes s its square. Returned at unit length."""
     h = jacobian / losses[:, None]
     a = h[anchor] / np.linalg.norm(h[anchor])
     u = np.delete(h, anchor, axis=0).sum(0)
@@ -547,13 +548,21 @@ def _reference_agreement(
     if trust is not None and 0 < s < 1:
         odds = s / (1 - s) * trust / (1 - trust)
         s = odds / (1 + odds)
-    if rule == "sharpened" or (rule == "sharpened-above" and s > 0.5):
+    if (
+        rule == "sharpened"
+        or (rule == "sharpened-above" and s > 0.5)
+        or (rule == "sharpened-below" and s < 0.5)
+    ):
         s = s**2 / (s**2 + (1 - s) ** 2)
+    if rule == "squared":
+        s = s**2
     direction = (1.0 if rule == "scaled" else (1 - s)) * a + s * r
     return direction / np.linalg.norm(direction)
 
 
-@pytest.mark.parametrize("rule", ["agreement", "scaled", "sharpened", "sharpened-above"])
+@pytest.mark.parametrize(
+    "rule", ["agreement", "scaled", "sharpened", "sharpened-above", "sharpened-below", "squared"]
+)
 @pytest.mark.parametrize("k", [2, 3, 4])
 @pytest.mark.parametrize("anchor", [0, 1])
 @pytest.mark.parametrize("trust", [None, 0.1, 0.93])
@@ -651,6 +660,33 @@ def test_sharpened_rules_square_the_odds_of_the_cosine() -> None:
     share, anchor_part = agreement_share(a, "scaled")
     torch.testing.assert_close(share, a)
     torch.testing.assert_close(anchor_part, torch.ones_like(a))
+
+
+def test_round_25_rules_shrink_a_little_agreement_most() -> None:
+    # "squared": the share is c^2 (0.09 at c = 0.3, 0.49 at 0.7); "sharpened-below": the odds
+    # squared below 1/2 (0.3 -> 0.09 / 0.58), the cosine itself from 1/2 up
+    def kd_share(rule: str, c: float) -> float:
+        theta = np.arccos(c)
+        jacobian = np.array([[2.0, 0.0], [7 * np.cos(theta), 7 * np.sin(theta)]])
+        w = _weights(_bound(2, step="anchor", conflict=rule), jacobian, np.array([0.5, 3.0]))
+        parts = np.abs(w) * np.linalg.norm(jacobian, axis=1)
+        return float(parts[1] / parts.sum())
+
+    for c in (0.1, 0.3, 0.45, 0.5, 0.7, 0.95):
+        assert kd_share("squared", c) == pytest.approx(c**2, rel=1e-9)
+        below = c**2 / (c**2 + (1 - c) ** 2) if c < 0.5 else c
+        assert kd_share("sharpened-below", c) == pytest.approx(below, rel=1e-9)
+        assert kd_share("squared", c) < kd_share("agreement", c)
+    assert kd_share("sharpened-below", 0.3) < kd_share("agreement", 0.3)
+    for rule in ("squared", "sharpened-below"):  # nothing in a conflict, everything if parallel
+        assert kd_share(rule, -0.5) == pytest.approx(0.0, abs=1e-12)
+        assert kd_share(rule, 1.0) == pytest.approx(1.0, rel=1e-12)
+    from mokd_optim.methods._mokd import agreement_share
+
+    a = torch.tensor([0.0, 0.2, 0.5, 0.8, 1.0], dtype=torch.float64)
+    share, anchor_part = agreement_share(a, "squared")
+    torch.testing.assert_close(share, a**2)
+    torch.testing.assert_close(share + anchor_part, torch.ones_like(a))
 
 
 @pytest.mark.parametrize("k", [3, 4, 5])

@@ -37,10 +37,19 @@ CONFLICT_RULES = (
     "scaled",
     "sharpened",
     "sharpened-above",
+    "sharpened-below",
+    "squared",
 )
 #: The rules of ``conflict=`` that weigh the others by their cosine with the anchor (see
 #: :func:`share_by_agreement`); they change the step where the two agree as well.
-AGREEMENT_RULES = ("agreement", "scaled", "sharpened", "sharpened-above")
+AGREEMENT_RULES = (
+    "agreement",
+    "scaled",
+    "sharpened",
+    "sharpened-above",
+    "sharpened-below",
+    "squared",
+)
 #: How :class:`MoKD`'s ``agreement_smoothing`` meets a conflict (round 13 of the suite; see
 #: :meth:`MoKD._smooth_agreement`): ``"off"`` gives every step the moving average, ``"mean"``
 #: none to a step whose own cosine is <= 0 and the average over every step to the others,
@@ -111,7 +120,11 @@ def agreement_share(
     - ``"sharpened"`` (round 11): ``(a', 1 - a')`` with the odds of ``a`` squared,
       ``a' = a^2 / (a^2 + (1 - a)^2)`` -- more than the cosine where ``a > 1/2`` (0.69 at 0.6,
       0.84 at 0.7), less below (0.31 at 0.4, 0.06 at 0.2); 0, 1/2 and 1 stay;
-    - ``"sharpened-above"`` (round 11): the same where ``a > 1/2``, ``a`` itself below.
+    - ``"sharpened-above"`` (round 11): the same where ``a > 1/2``, ``a`` itself below;
+    - ``"sharpened-below"`` (round 25): the same where ``a < 1/2``, ``a`` itself above -- less
+      for a side that agrees little, a strongly agreeing side's share unchanged;
+    - ``"squared"`` (round 25): ``(a^2, 1 - a^2)``, the share is the fraction of the others'
+      unit direction's squared length that lies along the anchor's (0.09 at 0.3, 0.49 at 0.7).
 
     ``average`` (round 12; :class:`MoKD`'s ``agreement_smoothing``) maps this step's agreement
     to the value used, a moving average over the steps, before ``trust`` and the rule act.
@@ -119,9 +132,16 @@ def agreement_share(
     if average is not None:
         agreement = average(agreement)
     share = weigh_by_trust(agreement, trust)
-    if rule in ("sharpened", "sharpened-above"):
-        squared = weigh_by_trust(share, share)
-        share = squared if rule == "sharpened" else torch.where(share > 0.5, squared, share)
+    if rule in ("sharpened", "sharpened-above", "sharpened-below"):
+        odds_squared = weigh_by_trust(share, share)
+        if rule == "sharpened":
+            share = odds_squared
+        elif rule == "sharpened-above":
+            share = torch.where(share > 0.5, odds_squared, share)
+        else:
+            share = torch.where(share < 0.5, odds_squared, share)
+    elif rule == "squared":
+        share = share * share
     anchor_part = torch.ones_like(share) if rule == "scaled" else 1.0 - share
     return share, anchor_part
 
