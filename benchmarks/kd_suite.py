@@ -2096,6 +2096,15 @@ CONDITIONS: tuple[Condition, ...] = (
     # DKD at T = 2; an MNIST ResNet (SGD, constant) with a weak teacher and two heads at T = 4;
     # an MNIST MLP (AdamW, cosine) with two heads at T = 4; an MNIST MLP (SGD, constant) with a
     # weak teacher at T = 8.
+    # Selection verdict (written before any confirmation run; `--round 25 --split selection
+    # --candidates default,squared`, 12 min with the baselines stored): (1) -0.134 clipped over
+    # the 108 (18 clipped): NOT met, so NOT adopted; the default is unchanged and no ten-seed
+    # settlement was run ((2)-(4) cannot adopt a rule that fails (1)). On seeds 0-2 the
+    # candidate tied or beat the best fixed weight on 66 against the default's 69, ce on 99
+    # against 94, one collapse each (S2 / C91). By group (clipped): weak teachers with AdamW
+    # +0.12 at 1x (15) and +0.77 at 0.3x (2), weak with SGD -0.02 (21); strong teachers -0.22 /
+    # -0.24 at 1x with AdamW / SGD (13 / 21), -0.64 / -0.37 at 3x (3 / 10), -0.07 / -0.14 at 0.3x:
+    # what a weak teacher gains from the smaller share a strong one loses.
     *_recomputed_confirmation(
         25,
         (

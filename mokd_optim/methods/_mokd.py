@@ -391,9 +391,10 @@ def share_by_agreement(
       everything where they point the same way;
     - ``rule="scaled"``: ``u_anchor + a u_r``: the auxiliary gradient scaled by its cosine (the
       weighted variant of Du et al. 2018), a share of ``a / (1 + a)``;
-    - ``rule="sharpened"`` / ``"sharpened-above"`` (round 11): ``(1 - a') u_anchor + a' u_r``
-      with the odds of ``a`` squared (everywhere / only where ``a > 1/2``),
-      :func:`agreement_share`.
+    - ``rule="sharpened"`` / ``"sharpened-above"`` (round 11) / ``"sharpened-below"`` (round
+      25): ``(1 - a') u_anchor + a' u_r`` with the odds of ``a`` squared (everywhere / only
+      where ``a > 1/2`` / only where ``a < 1/2``), :func:`agreement_share`;
+    - ``rule="squared"`` (round 25): ``(1 - a^2) u_anchor + a^2 u_r``.
 
     With ``trust`` (a 0-d tensor in ``[0, 1]``: evidence that the others are right where they
     disagree with the anchor) ``a`` is weighed by it first (:func:`weigh_by_trust`; round 8).
@@ -510,7 +511,8 @@ def mokd_weights(
     ``regularization``, ``equalize``, ``anchor_vs_rest``, ``rest``: see :func:`trade_off`;
     ``conflict="project"``: :func:`project_out_conflict` applied to ``pi``; ``"drop"``:
     :func:`drop_on_conflict`; ``AGREEMENT_RULES`` (``"agreement"``, ``"scaled"``,
-    ``"sharpened"``, ``"sharpened-above"``): :func:`share_by_agreement`, with ``trust`` (0-d, in
+    ``"sharpened"``, ``"sharpened-above"``, ``"sharpened-below"``, ``"squared"``):
+    :func:`share_by_agreement`, with ``trust`` (0-d, in
     ``[0, 1]``) and ``agreement_average`` (a map from this step's agreement to the one used, see
     :func:`agreement_share`); only these rules use either.
 
@@ -667,8 +669,9 @@ class MoKD(Method):
             run's mean of ``max(c, 0)`` (a moving average with a 1000-step memory) on every
             step (``agreement_smoothing``, ``agreement_gate``); ``"scaled"``: the anchor
             plus ``max(c, 0)`` times the others (Du et al. 2018); ``"sharpened"`` /
-            ``"sharpened-above"`` (round 11): the cosine's odds squared, everywhere / only
-            above 1/2 (:func:`agreement_share`). The rest change the step only
+            ``"sharpened-above"`` (round 11) / ``"sharpened-below"`` (round 25): the cosine's
+            odds squared, everywhere / only above 1/2 / only below; ``"squared"`` (round 25):
+            the share ``max(c, 0)^2`` (:func:`agreement_share`). The rest change the step only
             in a conflict (``c < 0``): ``"project"`` (round 6) removes the others' component
             against the anchor (see :func:`project_out_conflict`); ``"drop"`` steps along the
             anchor alone; ``"pareto"`` (rounds 1-5) keeps the min-norm bisector, no objective
