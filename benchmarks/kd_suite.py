@@ -2105,6 +2105,11 @@ CONDITIONS: tuple[Condition, ...] = (
     # +0.12 at 1x (15) and +0.77 at 0.3x (2), weak with SGD -0.02 (21); strong teachers -0.22 /
     # -0.24 at 1x with AdamW / SGD (13 / 21), -0.64 / -0.37 at 3x (3 / 10), -0.07 / -0.14 at 0.3x:
     # what a weak teacher gains from the smaller share a strong one loses.
+    # Confirmation (after the verdict; seeds 0-9 as declared): the unchanged default ce 7 / 8
+    # (C188, 0.3x, -0.89), the best fixed weight 4 / 8 (+8.19; +0.06 without C187), no collapse
+    # in 80, loss scale -0.03 / +0.04, 3x met, 0.3x not met (2.20 against a = 0.1's 0.87), no
+    # feature-head condition won. H25a failed (-1.74 over the weak teachers, all of it C187,
+    # one of the candidate's seeds collapsed at 3x; +0.09 without it); H25b held (-0.10).
     *_recomputed_confirmation(
         25,
         (

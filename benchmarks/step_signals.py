@@ -50,6 +50,8 @@ runs. Only a round's selection conditions can be named.
     python benchmarks/step_signals.py --round 21 --gates off,grown-odds,layerwise --conditions all
     python benchmarks/step_signals.py --round 21 --gates off,weight-share,weight-length \
         --conditions C13,C38,C64,C94,C112,C153,S9,C142 --seeds 0-9   # a = 0.1's lead, located
+    python benchmarks/step_signals.py --round 24 --after --gates off,squared,sharpened-below \
+        --conditions C178,C184,C133,C38,C64,C112,C135,C146,C90,S9,C13,C142,C185,C125  # round 25
     python benchmarks/step_signals.py --agreement --seeds 0       # every selection condition
     python benchmarks/step_signals.py --quick                     # tiny runs, for the tests
 """
