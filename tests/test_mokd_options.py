@@ -664,7 +664,7 @@ def test_sharpened_rules_square_the_odds_of_the_cosine() -> None:
 
 def test_round_25_rules_shrink_a_little_agreement_most() -> None:
     # "squared": the share is c^2 (0.09 at c = 0.3, 0.49 at 0.7); "sharpened-below": the odds
-    # squared below 1/2 (0.3 -> 0.09 / 0.58), the cosine itself from 1/2 up
+    # squared below 1/2 (0.3 -> 0.09 / (0.09 + 0.49) = 0.16), the cosine itself from 1/2 up
     def kd_share(rule: str, c: float) -> float:
         theta = np.arccos(c)
         jacobian = np.array([[2.0, 0.0], [7 * np.cos(theta), 7 * np.sin(theta)]])

@@ -676,6 +676,18 @@ def test_the_memory_probe_is_round_22s_candidate(quick_run, off_probe) -> None:
     assert set(step_signals.OPTION_GATES) <= set(step_signals.GATES)
 
 
+def test_the_squared_probe_is_round_25s_candidate(quick_run, off_probe) -> None:
+    # "squared" trains with the suite's round-25 candidate's options: its run ends where the
+    # suite's own run of "squared" does; its first share is the default's squared (one step's
+    # moving average is that step's agreement), and its course differs from the default's
+    condition, lr, off = off_probe
+    _, _, probe = _quick_probe(quick_run[1], "squared")
+    assert probe["final"] == _suite_run(condition, lr, "squared")["final"]
+    assert probe["shares"][0] == pytest.approx(off["shares"][0] ** 2, rel=1e-6)
+    assert probe["shares"] != off["shares"]
+    assert kd_suite.method_options(kd_suite.CANDIDATES["squared"])["conflict"] == "squared"
+
+
 def test_the_jitter_controls_factors_cancel_in_pairs() -> None:
     factors = [step_signals.jitter_factor(step) for step in range(6)]
     assert factors[0] == pytest.approx(math.exp(step_signals.JITTER)) and factors[0] > 1
