@@ -834,43 +834,36 @@ def test_round_22_selects_on_round_21s_conditions_and_confirms_on_fresh_ones() -
     assert any(c.objectives == "dkd" for c in confirmation)
 
 
-def test_round_23_confirms_on_conditions_drawn_not_picked() -> None:
-    # round 23: selection = round 22's conditions (92, recomputed); C170-C177 are the seeded
-    # draw of draw_fresh_settings(23, every earlier condition): the x1 / x3 / x0.3 triple (x1
-    # with the loss-scale stress) and five more at x1, in the draw's order
-    confirmation = _fresh_after_the_previous_round(23, first=170, selection_count=92)
-    earlier = [c for c in kd_suite.CONDITIONS if c.round <= 22]
-    triple, others = kd_suite.draw_fresh_settings(23, earlier)
-    declared = [(c.recipe, c.teacher, c.objectives, c.temperature) for c in confirmation]
-    assert declared == [triple] * 3 + others
-    assert [c.lr_scale for c in confirmation] == [1.0, 3.0, 0.3] + [1.0] * 5
-    assert [c.stress for c in confirmation] == [(1e3, 1e-2)] + [()] * 7
-
-
-def test_round_24_confirms_on_conditions_drawn_not_picked() -> None:
-    # round 24 (a check, no candidate): selection = round 23's conditions (100, recomputed);
-    # C178-C185 are the seeded draw of draw_fresh_settings(24, every earlier condition), laid
-    # out as round 23's: the triple (x1 with the loss-scale stress), then five more at x1
-    confirmation = _fresh_after_the_previous_round(24, first=178, selection_count=100)
-    earlier = [c for c in kd_suite.CONDITIONS if c.round <= 23]
-    triple, others = kd_suite.draw_fresh_settings(24, earlier)
+def _drawn_as_declared(round_number: int, first: int, selection_count: int) -> None:
+    """Rounds 23 on: the round's selection data are the previous round's conditions
+    (``selection_count``, recomputed) and its confirmation conditions ``C<first>`` on are the
+    seeded draw of ``draw_fresh_settings(round_number, every earlier condition)``, in the draw's
+    order: the x1 / x3 / x0.3 triple (x1 with the loss-scale stress), then five more at x1."""
+    confirmation = _fresh_after_the_previous_round(round_number, first, selection_count)
+    earlier = [c for c in kd_suite.CONDITIONS if c.round < round_number]
+    triple, others = kd_suite.draw_fresh_settings(round_number, earlier)
     assert [c.settings[:2] + c.settings[3:] for c in confirmation] == [triple] * 3 + others
     assert [c.lr_scale for c in confirmation] == [1.0, 3.0, 0.3] + [1.0] * 5
     assert [c.stress for c in confirmation] == [(1e3, 1e-2)] + [()] * 7
+
+
+def test_round_23_confirms_on_conditions_drawn_not_picked() -> None:
+    # round 23: selection = round 22's conditions (92); C170-C177 drawn
+    _drawn_as_declared(23, first=170, selection_count=92)
+
+
+def test_round_24_confirms_on_conditions_drawn_not_picked() -> None:
+    # round 24 (a check, no candidate): selection = round 23's conditions (100); C178-C185
+    # drawn, judged on ten seeds as declared -- the first round to declare them
+    _drawn_as_declared(24, first=178, selection_count=100)
     assert kd_suite.VERDICT_SEEDS[24] == tuple(range(10))
     assert not any(r in kd_suite.VERDICT_SEEDS for r in range(1, 24))  # none declared it before
 
 
 def test_round_25_confirms_on_conditions_drawn_not_picked() -> None:
     # round 25 ("squared" against the default): selection = round 24's conditions and
-    # C178-C185 (108, recomputed); C186-C193 are the seeded draw of draw_fresh_settings(25,
-    # every earlier condition), laid out as round 24's, judged on ten seeds as declared
-    confirmation = _fresh_after_the_previous_round(25, first=186, selection_count=108)
-    earlier = [c for c in kd_suite.CONDITIONS if c.round <= 24]
-    triple, others = kd_suite.draw_fresh_settings(25, earlier)
-    assert [c.settings[:2] + c.settings[3:] for c in confirmation] == [triple] * 3 + others
-    assert [c.lr_scale for c in confirmation] == [1.0, 3.0, 0.3] + [1.0] * 5
-    assert [c.stress for c in confirmation] == [(1e3, 1e-2)] + [()] * 7
+    # C178-C185 (108); C186-C193 drawn, judged on ten seeds as declared
+    _drawn_as_declared(25, first=186, selection_count=108)
     assert kd_suite.VERDICT_SEEDS[25] == tuple(range(10))
     squared = dict(kd_suite.CANDIDATES["squared"].options)
     default = dict(kd_suite.CANDIDATES["default"].options)
