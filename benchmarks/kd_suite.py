@@ -122,6 +122,7 @@ DEFAULT_PAGES = {
     23: ROOT / "docs" / "results_round23.md",
     24: ROOT / "docs" / "results_round24.md",
     25: ROOT / "docs" / "results_round25.md",
+    26: ROOT / "docs" / "results_round26.md",
 }
 
 
@@ -290,6 +291,8 @@ ROUNDS = {
     24: "round 24 (a check of the unchanged default on fresh conditions drawn, not picked, "
     "judged on ten seeds; no candidate)",
     25: 'round 25 (the run\'s mean agreement squared as the share: conflict="squared")',
+    26: "round 26 (the share's odds times the growth of the norm ratio since the start: "
+    "share_growth=True)",
 }
 
 
@@ -2163,6 +2166,129 @@ CONDITIONS: tuple[Condition, ...] = (
             ("C193 mnist-mlp const weak T8", MNIST_MLP_SGD_CONST, "weak", 1.0, "kd", 8.0, ()),
         ),
     ),
+    # --- round 26: the share's odds times the growth of the norm ratio since the start
+    # ("share-growth": share_growth=True on the default; the agreement share's odds times
+    # rho_avg / rho_0, rho = ||g_kd + g_feat...|| / ||g_task||, rho_avg its moving average with
+    # decay 0.95, rho_0 its mean over the first 10 steps -- constants fixed in a probe after
+    # round 19, before any run). Declared before any round-26 run of the candidate through the
+    # suite on the selection conditions or of anything on C194-C201.
+    # Why (selection data only): over round 25's 116 conditions, at 1x the default tied or beat
+    # the best fixed weight on 16 of 34 at a constant learning rate against 40 of 53 on
+    # annealing schedules (mean gap -0.38 against +0.07 / +0.21, clipped), and trailed a = 0.1
+    # there (-0.14) where it leads it on cosine schedules (+0.17). On six of those constant
+    # conditions (`step_signals.py --round 25 --after --gates off,weight-share,weight-length
+    # --conditions C135,C168,C193,C149,C152,C118 --seeds 0,1,2`, 3 min) a = 0.1's share at the
+    # default's length gained +0.40 to +1.10 on the four weak teachers and its length did not
+    # (-3.03 to +0.13), as rounds 21-24's diagnostics found elsewhere: the default's share falls
+    # over a run with the cosine (0.60-0.70 in the first quarter, 0.10-0.23 in the last) while a
+    # fixed weight's odds grow with the norm ratio (rho / rho_0 1.5-49 by the last quarter with a
+    # weak teacher). Round 21's probe of that course ("grown-odds") on rounds 18-21's default,
+    # whose conflict gate zeroed the late share, moved nothing (-0.03 on weak teachers); on
+    # today's default it is untested. Disclosed probe on looked-at selection conditions
+    # (`step_signals.py --round 25 --after --gates off,grown-odds --conditions C135,C168,C193,
+    # C149,C152,C118,C146,C90,C13,C38,C64,S2,C35,C122,C10,C50,C137,C133 --seeds 0,1,2`, 6 min):
+    # +0.19 against the default (clipped +0.18), tied with or ahead of the best fixed weight on
+    # 9 of 18 against 6, ce 15 against 13, no collapse; weak teachers at 1x +0.28 (9), strong
+    # +0.02 (6), 3x +0.43 (2), 0.3x -0.12 (1); C193 +1.03, S2 +1.01, C118 +0.97, C133 +0.75;
+    # C137 -0.83, C90 -0.41. The library's option reproduces the probe's run (C193 seed 0: the
+    # same final accuracy; C149, three objectives, within 0.2 points).
+    # Hypotheses: H26a -- on the fresh set the candidate's mean paired difference against the
+    # default (seeds 0-9) is positive over its weak-teacher conditions at 1x (C194, C197-C199);
+    # H26b -- it is above -0.3 over the strong-teacher ones (C200, C201).
+    # Protocol (as round 25's): selection = round 25's 108 conditions and C186-C193 (116;
+    # recomputed evaluation, seeds 0-2; `--round 26 --split selection --candidates
+    # default,share-growth`). Adopt "share-growth" iff, against the default, (1) the mean over
+    # the 116 of each condition's paired difference clipped to +-1 point
+    # (clipped_mean_difference) is at least 0; (2) it ties or beats the best fixed weight on at
+    # least as many; (3) it trails ce on no more; (4) it collapses no more -- every condition
+    # where the two rules' status on (2), (3) or (4) differs on seeds 0-2 is rerun on seeds 0-9
+    # with every baseline, and those runs decide (2)-(4) for it. The selection verdict is written
+    # here before any confirmation run. Then C194-C201 (fresh) run once with both (`--round 26
+    # --split confirmation --candidates default,share-growth`, then `--seeds 0-9`), the verdict
+    # being the chosen rule's on seeds 0-9 (VERDICT_SEEDS). The fresh settings are drawn, not
+    # picked: draw_fresh_settings(26, every condition of rounds 1-25) -- a Fashion ResNet (SGD,
+    # constant) with a weak teacher and one head at T = 8 at x1 (with the loss-scale stress), x3
+    # and x0.3; an MNIST ResNet (SGD, warm-up + cosine) with a weak teacher and one head at T =
+    # 8; a digits MLP (AdamW, constant) with a weak teacher and DKD at T = 4; a Fashion ResNet
+    # (SGD, constant) with a weak teacher and DKD at T = 2; a Fashion CNN (SGD, warm-up +
+    # cosine) with two heads at T = 2; a Fashion ResNet (SGD, constant) with two heads at T = 8.
+    *_recomputed_confirmation(
+        26,
+        (
+            (
+                "C194 fashion-resnet sgd const weak +feat T8",
+                FASHION_RESNET_SGD_CONST,
+                "weak",
+                1.0,
+                "kd+feat",
+                8.0,
+                (1e3, 1e-2),
+            ),
+            (
+                "C195 fashion-resnet sgd const weak +feat T8 lr x3",
+                FASHION_RESNET_SGD_CONST,
+                "weak",
+                3.0,
+                "kd+feat",
+                8.0,
+                (),
+            ),
+            (
+                "C196 fashion-resnet sgd const weak +feat T8 lr x0.3",
+                FASHION_RESNET_SGD_CONST,
+                "weak",
+                0.3,
+                "kd+feat",
+                8.0,
+                (),
+            ),
+            (
+                "C197 mnist-resnet warmup weak +feat T8",
+                MNIST_RESNET_SGD_WC,
+                "weak",
+                1.0,
+                "kd+feat",
+                8.0,
+                (),
+            ),
+            (
+                "C198 digits-mlp adamw weak dkd T4",
+                DIGITS_MLP_ADAMW_CONST,
+                "weak",
+                1.0,
+                "dkd",
+                4.0,
+                (),
+            ),
+            (
+                "C199 fashion-resnet sgd const weak dkd T2",
+                FASHION_RESNET_SGD_CONST,
+                "weak",
+                1.0,
+                "dkd",
+                2.0,
+                (),
+            ),
+            (
+                "C200 fashion-cnn warmup +2feat T2",
+                FASHION_CNN_SGD_WC,
+                "strong",
+                1.0,
+                "kd+2feat",
+                2.0,
+                (),
+            ),
+            (
+                "C201 fashion-resnet sgd const +2feat T8",
+                FASHION_RESNET_SGD_CONST,
+                "strong",
+                1.0,
+                "kd+2feat",
+                8.0,
+                (),
+            ),
+        ),
+    ),
 )
 
 #: Earlier confirmation conditions (looked at) that a later round uses as selection data.
@@ -2190,6 +2316,7 @@ REUSED_AS_SELECTION: dict[int, tuple[str, ...]] = {
     23: ("C6", *(f"C{n}" for n in range(9, 170))),
     24: ("C6", *(f"C{n}" for n in range(9, 178))),
     25: ("C6", *(f"C{n}" for n in range(9, 186))),
+    26: ("C6", *(f"C{n}" for n in range(9, 194))),
 }
 #: Rounds whose selection data are a seeded draw: ``(draw round, counts)`` -- so many
 #: conditions of each student kind drawn from the conditions eligible in the draw round, seeded
@@ -2207,14 +2334,15 @@ SELECTION_DRAWS: dict[int, tuple[int, dict[str, int]]] = {
     23: (17, ROUND_17_DRAW),
     24: (17, ROUND_17_DRAW),
     25: (17, ROUND_17_DRAW),
+    26: (17, ROUND_17_DRAW),
 }
 #: Rounds that judge every condition, selection included, with this evaluation and pick every
 #: learning rate the same way (``Condition.evaluation``, ``Condition.lr_evaluation``).
-ROUND_EVALUATION: dict[int, str] = {r: "recomputed" for r in range(17, 26)}
+ROUND_EVALUATION: dict[int, str] = {r: "recomputed" for r in range(17, 27)}
 #: Rounds that declared their done-criteria verdict on more seeds than the suite's (the issue
 #: asks for a mean over at least three): the page checks the criteria on these seeds first and
 #: on the suite's seeds after, for the record (``default_verdict(seeds=...)``).
-VERDICT_SEEDS: dict[int, tuple[int, ...]] = {24: tuple(range(10)), 25: tuple(range(10))}
+VERDICT_SEEDS: dict[int, tuple[int, ...]] = {r: tuple(range(10)) for r in (24, 25, 26)}
 #: Rounds that change only the trade-off of more than two objectives: feature conditions only.
 FEATURE_ROUNDS = (3, 4)
 
@@ -2387,6 +2515,7 @@ NEUTRAL_MOKD_OPTIONS: dict[str, Any] = {
     "agreement_smoothing": 0.0,
     "agreement_gate": "off",
     "agreement_lag": False,
+    "share_growth": False,
 }
 
 
@@ -2609,6 +2738,12 @@ CANDIDATES: dict[str, Config] = {
         "mokd conflict=sharpened-below, agreement_smoothing=0.999, agreement_gate=off",
         "mokd",
         **{**LONG_MEMORY, "conflict": "sharpened-below"},
+    ),
+    # round 26: the share's odds times the growth of the norm ratio since the start
+    "share-growth": _m(
+        "mokd share_growth=True, agreement_smoothing=0.999, agreement_gate=off",
+        "mokd",
+        **{**LONG_MEMORY, "share_growth": True},
     ),
     # the zoo at defaults
     "mgda": _m("mgda", "mgda"),

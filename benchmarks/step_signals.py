@@ -78,6 +78,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks import kd_suite  # noqa: E402
+from mokd_optim.methods._mokd import SHARE_GROWTH_SMOOTHING, SHARE_GROWTH_START  # noqa: E402
 
 #: The selection conditions of the probe after round 19 (the 0.3x and 3x ones and the recipes'
 #: 1x counterparts); never a confirmation condition of a round to come.
@@ -135,17 +136,21 @@ GATES = (
     "off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown", "hyper",
     "hyper-after", "unit", "lifted4", "lifted9", "grown-odds", "layerwise", "weight-share",
     "weight-length", "memory", "memory-open", "jitter", "squared", "sharpened-below",
+    "share-growth",
 )  # fmt: skip
 #: The library options of the gates that are plain ``MoKD`` options: a longer memory of the
 #: agreement (``"memory"``: a moving average with decay 0.999, about the run's mean on the
 #: suite's 250-300-step runs, the conflict gate kept; ``"memory-open"``: the same average on
 #: every step, conflicting ones too); the default's share squared (``"squared"``, ``a^2``) or
-#: its odds squared below 1/2 (``"sharpened-below"``), the probes before round 25.
+#: its odds squared below 1/2 (``"sharpened-below"``), the probes before round 25; the
+#: library's ``share_growth=True`` (``"share-growth"``, round 26's candidate: ``"grown-odds"``
+#: computed by the library from its Gram matrix instead of by the probe).
 OPTION_GATES: dict[str, dict[str, Any]] = {
     "memory": {"agreement_smoothing": 0.999, "agreement_gate": "mean"},
     "memory-open": {"agreement_smoothing": 0.999, "agreement_gate": "off"},
     "squared": {"conflict": "squared"},
     "sharpened-below": {"conflict": "sharpened-below"},
+    "share-growth": {"share_growth": True},
 }
 #: The fixed weight whose share or length the diagnostic gates ``"weight-share"`` /
 #: ``"weight-length"`` hand the default (0.1: the weight most often best in the suite).
@@ -154,9 +159,9 @@ DIAGNOSTIC_WEIGHT = 0.1
 #: ``e^{-JITTER}`` on alternate steps.
 JITTER = 0.01
 #: Decay of the moving average of the norm ratio that ``"grown-odds"`` compares with the start.
-GROWTH_SMOOTHING = 0.95
+GROWTH_SMOOTHING = SHARE_GROWTH_SMOOTHING  # the library's round-26 option took the probe's
 #: Steps whose mean norm ratio is a run's starting ratio (:func:`norm_ratio_course`, ``"grown"``).
-START_STEPS = 10
+START_STEPS = SHARE_GROWTH_START
 #: The constant trust of the share probes: odds ``2 : 1`` (or ``1 : 2``) combined with the
 #: cosine's double (halve) them; ``4 : 1`` and ``9 : 1`` (``"lifted4"``, ``"lifted9"``, probed
 #: with AdamW, where the best fixed weights give the teacher 0.84-0.99 of the update).

@@ -870,6 +870,19 @@ def test_round_25_confirms_on_conditions_drawn_not_picked() -> None:
     assert squared == {**default, "conflict": "squared"}  # the one option that differs
 
 
+def test_round_26_confirms_on_conditions_drawn_not_picked() -> None:
+    # round 26 ("share-growth" against the default): selection = round 25's conditions and
+    # C186-C193 (116); C194-C201 drawn, judged on ten seeds as declared
+    _drawn_as_declared(26, first=194, selection_count=116)
+    assert kd_suite.VERDICT_SEEDS[26] == tuple(range(10))
+    grown = dict(kd_suite.CANDIDATES["share-growth"].options)
+    default = dict(kd_suite.CANDIDATES["default"].options)
+    assert grown == {**default, "share_growth": True}  # the one option that differs
+    # the neutral value keeps every stored run of the default under its key
+    assert "share_growth" not in default
+    assert kd_suite.method_options(kd_suite.CANDIDATES["default"])["share_growth"] is False
+
+
 def test_a_learning_rate_drop_is_written_as_a_loss_or_a_gain() -> None:
     # round 24's 0.3x condition ended above its 1x one: "lost -0.23 points" read as a loss
     assert kd_suite.drop_words(0.0047) == "lost 0.47 points"

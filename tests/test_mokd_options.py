@@ -1094,3 +1094,94 @@ def test_agreement_lag_checks_its_options() -> None:
     with pytest.raises(OptionError, match="exclude each other"):
         methods.get("mokd", agreement_lag=True, agreement_smoothing=0.9)
     assert methods.get("mokd", conflict="scaled", agreement_lag=True).options()["agreement_lag"]
+
+
+def _share_growth_step(c: float, task_norm: float, rest_norm: float):
+    """One step's two-objective Jacobian (task first) at cosine ``c`` and the given norms."""
+    theta = np.arccos(c)
+    jacobian = np.array([[task_norm, 0.0], [rest_norm * np.cos(theta), rest_norm * np.sin(theta)]])
+    return jacobian, np.array([0.5, 3.0])
+
+
+def _kd_update_share(w: np.ndarray, jacobian: np.ndarray) -> float:
+    parts = np.abs(w) * np.linalg.norm(jacobian, axis=1)
+    return float(parts[1] / parts.sum())
+
+
+def test_share_growth_multiplies_the_odds_by_the_norm_ratios_growth() -> None:
+    # round 26's candidate: after SHARE_GROWTH_START steps the distillation share's odds are the
+    # default's times rho_avg / rho_0 -- rho_0 the mean norm ratio of the first ten steps,
+    # rho_avg its moving average (decay 0.95, started at the first ratio). Reference written
+    # from the definition, step by step, on ratios that grow, shrink and jump
+    from mokd_optim.methods._mokd import SHARE_GROWTH_SMOOTHING, SHARE_GROWTH_START
+
+    assert (SHARE_GROWTH_SMOOTHING, SHARE_GROWTH_START) == (0.95, 10)
+    rng = np.random.default_rng(26)
+    grown, default = methods.get("mokd", share_growth=True), methods.get("mokd")
+    for method in (grown, default):
+        method.bind(["task", "kd"])
+    ratios = [*rng.uniform(0.5, 1.5, 10), *np.linspace(1.0, 8.0, 25), *rng.uniform(0.1, 0.3, 20)]
+    average, growths = None, []
+    for step, rho in enumerate(ratios, start=1):
+        c = float(rng.uniform(0.05, 0.9))
+        task_norm = float(np.exp(rng.uniform(-2, 2)))
+        jacobian, losses = _share_growth_step(c, task_norm, rho * task_norm)
+        a = _kd_update_share(_weights(default, jacobian, losses), jacobian)
+        got = _kd_update_share(_weights(grown, jacobian, losses), jacobian)
+        average = rho if average is None else 0.95 * average + 0.05 * rho
+        if step <= SHARE_GROWTH_START:
+            assert got == pytest.approx(a, rel=1e-12)  # the start: the default's share
+            continue
+        growths.append(average / np.mean(ratios[:SHARE_GROWTH_START]))
+        assert got / (1 - got) == pytest.approx(growths[-1] * a / (1 - a), rel=1e-9)
+    # both directions exercised: the odds rose above 3x the default's, then fell back
+    assert max(growths) > 3 and growths[-1] < max(growths) / 2
+
+
+def test_share_growth_is_scale_free_and_round_trips() -> None:
+    # the KD loss times 1e3 (its gradient, loss and norm ratio too): the same direction and the
+    # same length on every step; a state_dict round trip continues the same course
+    rng = np.random.default_rng(260)
+    plain, scaled, halfway = (methods.get("mokd", share_growth=True) for _ in range(3))
+    for method in (plain, scaled, halfway):
+        method.bind(["task", "kd"])
+    steps = [
+        _share_growth_step(float(rng.uniform(0.1, 0.9)), 1.0, float(np.exp(0.1 * i)))
+        for i in range(24)
+    ]
+    for i, (jacobian, losses) in enumerate(steps):
+        w = _weights(plain, jacobian, losses)
+        big = jacobian * np.array([[1.0], [1e3]])
+        w_big = _weights(scaled, big, losses * np.array([1.0, 1e3]))
+        np.testing.assert_allclose(w_big @ big, w @ jacobian, rtol=1e-9)
+        if i == 12:
+            state = plain.state_dict()
+            assert set(state) >= {"growth_average", "growth_count"}
+            halfway.load_state_dict(state)
+        if i > 12:
+            np.testing.assert_array_equal(_weights(halfway, jacobian, losses), w)
+    assert plain.options()["share_growth"] is True
+    assert methods.get("mokd").options()["share_growth"] is False
+
+
+def test_share_growth_combines_with_trust_and_needs_an_agreement_rule() -> None:
+    # set_trust's odds and the growth's multiply; without an agreement rule there is no share
+    for conflict in ("pareto", "project", "drop"):
+        with pytest.raises(OptionError, match="share_growth"):
+            methods.get("mokd", conflict=conflict, share_growth=True)
+    with pytest.raises(OptionError, match="share_growth"):
+        methods.get("mokd", share_growth="yes")
+    both, growth_only = (
+        methods.get("mokd", share_growth=True),
+        methods.get("mokd", share_growth=True),
+    )
+    for method in (both, growth_only):
+        method.bind(["task", "kd"])
+    both.set_trust(0.8)  # odds 4
+    for step in range(14):
+        jacobian, losses = _share_growth_step(0.4, 1.0, 1.0 if step < 10 else 3.0)
+        with_trust = _kd_update_share(_weights(both, jacobian, losses), jacobian)
+        alone = _kd_update_share(_weights(growth_only, jacobian, losses), jacobian)
+        ratio = (with_trust / (1 - with_trust)) / (alone / (1 - alone))
+        assert ratio == pytest.approx(4.0, rel=1e-9)
+    assert alone > 0.4  # the grown ratio raised the share above the cosine's 0.4

@@ -688,6 +688,22 @@ def test_the_squared_probe_is_round_25s_candidate(quick_run, off_probe) -> None:
     assert kd_suite.method_options(kd_suite.CANDIDATES["squared"])["conflict"] == "squared"
 
 
+def test_the_share_growth_probe_is_round_26s_candidate(quick_run, off_probe) -> None:
+    # "share-growth" trains with the suite's round-26 candidate's options: its run ends where
+    # the suite's own run does; on the first START_STEPS steps its shares are the default's, and
+    # "grown-odds" (the same rule computed by the probe from its own gradients) keeps to the
+    # library's within rounding while the runs have not parted
+    condition, lr, off = off_probe
+    _, _, probe = _quick_probe(quick_run[1], "share-growth")
+    assert probe["final"] == _suite_run(condition, lr, "share-growth")["final"]
+    start = step_signals.START_STEPS
+    assert probe["shares"][:start] == pytest.approx(off["shares"][:start], rel=1e-9)
+    assert probe["shares"] != off["shares"]
+    _, _, grown = _quick_probe(quick_run[1], "grown-odds")
+    assert grown["shares"][: start + 5] == pytest.approx(probe["shares"][: start + 5], rel=1e-4)
+    assert kd_suite.method_options(kd_suite.CANDIDATES["share-growth"])["share_growth"] is True
+
+
 def test_the_jitter_controls_factors_cancel_in_pairs() -> None:
     factors = [step_signals.jitter_factor(step) for step in range(6)]
     assert factors[0] == pytest.approx(math.exp(step_signals.JITTER)) and factors[0] > 1

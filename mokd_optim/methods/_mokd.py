@@ -88,6 +88,16 @@ HYPERGRADIENT_RATE = 0.03
 HYPERGRADIENT_CEILING = 4.0
 HYPERGRADIENT_PEAK = 0.9
 
+#: ``share_growth=True`` (round 26 of the suite): the distillation side's share has its odds
+#: multiplied by ``rho_avg / rho_0``, the growth of the norm ratio ``rho = ||sum_j g_j|| /
+#: ||g_anchor||`` (``j`` the objectives other than the anchor) since the start -- ``rho_avg`` a
+#: moving average with this decay (about the last 20 steps), ``rho_0`` the mean over the first
+#: ``SHARE_GROWTH_START`` steps, on which nothing changes. Both fixed in a probe after round 19
+#: (``benchmarks/step_signals.py``'s ``"grown-odds"``) before any run; ratios of ratios, so no
+#: constant of a model's gradient scale or of a loss's units.
+SHARE_GROWTH_SMOOTHING = 0.95
+SHARE_GROWTH_START = 10
+
 
 def weigh_by_trust(agreement: Tensor, trust: Optional[Tensor]) -> Tensor:
     """The agreement share ``a`` in ``[0, 1]`` with evidence ``t`` in ``[0, 1]`` that the others
@@ -620,6 +630,21 @@ def _check_lengthen(step: str, lengthen: Union[bool, str]) -> None:
         )
 
 
+def rest_norm_ratio(gram: PSDMatrix, anchor: int) -> Tensor:
+    """``rho = ||sum_{j != anchor} g_j|| / ||g_anchor||`` from the Gram matrix ``(K, K)`` of the
+    raw gradients: how long the others' summed gradient is against the anchor's (what a fixed
+    weight ``a`` turns into the share ``a rho / ((1 - a) + a rho)`` of its update). 0-d; ``nan``
+    where the anchor's gradient is zero. Any positive scale of the gram leaves it unchanged;
+    scaling the others' losses by ``c`` scales it by ``c``."""
+    others = torch.ones(gram.shape[-1], dtype=torch.bool, device=gram.device)
+    others[anchor] = False
+    rest = gram[others][:, others].sum().clamp_min(0.0).sqrt()
+    anchor_norm = gram[anchor, anchor].clamp_min(0.0).sqrt()
+    return torch.where(
+        anchor_norm > 0, rest / torch.where(anchor_norm > 0, anchor_norm, 1.0), torch.nan
+    )
+
+
 def _moving_average(
     average: Optional[Tensor], count: int, value: Tensor, decay: float
 ) -> tuple[Tensor, int, Tensor]:
@@ -721,6 +746,17 @@ class MoKD(Method):
             weighs. It gives up a promise of the per-step rule: after an agreeing step, a step
             whose others point against the anchor still gets a share, so the update can
             conflict with the anchor. Not with ``agreement_smoothing``.
+        share_growth: ``True`` (round 26 of the suite; with an agreement rule): the others'
+            share has its odds multiplied by how much their gradient has grown against the
+            anchor's since the start, ``rho_avg / rho_0`` with ``rho = ||sum_j g_j|| /
+            ||g_anchor||`` (:func:`rest_norm_ratio`), ``rho_avg`` its moving average (decay
+            ``SHARE_GROWTH_SMOOTHING``) and ``rho_0`` its mean over the first
+            ``SHARE_GROWTH_START`` steps (nothing changes on those): the course a fixed weight's
+            share follows over a run (its odds are ``a rho / (1 - a)``), started from the
+            agreement share instead of a weight. A teacher whose gradient stays large while
+            the labels are fit keeps its say late in the run instead of losing it with the
+            cosine. Scale-free: a ratio of ratios. Combined with :meth:`set_trust` as
+            independent odds. Default ``False``.
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
@@ -761,6 +797,7 @@ class MoKD(Method):
         agreement_smoothing: Optional[float] = None,
         agreement_gate: Optional[str] = None,
         agreement_lag: bool = False,
+        share_growth: bool = False,
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
@@ -795,9 +832,11 @@ class MoKD(Method):
         )
         check_choice("mokd", "agreement_gate", agreement_gate, AGREEMENT_GATES)
         check_flag("mokd", "agreement_lag", agreement_lag)
+        check_flag("mokd", "share_growth", share_growth)
         for name, used in (
             ("agreement_smoothing", agreement_smoothing > 0),
             ("agreement_lag", agreement_lag),
+            ("share_growth", share_growth),
         ):
             if used and conflict not in AGREEMENT_RULES:
                 raise OptionError(
@@ -837,6 +876,7 @@ class MoKD(Method):
         self.agreement_smoothing = float(agreement_smoothing)
         self.agreement_gate = agreement_gate
         self.agreement_lag = bool(agreement_lag)
+        self.share_growth = bool(share_growth)
         self._anchor_index = 0
         # Moving average of the anchor gradient's norm (step_bound) and its step count.
         self._anchor_average: Optional[Tensor] = None
@@ -859,6 +899,11 @@ class MoKD(Method):
         self._hyper_average: Optional[Tensor] = None
         self._hyper_count = 0
         self._learning_rate: Optional[float] = None
+        # share_growth: [sum and count of the usable norm ratios of the first SHARE_GROWTH_START
+        # steps, moving average of the norm ratio (nan before the first usable one)] and the
+        # step count.
+        self._growth_average: Optional[Tensor] = None
+        self._growth_count = 0
         # Evidence that the others are right where they disagree with the anchor (set_trust).
         self._trust: Optional[float] = None
 
@@ -1091,6 +1136,51 @@ class MoKD(Method):
         )
         return agreement if previous is None else previous.to(agreement)
 
+    def _growth_trust(self, gram: Tensor) -> Optional[Tensor]:
+        """``share_growth`` (round 26): the evidence (0-d, in ``(0, 1)``) whose odds are ``g =
+        rho_avg / rho_0``, for :func:`weigh_by_trust`: this step's norm ratio ``rho``
+        (:func:`rest_norm_ratio`) enters the moving average (decay ``SHARE_GROWTH_SMOOTHING``,
+        started at the first usable ratio) and, on the first ``SHARE_GROWTH_START`` steps, the
+        start's mean ``rho_0``. ``None`` (no evidence) on those first steps; ``1/2`` (odds 1)
+        while no usable start is known. A ratio that is not finite and positive (a zero
+        gradient, an AMP overflow) leaves both as they were. On the device: no host read."""
+        rho = rest_norm_ratio(gram, self._anchor_index)
+        usable = torch.isfinite(rho) & (rho > 0)
+        state = self._growth_average
+        if state is None:
+            state = torch.tensor([0.0, 0.0, float("nan")], dtype=gram.dtype, device=gram.device)
+        start_sum, start_count, average = state.to(gram).unbind()
+        self._growth_count += 1
+        if self._growth_count <= SHARE_GROWTH_START:
+            start_sum = torch.where(usable, start_sum + rho, start_sum)
+            start_count = torch.where(usable, start_count + 1, start_count)
+        moved = torch.where(
+            torch.isfinite(average),
+            SHARE_GROWTH_SMOOTHING * average + (1 - SHARE_GROWTH_SMOOTHING) * rho,
+            rho,
+        )
+        average = torch.where(usable, moved, average)
+        self._growth_average = torch.stack((start_sum, start_count, average))
+        if self._growth_count <= SHARE_GROWTH_START:
+            return None
+        start = start_sum / torch.where(start_count > 0, start_count, 1.0)
+        known = (start > 0) & torch.isfinite(average)
+        growth = torch.where(known, average / torch.where(known, start, 1.0), 1.0)
+        return growth / (1.0 + growth)
+
+    def _combined_trust(self, gram: Tensor) -> Optional[Tensor]:
+        """The evidence the agreement rule weighs its share by: :meth:`set_trust`'s and
+        ``share_growth``'s combined as independent odds, either alone, or ``None``."""
+        given = (
+            None
+            if self._trust is None
+            else torch.full((), self._trust, dtype=gram.dtype, device=gram.device)
+        )
+        grown = self._growth_trust(gram) if self.share_growth else None
+        if given is None or grown is None:
+            return grown if given is None else given
+        return weigh_by_trust(given, grown)
+
     def _agreement_map(self) -> Optional[Callable[[Tensor], Tensor]]:
         """What the agreement rule applies to this step's agreement: the moving average
         (``agreement_smoothing``), the previous step's (``agreement_lag``), or nothing."""
@@ -1115,9 +1205,7 @@ class MoKD(Method):
             anchor_vs_rest=self.anchor_vs_rest,
             rest=self.rest,
             conflict=self.conflict,
-            trust=None
-            if self._trust is None
-            else torch.full((), self._trust, dtype=gram.dtype, device=gram.device),
+            trust=self._combined_trust(gram),
             lengthen=False if self.lengthen == "hypergradient" else self.lengthen,
             agreement_average=self._agreement_map(),
             lengthen_gate=self._short_gate(gram) if self.lengthen == "while-short" else None,
@@ -1137,6 +1225,7 @@ class MoKD(Method):
         ("agreement_", "_agreement_average", "_agreement_count"),
         ("short_", "_short_average", "_short_count"),
         ("hyper_", "_hyper_average", "_hyper_count"),
+        ("growth_", "_growth_average", "_growth_count"),
     )
 
     def state_dict(self) -> dict[str, Any]:
@@ -1184,4 +1273,5 @@ class MoKD(Method):
             "agreement_smoothing": self.agreement_smoothing,
             "agreement_gate": self.agreement_gate,
             "agreement_lag": self.agreement_lag,
+            "share_growth": self.share_growth,
         }
