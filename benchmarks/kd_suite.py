@@ -2212,6 +2212,22 @@ CONDITIONS: tuple[Condition, ...] = (
     # 8; a digits MLP (AdamW, constant) with a weak teacher and DKD at T = 4; a Fashion ResNet
     # (SGD, constant) with a weak teacher and DKD at T = 2; a Fashion CNN (SGD, warm-up +
     # cosine) with two heads at T = 2; a Fashion ResNet (SGD, constant) with two heads at T = 8.
+    # Selection verdict (written before any confirmation run; `--round 26 --split selection
+    # --candidates default,share-growth`, 10 min): (1) +0.001 clipped over the 116 (8 clipped):
+    # met, by a hair (the A/A control's null standard deviation over 100 conditions was
+    # 0.036). On seeds 0-2 the candidate tied or beat the best fixed weight on 74 against the
+    # default's 75, ce on 101 against 101, and collapsed 3 runs against 1 (all on C171, 3 of 3;
+    # the default's on C91). The settlement began with the two conditions whose collapse status
+    # differed (`--conditions C171,C91 --seeds 0-9`, 2 min): on ten seeds the candidate
+    # collapsed 8 runs against the default's 2 (C171 6 of 10 against 1, C91 2 against 1; on
+    # C171, an MNIST CNN at 3x with a weak teacher and two heads, its late distillation share
+    # reached 1.00 on five seeds, the default's 0.14-0.34 bar its one collapse), so (4) fails
+    # and the candidate is NOT adopted; the default is unchanged. The other 23 conditions whose
+    # status on (2) or (3) differed were not settled: no outcome there could adopt a rule that
+    # fails (4). By group (seeds 0-2, clipped): 1x weak with SGD +0.06 (23), with AdamW -0.03
+    # (15); 1x strong with SGD -0.07 (22), with AdamW +0.07 (14); the probe's +0.28 on weak
+    # teachers at 1x did not carry over. C193 +1.03, C118 +0.97, C172 +0.93, C149 +0.73; C113
+    # -1.13, C131 -1.00, C174 -0.70, C161 -0.60.
     *_recomputed_confirmation(
         26,
         (
