@@ -2214,8 +2214,8 @@ CONDITIONS: tuple[Condition, ...] = (
     # cosine) with two heads at T = 2; a Fashion ResNet (SGD, constant) with two heads at T = 8.
     # Selection verdict (written before any confirmation run; `--round 26 --split selection
     # --candidates default,share-growth`, 10 min): (1) +0.001 clipped over the 116 (8 clipped):
-    # met, by a hair (the A/A control's null standard deviation over 100 conditions was
-    # 0.036). On seeds 0-2 the candidate tied or beat the best fixed weight on 74 against the
+    # met, by a hair (round 23's A/A control, a change with no effect, scored -0.06 on it, with
+    # a bootstrap standard deviation of 0.036 over 84 conditions). On seeds 0-2 the candidate tied or beat the best fixed weight on 74 against the
     # default's 75, ce on 101 against 101, and collapsed 3 runs against 1 (all on C171, 3 of 3;
     # the default's on C91). The settlement began with the two conditions whose collapse status
     # differed (`--conditions C171,C91 --seeds 0-9`, 2 min): on ten seeds the candidate
@@ -2228,6 +2228,11 @@ CONDITIONS: tuple[Condition, ...] = (
     # (15); 1x strong with SGD -0.07 (22), with AdamW +0.07 (14); the probe's +0.28 on weak
     # teachers at 1x did not carry over. C193 +1.03, C118 +0.97, C172 +0.93, C149 +0.73; C113
     # -1.13, C131 -1.00, C174 -0.70, C161 -0.60.
+    # Confirmation (after the verdict; seeds 0-9 as declared): the unchanged default ce 6 / 8
+    # (C196, 0.3x, -0.94; C201 -0.71), the best fixed weight 4 / 8 (-0.27; the four Fashion
+    # ResNets at a constant rate with KD lost by 1.4-1.8), no collapse in 80, loss scale +1.00 /
+    # +0.81 (not met), 3x and 0.3x not met, the feature-head point met (C197, C200). H26a failed
+    # (-0.04 over the weak teachers at 1x); H26b held (-0.13).
     *_recomputed_confirmation(
         26,
         (
