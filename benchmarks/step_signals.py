@@ -114,6 +114,11 @@ SCALES = (0.3, 1.0, 3.0)
 #: times ``rho / rho_0`` (:func:`growth_trust`), ``rho`` a moving average of the norm ratio and
 #: ``rho_0`` its mean over the first steps: the odds a fixed weight's share moves by over a run
 #: (``a rho / (1 - a)``), kept scale-free by measuring the ratio against its own start.
+#: ``"grown-odds-capped"`` (after round 26): the same odds, the share never above the highest
+#: agreement share the default's moving average has reached in the run so far
+#: (:func:`capped_growth_trust`) -- a weak teacher's early say restored late in a run, never
+#: the whole step (round 26's ``share_growth`` gave C171's teacher all of it at 3x and 6 of 10
+#: seeds collapsed).
 #: ``"layerwise"``: the default's rule applied to each parameter tensor on its own -- each
 #: tensor's distillation share the moving average of its own cosine ``max(c_p, 0)`` (no share on
 #: a step where ``c_p <= 0``), its part of the update as long as its task gradient times the
@@ -136,7 +141,7 @@ GATES = (
     "off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown", "hyper",
     "hyper-after", "unit", "lifted4", "lifted9", "grown-odds", "layerwise", "weight-share",
     "weight-length", "memory", "memory-open", "jitter", "squared", "sharpened-below",
-    "share-growth",
+    "share-growth", "grown-odds-capped",
 )  # fmt: skip
 #: The library options of the gates that are plain ``MoKD`` options: a longer memory of the
 #: agreement (``"memory"``: a moving average with decay 0.999, about the run's mean on the
@@ -251,6 +256,35 @@ def growth_trust(rho_average: float, rho_start: float, steps_seen: int) -> Optio
     if not math.isfinite(growth):
         return None
     return growth / (1.0 + growth)
+
+
+def capped_growth_trust(
+    trust: Optional[float], agreement: Optional[float], peak: float
+) -> Optional[float]:
+    """``"grown-odds-capped"``: the trust of :func:`growth_trust` lowered, where needed, so that
+    the share it gives the agreement ``agreement`` (the default's moving average, in ``[0, 1]``)
+    is at most ``peak`` (the highest that average has been): odds ``min(g, odds(peak) /
+    odds(agreement))``. ``trust`` None (no evidence yet) or an agreement of 0 or 1 (which no
+    finite odds move): ``trust`` unchanged. A trust that lowers the share is never changed."""
+    if trust is None or agreement is None or not 0.0 < agreement < 1.0:
+        return trust
+    if peak >= 1.0:
+        return trust
+    growth = trust / (1.0 - trust) if trust < 1.0 else math.inf
+    ceiling = (peak / (1.0 - peak)) / (agreement / (1.0 - agreement))
+    capped = min(growth, max(ceiling, 1.0)) if growth > 1.0 else growth
+    return capped / (1.0 + capped)
+
+
+def smoothed_agreement(method: Any) -> Optional[float]:
+    """The agreement share the default's moving average holds after the last step (its
+    bias-corrected average of ``max(c, 0)``), or None before the first; reads the method's
+    state (a probe's view, not an API)."""
+    average = getattr(method, "_agreement_average", None)
+    count = getattr(method, "_agreement_count", 0)
+    if average is None or count == 0:
+        return None
+    return float(average) / (1.0 - method.agreement_smoothing**count)
 
 
 class LayerwiseShare:
@@ -482,6 +516,8 @@ def probe_run(
     rhos: list[float] = []
     odds: list[float] = []
     rho_average: Optional[float] = None
+    # "grown-odds-capped": the highest agreement share so far, and after each step's weighting
+    peak, peaks = 0.0, []
     layerwise = LayerwiseShare(len(run.params)) if gate == "layerwise" else None
     steps: list[list[Optional[float]]] = []
     agreement: list[list[float]] = []
@@ -513,18 +549,23 @@ def probe_run(
                 ]
             )
         previous = (task_flat, rest_flat)
-        if gate == "grown-odds":
+        if gate in ("grown-odds", "grown-odds-capped"):
             rho_average = (
                 rhos[-1]
                 if rho_average is None
                 else (GROWTH_SMOOTHING * rho_average + (1 - GROWTH_SMOOTHING) * rhos[-1])
             )
             trust = growth_trust(rho_average, statistics.mean(rhos[:START_STEPS]), len(rhos))
+            if gate == "grown-odds-capped":
+                trust = capped_growth_trust(trust, smoothed_agreement(opt.method), peak)
             opt.method.set_trust(trust)
             odds.append(1.0 if trust is None else trust / (1.0 - trust))
         opt.zero_grad(set_to_none=True)
         stats = opt.backward(losses)
         shares.append(distillation_share(stats))
+        if gate == "grown-odds-capped":  # the average with this step's agreement in it
+            peak = max(peak, smoothed_agreement(opt.method) or 0.0)
+            peaks.append(peak)
         task_loss = float(losses["task"].detach())
         factor, opening = 1.0, None
         if ratio_gate is not None and task_loss > 1:
@@ -618,6 +659,7 @@ def probe_run(
         "signals": signals,
         "feeds": feeds,
         "odds": odds,
+        "peaks": peaks,
         "labels": labels,
         "total_steps": run.total_steps,
     }
@@ -957,7 +999,7 @@ def gate_table(results: Sequence[dict[str, Any]]) -> str:
                 + " ".join(
                     _fmt(statistics.mean(r["odds_quarters"][q] for r in rows)) for q in range(4)
                 )
-                if rows[0]["gate"] == "grown-odds"
+                if rows[0]["gate"] in ("grown-odds", "grown-odds-capped")
                 else ""
             )
             + (

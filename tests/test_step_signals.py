@@ -704,6 +704,39 @@ def test_the_share_growth_probe_is_round_26s_candidate(quick_run, off_probe) -> 
     assert kd_suite.method_options(kd_suite.CANDIDATES["share-growth"])["share_growth"] is True
 
 
+def test_capped_growth_raises_a_share_no_higher_than_its_peak() -> None:
+    # odds 4 on an agreement of 0.2 would give 0.5; with a peak of 0.4 the share stops there
+    # (odds 2/3 against 1/4: a growth of 8/3); below the peak, or when the growth lowers the
+    # share, nothing changes; no evidence stays no evidence
+    def share(agreement: float, trust: float) -> float:
+        odds = agreement / (1 - agreement) * trust / (1 - trust)
+        return odds / (1 + odds)
+
+    capped = step_signals.capped_growth_trust(0.8, 0.2, 0.4)
+    assert share(0.2, capped) == pytest.approx(0.4, rel=1e-12)
+    assert step_signals.capped_growth_trust(0.8, 0.2, 0.9) == pytest.approx(0.8)
+    assert step_signals.capped_growth_trust(0.3, 0.2, 0.2) == pytest.approx(0.3)
+    assert step_signals.capped_growth_trust(None, 0.2, 0.4) is None
+    assert step_signals.capped_growth_trust(0.8, 0.0, 0.4) == pytest.approx(0.8)
+    assert step_signals.capped_growth_trust(0.8, 0.4, 0.4) == pytest.approx(0.5)  # at the peak
+
+
+def test_a_capped_growth_probe_keeps_the_share_under_its_peak(quick_run, off_probe) -> None:
+    # on the quick run: the first steps are the default's; no step's share of the update
+    # exceeds the highest agreement share of the run up to and including it (the cap is set
+    # from the average before the step, which the step's own agreement then moves a little)
+    _, _, off = off_probe
+    _, _, capped = _quick_probe(quick_run[1], "grown-odds-capped")
+    start = step_signals.START_STEPS
+    assert capped["shares"][:start] == pytest.approx(off["shares"][:start], rel=1e-9)
+    peaks = capped["peaks"]
+    assert len(peaks) == len(capped["shares"]) and peaks == sorted(peaks)
+    for share, peak in zip(capped["shares"], peaks):
+        assert share <= peak + 1e-3
+    grown = _quick_probe(quick_run[1], "grown-odds")[2]["shares"]
+    assert any(g > p + 1e-3 for g, p in zip(grown, peaks))  # uncapped, it went above
+
+
 def test_the_jitter_controls_factors_cancel_in_pairs() -> None:
     factors = [step_signals.jitter_factor(step) for step in range(6)]
     assert factors[0] == pytest.approx(math.exp(step_signals.JITTER)) and factors[0] > 1
