@@ -2169,8 +2169,8 @@ CONDITIONS: tuple[Condition, ...] = (
     # --- round 26: the share's odds times the growth of the norm ratio since the start
     # ("share-growth": share_growth=True on the default; the agreement share's odds times
     # rho_avg / rho_0, rho = ||g_kd + g_feat...|| / ||g_task||, rho_avg its moving average with
-    # decay 0.95, rho_0 its mean over the first 10 steps -- constants fixed in a probe after
-    # round 19, before any run). Declared before any round-26 run of the candidate through the
+    # decay 0.95, rho_0 its mean over the first 10 steps -- constants fixed in the probes after
+    # rounds 19 and 21, before their runs). Declared before any round-26 run of the candidate through the
     # suite on the selection conditions or of anything on C194-C201.
     # Why (selection data only): over round 25's 116 conditions, at 1x the default tied or beat
     # the best fixed weight on 16 of 34 at a constant learning rate against 40 of 53 on
@@ -2180,7 +2180,7 @@ CONDITIONS: tuple[Condition, ...] = (
     # --conditions C135,C168,C193,C149,C152,C118 --seeds 0,1,2`, 3 min) a = 0.1's share at the
     # default's length gained +0.40 to +1.10 on the four weak teachers and its length did not
     # (-3.03 to +0.13), as rounds 21-24's diagnostics found elsewhere: the default's share falls
-    # over a run with the cosine (0.60-0.70 in the first quarter, 0.10-0.23 in the last) while a
+    # over a run with the cosine (0.52-0.70 in the first quarter, 0.10-0.23 in the last) while a
     # fixed weight's odds grow with the norm ratio (rho / rho_0 1.5-49 by the last quarter with a
     # weak teacher). Round 21's probe of that course ("grown-odds") on rounds 18-21's default,
     # whose conflict gate zeroed the late share, moved nothing (-0.03 on weak teachers); on

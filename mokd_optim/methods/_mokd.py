@@ -92,9 +92,9 @@ HYPERGRADIENT_PEAK = 0.9
 #: multiplied by ``rho_avg / rho_0``, the growth of the norm ratio ``rho = ||sum_j g_j|| /
 #: ||g_anchor||`` (``j`` the objectives other than the anchor) since the start -- ``rho_avg`` a
 #: moving average with this decay (about the last 20 steps), ``rho_0`` the mean over the first
-#: ``SHARE_GROWTH_START`` steps, on which nothing changes. Both fixed in a probe after round 19
-#: (``benchmarks/step_signals.py``'s ``"grown-odds"``) before any run; ratios of ratios, so no
-#: constant of a model's gradient scale or of a loss's units.
+#: ``SHARE_GROWTH_START`` steps, on which nothing changes. Both fixed in probes after rounds 19
+#: and 21 (``benchmarks/step_signals.py``'s ``"grown"`` and ``"grown-odds"``) before their runs;
+#: ratios of ratios, so no constant of a model's gradient scale or of a loss's units.
 SHARE_GROWTH_SMOOTHING = 0.95
 SHARE_GROWTH_START = 10
 
