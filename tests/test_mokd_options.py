@@ -24,6 +24,20 @@ def _weights(method, jacobian: np.ndarray, losses: np.ndarray) -> np.ndarray:
     return method.weights(gram, torch.tensor(losses, dtype=torch.float64)).numpy()
 
 
+def _step_at_angle(theta: float, task_norm: float = 2.0, rest_norm: float = 7.0):
+    """Two objectives, the task along ``(1, 0)`` and KD at angle ``theta`` to it, with the
+    given gradient norms and losses ``(0.5, 3.0)``: ``(jacobian (2, 2), losses (2,))``."""
+    jacobian = np.array([[task_norm, 0.0], [rest_norm * np.cos(theta), rest_norm * np.sin(theta)]])
+    return jacobian, np.array([0.5, 3.0])
+
+
+def _kd_update_share(w: np.ndarray, jacobian: np.ndarray) -> float:
+    """The second objective's share of the update ``sum_i w_i g_i``, ``|w_2| ||g_2|| /
+    sum_i |w_i| ||g_i||``."""
+    parts = np.abs(w) * np.linalg.norm(jacobian, axis=1)
+    return float(parts[1] / parts.sum())
+
+
 def _bound(names: int, **options):
     """mokd bound to ``names`` objectives; ``anchor_vs_rest`` off and ``conflict="pareto"``
     unless asked for (most tests here check the plain min-norm trade-off)."""
@@ -594,9 +608,8 @@ def test_agreement_rules_give_the_others_their_cosine() -> None:
     # update ((1 - c) u_task + c u_kd), "scaled" a share c / (1 + c); both step along the task
     # alone when KD is orthogonal to it or against it
     def parts(rule: str, theta: float) -> np.ndarray:
-        jacobian = np.array([[2.0, 0.0], [7 * np.cos(theta), 7 * np.sin(theta)]])
-        method = _bound(2, step="anchor", conflict=rule)
-        w = _weights(method, jacobian, np.array([0.5, 3.0]))
+        jacobian, losses = _step_at_angle(theta)
+        w = _weights(_bound(2, step="anchor", conflict=rule), jacobian, losses)
         return np.abs(w) * np.linalg.norm(jacobian, axis=1)
 
     for theta in np.deg2rad([10, 45, 60, 80]):
@@ -630,10 +643,10 @@ def test_sharpened_rules_square_the_odds_of_the_cosine() -> None:
     # gives KD the share c^2 / (c^2 + (1 - c)^2) -- more than "agreement" above c = 1/2, less
     # below, the same at 0, 1/2 and 1; "sharpened-above" is "agreement" up to c = 1/2
     def kd_share(rule: str, theta: float) -> float:
-        jacobian = np.array([[2.0, 0.0], [7 * np.cos(theta), 7 * np.sin(theta)]])
-        w = _weights(_bound(2, step="anchor", conflict=rule), jacobian, np.array([0.5, 3.0]))
-        parts = np.abs(w) * np.linalg.norm(jacobian, axis=1)
-        return float(parts[1] / parts.sum())
+        jacobian, losses = _step_at_angle(theta)
+        return _kd_update_share(
+            _weights(_bound(2, step="anchor", conflict=rule), jacobian, losses), jacobian
+        )
 
     for c, sharp in (
         (0.6, 0.36 / 0.52),
@@ -666,11 +679,10 @@ def test_round_25_rules_shrink_a_little_agreement_most() -> None:
     # "squared": the share is c^2 (0.09 at c = 0.3, 0.49 at 0.7); "sharpened-below": the odds
     # squared below 1/2 (0.3 -> 0.09 / (0.09 + 0.49) = 0.16), the cosine itself from 1/2 up
     def kd_share(rule: str, c: float) -> float:
-        theta = np.arccos(c)
-        jacobian = np.array([[2.0, 0.0], [7 * np.cos(theta), 7 * np.sin(theta)]])
-        w = _weights(_bound(2, step="anchor", conflict=rule), jacobian, np.array([0.5, 3.0]))
-        parts = np.abs(w) * np.linalg.norm(jacobian, axis=1)
-        return float(parts[1] / parts.sum())
+        jacobian, losses = _step_at_angle(np.arccos(c))
+        return _kd_update_share(
+            _weights(_bound(2, step="anchor", conflict=rule), jacobian, losses), jacobian
+        )
 
     for c in (0.1, 0.3, 0.45, 0.5, 0.7, 0.95):
         assert kd_share("squared", c) == pytest.approx(c**2, rel=1e-9)
@@ -1096,18 +1108,6 @@ def test_agreement_lag_checks_its_options() -> None:
     assert methods.get("mokd", conflict="scaled", agreement_lag=True).options()["agreement_lag"]
 
 
-def _share_growth_step(c: float, task_norm: float, rest_norm: float):
-    """One step's two-objective Jacobian (task first) at cosine ``c`` and the given norms."""
-    theta = np.arccos(c)
-    jacobian = np.array([[task_norm, 0.0], [rest_norm * np.cos(theta), rest_norm * np.sin(theta)]])
-    return jacobian, np.array([0.5, 3.0])
-
-
-def _kd_update_share(w: np.ndarray, jacobian: np.ndarray) -> float:
-    parts = np.abs(w) * np.linalg.norm(jacobian, axis=1)
-    return float(parts[1] / parts.sum())
-
-
 def test_share_growth_multiplies_the_odds_by_the_norm_ratios_growth() -> None:
     # round 26's candidate: after SHARE_GROWTH_START steps the distillation share's odds are the
     # default's times rho_avg / rho_0 -- rho_0 the mean norm ratio of the first ten steps,
@@ -1125,7 +1125,7 @@ def test_share_growth_multiplies_the_odds_by_the_norm_ratios_growth() -> None:
     for step, rho in enumerate(ratios, start=1):
         c = float(rng.uniform(0.05, 0.9))
         task_norm = float(np.exp(rng.uniform(-2, 2)))
-        jacobian, losses = _share_growth_step(c, task_norm, rho * task_norm)
+        jacobian, losses = _step_at_angle(np.arccos(c), task_norm, rho * task_norm)
         a = _kd_update_share(_weights(default, jacobian, losses), jacobian)
         got = _kd_update_share(_weights(grown, jacobian, losses), jacobian)
         average = rho if average is None else 0.95 * average + 0.05 * rho
@@ -1146,7 +1146,7 @@ def test_share_growth_is_scale_free_and_round_trips() -> None:
     for method in (plain, scaled, halfway):
         method.bind(["task", "kd"])
     steps = [
-        _share_growth_step(float(rng.uniform(0.1, 0.9)), 1.0, float(np.exp(0.1 * i)))
+        _step_at_angle(np.arccos(rng.uniform(0.1, 0.9)), 1.0, float(np.exp(0.1 * i)))
         for i in range(24)
     ]
     for i, (jacobian, losses) in enumerate(steps):
@@ -1179,7 +1179,7 @@ def test_share_growth_combines_with_trust_and_needs_an_agreement_rule() -> None:
         method.bind(["task", "kd"])
     both.set_trust(0.8)  # odds 4
     for step in range(14):
-        jacobian, losses = _share_growth_step(0.4, 1.0, 1.0 if step < 10 else 3.0)
+        jacobian, losses = _step_at_angle(np.arccos(0.4), 1.0, 1.0 if step < 10 else 3.0)
         with_trust = _kd_update_share(_weights(both, jacobian, losses), jacobian)
         alone = _kd_update_share(_weights(growth_only, jacobian, losses), jacobian)
         ratio = (with_trust / (1 - with_trust)) / (alone / (1 - alone))
