@@ -52,6 +52,9 @@ runs. Only a round's selection conditions can be named.
         --conditions C13,C38,C64,C94,C112,C153,S9,C142 --seeds 0-9   # a = 0.1's lead, located
     python benchmarks/step_signals.py --round 24 --after --gates off,squared,sharpened-below \
         --conditions C178,C184,C133,C38,C64,C112,C135,C146,C90,S9,C13,C142,C185,C125  # round 25
+    python benchmarks/step_signals.py --round 26 --after \
+        --gates off,weight-share,start-weight-share,trust-lowers \
+        --conditions C193,C149,C194,C178,C184,C122,C90,C137,C171,C123   # (30 in docs/mokd.md)
     python benchmarks/step_signals.py --agreement --seeds 0       # every selection condition
     python benchmarks/step_signals.py --quick                     # tiny runs, for the tests
 """
@@ -78,6 +81,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks import kd_suite  # noqa: E402
+from mokd_optim.kd import TeacherTrust  # noqa: E402
 from mokd_optim.methods._mokd import SHARE_GROWTH_SMOOTHING, SHARE_GROWTH_START  # noqa: E402
 
 #: The selection conditions of the probe after round 19 (the 0.3x and 3x ones and the recipes'
@@ -129,6 +133,16 @@ SCALES = (0.3, 1.0, 3.0)
 #: gives on this step, ``a rho / ((1 - a) + a rho)``, on every step (conflicting ones too) at the
 #: default's length; or the default's direction at that weight's length ``|(1 - a) g_task + a
 #: g_rest|`` (:func:`weight_update`). Which of the two a fixed weight's lead comes from.
+#: ``"start-weight-share"`` (after round 26): ``"weight-share"`` made scale-free -- the share a
+#: fixed weight ``a`` gives with the norm ratio measured against the run's start, ``a (rho /
+#: rho_0) / ((1 - a) + a rho / rho_0)``, ``rho_0`` the mean ratio of the first
+#: :data:`START_STEPS` steps (of those seen so far before then), at the default's length on
+#: every step: the course of a = 0.1's share, in units the losses' scale does not change.
+#: ``"trust-lowers"`` (after round 26): round 8's teacher record on the labels
+#: (:class:`mokd_optim.kd.TeacherTrust`, updated with the student's predictions after each step)
+#: allowed only to lower the share: trust ``min(t, 1/2)`` -- the default's share until the student
+#: wins more disagreements than the teacher, less after; never round 8's early lift or a
+#: share of 1.
 #: ``"unit"``: the update handed to the base optimizer at unit norm every step (its direction
 #: unchanged): for Adam-type optimizers, whose step is invariant to a constant gradient scale but
 #: not to one that drifts over the run, the default's length rule without its drift.
@@ -141,7 +155,7 @@ GATES = (
     "off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown", "hyper",
     "hyper-after", "unit", "lifted4", "lifted9", "grown-odds", "layerwise", "weight-share",
     "weight-length", "memory", "memory-open", "jitter", "squared", "sharpened-below",
-    "share-growth", "grown-odds-capped",
+    "share-growth", "grown-odds-capped", "start-weight-share", "trust-lowers",
 )  # fmt: skip
 #: The library options of the gates that are plain ``MoKD`` options: a longer memory of the
 #: agreement (``"memory"``: a moving average with decay 0.999, about the run's mean on the
@@ -276,6 +290,12 @@ def capped_growth_trust(
     return capped / (1.0 + capped)
 
 
+def lowering_trust(record: float) -> float:
+    """``"trust-lowers"``: the teacher's record ``t`` as a trust that can only lower the share,
+    ``min(t, 1/2)`` (1/2 leaves the agreement share unchanged)."""
+    return min(record, 0.5)
+
+
 def smoothed_agreement(method: Any) -> Optional[float]:
     """The agreement share the default's moving average holds after the last step (its
     bias-corrected average of ``max(c, 0)``), or None before the first; reads the method's
@@ -334,17 +354,25 @@ class LayerwiseShare:
 
 
 def weight_update(
-    task: torch.Tensor, rest: torch.Tensor, task_loss: float, weight: float
+    task: torch.Tensor,
+    rest: torch.Tensor,
+    task_loss: float,
+    weight: float,
+    rho_start: float = 1.0,
 ) -> torch.Tensor:
     """``"weight-share"``'s update (flat): the unit directions of the task and distillation
     gradients mixed by the share a fixed ``weight`` gives the distillation side this step,
-    ``a rho / ((1 - a) + a rho)`` with ``rho = |rest| / |task|``, as long as the default's update
-    ``|task| min(1, 1 / L_task)``. A zero task or rest gradient: the task's own (scaled)."""
+    ``a rho / ((1 - a) + a rho)`` with ``rho = |rest| / |task| / rho_start`` (``rho_start`` 1:
+    the losses' own units; the run's starting ratio: ``"start-weight-share"``), as long as the
+    default's update ``|task| min(1, 1 / L_task)``. A zero task or rest gradient: the task's
+    own (scaled). Raises ``ValueError`` for a ``rho_start`` that is not positive."""
+    if not rho_start > 0:
+        raise ValueError(f"rho_start must be positive, got {rho_start}")
     task_norm, rest_norm = float(task.norm()), float(rest.norm())
     length = task_norm / max(task_loss, 1.0)
     if task_norm == 0 or rest_norm == 0:
         return task / max(task_loss, 1.0)
-    share = fixed_weight_share(weight, rest_norm / task_norm)
+    share = fixed_weight_share(weight, rest_norm / task_norm / rho_start)
     direction = (1 - share) * task / task_norm + share * rest / rest_norm
     return direction * (length / float(direction.norm()))
 
@@ -494,7 +522,9 @@ def probe_run(
     first, ``g_rest`` the gradient of the distillation losses' sum, every gradient on its
     step's batch), ``shares`` (each step's :func:`distillation_share` of the update),
     ``labels`` (one ``[teacher's accuracy, student's accuracy after the step]`` on the step's
-    batch per step) and ``total_steps``; ``"grown"``: the update times :func:`grown_factor`. Raises
+    batch per step), ``losses`` (every loss's value per step, the task first), ``rhos`` (each
+    step's norm ratio ``||g_rest|| / ||g_task||``), ``trusts`` (``"trust-lowers"``: the trust set
+    after each step for the next) and ``total_steps``; ``"grown"``: the update times :func:`grown_factor`. Raises
     ``ValueError`` for an unknown gate."""
     from mokd_optim import MultiObjectiveOptimizer
 
@@ -525,12 +555,16 @@ def probe_run(
     # the teacher's logits are fixed: which training images it gets right is known up front
     teacher_right = run.teacher["logits"].argmax(1) == run.data.y_train
     previous: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    record = TeacherTrust() if gate == "trust-lowers" else None
+    trusts: list[float] = []  # "trust-lowers": the trust set after each step, for the next
     collapsed = False
+    loss_values: list[list[float]] = []
     for _, batch in run.batches():
         losses = run.losses(batch)
         if not all(torch.isfinite(v) for v in losses.values()):
             collapsed = True
             break
+        loss_values.append([float(v.detach()) for v in losses.values()])
         task_grads = torch.autograd.grad(
             losses["task"], params, retain_graph=True, allow_unused=True
         )
@@ -586,12 +620,16 @@ def probe_run(
             factor = 1.0 / update_norm if update_norm > 0 else 1.0
         elif gate == "jitter":
             factor = jitter_factor(len(factors))
-        elif gate == "weight-share":
-            update = weight_update(task_flat, rest_flat, task_loss, DIAGNOSTIC_WEIGHT)
+        elif gate in ("weight-share", "start-weight-share"):
+            start = 1.0
+            if gate == "start-weight-share":
+                start = statistics.mean(rhos[:START_STEPS])
+                start = start if start > 0 else 1.0  # a zero distillation gradient so far
+            update = weight_update(task_flat, rest_flat, task_loss, DIAGNOSTIC_WEIGHT, start)
             with torch.no_grad():
                 _write_flat(update, params)
             update_norm = float(update.norm())
-            shares[-1] = fixed_weight_share(DIAGNOSTIC_WEIGHT, rhos[-1])
+            shares[-1] = fixed_weight_share(DIAGNOSTIC_WEIGHT, rhos[-1] / start)
         elif gate == "weight-length":
             fixed = (1 - DIAGNOSTIC_WEIGHT) * task_flat + DIAGNOSTIC_WEIGHT * rest_flat
             factor = float(fixed.norm()) / update_norm if update_norm > 0 else 1.0
@@ -628,6 +666,10 @@ def probe_run(
                     float((logits_after.argmax(1) == y).float().mean()),
                 ]
             )
+            if record is not None:  # the next step's share: lowered, never raised
+                record.update(logits_after, run.teacher["logits"][batch], y)
+                trusts.append(lowering_trust(record.value))
+                opt.method.set_trust(trusts[-1])
         weights = stats.weights.double() * factor
         drops = (
             torch.stack([v.detach() for v in losses.values()]).double()
@@ -661,6 +703,9 @@ def probe_run(
         "odds": odds,
         "peaks": peaks,
         "labels": labels,
+        "losses": loss_values,
+        "rhos": rhos,
+        "trusts": trusts,
         "total_steps": run.total_steps,
     }
 
@@ -721,7 +766,17 @@ def _job(args: Job) -> dict[str, Any]:
         "teacher_accuracy_quarters": quarter_means([row[0] for row in result["labels"]]),
         "student_accuracy_quarters": quarter_means([row[1] for row in result["labels"]]),
         "student_reaches_teacher": reach_fraction(result["labels"]),
+        "loss_courses": loss_courses(result["losses"]),
     }
+
+
+def loss_courses(rows: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Per loss (the task first): ``[mean over the first START_STEPS steps, quarter means...]``
+    of each step's value -- how far each objective has come from its own start."""
+    if not rows:
+        return []
+    columns = list(zip(*rows))
+    return [[statistics.mean(c[:START_STEPS]), *quarter_means(list(c))] for c in columns]
 
 
 def quarter_means(values: Sequence[float]) -> list[float]:

@@ -608,6 +608,32 @@ def test_the_weight_share_update_mixes_the_unit_gradients_by_a_fixed_weights_sha
     assert torch.equal(step_signals.weight_update(task, torch.zeros(2), 2.0, 0.1), task / 2.0)
 
 
+def test_the_start_weight_share_reads_the_norm_ratio_against_the_runs_start() -> None:
+    task, rest = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])  # rho = 4/3
+    # at the starting ratio the share is the weight itself
+    update = step_signals.weight_update(task, rest, task_loss=2.0, weight=0.1, rho_start=4 / 3)
+    assert float(update.norm()) == pytest.approx(1.5)
+    assert float(update[1] / update[0]) == pytest.approx(0.1 / 0.9)
+    # the ratio doubled since the start: the odds double, as a fixed weight's would
+    doubled = step_signals.weight_update(task, 2 * rest, 2.0, 0.1, rho_start=4 / 3)
+    assert float(doubled[1] / doubled[0]) == pytest.approx(0.2 / 0.9)
+    # scale-free: the distillation loss x1000 (its start measured in the same units) is the same
+    scaled = step_signals.weight_update(task, 1000 * rest, 2.0, 0.1, rho_start=4000 / 3)
+    assert torch.allclose(scaled, update, rtol=1e-6)
+    with pytest.raises(ValueError, match="rho_start"):
+        step_signals.weight_update(task, rest, 2.0, 0.1, rho_start=0.0)
+
+
+def test_loss_courses_give_each_losss_start_and_quarters() -> None:
+    rows = [[float(20 - i), float(i)] for i in range(20)]  # task falls, the other rises
+    task, other = step_signals.loss_courses(rows)
+    start = step_signals.START_STEPS
+    assert task[0] == pytest.approx(sum(20 - i for i in range(start)) / start)
+    assert task[1:] == pytest.approx([18.0, 13.0, 8.0, 3.0])  # quarters of five steps
+    assert other[1:] == pytest.approx([2.0, 7.0, 12.0, 17.0])
+    assert step_signals.loss_courses([]) == []
+
+
 def test_a_flat_update_is_written_back_in_the_parameters_layout() -> None:
     params = [torch.zeros(2, 3, requires_grad=True), torch.zeros(4, requires_grad=True)]
     flat = torch.arange(10.0)
@@ -654,6 +680,52 @@ def test_the_weight_diagnostics_hand_the_default_a_fixed_weights_share_or_length
     assert off["feeds"][0] == pytest.approx(
         float(task.norm()) / max(float(task_loss), 1.0), rel=1e-4
     )
+
+
+def test_the_start_weight_probe_gives_a_fixed_weights_share_in_the_runs_own_units(
+    quick_run, off_probe
+) -> None:
+    # "start-weight-share": step 0's share is the weight itself (the ratio is its own start);
+    # every later step's is a fixed weight's share at the step's ratio over the mean of the
+    # first START_STEPS ratios (of those seen so far before then), at the default's length
+    _, _, off = off_probe
+    _, _, probe = _quick_probe(quick_run[1], "start-weight-share")
+    a, start = step_signals.DIAGNOSTIC_WEIGHT, step_signals.START_STEPS
+    rhos, shares = probe["rhos"], probe["shares"]
+    assert shares[0] == pytest.approx(a)
+    assert probe["feeds"][0] == pytest.approx(off["feeds"][0], rel=1e-4)
+    assert len(shares) == len(rhos) > start + 2
+    for k in (1, start - 1, start + 2, len(rhos) - 1):
+        rho_start = sum(rhos[: min(k + 1, start)]) / min(k + 1, start)
+        expected = step_signals.fixed_weight_share(a, rhos[k] / rho_start)
+        assert shares[k] == pytest.approx(expected, rel=1e-9)
+    # the losses of every step are recorded, the task first
+    assert len(probe["losses"]) == len(shares) and probe["losses"][0][0] == pytest.approx(
+        off["losses"][0][0]
+    )
+    # a share that follows the run's own ratio, not the losses' units: it left a on later steps
+    assert max(abs(s - a) for s in shares[start:]) > 0.01
+
+
+def test_the_teachers_record_may_only_lower_the_share() -> None:
+    assert step_signals.lowering_trust(0.9) == 0.5  # a teacher ahead: the share unchanged
+    assert step_signals.lowering_trust(0.2) == 0.2  # a student ahead: odds 1 : 4
+    assert step_signals.lowering_trust(0.5) == 0.5
+
+
+def test_the_trust_probe_is_the_default_until_the_student_wins_the_disagreements(
+    quick_run, off_probe
+) -> None:
+    # "trust-lowers": a trust of 1/2 leaves the default's step as it is, so the two runs are
+    # the same step for step until the record first falls below 1/2; the next step's share is
+    # then lower than the default's on the same parameters
+    _, _, off = off_probe
+    _, _, probe = _quick_probe(quick_run[1], "trust-lowers")
+    trusts = probe["trusts"]
+    assert all(0 < t <= 0.5 for t in trusts) and len(trusts) == len(probe["shares"])
+    first = next(k for k, t in enumerate(trusts) if t < 0.5)  # set after step `first`
+    assert probe["shares"][: first + 1] == off["shares"][: first + 1]
+    assert probe["shares"][first + 1] < off["shares"][first + 1]
 
 
 def test_the_memory_probe_is_round_22s_candidate(quick_run, off_probe) -> None:
