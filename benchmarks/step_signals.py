@@ -53,7 +53,7 @@ runs. Only a round's selection conditions can be named.
     python benchmarks/step_signals.py --round 24 --after --gates off,squared,sharpened-below \
         --conditions C178,C184,C133,C38,C64,C112,C135,C146,C90,S9,C13,C142,C185,C125  # round 25
     python benchmarks/step_signals.py --round 26 --after \
-        --gates off,weight-share,start-weight-share,trust-lowers \
+        --gates off,weight-share,start-weight-share,trust-lowers,predictive-share \
         --conditions C193,C149,C194,C178,C184,C122,C90,C137,C171,C123   # (30 in docs/mokd.md)
     python benchmarks/step_signals.py --agreement --seeds 0       # every selection condition
     python benchmarks/step_signals.py --quick                     # tiny runs, for the tests
@@ -143,6 +143,10 @@ SCALES = (0.3, 1.0, 3.0)
 #: allowed only to lower the share: trust ``min(t, 1/2)`` -- the default's share until the student
 #: wins more disagreements than the teacher, less after; never round 8's early lift or a
 #: share of 1.
+#: ``"predictive-share"`` (after round 26): the share of :class:`PredictiveShare` -- the mix of
+#: the task's and the distillation side's unit gradients that best predicts the next batch's
+#: task gradient, from the run's average cross-batch cosines -- at the default's length; the
+#: default's own step on the first step, before any cross-batch cosine.
 #: ``"unit"``: the update handed to the base optimizer at unit norm every step (its direction
 #: unchanged): for Adam-type optimizers, whose step is invariant to a constant gradient scale but
 #: not to one that drifts over the run, the default's length rule without its drift.
@@ -155,7 +159,7 @@ GATES = (
     "off", "open", "latch", "lengthen", "uncapped", "lifted", "lowered", "grown", "hyper",
     "hyper-after", "unit", "lifted4", "lifted9", "grown-odds", "layerwise", "weight-share",
     "weight-length", "memory", "memory-open", "jitter", "squared", "sharpened-below",
-    "share-growth", "grown-odds-capped", "start-weight-share", "trust-lowers",
+    "share-growth", "grown-odds-capped", "start-weight-share", "trust-lowers", "predictive-share",
 )  # fmt: skip
 #: The library options of the gates that are plain ``MoKD`` options: a longer memory of the
 #: agreement (``"memory"``: a moving average with decay 0.999, about the run's mean on the
@@ -364,17 +368,71 @@ def weight_update(
     gradients mixed by the share a fixed ``weight`` gives the distillation side this step,
     ``a rho / ((1 - a) + a rho)`` with ``rho = |rest| / |task| / rho_start`` (``rho_start`` 1:
     the losses' own units; the run's starting ratio: ``"start-weight-share"``), as long as the
-    default's update ``|task| min(1, 1 / L_task)``. A zero task or rest gradient: the task's
-    own (scaled). Raises ``ValueError`` for a ``rho_start`` that is not positive."""
+    default's update ``|task| min(1, 1 / L_task)`` (:func:`share_update`). Raises
+    ``ValueError`` for a ``rho_start`` that is not positive."""
     if not rho_start > 0:
         raise ValueError(f"rho_start must be positive, got {rho_start}")
+    task_norm, rest_norm = float(task.norm()), float(rest.norm())
+    ratio = rest_norm / task_norm if task_norm > 0 else 0.0
+    return share_update(task, rest, task_loss, fixed_weight_share(weight, ratio / rho_start))
+
+
+def share_update(
+    task: torch.Tensor, rest: torch.Tensor, task_loss: float, share: float
+) -> torch.Tensor:
+    """The update (flat) ``(1 - share) u_task + share u_rest`` of the two unit gradients, as long
+    as the default's update ``|task| min(1, 1 / L_task)``. A zero task or rest gradient: the
+    task's own (scaled)."""
     task_norm, rest_norm = float(task.norm()), float(rest.norm())
     length = task_norm / max(task_loss, 1.0)
     if task_norm == 0 or rest_norm == 0:
         return task / max(task_loss, 1.0)
-    share = fixed_weight_share(weight, rest_norm / task_norm / rho_start)
     direction = (1 - share) * task / task_norm + share * rest / rest_norm
     return direction * (length / float(direction.norm()))
+
+
+class PredictiveShare:
+    """``"predictive-share"``: the share that makes the update the best predictor of the next
+    batch's task gradient. The task gradient ``u_t`` and the distillation gradient ``u_r`` of a
+    batch are two estimates of the task's expected gradient: with ``a`` and ``b`` their cosines
+    with the *next* batch's task gradient and ``c`` their own cosine (moving averages over the
+    run, decay ``smoothing``, bias-corrected), the direction in their span closest to that
+    gradient is ``x u_t + y u_r`` with ``x = a - c b`` and ``y = b - c a`` (the projection; the
+    common factor ``1 / (1 - c^2)`` drops out), so the share is ``y / (x + y)``: 0 where the
+    distillation gradient adds nothing the task's own does not predict better (``y <= 0``), 1
+    where it predicts the task better than the task itself (``x <= 0 < y``). Cosines only:
+    scale-free."""
+
+    def __init__(self, smoothing: float = 0.999) -> None:
+        self.smoothing = smoothing
+        self.sums = [0.0, 0.0, 0.0]
+        self.count = 0
+
+    def observe(self, task_next: float, rest_next: float, same_batch: float) -> None:
+        """One step's ``a`` (``cos(g_task(t), g_task(t - 1))``), ``b`` (``cos(g_task(t),
+        g_rest(t - 1))``) and ``c`` (``cos(g_task(t), g_rest(t))``)."""
+        for i, value in enumerate((task_next, rest_next, same_batch)):
+            self.sums[i] = self.smoothing * self.sums[i] + (1 - self.smoothing) * value
+        self.count += 1
+
+    def means(self) -> tuple[float, float, float]:
+        """The bias-corrected averages ``(a, b, c)``; zeros before any step."""
+        if self.count == 0:
+            return 0.0, 0.0, 0.0
+        norm = 1 - self.smoothing**self.count
+        a, b, c = (v / norm for v in self.sums)
+        return a, b, c
+
+    def share(self) -> float:
+        """``y / (x + y)`` in ``[0, 1]`` (see the class); 0 with no evidence that the
+        distillation gradient predicts anything (``y <= 0``, also before any step)."""
+        a, b, c = self.means()
+        x, y = a - c * b, b - c * a
+        if y <= 0:
+            return 0.0
+        if x <= 0:
+            return 1.0
+        return y / (x + y)
 
 
 def jitter_factor(step: int) -> float:
@@ -557,6 +615,7 @@ def probe_run(
     previous: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     record = TeacherTrust() if gate == "trust-lowers" else None
     trusts: list[float] = []  # "trust-lowers": the trust set after each step, for the next
+    predictive = PredictiveShare() if gate == "predictive-share" else None
     collapsed = False
     loss_values: list[list[float]] = []
     for _, batch in run.batches():
@@ -582,6 +641,8 @@ def probe_run(
                     rhos[-1],
                 ]
             )
+            if predictive is not None:
+                predictive.observe(agreement[-1][2], agreement[-1][1], agreement[-1][0])
         previous = (task_flat, rest_flat)
         if gate in ("grown-odds", "grown-odds-capped"):
             rho_average = (
@@ -620,6 +681,12 @@ def probe_run(
             factor = 1.0 / update_norm if update_norm > 0 else 1.0
         elif gate == "jitter":
             factor = jitter_factor(len(factors))
+        elif predictive is not None and predictive.count > 0:
+            update = share_update(task_flat, rest_flat, task_loss, predictive.share())
+            with torch.no_grad():
+                _write_flat(update, params)
+            update_norm = float(update.norm())
+            shares[-1] = predictive.share()
         elif gate in ("weight-share", "start-weight-share"):
             start = 1.0
             if gate == "start-weight-share":

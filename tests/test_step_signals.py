@@ -707,6 +707,55 @@ def test_the_start_weight_probe_gives_a_fixed_weights_share_in_the_runs_own_unit
     assert max(abs(s - a) for s in shares[start:]) > 0.01
 
 
+def test_the_predictive_share_is_the_best_predictor_of_the_next_task_gradient() -> None:
+    # two unit estimates u_t, u_r with cosine c, and a next task gradient g: the share
+    # y / (x + y) of the projection of g on their span is the mix with the highest cosine
+    torch.manual_seed(0)
+    u_t, u_r, g = torch.randn(3, 50, dtype=torch.float64)
+    u_r = u_r + 1.5 * u_t  # correlated estimates
+    g = g + 0.8 * u_t + 1.2 * u_r
+    u_t, u_r = u_t / u_t.norm(), u_r / u_r.norm()
+    a, b, c = float(g @ u_t / g.norm()), float(g @ u_r / g.norm()), float(u_t @ u_r)
+    rule = step_signals.PredictiveShare(smoothing=0.9)
+    rule.observe(a, b, c)
+    assert rule.means() == pytest.approx((a, b, c))  # one step, bias-corrected
+    shares = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    mixes = (1 - shares)[:, None] * u_t + shares[:, None] * u_r
+    best = float(shares[int(torch.argmax(mixes @ g / mixes.norm(dim=1)))])
+    assert 0 < rule.share() < 1 and rule.share() == pytest.approx(best, abs=1e-3)
+
+
+def test_the_predictive_share_ends_at_zero_or_one() -> None:
+    rule = step_signals.PredictiveShare()
+    assert rule.share() == 0.0  # no evidence yet
+    rule.observe(0.2, 0.05, 0.5)  # y = 0.05 - 0.1 < 0: the teacher predicts nothing more
+    assert rule.share() == 0.0
+    other = step_signals.PredictiveShare()
+    other.observe(0.05, 0.2, 0.5)  # x = 0.05 - 0.1 < 0 < y: the teacher predicts better
+    assert other.share() == 1.0
+    # the averages are the run's, bias-corrected: two steps of (0.2, 0.05, 0.5) and one of
+    # (0.05, 0.2, 0.5) weigh 0.999^2 : 0.999 : 1
+    rule.observe(0.2, 0.05, 0.5)
+    rule.observe(0.05, 0.2, 0.5)
+    weights = [0.999**2, 0.999, 1.0]
+    a = sum(w * v for w, v in zip(weights, (0.2, 0.2, 0.05))) / sum(weights)
+    assert rule.means()[0] == pytest.approx(a)
+
+
+def test_the_predictive_probe_steps_by_the_runs_cross_batch_cosines(quick_run, off_probe) -> None:
+    # "predictive-share": the default's own first step (no cross-batch cosine yet), then each
+    # step's share from the averages of the cosines recorded up to it (the probe's agreement
+    # rows [same batch, next task vs rest, next task vs task]), at the default's length
+    _, _, off = off_probe
+    _, _, probe = _quick_probe(quick_run[1], "predictive-share")
+    assert probe["shares"][0] == off["shares"][0] and probe["feeds"][0] == off["feeds"][0]
+    replay = step_signals.PredictiveShare()
+    for k, (same, rest_next, task_next, _) in enumerate(probe["agreement"], start=1):
+        replay.observe(task_next, rest_next, same)
+        assert probe["shares"][k] == pytest.approx(replay.share(), abs=1e-12)
+    assert len(set(round(x, 6) for x in probe["shares"][1:])) > 3  # it moves over the run
+
+
 def test_the_teachers_record_may_only_lower_the_share() -> None:
     assert step_signals.lowering_trust(0.9) == 0.5  # a teacher ahead: the share unchanged
     assert step_signals.lowering_trust(0.2) == 0.2  # a student ahead: odds 1 : 4
