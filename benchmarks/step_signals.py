@@ -582,8 +582,8 @@ def probe_run(
     ``labels`` (one ``[teacher's accuracy, student's accuracy after the step]`` on the step's
     batch per step), ``losses`` (every loss's value per step, the task first), ``rhos`` (each
     step's norm ratio ``||g_rest|| / ||g_task||``), ``trusts`` (``"trust-lowers"``: the trust set
-    after each step for the next) and ``total_steps``; ``"grown"``: the update times :func:`grown_factor`. Raises
-    ``ValueError`` for an unknown gate."""
+    after each step for the next) and ``total_steps``; ``"grown"``: the update times
+    :func:`grown_factor`. Raises ``ValueError`` for an unknown gate."""
     from mokd_optim import MultiObjectiveOptimizer
 
     if gate not in GATES:
@@ -1164,9 +1164,9 @@ def gate_summary(
     """Per gate, over the conditions whose baselines are stored: the mean paired difference
     from the gate ``"off"`` (points) and its mean with each condition's difference clipped at
     ``kd_suite.CLIP_POINTS`` (round 23's criterion (1)), then the suite's counts against the
-    stored baselines on the same seeds -- tied with or ahead of the best fixed weight and of cross-entropy (a loss
-    within one paired standard error is a tie: :func:`kd_suite.against_baselines`), both mean gaps
-    and the collapsed runs -- and the mean difference from ``"off"`` by group (the learning-rate
+    stored baselines on the same seeds -- tied with or ahead of the best fixed weight and of
+    cross-entropy (a loss within one paired standard error is a tie:
+    :func:`kd_suite.against_baselines`), both mean gaps and the collapsed runs -- and the mean difference from ``"off"`` by group (the learning-rate
     scale, and at x1 the teacher)."""
     conditions = _conditions(round_number, after)
     baselines = kd_suite.baseline_configs({None})
