@@ -147,6 +147,9 @@ SCALES = (0.3, 1.0, 3.0)
 #: the task's and the distillation side's unit gradients that best predicts the next batch's
 #: task gradient, from the run's average cross-batch cosines -- at the default's length; the
 #: default's own step on the first step, before any cross-batch cosine.
+#: ``"predictive-share-10"`` / ``"predictive-share-50"``: the same prediction of the task
+#: gradient 10 or 50 steps later (:data:`PREDICTION_HORIZONS`) instead of the next step's: a
+#: longer horizon for what a share does to the run; the default's own step until then.
 #: ``"unit"``: the update handed to the base optimizer at unit norm every step (its direction
 #: unchanged): for Adam-type optimizers, whose step is invariant to a constant gradient scale but
 #: not to one that drifts over the run, the default's length rule without its drift.
@@ -160,6 +163,7 @@ GATES = (
     "hyper-after", "unit", "lifted4", "lifted9", "grown-odds", "layerwise", "weight-share",
     "weight-length", "memory", "memory-open", "jitter", "squared", "sharpened-below",
     "share-growth", "grown-odds-capped", "start-weight-share", "trust-lowers", "predictive-share",
+    "predictive-share-10", "predictive-share-50",
 )  # fmt: skip
 #: The library options of the gates that are plain ``MoKD`` options: a longer memory of the
 #: agreement (``"memory"``: a moving average with decay 0.999, about the run's mean on the
@@ -175,6 +179,8 @@ OPTION_GATES: dict[str, dict[str, Any]] = {
     "sharpened-below": {"conflict": "sharpened-below"},
     "share-growth": {"share_growth": True},
 }
+#: Steps ahead whose task gradient the ``"predictive-share*"`` gates predict.
+PREDICTION_HORIZONS = {"predictive-share": 1, "predictive-share-10": 10, "predictive-share-50": 50}
 #: The fixed weight whose share or length the diagnostic gates ``"weight-share"`` /
 #: ``"weight-length"`` hand the default (0.1: the weight most often best in the suite).
 DIAGNOSTIC_WEIGHT = 0.1
@@ -582,7 +588,8 @@ def probe_run(
     ``labels`` (one ``[teacher's accuracy, student's accuracy after the step]`` on the step's
     batch per step), ``losses`` (every loss's value per step, the task first), ``rhos`` (each
     step's norm ratio ``||g_rest|| / ||g_task||``), ``trusts`` (``"trust-lowers"``: the trust set
-    after each step for the next) and ``total_steps``; ``"grown"``: the update times
+    after each step for the next), ``predictions`` (the ``"predictive-share*"`` gates: each
+    observed ``(a, b, c)``) and ``total_steps``; ``"grown"``: the update times
     :func:`grown_factor`. Raises ``ValueError`` for an unknown gate."""
     from mokd_optim import MultiObjectiveOptimizer
 
@@ -615,7 +622,10 @@ def probe_run(
     previous: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     record = TeacherTrust() if gate == "trust-lowers" else None
     trusts: list[float] = []  # "trust-lowers": the trust set after each step, for the next
-    predictive = PredictiveShare() if gate == "predictive-share" else None
+    predictive = PredictiveShare() if gate in PREDICTION_HORIZONS else None
+    horizon = PREDICTION_HORIZONS.get(gate, 1)
+    earlier: list[tuple[torch.Tensor, torch.Tensor]] = []  # the last `horizon` steps' gradients
+    predictions: list[tuple[float, float, float]] = []  # what PredictiveShare observed, per step
     collapsed = False
     loss_values: list[list[float]] = []
     for _, batch in run.batches():
@@ -641,9 +651,19 @@ def probe_run(
                     rhos[-1],
                 ]
             )
-            if predictive is not None:
-                predictive.observe(agreement[-1][2], agreement[-1][1], agreement[-1][0])
+        if predictive is not None and len(earlier) == horizon:
+            then_task, then_rest = earlier[0]  # `horizon` steps back
+            predictions.append(
+                (
+                    cosine(task_flat, then_task),
+                    cosine(task_flat, then_rest),
+                    cosine(task_flat, rest_flat),
+                )
+            )
+            predictive.observe(*predictions[-1])
         previous = (task_flat, rest_flat)
+        if predictive is not None:
+            earlier = [*earlier[-(horizon - 1) :], previous] if horizon > 1 else [previous]
         if gate in ("grown-odds", "grown-odds-capped"):
             rho_average = (
                 rhos[-1]
@@ -773,6 +793,7 @@ def probe_run(
         "losses": loss_values,
         "rhos": rhos,
         "trusts": trusts,
+        "predictions": predictions,
         "total_steps": run.total_steps,
     }
 
@@ -1166,8 +1187,8 @@ def gate_summary(
     ``kd_suite.CLIP_POINTS`` (round 23's criterion (1)), then the suite's counts against the
     stored baselines on the same seeds -- tied with or ahead of the best fixed weight and of
     cross-entropy (a loss within one paired standard error is a tie:
-    :func:`kd_suite.against_baselines`), both mean gaps and the collapsed runs -- and the mean difference from ``"off"`` by group (the learning-rate
-    scale, and at x1 the teacher)."""
+    :func:`kd_suite.against_baselines`), both mean gaps and the collapsed runs -- and the mean
+    difference from ``"off"`` by group (the learning-rate scale, and at x1 the teacher)."""
     conditions = _conditions(round_number, after)
     baselines = kd_suite.baseline_configs({None})
     by: dict[tuple[str, str], list[dict[str, Any]]] = {}

@@ -756,6 +756,26 @@ def test_the_predictive_probe_steps_by_the_runs_cross_batch_cosines(quick_run, o
     assert len(set(round(x, 6) for x in probe["shares"][1:])) > 3  # it moves over the run
 
 
+@pytest.mark.parametrize("gate", ["predictive-share", "predictive-share-10"])
+def test_a_predictive_probe_steps_as_the_default_until_its_horizon_then_by_its_cosines(
+    quick_run, off_probe, gate: str
+) -> None:
+    # the gate predicts the task gradient `horizon` steps ahead: the default's own steps until
+    # a gradient that far back exists, then the share of the averages of what it observed
+    _, _, off = off_probe
+    _, _, probe = _quick_probe(quick_run[1], gate)
+    horizon = step_signals.PREDICTION_HORIZONS[gate]
+    shares, predictions = probe["shares"], probe["predictions"]
+    assert shares[:horizon] == off["shares"][:horizon]
+    assert len(predictions) == len(shares) - horizon
+    replay = step_signals.PredictiveShare()
+    for k, observed in enumerate(predictions, start=horizon):
+        replay.observe(*observed)
+        assert shares[k] == pytest.approx(replay.share(), abs=1e-12)
+    if horizon == 1:  # the next batch's cosines are the probe's agreement record
+        assert predictions[0] == pytest.approx(tuple(probe["agreement"][0][2::-1]))
+
+
 def test_the_teachers_record_may_only_lower_the_share() -> None:
     assert step_signals.lowering_trust(0.9) == 0.5  # a teacher ahead: the share unchanged
     assert step_signals.lowering_trust(0.2) == 0.2  # a student ahead: odds 1 : 4
