@@ -68,6 +68,7 @@ import multiprocessing
 import statistics
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -82,7 +83,12 @@ import torch.nn.functional as F  # noqa: E402
 
 from benchmarks import kd_suite  # noqa: E402
 from mokd_optim.kd import TeacherTrust  # noqa: E402
-from mokd_optim.methods._mokd import SHARE_GROWTH_SMOOTHING, SHARE_GROWTH_START  # noqa: E402
+from mokd_optim.methods._mokd import (  # noqa: E402
+    DEFAULT_AGREEMENT_SMOOTHING,
+    SHARE_GROWTH_SMOOTHING,
+    SHARE_GROWTH_START,
+    _moving_average,
+)
 
 #: The selection conditions of the probe after round 19 (the 0.3x and 3x ones and the recipes'
 #: 1x counterparts); never a confirmation condition of a round to come.
@@ -409,24 +415,24 @@ class PredictiveShare:
     where it predicts the task better than the task itself (``x <= 0 < y``). Cosines only:
     scale-free."""
 
-    def __init__(self, smoothing: float = 0.999) -> None:
+    def __init__(self, smoothing: float = DEFAULT_AGREEMENT_SMOOTHING) -> None:
         self.smoothing = smoothing
-        self.sums = [0.0, 0.0, 0.0]
         self.count = 0
+        self._average: Optional[torch.Tensor] = None
+        self._corrected = torch.zeros(3, dtype=torch.float64)
 
     def observe(self, task_next: float, rest_next: float, same_batch: float) -> None:
         """One step's ``a`` (``cos(g_task(t), g_task(t - 1))``), ``b`` (``cos(g_task(t),
-        g_rest(t - 1))``) and ``c`` (``cos(g_task(t), g_rest(t))``)."""
-        for i, value in enumerate((task_next, rest_next, same_batch)):
-            self.sums[i] = self.smoothing * self.sums[i] + (1 - self.smoothing) * value
-        self.count += 1
+        g_rest(t - 1))``) and ``c`` (``cos(g_task(t), g_rest(t))``), into the library's moving
+        average (``mokd_optim.methods._mokd._moving_average``)."""
+        value = torch.tensor([task_next, rest_next, same_batch], dtype=torch.float64)
+        self._average, self.count, self._corrected = _moving_average(
+            self._average, self.count, value, self.smoothing
+        )
 
     def means(self) -> tuple[float, float, float]:
         """The bias-corrected averages ``(a, b, c)``; zeros before any step."""
-        if self.count == 0:
-            return 0.0, 0.0, 0.0
-        norm = 1 - self.smoothing**self.count
-        a, b, c = (v / norm for v in self.sums)
+        a, b, c = self._corrected.tolist()
         return a, b, c
 
     def share(self) -> float:
@@ -624,7 +630,8 @@ def probe_run(
     trusts: list[float] = []  # "trust-lowers": the trust set after each step, for the next
     predictive = PredictiveShare() if gate in PREDICTION_HORIZONS else None
     horizon = PREDICTION_HORIZONS.get(gate, 1)
-    earlier: list[tuple[torch.Tensor, torch.Tensor]] = []  # the last `horizon` steps' gradients
+    # the last `horizon` steps' gradients, the oldest first
+    earlier: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=horizon)
     predictions: list[tuple[float, float, float]] = []  # what PredictiveShare observed, per step
     collapsed = False
     loss_values: list[list[float]] = []
@@ -642,6 +649,7 @@ def probe_run(
         task_flat, rest_flat = _flat(task_grads, params), _flat(rest_grads, params)
         task_norm = float(task_flat.norm())
         rhos.append(float(rest_flat.norm()) / task_norm if task_norm > 0 else 0.0)
+        rho_start = statistics.mean(rhos[:START_STEPS])  # the run's starting ratio (so far)
         if previous is not None:
             agreement.append(
                 [
@@ -663,14 +671,14 @@ def probe_run(
             predictive.observe(*predictions[-1])
         previous = (task_flat, rest_flat)
         if predictive is not None:
-            earlier = [*earlier[-(horizon - 1) :], previous] if horizon > 1 else [previous]
+            earlier.append(previous)
         if gate in ("grown-odds", "grown-odds-capped"):
             rho_average = (
                 rhos[-1]
                 if rho_average is None
                 else (GROWTH_SMOOTHING * rho_average + (1 - GROWTH_SMOOTHING) * rhos[-1])
             )
-            trust = growth_trust(rho_average, statistics.mean(rhos[:START_STEPS]), len(rhos))
+            trust = growth_trust(rho_average, rho_start, len(rhos))
             if gate == "grown-odds-capped":
                 trust = capped_growth_trust(trust, smoothed_agreement(opt.method), peak)
             opt.method.set_trust(trust)
@@ -695,23 +703,21 @@ def probe_run(
             held = gate == "hyper-after" and task_loss > 1
             factor = hyper.observe(signal, float(run.base.param_groups[0]["lr"]), held)
         elif gate == "grown":
-            start = statistics.mean(rhos[:START_STEPS])
-            factor = grown_factor(shares[-1], rhos[-1], start, len(rhos))
+            factor = grown_factor(shares[-1], rhos[-1], rho_start, len(rhos))
         elif gate == "unit":
             factor = 1.0 / update_norm if update_norm > 0 else 1.0
         elif gate == "jitter":
             factor = jitter_factor(len(factors))
         elif predictive is not None and predictive.count > 0:
-            update = share_update(task_flat, rest_flat, task_loss, predictive.share())
+            shares[-1] = predictive.share()
+            update = share_update(task_flat, rest_flat, task_loss, shares[-1])
             with torch.no_grad():
                 _write_flat(update, params)
             update_norm = float(update.norm())
-            shares[-1] = predictive.share()
         elif gate in ("weight-share", "start-weight-share"):
             start = 1.0
-            if gate == "start-weight-share":
-                start = statistics.mean(rhos[:START_STEPS])
-                start = start if start > 0 else 1.0  # a zero distillation gradient so far
+            if gate == "start-weight-share" and rho_start > 0:  # else no distillation gradient yet
+                start = rho_start
             update = weight_update(task_flat, rest_flat, task_loss, DIAGNOSTIC_WEIGHT, start)
             with torch.no_grad():
                 _write_flat(update, params)

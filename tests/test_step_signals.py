@@ -742,38 +742,30 @@ def test_the_predictive_share_ends_at_zero_or_one() -> None:
     assert rule.means()[0] == pytest.approx(a)
 
 
-def test_the_predictive_probe_steps_by_the_runs_cross_batch_cosines(quick_run, off_probe) -> None:
-    # "predictive-share": the default's own first step (no cross-batch cosine yet), then each
-    # step's share from the averages of the cosines recorded up to it (the probe's agreement
-    # rows [same batch, next task vs rest, next task vs task]), at the default's length
-    _, _, off = off_probe
-    _, _, probe = _quick_probe(quick_run[1], "predictive-share")
-    assert probe["shares"][0] == off["shares"][0] and probe["feeds"][0] == off["feeds"][0]
-    replay = step_signals.PredictiveShare()
-    for k, (same, rest_next, task_next, _) in enumerate(probe["agreement"], start=1):
-        replay.observe(task_next, rest_next, same)
-        assert probe["shares"][k] == pytest.approx(replay.share(), abs=1e-12)
-    assert len(set(round(x, 6) for x in probe["shares"][1:])) > 3  # it moves over the run
-
-
 @pytest.mark.parametrize("gate", ["predictive-share", "predictive-share-10"])
 def test_a_predictive_probe_steps_as_the_default_until_its_horizon_then_by_its_cosines(
     quick_run, off_probe, gate: str
 ) -> None:
-    # the gate predicts the task gradient `horizon` steps ahead: the default's own steps until
-    # a gradient that far back exists, then the share of the averages of what it observed
+    # the gate predicts the task gradient `horizon` steps ahead: the default's own steps (and
+    # lengths) until a gradient that far back exists, then the share of the averages of what it
+    # observed, at the default's length
     _, _, off = off_probe
     _, _, probe = _quick_probe(quick_run[1], gate)
     horizon = step_signals.PREDICTION_HORIZONS[gate]
     shares, predictions = probe["shares"], probe["predictions"]
     assert shares[:horizon] == off["shares"][:horizon]
+    assert probe["feeds"][:horizon] == off["feeds"][:horizon]
     assert len(predictions) == len(shares) - horizon
     replay = step_signals.PredictiveShare()
     for k, observed in enumerate(predictions, start=horizon):
         replay.observe(*observed)
         assert shares[k] == pytest.approx(replay.share(), abs=1e-12)
-    if horizon == 1:  # the next batch's cosines are the probe's agreement record
-        assert predictions[0] == pytest.approx(tuple(probe["agreement"][0][2::-1]))
+    assert len(set(round(x, 6) for x in shares[horizon:])) > 3  # it moves over the run
+    if horizon == 1:  # the next batch's cosines are the probe's agreement record, row by row
+        # [same batch, next task vs rest, next task vs task] -> (a, b, c)
+        assert len(predictions) == len(probe["agreement"])
+        for observed, row in zip(predictions, probe["agreement"]):
+            assert observed == pytest.approx(tuple(row[2::-1]))
 
 
 def test_the_teachers_record_may_only_lower_the_share() -> None:
