@@ -156,6 +156,10 @@ SCALES = (0.3, 1.0, 3.0)
 #: ``"predictive-share-10"`` / ``"predictive-share-50"``: the same prediction of the task
 #: gradient 10 or 50 steps later (:data:`PREDICTION_HORIZONS`) instead of the next step's: a
 #: longer horizon for what a share does to the run; the default's own step until then.
+#: ``"predictive-share-first-epoch"`` (after round 26): ``"predictive-share"`` with its cosines
+#: averaged over the first epoch only (:data:`FIRST_EPOCH_GATES`) -- from the second epoch on the
+#: next batch has been trained on, so its task gradient no longer tells how the update
+#: generalises; the share is held at its first-epoch value from then on.
 #: ``"unit"``: the update handed to the base optimizer at unit norm every step (its direction
 #: unchanged): for Adam-type optimizers, whose step is invariant to a constant gradient scale but
 #: not to one that drifts over the run, the default's length rule without its drift.
@@ -169,7 +173,7 @@ GATES = (
     "hyper-after", "unit", "lifted4", "lifted9", "grown-odds", "layerwise", "weight-share",
     "weight-length", "memory", "memory-open", "jitter", "squared", "sharpened-below",
     "share-growth", "grown-odds-capped", "start-weight-share", "trust-lowers", "predictive-share",
-    "predictive-share-10", "predictive-share-50",
+    "predictive-share-10", "predictive-share-50", "predictive-share-first-epoch",
 )  # fmt: skip
 #: The library options of the gates that are plain ``MoKD`` options: a longer memory of the
 #: agreement (``"memory"``: a moving average with decay 0.999, about the run's mean on the
@@ -186,7 +190,15 @@ OPTION_GATES: dict[str, dict[str, Any]] = {
     "share-growth": {"share_growth": True},
 }
 #: Steps ahead whose task gradient the ``"predictive-share*"`` gates predict.
-PREDICTION_HORIZONS = {"predictive-share": 1, "predictive-share-10": 10, "predictive-share-50": 50}
+PREDICTION_HORIZONS = {
+    "predictive-share": 1,
+    "predictive-share-10": 10,
+    "predictive-share-50": 50,
+    "predictive-share-first-epoch": 1,
+}
+#: The ``"predictive-share*"`` gates whose cosines are averaged over the first epoch only, while
+#: the batch predicted has not been trained on yet; the share is held from then on.
+FIRST_EPOCH_GATES = frozenset({"predictive-share-first-epoch"})
 #: The fixed weight whose share or length the diagnostic gates ``"weight-share"`` /
 #: ``"weight-length"`` hand the default (0.1: the weight most often best in the suite).
 DIAGNOSTIC_WEIGHT = 0.1
@@ -635,7 +647,9 @@ def probe_run(
     predictions: list[tuple[float, float, float]] = []  # what PredictiveShare observed, per step
     collapsed = False
     loss_values: list[list[float]] = []
-    for _, batch in run.batches():
+    # "predictive-share-first-epoch": the steps whose batch no earlier step has seen
+    unseen_steps = run.total_steps // condition.recipe.epochs if gate in FIRST_EPOCH_GATES else None
+    for step, batch in run.batches():
         losses = run.losses(batch)
         if not all(torch.isfinite(v) for v in losses.values()):
             collapsed = True
@@ -659,7 +673,8 @@ def probe_run(
                     rhos[-1],
                 ]
             )
-        if predictive is not None and len(earlier) == horizon:
+        unseen = unseen_steps is None or step < unseen_steps
+        if predictive is not None and len(earlier) == horizon and unseen:
             then_task, then_rest = earlier[0]  # `horizon` steps back
             predictions.append(
                 (

@@ -768,6 +768,29 @@ def test_a_predictive_probe_steps_as_the_default_until_its_horizon_then_by_its_c
             assert observed == pytest.approx(tuple(row[2::-1]))
 
 
+def test_the_first_epoch_predictive_probe_holds_its_share_once_batches_repeat(
+    quick_run, off_probe
+) -> None:
+    # "predictive-share-first-epoch": the one-step prediction while the next batch is unseen
+    # (the first epoch), then the share held at its last value, no more cosines observed
+    condition, _, off = off_probe
+    _, _, probe = _quick_probe(quick_run[1], "predictive-share-first-epoch")
+    shares, predictions = probe["shares"], probe["predictions"]
+    per_epoch = probe["total_steps"] // condition.recipe.epochs
+    assert condition.recipe.epochs >= 2 and len(shares) == probe["total_steps"]
+    assert shares[0] == off["shares"][0]
+    assert len(predictions) == per_epoch - 1  # steps 1 .. per_epoch - 1
+    replay = step_signals.PredictiveShare()
+    for k, observed in enumerate(predictions, start=1):
+        replay.observe(*observed)
+        assert shares[k] == pytest.approx(replay.share(), abs=1e-12)
+    held = shares[per_epoch - 1]
+    assert all(s == held for s in shares[per_epoch:])
+    # the first epoch's cosines are the probe's agreement record, row by row
+    for observed, row in zip(predictions, probe["agreement"]):
+        assert observed == pytest.approx(tuple(row[2::-1]))
+
+
 def test_the_teachers_record_may_only_lower_the_share() -> None:
     assert step_signals.lowering_trust(0.9) == 0.5  # a teacher ahead: the share unchanged
     assert step_signals.lowering_trust(0.2) == 0.2  # a student ahead: odds 1 : 4
