@@ -160,6 +160,13 @@ SCALES = (0.3, 1.0, 3.0)
 #: averaged over the first epoch only (:data:`FIRST_EPOCH_GATES`) -- from the second epoch on the
 #: next batch has been trained on, so its task gradient no longer tells how the update
 #: generalises; the share is held at its first-epoch value from then on.
+#: ``"held-out-share"`` (after round 26): the same share from batches never trained on -- the
+#: last :data:`HELD_OUT_FRACTION` of the training images are held out (the student trains on
+#: the rest, the baselines on all) and each step's task and distillation gradients are scored
+#: against one held-out batch's task gradient at the same parameters (:func:`held_out_split`,
+#: :func:`held_out_gradient`): the signal for the whole run, at the cost of the images.
+#: ``"held-out-default"``: its control -- the default as it is on the same kept images (what
+#: holding the images out costs by itself).
 #: ``"unit"``: the update handed to the base optimizer at unit norm every step (its direction
 #: unchanged): for Adam-type optimizers, whose step is invariant to a constant gradient scale but
 #: not to one that drifts over the run, the default's length rule without its drift.
@@ -173,7 +180,8 @@ GATES = (
     "hyper-after", "unit", "lifted4", "lifted9", "grown-odds", "layerwise", "weight-share",
     "weight-length", "memory", "memory-open", "jitter", "squared", "sharpened-below",
     "share-growth", "grown-odds-capped", "start-weight-share", "trust-lowers", "predictive-share",
-    "predictive-share-10", "predictive-share-50", "predictive-share-first-epoch",
+    "predictive-share-10", "predictive-share-50", "predictive-share-first-epoch", "held-out-share",
+    "held-out-default",
 )  # fmt: skip
 #: The library options of the gates that are plain ``MoKD`` options: a longer memory of the
 #: agreement (``"memory"``: a moving average with decay 0.999, about the run's mean on the
@@ -199,6 +207,9 @@ PREDICTION_HORIZONS = {
 #: The ``"predictive-share*"`` gates whose cosines are averaged over the first epoch only, while
 #: the batch predicted has not been trained on yet; the share is held from then on.
 FIRST_EPOCH_GATES = frozenset({"predictive-share-first-epoch"})
+#: The part of a run's training images that ``"held-out-share"`` keeps out of training (the last
+#: ones), as the batches whose task gradient the share predicts.
+HELD_OUT_FRACTION = 0.1
 #: The fixed weight whose share or length the diagnostic gates ``"weight-share"`` /
 #: ``"weight-length"`` hand the default (0.1: the weight most often best in the suite).
 DIAGNOSTIC_WEIGHT = 0.1
@@ -413,6 +424,39 @@ def share_update(
         return task / max(task_loss, 1.0)
     direction = (1 - share) * task / task_norm + share * rest / rest_norm
     return direction * (length / float(direction.norm()))
+
+
+def held_out_split(
+    data: kd_suite.Tensors, fraction: float = HELD_OUT_FRACTION
+) -> tuple[kd_suite.Tensors, torch.Tensor, torch.Tensor]:
+    """``data`` without its last ``fraction`` of training images, and those images and labels
+    (at least one). The kept images keep their indices, so the teacher's outputs, indexed by
+    them, still line up. Raises ``ValueError`` unless ``0 < fraction < 1``."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    n = len(data.y_train)
+    keep = n - max(1, round(n * fraction))
+    kept = replace(data, x_train=data.x_train[:keep], y_train=data.y_train[:keep])
+    return kept, data.x_train[keep:], data.y_train[keep:]
+
+
+def held_out_gradient(
+    student: torch.nn.Module, params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """The flat gradient of the student's cross-entropy on a held-out batch ``(x, y)``, as the
+    training step would see it (train mode) but leaving every BatchNorm running statistic as
+    it was (momentum 0 for the pass)."""
+    norms = [m for m in student.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        logits = student(x, features=True)[0]
+        grads = torch.autograd.grad(F.cross_entropy(logits, y), params, allow_unused=True)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    return _flat(grads, params)
 
 
 class PredictiveShare:
@@ -640,7 +684,13 @@ def probe_run(
     previous: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     record = TeacherTrust() if gate == "trust-lowers" else None
     trusts: list[float] = []  # "trust-lowers": the trust set after each step, for the next
-    predictive = PredictiveShare() if gate in PREDICTION_HORIZONS else None
+    predictive = (
+        PredictiveShare() if gate in PREDICTION_HORIZONS or gate == "held-out-share" else None
+    )
+    held_out: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    if gate in ("held-out-share", "held-out-default"):  # after `teacher_right` (the full set)
+        run.data, held_x, held_y = held_out_split(run.data)
+        held_out = (held_x, held_y) if gate == "held-out-share" else None
     horizon = PREDICTION_HORIZONS.get(gate, 1)
     # the last `horizon` steps' gradients, the oldest first
     earlier: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=horizon)
@@ -674,7 +724,16 @@ def probe_run(
                 ]
             )
         unseen = unseen_steps is None or step < unseen_steps
-        if predictive is not None and len(earlier) == horizon and unseen:
+        if held_out is not None:  # the next held-out batch, cycling through them
+            held_x, held_y = held_out
+            start = (len(predictions) * kd_suite.BATCH_SIZE) % len(held_y)
+            chunk = slice(start, start + kd_suite.BATCH_SIZE)
+            held = held_out_gradient(run.student, params, held_x[chunk], held_y[chunk])
+            predictions.append(
+                (cosine(held, task_flat), cosine(held, rest_flat), cosine(task_flat, rest_flat))
+            )
+            predictive.observe(*predictions[-1])
+        elif predictive is not None and len(earlier) == horizon and unseen:
             then_task, then_rest = earlier[0]  # `horizon` steps back
             predictions.append(
                 (

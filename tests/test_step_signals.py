@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmarks import kd_suite, step_signals
 
@@ -789,6 +790,77 @@ def test_the_first_epoch_predictive_probe_holds_its_share_once_batches_repeat(
     # the first epoch's cosines are the probe's agreement record, row by row
     for observed, row in zip(predictions, probe["agreement"]):
         assert observed == pytest.approx(tuple(row[2::-1]))
+
+
+def test_the_held_out_split_keeps_the_first_images_in_place() -> None:
+    x, y = torch.arange(40.0).reshape(20, 2), torch.arange(20)
+    data = kd_suite.Tensors(x, y, x[:3], y[:3])
+    kept, held_x, held_y = step_signals.held_out_split(data, 0.1)
+    assert torch.equal(kept.x_train, x[:18]) and torch.equal(kept.y_train, y[:18])
+    assert torch.equal(held_x, x[18:]) and torch.equal(held_y, y[18:])
+    assert torch.equal(kept.x_test, data.x_test) and len(data.y_train) == 20  # a copy
+    assert len(step_signals.held_out_split(data, 0.01)[2]) == 1  # at least one image
+    with pytest.raises(ValueError, match="fraction"):
+        step_signals.held_out_split(data, 1.0)
+
+
+def test_a_held_out_gradient_leaves_the_batchnorm_statistics_alone() -> None:
+    class Student(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6))
+            self.head = torch.nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor, features: bool = False):
+            h = self.body(x)
+            return (self.head(h), [h]) if features else self.head(h)
+
+    torch.manual_seed(0)
+    student, x, y = Student(), torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    params = list(student.parameters())
+    norm = student.body[1]
+    before = (norm.running_mean.clone(), norm.running_var.clone())
+    flat = step_signals.held_out_gradient(student, params, x, y)
+    assert torch.equal(norm.running_mean, before[0]) and torch.equal(norm.running_var, before[1])
+    assert norm.momentum == 0.1  # restored
+    expected = torch.autograd.grad(F.cross_entropy(student(x), y), params)
+    assert torch.allclose(flat, torch.cat([g.flatten() for g in expected]))
+    student(x)  # a training pass still moves them
+    assert not torch.equal(norm.running_mean, before[0])
+
+
+def test_the_held_out_probe_trains_on_the_rest_and_shares_by_the_held_out_cosines(
+    quick_run, off_probe
+) -> None:
+    # "held-out-share": the last tenth of the images never trained on; every step scores its
+    # task and distillation gradients against a held-out batch's task gradient at the same
+    # parameters, and the share is PredictiveShare's of those cosines from the first step
+    _, _, off = off_probe
+    condition, lr, probe = _quick_probe(quick_run[1], "held-out-share")
+    shares, predictions = probe["shares"], probe["predictions"]
+    assert probe["total_steps"] < off["total_steps"]  # fewer images per epoch
+    assert len(shares) == len(predictions) == probe["total_steps"]
+    replay = step_signals.PredictiveShare()
+    for share, observed in zip(shares, predictions):
+        replay.observe(*observed)
+        assert share == pytest.approx(replay.share(), abs=1e-12)
+    # the third cosine is the same-batch one the agreement record has (from the second step)
+    for observed, row in zip(predictions[1:], probe["agreement"]):
+        assert observed[2] == pytest.approx(row[0])
+    # the first step's target, recomputed: the first held-out batch's task gradient against the
+    # first training batch's, both at the initial parameters
+    run = kd_suite.Training.start(condition, 0, lr, True)
+    run.data, held_x, held_y = step_signals.held_out_split(run.data)
+    _, batch = next(run.batches())
+    task = torch.autograd.grad(run.losses(batch)["task"], run.params, allow_unused=True)
+    task_flat = step_signals._flat(task, run.params)
+    held = step_signals.held_out_gradient(run.student, run.params, held_x[:64], held_y[:64])
+    assert predictions[0][0] == pytest.approx(step_signals.cosine(held, task_flat), abs=1e-6)
+    assert len(set(round(a, 6) for a, _, _ in predictions)) > 3  # a new batch each step
+    # its control trains the default on the same kept images: as many steps, no share rule
+    _, _, control = _quick_probe(quick_run[1], "held-out-default")
+    assert control["total_steps"] == probe["total_steps"] and control["predictions"] == []
+    assert control["shares"] != probe["shares"]  # the default's own share, not the rule's
 
 
 def test_the_teachers_record_may_only_lower_the_share() -> None:
