@@ -650,8 +650,9 @@ def probe_run(
     ``labels`` (one ``[teacher's accuracy, student's accuracy after the step]`` on the step's
     batch per step), ``losses`` (every loss's value per step, the task first), ``rhos`` (each
     step's norm ratio ``||g_rest|| / ||g_task||``), ``trusts`` (``"trust-lowers"``: the trust set
-    after each step for the next), ``predictions`` (the ``"predictive-share*"`` gates: each
-    observed ``(a, b, c)``) and ``total_steps``; ``"grown"``: the update times
+    after each step for the next), ``predictions`` (the ``"predictive-share*"`` and
+    ``"held-out-share"`` gates: each observed ``(a, b, c)``) and ``total_steps`` (the
+    ``"held-out-*"`` gates: of the kept images); ``"grown"``: the update times
     :func:`grown_factor`. Raises ``ValueError`` for an unknown gate."""
     from mokd_optim import MultiObjectiveOptimizer
 
@@ -726,8 +727,8 @@ def probe_run(
         unseen = unseen_steps is None or step < unseen_steps
         if held_out is not None:  # the next held-out batch, cycling through them
             held_x, held_y = held_out
-            start = (len(predictions) * kd_suite.BATCH_SIZE) % len(held_y)
-            chunk = slice(start, start + kd_suite.BATCH_SIZE)
+            offset = (len(predictions) * kd_suite.BATCH_SIZE) % len(held_y)
+            chunk = slice(offset, offset + kd_suite.BATCH_SIZE)
             held = held_out_gradient(run.student, params, held_x[chunk], held_y[chunk])
             predictions.append(
                 (cosine(held, task_flat), cosine(held, rest_flat), cosine(task_flat, rest_flat))
