@@ -715,35 +715,31 @@ def probe_run(
         task_norm = float(task_flat.norm())
         rhos.append(float(rest_flat.norm()) / task_norm if task_norm > 0 else 0.0)
         rho_start = statistics.mean(rhos[:START_STEPS])  # the run's starting ratio (so far)
+        same_batch = cosine(task_flat, rest_flat)  # the agreement record's and the predictions'
         if previous is not None:
             agreement.append(
                 [
-                    cosine(task_flat, rest_flat),
+                    same_batch,
                     cosine(task_flat, previous[1]),
                     cosine(task_flat, previous[0]),
                     rhos[-1],
                 ]
             )
         unseen = unseen_steps is None or step < unseen_steps
+        # what PredictiveShare observes this step: (a, b, c), or None
+        observed: Optional[tuple[float, float, float]] = None
         if held_out is not None:  # the next held-out batch, cycling through them
             held_x, held_y = held_out
             offset = (len(predictions) * kd_suite.BATCH_SIZE) % len(held_y)
             chunk = slice(offset, offset + kd_suite.BATCH_SIZE)
             held = held_out_gradient(run.student, params, held_x[chunk], held_y[chunk])
-            predictions.append(
-                (cosine(held, task_flat), cosine(held, rest_flat), cosine(task_flat, rest_flat))
-            )
-            predictive.observe(*predictions[-1])
+            observed = (cosine(held, task_flat), cosine(held, rest_flat), same_batch)
         elif predictive is not None and len(earlier) == horizon and unseen:
             then_task, then_rest = earlier[0]  # `horizon` steps back
-            predictions.append(
-                (
-                    cosine(task_flat, then_task),
-                    cosine(task_flat, then_rest),
-                    cosine(task_flat, rest_flat),
-                )
-            )
-            predictive.observe(*predictions[-1])
+            observed = (cosine(task_flat, then_task), cosine(task_flat, then_rest), same_batch)
+        if predictive is not None and observed is not None:
+            predictions.append(observed)
+            predictive.observe(*observed)
         previous = (task_flat, rest_flat)
         if predictive is not None:
             earlier.append(previous)

@@ -743,6 +743,16 @@ def test_the_predictive_share_ends_at_zero_or_one() -> None:
     assert rule.means()[0] == pytest.approx(a)
 
 
+def _replayed_shares(predictions: list) -> list[float]:
+    """The share PredictiveShare gives after each of ``predictions`` (observed in order)."""
+    replay = step_signals.PredictiveShare()
+    shares = []
+    for observed in predictions:
+        replay.observe(*observed)
+        shares.append(replay.share())
+    return shares
+
+
 @pytest.mark.parametrize("gate", ["predictive-share", "predictive-share-10"])
 def test_a_predictive_probe_steps_as_the_default_until_its_horizon_then_by_its_cosines(
     quick_run, off_probe, gate: str
@@ -757,10 +767,7 @@ def test_a_predictive_probe_steps_as_the_default_until_its_horizon_then_by_its_c
     assert shares[:horizon] == off["shares"][:horizon]
     assert probe["feeds"][:horizon] == off["feeds"][:horizon]
     assert len(predictions) == len(shares) - horizon
-    replay = step_signals.PredictiveShare()
-    for k, observed in enumerate(predictions, start=horizon):
-        replay.observe(*observed)
-        assert shares[k] == pytest.approx(replay.share(), abs=1e-12)
+    assert shares[horizon:] == pytest.approx(_replayed_shares(predictions), abs=1e-12)
     assert len(set(round(x, 6) for x in shares[horizon:])) > 3  # it moves over the run
     if horizon == 1:  # the next batch's cosines are the probe's agreement record, row by row
         # [same batch, next task vs rest, next task vs task] -> (a, b, c)
@@ -781,10 +788,7 @@ def test_the_first_epoch_predictive_probe_holds_its_share_once_batches_repeat(
     assert condition.recipe.epochs >= 2 and len(shares) == probe["total_steps"]
     assert shares[0] == off["shares"][0]
     assert len(predictions) == per_epoch - 1  # steps 1 .. per_epoch - 1
-    replay = step_signals.PredictiveShare()
-    for k, observed in enumerate(predictions, start=1):
-        replay.observe(*observed)
-        assert shares[k] == pytest.approx(replay.share(), abs=1e-12)
+    assert shares[1:per_epoch] == pytest.approx(_replayed_shares(predictions), abs=1e-12)
     held = shares[per_epoch - 1]
     assert all(s == held for s in shares[per_epoch:])
     # the first epoch's cosines are the probe's agreement record, row by row
@@ -840,10 +844,7 @@ def test_the_held_out_probe_trains_on_the_rest_and_shares_by_the_held_out_cosine
     shares, predictions = probe["shares"], probe["predictions"]
     assert probe["total_steps"] < off["total_steps"]  # fewer images per epoch
     assert len(shares) == len(predictions) == probe["total_steps"]
-    replay = step_signals.PredictiveShare()
-    for share, observed in zip(shares, predictions):
-        replay.observe(*observed)
-        assert share == pytest.approx(replay.share(), abs=1e-12)
+    assert shares == pytest.approx(_replayed_shares(predictions), abs=1e-12)
     # the third cosine is the same-batch one the agreement record has (from the second step)
     for observed, row in zip(predictions[1:], probe["agreement"]):
         assert observed[2] == pytest.approx(row[0])
@@ -854,7 +855,9 @@ def test_the_held_out_probe_trains_on_the_rest_and_shares_by_the_held_out_cosine
     _, batch = next(run.batches())
     task = torch.autograd.grad(run.losses(batch)["task"], run.params, allow_unused=True)
     task_flat = step_signals._flat(task, run.params)
-    held = step_signals.held_out_gradient(run.student, run.params, held_x[:64], held_y[:64])
+    held = step_signals.held_out_gradient(
+        run.student, run.params, held_x[: kd_suite.BATCH_SIZE], held_y[: kd_suite.BATCH_SIZE]
+    )
     assert predictions[0][0] == pytest.approx(step_signals.cosine(held, task_flat), abs=1e-6)
     assert len(set(round(a, 6) for a, _, _ in predictions)) > 3  # a new batch each step
     # its control trains the default on the same kept images: as many steps, no share rule
