@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
             dict(method="weighted", method_options={"weights": {"task": 1 - a, "kd": a}}),
         )
     runs["mokd"] = ("mokd", dict(method="mokd"))
-    # the 0.1 default, which the condition suite replaced (docs/mokd.md, docs/results.md)
+    # the 0.1 default, which the condition suite replaced (docs/mokd.md, docs/results_round1.md)
     runs["mokd 0.1 default"] = (
         "mokd_v01",
         dict(

@@ -1028,3 +1028,117 @@ def test_the_update_shares_weigh_each_gradient_by_its_norm() -> None:
     shares = kd_suite.update_shares(torch.tensor([0.5, -0.1], dtype=torch.float64), gram)
     assert shares.tolist() == pytest.approx([0.5, 0.5])
     assert kd_suite.update_shares(torch.zeros(2, dtype=torch.float64), gram).tolist() == [0, 0]
+
+
+def _scorecard_store(tmp_path, monkeypatch) -> Any:
+    """Round 21 (before the default's round) and round 24 (after it, verdict on seeds 0-9), each
+    with one confirmation condition written by hand; every other round has none. On C160
+    (round 21, seeds 0-2) the default trails ce and every fixed weight by 1 point on each seed;
+    on C181 (round 24, verdict on seeds 0-9) it trails both by 2 points on seeds 0-8 and seed 9
+    collapsed (0.10 against 0.90)."""
+    by_name = {c.name.split()[0]: c for c in kd_suite.CONDITIONS}
+    c160, c181 = by_name["C160"], by_name["C181"]
+    monkeypatch.setattr(
+        kd_suite,
+        "conditions_of_round",
+        lambda round_number, split: (
+            {21: [c160], 24: [c181]}.get(round_number, []) if split == "confirmation" else []
+        ),
+    )
+    store, lr_181 = _store_with_ce_best_lr(tmp_path, c181, best=1)
+    grid = kd_suite.LR_GRID[c160.recipe.optimizer]
+    lr_160 = grid[1] * c160.lr_scale
+    ce = kd_suite.Config("ce", "ce")
+    for lr in grid:  # C160's recipe grid, by hand as for C181
+        for seed in kd_suite.LR_GRID_SEEDS:
+            key = kd_suite.run_key(
+                "lr", kd_suite.Condition("grid", "lr", c160.recipe), ce, seed, lr, 1.0, False
+            )
+            store.runs[key] = {"final": 0.9 if lr == grid[1] else 0.5}
+    for grid_run in store.runs.values():  # MLP grids: nothing to recompute
+        grid_run["final_bn_recomputed"] = None
+    default = kd_suite.CANDIDATES["default"]
+    for config in [*kd_suite.baseline_configs({None}), default]:
+        mine = config.label == default.label
+        for seed in range(10):
+            final = 0.88 if mine else 0.90
+            run = _bn_run(0.10 if mine and seed == 9 else final, None)
+            run["collapsed"] = mine and seed == 9
+            store.runs[kd_suite.run_key("main", c181, config, seed, lr_181, 1.0, False)] = run
+            if seed < 3:
+                key = kd_suite.run_key("main", c160, config, seed, lr_160, 1.0, False)
+                store.runs[key] = _bn_run(0.89 if mine else 0.90, None)
+    return store
+
+
+def test_the_scorecard_marks_rounds_seen_before_the_choice_and_counts_only_fresh_ones(
+    tmp_path, monkeypatch
+) -> None:
+    store = _scorecard_store(tmp_path, monkeypatch)
+    default = kd_suite.CANDIDATES["default"]
+    record = kd_suite.done_record(default, store, False, 24, seeds=range(10))
+    # seeds 0-8 at -2, seed 9 collapsed at 0.10 (-80): mean (-18 - 80) / 10 = -9.8, its
+    # standard error 7.8: behind both baselines
+    assert (record.conditions, record.won_ce, record.won_fixed) == (1, 0, 0)
+    assert (record.collapsed, record.runs) == (1, 10)
+    assert [p.point for p in record.points] == ["ce", "fixed mean", "fixed count", "feature heads"]
+    assert record.points[0].cell == "0 of 1, C181 -9.80"
+    assert record.points[1].cell == "-9.80" and record.points[1].met is False
+    lines = kd_suite.scorecard(default, store, False, chosen_in=22)
+    rows = [line for line in lines if line.startswith("| 2")]
+    assert rows == [
+        "| 21 (seen) | 0-2 | 1 | **not met**: 0 of 1, C160 -1.00 | **not met**: -1.00 | "
+        "**not met**: 0 of 1 | -- | -- | -- | not measured: none declared | 0 of 3 | 0 of 3 |",
+        "| 24 | 0-9 | 1 | **not met**: 0 of 1, C181 -9.80 | **not met**: -9.80 | "
+        "**not met**: 0 of 1 | -- | -- | -- | not measured: none declared | 1 of 10 | 0 of 3 |",
+    ]
+    record_line = next(line for line in lines if line.startswith("Over the"))
+    # round 21 is seen: only round 24 counts
+    assert record_line.startswith(
+        "Over the 1 sets from round 22 on (fresh when judged): ahead of or tied with "
+        "cross-entropy on 0 of 1 conditions, with the best fixed weight on 0 of 1; collapsed 1 of "
+        "10 runs."
+    )
+    assert "cross-entropy, every condition 0 of 1" in record_line
+    # chosen earlier, round 21 counts too; nothing stored, no table
+    assert "on 0 of 2 conditions" in "\n".join(kd_suite.scorecard(default, store, False, 21))
+    empty = kd_suite.Store(tmp_path / "empty.json")
+    assert kd_suite.scorecard(default, empty, False) == []
+
+
+def test_a_scorecard_cell_joins_every_instance_and_is_met_only_when_all_are() -> None:
+    point = kd_suite.DonePoint
+    met, missed = (
+        point("loss scale", True, "", "x1000 +0.10"),
+        point("loss scale", False, "", "x0.01 -0.40"),
+    )
+    assert kd_suite._scorecard_cell([met, missed]) == (
+        "**not met**: x1000 +0.10; x0.01 -0.40",
+        False,
+    )
+    assert kd_suite._scorecard_cell([met]) == ("met: x1000 +0.10", True)
+    unmeasured = point("lr x3", None, "", "no 1x pair")
+    assert kd_suite._scorecard_cell([unmeasured]) == ("not measured: no 1x pair", None)
+    assert kd_suite._scorecard_cell([]) == ("--", None)
+
+
+def test_the_scorecard_page_is_written_from_the_store_and_says_when_it_is_empty(
+    tmp_path, monkeypatch
+) -> None:
+    store = _scorecard_store(tmp_path, monkeypatch)
+    store.save()
+    page = tmp_path / "results.md"
+    assert kd_suite.main(["--scorecard", "--store", str(store.path), "--page", str(page)]) == 0
+    text = page.read_text()
+    assert "generated by benchmarks/kd_suite.py --scorecard" in text
+    assert "**mokd (library default)**" in text and "**fixed a=0.1**" in text
+    # a = 0.1 is the best fixed weight on both conditions (all weights tie): it ties itself
+    assert "| 24 | 0-9 | 1 | met: 1 of 1 | met: +0.00 | met: 1 of 1 |" in text
+    assert "[26](results_round26.md)" in text and "[1](results_round1.md)" in text
+    empty_page = tmp_path / "empty.md"
+    kd_suite.main(
+        ["--scorecard", "--store", str(tmp_path / "none.json"), "--page", str(empty_page)]
+    )
+    assert (
+        "No confirmation condition has the default's runs in this store." in empty_page.read_text()
+    )
