@@ -355,7 +355,8 @@ class LayerwiseShare:
 
     def __init__(self, count: int, smoothing: float = 0.99) -> None:
         self.smoothing = smoothing
-        self.sums = [0.0] * count
+        self.count = count  # parameter tensors
+        self._average: Optional[torch.Tensor] = None
         self.steps = 0
         self.shares: list[float] = []
 
@@ -367,19 +368,32 @@ class LayerwiseShare:
     ) -> list[Optional[torch.Tensor]]:
         """The per-tensor update for one step (None where the task gradient is zero or None:
         that tensor keeps the default's update, e.g. a ``SubspaceHead`` only the features
-        reach)."""
-        self.steps += 1
-        correction = 1.0 - self.smoothing**self.steps
+        reach). The averages are the library's (``_moving_average``), one per tensor.
+        ``ValueError`` unless both lists hold one entry per tensor."""
+        if len(task) != self.count or len(rest) != self.count:
+            raise ValueError(
+                f"one gradient per parameter tensor expected ({self.count}), got "
+                f"{len(task)} task and {len(rest)} distillation gradients"
+            )
+        norms = [
+            (float(t.norm()) if t is not None else 0.0, float(r.norm()) if r is not None else 0.0)
+            for t, r in zip(task, rest)
+        ]
+        agreements = [
+            max(float((t * r).sum()) / (t_norm * r_norm), 0.0)
+            if t is not None and r is not None and t_norm > 0 and r_norm > 0
+            else 0.0
+            for (t, r), (t_norm, r_norm) in zip(zip(task, rest), norms)
+        ]
+        self._average, self.steps, corrected = _moving_average(
+            self._average,
+            self.steps,
+            torch.tensor(agreements, dtype=torch.float64),
+            self.smoothing,
+        )
+        shares = [s if a > 0 else 0.0 for s, a in zip(corrected.tolist(), agreements)]
         out: list[Optional[torch.Tensor]] = []
-        shares = []
-        for i, (t, r) in enumerate(zip(task, rest)):
-            t_norm = float(t.norm()) if t is not None else 0.0
-            r_norm = float(r.norm()) if r is not None else 0.0
-            c = float((t * r).sum()) / (t_norm * r_norm) if t_norm > 0 and r_norm > 0 else 0.0
-            agreement = max(c, 0.0)
-            self.sums[i] = self.smoothing * self.sums[i] + (1 - self.smoothing) * agreement
-            share = self.sums[i] / correction if agreement > 0 else 0.0
-            shares.append(share)
+        for t, r, (t_norm, r_norm), share in zip(task, rest, norms, shares):
             if t is None or t_norm == 0:  # a head the task does not reach: the default's update
                 out.append(None)
                 continue

@@ -582,6 +582,9 @@ def test_the_layerwise_share_weighs_each_tensor_by_its_own_cosine() -> None:
     share = (0.9 * 0.1 * 0.6 + 0.1 * 0.8) / (1 - 0.9**2)
     direction = (1 - share) * torch.tensor([1.0, 0.0]) + share * torch.tensor([0.8, 0.6])
     assert second[0] is not None and torch.allclose(second[0], direction / direction.norm() * 3.0)
+    # one gradient per tensor, or an error naming the counts
+    with pytest.raises(ValueError, match=r"expected \(3\), got 2 task and 2 distillation"):
+        layerwise.update([agreeing_task, conflicting_task], [agreeing_rest, conflicting_rest], 1.0)
 
 
 def test_a_layerwise_probe_run_keeps_the_defaults_length(quick_run, off_probe) -> None:
