@@ -883,6 +883,18 @@ def test_round_26_confirms_on_conditions_drawn_not_picked() -> None:
     assert kd_suite.method_options(kd_suite.CANDIDATES["default"])["share_growth"] is False
 
 
+def test_round_27_confirms_on_conditions_drawn_not_picked() -> None:
+    # round 27 ("relative-start" against the default): selection = round 26's conditions and
+    # C194-C201 (124); C202-C209 drawn, judged on ten seeds as declared
+    _drawn_as_declared(27, first=202, selection_count=124)
+    assert kd_suite.VERDICT_SEEDS[27] == tuple(range(10))
+    switching = dict(kd_suite.CANDIDATES["relative-start"].options)
+    default = dict(kd_suite.CANDIDATES["default"].options)
+    assert switching == {**default, "relative_start": True}  # the one option that differs
+    assert "relative_start" not in default  # the default's stored runs keep their key
+    assert kd_suite.method_options(kd_suite.CANDIDATES["default"])["relative_start"] is False
+
+
 def test_a_learning_rate_drop_is_written_as_a_loss_or_a_gain() -> None:
     # round 24's 0.3x condition ended above its 1x one: "lost -0.23 points" read as a loss
     assert kd_suite.drop_words(0.0047) == "lost 0.47 points"

@@ -154,7 +154,7 @@ def test_options_and_repr() -> None:
         "MoKD(step='log', anchor='task', simplex=True, backend='auto', regularization=0.0, "
         "smoothing=0.0, equalize=1.0, step_bound=None, anchor_vs_rest=True, rest='sum', conflict='agreement', "
         "lengthen=False, agreement_smoothing=0.999, agreement_gate='off', "
-        "agreement_lag=False, share_growth=False)"
+        "agreement_lag=False, share_growth=False, relative_start=False)"
     )
     with pytest.raises(ValueError, match="unknown step rule"):
         methods.get("mokd", step="adam")

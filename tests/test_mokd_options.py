@@ -1185,3 +1185,105 @@ def test_share_growth_combines_with_trust_and_needs_an_agreement_rule() -> None:
         ratio = (with_trust / (1 - with_trust)) / (alone / (1 - alone))
         assert ratio == pytest.approx(4.0, rel=1e-9)
     assert alone > 0.4  # the grown ratio raised the share above the cosine's 0.4
+
+
+def _relative_step(cosine: float, rest_norm: float, task_loss: float, rest_loss: float):
+    """Two objectives, the task's gradient ``(1, 0)``, the others' of norm ``rest_norm`` at
+    ``cosine`` to it, and the losses: ``(jacobian (2, 2), losses (2,))``. The ratio of relative
+    gradients is ``(rest_norm / rest_loss) / (1 / task_loss)``."""
+    theta = np.arccos(cosine)
+    jacobian = np.array([[1.0, 0.0], [rest_norm * np.cos(theta), rest_norm * np.sin(theta)]])
+    return jacobian, np.array([task_loss, rest_loss])
+
+
+def test_relative_start_takes_a_fixed_weights_course_past_the_pivot() -> None:
+    # the first ten steps: the default's share, and the ratio of relative gradients measured
+    # (rho * L_task / L_rest, here 2.3 on average: past the pivot); then a = 0.1's share with
+    # rho against its start, a ratio of 1.0 -> 4.0 giving 0.1 -> 0.31 of the update. A run whose
+    # ratio stays below the pivot (0.46) is the default on every step
+    from mokd_optim.methods._mokd import (
+        RELATIVE_START_GUARD,
+        RELATIVE_START_PIVOT,
+        RELATIVE_START_WEIGHT,
+        SHARE_GROWTH_START,
+    )
+
+    assert (RELATIVE_START_PIVOT, RELATIVE_START_WEIGHT, RELATIVE_START_GUARD) == (1.0, 0.1, 2.0)
+    rng = np.random.default_rng(41)
+    switching, staying = (methods.get("mokd", relative_start=True) for _ in range(2))
+    default_a, default_b = methods.get("mokd"), methods.get("mokd")
+    for method in (switching, staying, default_a, default_b):
+        method.bind(["task", "kd"])
+    rhos = [*rng.uniform(0.8, 1.2, SHARE_GROWTH_START), *np.linspace(1.0, 4.0, 20)]
+    for step, rho in enumerate(rhos, start=1):
+        c = float(rng.uniform(0.1, 0.9))
+        near, _ = _relative_step(c, rho, 2.3, 1.0)  # relative ratio 2.3 rho
+        far, far_losses = _relative_step(c, rho, 2.3, 5.0)  # 0.46 rho
+        losses = np.array([2.3, 1.0])
+        got = _kd_update_share(_weights(switching, near, losses), near)
+        reference = _kd_update_share(_weights(default_a, near, losses), near)
+        stayed = _kd_update_share(_weights(staying, far, far_losses), far)
+        assert stayed == pytest.approx(
+            _kd_update_share(_weights(default_b, far, far_losses), far), rel=1e-12
+        )
+        if step <= SHARE_GROWTH_START:
+            assert got == pytest.approx(reference, rel=1e-12)
+            continue
+        grown = rho / np.mean(rhos[:SHARE_GROWTH_START])
+        assert got == pytest.approx(0.1 * grown / (0.9 + 0.1 * grown), rel=1e-9)
+    assert got > 0.25 and reference > 0.05  # the course grew; the default's share was its own
+
+
+def test_relative_start_goes_back_to_the_agreement_share_for_good_when_a_loss_rises() -> None:
+    # after the switch the task loss jumps past twice its start (2.3 -> 5.0): from that step on
+    # the share is the default's -- whose moving average saw every step, so it is the default
+    # run's share exactly -- also once the loss is back down
+    guarded, default = methods.get("mokd", relative_start=True), methods.get("mokd")
+    for method in (guarded, default):
+        method.bind(["task", "kd"])
+    task_losses = [2.3] * 12 + [5.0] + [1.0] * 5
+    for step, task_loss in enumerate(task_losses, start=1):
+        jacobian, losses = _relative_step(0.6, 1.0, task_loss, 1.0)
+        got = _kd_update_share(_weights(guarded, jacobian, losses), jacobian)
+        reference = _kd_update_share(_weights(default, jacobian, losses), jacobian)
+        if step in (11, 12):
+            assert got == pytest.approx(0.1, rel=1e-9)  # the course (rho at its start)
+        else:
+            assert got == pytest.approx(reference, rel=1e-12)
+
+
+def test_relative_start_is_scale_free_and_round_trips() -> None:
+    # the KD loss times 1e3 (its gradient and value): the same update on every step, before and
+    # after the decision; a state_dict taken before the decision and one after continue alike
+    rng = np.random.default_rng(410)
+    plain, scaled, early, late = (methods.get("mokd", relative_start=True) for _ in range(4))
+    for method in (plain, scaled, early, late):
+        method.bind(["task", "kd"])
+    steps = [
+        _relative_step(float(rng.uniform(0.1, 0.9)), float(np.exp(0.05 * i)), 2.3, 1.0)
+        for i in range(24)
+    ]
+    for i, (jacobian, losses) in enumerate(steps):
+        w = _weights(plain, jacobian, losses)
+        big = jacobian * np.array([[1.0], [1e3]])
+        w_big = _weights(scaled, big, losses * np.array([1.0, 1e3]))
+        np.testing.assert_allclose(w_big @ big, w @ jacobian, rtol=1e-9)
+        for at, copy in ((5, early), (15, late)):
+            if i == at:
+                state = plain.state_dict()
+                assert set(state) >= {"relative_average", "relative_count"}
+                copy.load_state_dict(state)
+            if i > at:
+                np.testing.assert_array_equal(_weights(copy, jacobian, losses), w)
+
+
+def test_relative_start_checks_its_options() -> None:
+    assert methods.get("mokd").options()["relative_start"] is False
+    assert methods.get("mokd", relative_start=True).options()["relative_start"] is True
+    with pytest.raises(OptionError, match="relative_start"):
+        methods.get("mokd", relative_start="yes")
+    for conflict in ("pareto", "project", "drop"):
+        with pytest.raises(OptionError, match="relative_start needs conflict"):
+            methods.get("mokd", conflict=conflict, relative_start=True)
+    with pytest.raises(OptionError, match="exclude each other"):
+        methods.get("mokd", relative_start=True, share_growth=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -1049,3 +1050,65 @@ def test_after_a_round_its_confirmation_conditions_can_be_probed(tmp_path) -> No
                 str(tmp_path / "s.json"),
             ]
         )
+
+
+def test_the_relative_ratio_is_unchanged_when_a_loss_is_rescaled() -> None:
+    # |g_rest| / L_rest against |g_task| / L_task: 2 / 4 against 3 / 1.5
+    assert step_signals.relative_ratio(3.0, 2.0, 1.5, 4.0) == pytest.approx(0.25)
+    for scale in (1e3, 1e-2):  # a loss times c: its gradient times c too
+        assert step_signals.relative_ratio(3.0, 2.0 * scale, 1.5, 4.0 * scale) == pytest.approx(
+            0.25
+        )
+        assert step_signals.relative_ratio(3.0 * scale, 2.0, 1.5 * scale, 4.0) == pytest.approx(
+            0.25
+        )
+    assert math.isnan(step_signals.relative_ratio(0.0, 2.0, 1.5, 4.0))
+    assert math.isnan(step_signals.relative_ratio(3.0, 2.0, 1.5, 0.0))
+
+
+def test_the_relative_switch_decides_after_the_first_steps_and_the_guard_sends_it_back() -> None:
+    start = step_signals.START_STEPS
+    switch = step_signals.RelativeSwitch()
+    # the first steps: the default's step while the ratio is measured (mean 1.1, a nan ignored)
+    ratios = [1.0, 1.2, float("nan")] + [1.1] * (start - 3)
+    assert [switch.observe(r, [2.0, 1.0]) for r in ratios] == [False] * start
+    assert switch.chosen is True and switch.start_ratio == pytest.approx(1.1)
+    assert switch.starts == [2.0, 1.0]
+    # then the fixed weight's course, until a loss passes twice its start (the task's: 4.1 > 4)
+    assert switch.observe(1.0, [3.9, 1.9]) is True
+    assert switch.observe(1.0, [4.1, 0.5]) is False and switch.reverted_at == start + 2
+    assert switch.observe(1.0, [1.0, 0.5]) is False  # for good, though the losses fell again
+    # unguarded: never back
+    unguarded = step_signals.RelativeSwitch(guarded=False)
+    for r in [1.5] * start:
+        unguarded.observe(r, [2.0, 1.0])
+    assert unguarded.observe(1.5, [100.0, 100.0]) is True and unguarded.reverted_at is None
+    # a mean below the pivot: the default's step all run long
+    below = step_signals.RelativeSwitch()
+    outcomes = [below.observe(0.9, [2.0, 1.0]) for _ in range(start + 5)]
+    assert below.chosen is False and not any(outcomes)
+
+
+def test_a_relative_start_probe_takes_the_weights_course_only_past_the_pivot(
+    quick_run, off_probe, monkeypatch
+) -> None:
+    # with the pivot out of reach the probe is the default itself; with the pivot at 0 every
+    # run switches after the first steps, and its shares from then on are the fixed weight's at
+    # the run's starting norm ratio (the quick teacher, one epoch on few images, is past the
+    # real pivot too: the guard alone, at infinity, keeps that run on its course)
+    _, _, off = off_probe
+    monkeypatch.setattr(step_signals, "GUARD_RISE", math.inf)
+    monkeypatch.setattr(step_signals, "RELATIVE_PIVOT", math.inf)
+    _, _, below = _quick_probe(quick_run[1], "relative-start")
+    assert below["switched"] is False and below["final"] == off["final"]
+    assert below["shares"] == off["shares"] and below["relative_start"] > 0
+    monkeypatch.setattr(step_signals, "RELATIVE_PIVOT", 0.0)
+    _, _, above = _quick_probe(quick_run[1], "relative-start")
+    start = step_signals.START_STEPS
+    assert above["switched"] is True and above["reverted_at"] is None
+    assert above["shares"][:start] == off["shares"][:start]
+    rho_start = statistics.mean(above["rhos"][:start])
+    expected = [step_signals.fixed_weight_share(0.1, rho / rho_start) for rho in above["rhos"]]
+    assert above["shares"][start:] == pytest.approx(expected[start:])
+    assert above["relative_start"] == pytest.approx(below["relative_start"])  # same first steps
+    assert above["final"] != off["final"]

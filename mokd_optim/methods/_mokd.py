@@ -98,6 +98,20 @@ HYPERGRADIENT_PEAK = 0.9
 SHARE_GROWTH_SMOOTHING = 0.95
 SHARE_GROWTH_START = 10
 
+#: ``relative_start=True`` (a probe after round 26): a run whose others' gradient is, for their
+#: loss, at least as large as the anchor's for its own at the start -- the mean over the first
+#: ``SHARE_GROWTH_START`` steps of ``(||sum_j g_j|| / sum_j L_j) / (||g_anchor|| / L_anchor)``
+#: at least ``RELATIVE_START_PIVOT`` -- gives the others the share a fixed weight
+#: ``RELATIVE_START_WEIGHT`` gives them, with the norm ratio measured against its start
+#: (``a (rho / rho_0) / ((1 - a) + a rho / rho_0)``); once the anchor's or the others' loss
+#: exceeds ``RELATIVE_START_GUARD`` times its mean over those first steps (a run diverging), the
+#: agreement share for good. In the suite the ratio told the weak teachers (trained on few
+#: images: soft targets close to the student's first outputs) from the strong ones. Ratios of
+#: norms and of losses: no constant of a model's gradient scale or of a loss's units.
+RELATIVE_START_PIVOT = 1.0
+RELATIVE_START_WEIGHT = 0.1
+RELATIVE_START_GUARD = 2.0
+
 
 def weigh_by_trust(agreement: Tensor, trust: Optional[Tensor]) -> Tensor:
     """The agreement share ``a`` in ``[0, 1]`` with evidence ``t`` in ``[0, 1]`` that the others
@@ -757,6 +771,17 @@ class MoKD(Method):
             the labels are fit keeps its say late in the run instead of losing it with the
             cosine. Scale-free: a ratio of ratios. Combined with :meth:`set_trust` as
             independent odds. Default ``False``.
+        relative_start: ``True`` (a probe after round 26; with an agreement rule, not with
+            ``share_growth``): after the first ``SHARE_GROWTH_START`` steps (nothing changes on
+            those), a run whose ratio of relative gradients there -- ``(||sum_j g_j|| / sum_j
+            L_j) / (||g_anchor|| / L_anchor)`` -- averaged at least ``RELATIVE_START_PIVOT``
+            gives the others, instead of the agreement share, a fixed weight's share
+            ``a (rho / rho_0) / ((1 - a) + a rho / rho_0)`` (``a = RELATIVE_START_WEIGHT``,
+            ``rho`` :func:`rest_norm_ratio`, ``rho_0`` its mean over those steps), until the
+            anchor's or the others' loss passes ``RELATIVE_START_GUARD`` times its mean there;
+            from then on the agreement share. In KD: a teacher whose softened outputs are
+            close to the student's first ones (in the suite, the weak teachers) gets about a
+            tenth of the update, growing as a = 0.1's does. Scale-free. Default ``False``.
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
@@ -798,6 +823,7 @@ class MoKD(Method):
         agreement_gate: Optional[str] = None,
         agreement_lag: bool = False,
         share_growth: bool = False,
+        relative_start: bool = False,
     ) -> None:
         super().__init__()
         if equalize is None:  # 1 (the default) with simplex weights; the paper's formula has none
@@ -833,10 +859,12 @@ class MoKD(Method):
         check_choice("mokd", "agreement_gate", agreement_gate, AGREEMENT_GATES)
         check_flag("mokd", "agreement_lag", agreement_lag)
         check_flag("mokd", "share_growth", share_growth)
+        check_flag("mokd", "relative_start", relative_start)
         for name, used in (
             ("agreement_smoothing", agreement_smoothing > 0),
             ("agreement_lag", agreement_lag),
             ("share_growth", share_growth),
+            ("relative_start", relative_start),
         ):
             if used and conflict not in AGREEMENT_RULES:
                 raise OptionError(
@@ -844,6 +872,8 @@ class MoKD(Method):
                 )
         if agreement_lag and agreement_smoothing > 0:
             raise OptionError("mokd: agreement_lag and agreement_smoothing exclude each other")
+        if relative_start and share_growth:
+            raise OptionError("mokd: relative_start and share_growth exclude each other")
         if agreement_gate != "off" and not agreement_smoothing > 0:
             raise OptionError(
                 f"mokd: agreement_gate={agreement_gate!r} needs agreement_smoothing > 0"
@@ -877,6 +907,7 @@ class MoKD(Method):
         self.agreement_gate = agreement_gate
         self.agreement_lag = bool(agreement_lag)
         self.share_growth = bool(share_growth)
+        self.relative_start = bool(relative_start)
         self._anchor_index = 0
         # Moving average of the anchor gradient's norm (step_bound) and its step count.
         self._anchor_average: Optional[Tensor] = None
@@ -904,6 +935,12 @@ class MoKD(Method):
         # step count.
         self._growth_average: Optional[Tensor] = None
         self._growth_count = 0
+        # relative_start: [sum and count of the usable relative ratios, sum and count of the
+        # usable norm ratios, sums of the anchor's and the others' losses over the first
+        # SHARE_GROWTH_START steps, chosen (1 / 0; nan before the decision), reverted (1 / 0)]
+        # and the step count.
+        self._relative_average: Optional[Tensor] = None
+        self._relative_count = 0
         # Evidence that the others are right where they disagree with the anchor (set_trust).
         self._trust: Optional[float] = None
 
@@ -1168,6 +1205,53 @@ class MoKD(Method):
         growth = torch.where(known, average / torch.where(known, start, 1.0), 1.0)
         return growth / (1.0 + growth)
 
+    def _relative_course(self, gram: Tensor, losses: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+        """``relative_start``: ``(active, share)`` for this step (0-d each; ``active`` 1 where
+        the run takes the fixed weight's course, ``share`` that course's share), or ``None``
+        on the first ``SHARE_GROWTH_START`` steps, which it measures: the mean ratio of
+        relative gradients, the mean norm ratio ``rho_0`` and each side's mean loss. A ratio
+        that is not finite and positive (a zero gradient, an AMP overflow) is left out. The
+        decision is taken once, after those steps; the guard reverts for good. On the device:
+        no host read."""
+        anchor = self._anchor_index
+        rho = rest_norm_ratio(gram, anchor)
+        anchor_loss = losses[anchor]
+        rest_loss = losses.sum() - anchor_loss
+        relative = rho * anchor_loss / torch.where(rest_loss > 0, rest_loss, 1.0)
+        usable_rho = torch.isfinite(rho) & (rho > 0)
+        usable = usable_rho & torch.isfinite(relative) & (rest_loss > 0)
+        state = self._relative_average
+        if state is None:
+            state = torch.zeros(8, dtype=gram.dtype, device=gram.device)
+            state[6] = float("nan")
+        state = state.to(gram).clone()
+        self._relative_count += 1
+        if self._relative_count <= SHARE_GROWTH_START:
+            state[0] = torch.where(usable, state[0] + relative, state[0])
+            state[1] = torch.where(usable, state[1] + 1, state[1])
+            state[2] = torch.where(usable_rho, state[2] + rho, state[2])
+            state[3] = torch.where(usable_rho, state[3] + 1, state[3])
+            state[4] = state[4] + anchor_loss
+            state[5] = state[5] + rest_loss
+            if self._relative_count == SHARE_GROWTH_START:
+                mean = state[0] / torch.where(state[1] > 0, state[1], 1.0)
+                state[6] = ((state[1] > 0) & (mean >= RELATIVE_START_PIVOT)).to(gram)
+            self._relative_average = state
+            return None
+        starts = state[4:6] / SHARE_GROWTH_START
+        risen = (anchor_loss > RELATIVE_START_GUARD * starts[0]) | (
+            rest_loss > RELATIVE_START_GUARD * starts[1]
+        )
+        state[7] = torch.where(state[6] > 0, torch.maximum(state[7], risen.to(gram)), state[7])
+        self._relative_average = state
+        rho_start = state[2] / torch.where(state[3] > 0, state[3], 1.0)
+        known = usable_rho & (rho_start > 0)
+        grown = torch.where(known, rho / torch.where(known, rho_start, 1.0), 1.0)
+        weight = RELATIVE_START_WEIGHT
+        share = weight * grown / ((1.0 - weight) + weight * grown)
+        active = (state[6] > 0) & (state[7] == 0)
+        return active, share
+
     def _combined_trust(self, gram: Tensor) -> Optional[Tensor]:
         """The evidence the agreement rule weighs its share by: :meth:`set_trust`'s and
         ``share_growth``'s combined as independent odds, either alone, or ``None``."""
@@ -1188,6 +1272,25 @@ class MoKD(Method):
             return self._smooth_agreement
         return self._lag_agreement if self.agreement_lag else None
 
+    def _share_map(self, gram: Tensor, losses: Tensor) -> Optional[Callable[[Tensor], Tensor]]:
+        """:meth:`_agreement_map`, or with ``relative_start`` a map that gives the fixed weight's
+        share where the run takes its course (:meth:`_relative_course`) and the agreement map's
+        value elsewhere -- which still sees every step, so a reverted run resumes the average
+        it would have had."""
+        base = self._agreement_map()
+        if not self.relative_start:
+            return base
+        course = self._relative_course(gram, losses)
+        if course is None:
+            return base
+        active, share = course
+
+        def relative(agreement: Tensor) -> Tensor:
+            value = agreement if base is None else base(agreement)
+            return torch.where(active, share.to(value), value)
+
+        return relative
+
     def weights(self, gram: Optional[PSDMatrix], losses: Tensor) -> Weights:
         if gram is None:
             raise ValueError("mokd needs the Gram matrix of the per-objective gradients")
@@ -1207,7 +1310,7 @@ class MoKD(Method):
             conflict=self.conflict,
             trust=self._combined_trust(gram),
             lengthen=False if self.lengthen == "hypergradient" else self.lengthen,
-            agreement_average=self._agreement_map(),
+            agreement_average=self._share_map(gram, losses),
             lengthen_gate=self._short_gate(gram) if self.lengthen == "while-short" else None,
         )
         self.info = {"simplex_weights": pi}
@@ -1226,6 +1329,7 @@ class MoKD(Method):
         ("short_", "_short_average", "_short_count"),
         ("hyper_", "_hyper_average", "_hyper_count"),
         ("growth_", "_growth_average", "_growth_count"),
+        ("relative_", "_relative_average", "_relative_count"),
     )
 
     def state_dict(self) -> dict[str, Any]:
@@ -1274,4 +1378,5 @@ class MoKD(Method):
             "agreement_gate": self.agreement_gate,
             "agreement_lag": self.agreement_lag,
             "share_growth": self.share_growth,
+            "relative_start": self.relative_start,
         }
