@@ -2324,13 +2324,13 @@ CONDITIONS: tuple[Condition, ...] = (
     # their losses), a = 0.1 (the weight best on most selection conditions), the guard 2).
     # Declared before any run of the candidate through the suite and of anything on C202-C209.
     # Why (selection data only, stop 41): over the 93 selection conditions at 1x, the start's
-    # ratio (from the stored probe records) separated the suite's weak teachers -- trained on
-    # few images for few epochs, so their softened outputs are close to the student's first
-    # ones -- from the strong ones (Spearman +0.82 with "weak"; all 40 conditions at >= 0.85
-    # weak, none of the 22 below 0.45), and the default's losses to the best fixed weight
-    # there had shares above the best weight's (13 of 15) where those below 0.45 had them below
-    # (7 of 9); over all 93 the needed shift of the share's log-odds followed it only weakly
-    # (Spearman -0.18). Disclosed probe on looked-at selection conditions (`step_signals.py
+    # ratio (from the stored probe records: `step_signals.py --round 26 --after
+    # --relative-table <the probes' --json files>`) separated the suite's weak teachers --
+    # trained on few images for few epochs, so their softened outputs are close to the
+    # student's first ones -- from the strong ones (Spearman +0.81 with "weak"; 41 of the 42
+    # conditions at >= 0.85 weak, none of the 24 below 0.45), and a = 0.1 was the best fixed
+    # weight on 37 of those 42; the default trailed the best weight on 15 of them.
+    # Disclosed probe on looked-at selection conditions (`step_signals.py
     # --round 26 --after --gates off,relative-start --conditions <the 45 whose recorded ratio
     # was >= 0.9> --seeds 0,1,2`, 35 min): against the default on its own runs +0.25 (clipped
     # +0.18); tied with or ahead of the best fixed weight on 36 of 45 against 26, ce 40 against

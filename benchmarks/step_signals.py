@@ -1132,6 +1132,68 @@ def best_fixed_weight(
     return max(grid, key=lambda c: (rows[c.label].mean, -c.weight)).weight
 
 
+def recorded_relative_start(record: dict[str, Any]) -> float:
+    """A probe record's ratio of relative gradients at the start, from what every record since
+    stop 39 holds: ``rho_0 L_task / L_rest`` with ``rho_0`` the first steps' mean norm ratio
+    (``norm_ratio_course``) and the losses' means over the first steps (``loss_courses``; the
+    rest's the sum of the non-task losses). ``nan`` where a record lacks them or a loss is 0."""
+    courses = record.get("loss_courses")
+    if not courses or len(courses) < 2:
+        return float("nan")
+    rest = sum(course[0] for course in courses[1:])
+    rho = record["norm_ratio_course"][0]
+    return rho * courses[0][0] / rest if rest > 0 else float("nan")
+
+
+def relative_start_table(
+    results: Sequence[dict[str, Any]],
+    store: kd_suite.Store,
+    round_number: int,
+    quick: bool,
+    after: bool = False,
+) -> str:
+    """Whether the start's ratio of relative gradients (:func:`recorded_relative_start`, the mean
+    over a condition's records) tells weak teachers from strong ones and goes with the best
+    fixed weight, over the conditions at 1x with stored baselines: the Spearman correlations
+    of ``r`` and of the raw norm ratio ``rho_0`` with "weak" and with the best weight, then per
+    band of ``r``: conditions (weak ones), where a = 0.1 is best, and where the default trails
+    the best weight (the suite's rule)."""
+    conditions = _conditions(round_number, after)
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        if r.get("mode", "gates") == "gates" and r["lr_scale"] == 1:
+            by.setdefault(r["condition"], []).append(r)
+    rows = []
+    default = kd_suite.CANDIDATES["default"]
+    for name, records in sorted(by.items()):
+        condition = conditions[name]
+        ratios = [x for x in map(recorded_relative_start, records) if math.isfinite(x)]
+        weight = best_fixed_weight(condition, store, quick)
+        verdict = kd_suite.verdicts(condition, default, store, quick)
+        if not ratios or weight is None or "fixed" not in verdict:
+            continue
+        rho = statistics.mean(x["norm_ratio_course"][0] for x in records)
+        weak = float(condition.teacher == "weak")
+        rows.append((statistics.mean(ratios), rho, weak, weight, verdict["fixed"]["won"]))
+    if len(rows) < 3:
+        return "(fewer than three conditions at 1x with records and stored baselines)"
+    r0, rho0, weak, weight, _ = (list(column) for column in zip(*rows))
+    lines = [
+        f"the start's ratio of relative gradients r over {len(rows)} conditions at 1x: "
+        f"Spearman with weak {spearman(r0, weak):+.2f}, with the best fixed weight "
+        f"{spearman(r0, weight):+.2f}; the norm ratio rho_0: {spearman(rho0, weak):+.2f}, "
+        f"{spearman(rho0, weight):+.2f}",
+        f"{'r':>12} {'conditions':>10} {'weak':>5} {'a=0.1 best':>10} {'default behind':>14}",
+    ]
+    for low, high in ((0.0, 0.45), (0.45, 0.85), (0.85, math.inf)):
+        band = [row for row in rows if low <= row[0] < high]
+        lines.append(
+            f"{low:>5.2f}-{high:<6.2f} {len(band):>10} {sum(row[2] for row in band):>5.0f} "
+            f"{sum(row[3] == 0.1 for row in band):>10} {sum(not row[4] for row in band):>14}"
+        )
+    return "\n".join(lines)
+
+
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Spearman's rank correlation (average ranks for ties); NaN for fewer than 3 pairs."""
     if len(xs) < 3:
@@ -1441,6 +1503,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mode.add_argument(
         "--agreement", action="store_true", help="cross-batch agreement, every selection condition"
     )
+    mode.add_argument(
+        "--relative-table",
+        type=lambda text: [Path(p) for p in text.split(",")],
+        default=None,
+        help="comma list of probe JSON files (--json): the start's ratio of relative gradients "
+        "against the teacher's strength and the best fixed weight; runs nothing",
+    )
     parser.add_argument(
         "--conditions",
         default=None,
@@ -1464,6 +1533,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="the suite's store: the learning-rate grid (run there first when missing)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.relative_table is not None:
+        records: list[dict[str, Any]] = []
+        for path in args.relative_table:
+            records += json.loads(path.read_text())
+        seen: dict[tuple[str, int], dict[str, Any]] = {}
+        for record in records:  # one record per condition and seed: the first given
+            seen.setdefault((record["condition"], record["seed"]), record)
+        store = kd_suite.Store(args.store)
+        print(relative_start_table(list(seen.values()), store, args.round, False, args.after))
+        return 0
     seeds = kd_suite.parse_seeds("0" if args.quick else args.seeds)
     known = _conditions(args.round, args.after)
     if args.conditions == "all":

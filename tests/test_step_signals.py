@@ -1112,3 +1112,32 @@ def test_a_relative_start_probe_takes_the_weights_course_only_past_the_pivot(
     assert above["shares"][start:] == pytest.approx(expected[start:])
     assert above["relative_start"] == pytest.approx(below["relative_start"])  # same first steps
     assert above["final"] != off["final"]
+
+
+def test_the_recorded_relative_start_and_its_table(monkeypatch) -> None:
+    # rho_0 L_task / L_rest from a record's first steps; the table over hand-written records of
+    # three conditions at 1x, the baselines and verdicts stubbed: the weak teachers' larger
+    # ratio shows as a Spearman of +1 with "weak" and -1 with the best weight
+    record = {"norm_ratio_course": [2.0, []], "loss_courses": [[2.4], [1.0], [0.6]]}
+    assert step_signals.recorded_relative_start(record) == pytest.approx(3.0)  # 2 * 2.4 / 1.6
+    assert math.isnan(step_signals.recorded_relative_start({"norm_ratio_course": [2.0, []]}))
+    conditions = step_signals._conditions(26, True)
+    strong, weak_a, weak_b = "S9", "C135", "C193"
+    assert conditions[strong].teacher == "strong" and conditions[weak_a].teacher == "weak"
+    weights = {strong: 0.9, weak_a: 0.3, weak_b: 0.1}
+    monkeypatch.setattr(step_signals, "best_fixed_weight", lambda c, *a: weights[c.name.split()[0]])
+    monkeypatch.setattr(
+        kd_suite, "verdicts", lambda c, *a, **k: {"fixed": {"won": c.name.startswith("S9")}}
+    )
+    records = [
+        {"condition": n, "lr_scale": 1.0, "seed": 0, "norm_ratio_course": [rho, []],
+         "loss_courses": [[2.3], [loss]]}
+        for n, rho, loss in ((strong, 1.0, 4.6), (weak_a, 1.0, 2.3), (weak_b, 2.0, 2.3))
+    ]  # fmt: skip
+    table = step_signals.relative_start_table(records, None, 26, False, True)
+    first, _, low, middle, high = table.split("\n")
+    assert first.startswith("the start's ratio of relative gradients r over 3 conditions")
+    assert "Spearman with weak +0.87, with the best fixed weight -1.00" in first
+    assert low.split()[1:] == ["0", "0", "0", "0"]
+    assert middle.split()[1:] == ["1", "0", "0", "0"]  # r = 0.5: strong, a = 0.9, won
+    assert high.split()[1:] == ["2", "2", "1", "2"]  # r = 1 and 2: weak, a = 0.1 once, lost
