@@ -98,13 +98,13 @@ HYPERGRADIENT_PEAK = 0.9
 SHARE_GROWTH_SMOOTHING = 0.95
 SHARE_GROWTH_START = 10
 
-#: ``relative_start=True`` (a probe after round 26): a run whose others' gradient is, for their
-#: loss, at least as large as the anchor's for its own at the start -- the mean over the first
-#: ``SHARE_GROWTH_START`` steps of ``(||sum_j g_j|| / sum_j L_j) / (||g_anchor|| / L_anchor)``
-#: at least ``RELATIVE_START_PIVOT`` -- gives the others the share a fixed weight
-#: ``RELATIVE_START_WEIGHT`` gives them, with the norm ratio measured against its start
-#: (``a (rho / rho_0) / ((1 - a) + a rho / rho_0)``); once the anchor's or the others' loss
-#: exceeds ``RELATIVE_START_GUARD`` times its mean over those first steps (a run diverging), the
+#: ``relative_start=True`` (round 27 of the suite, not adopted): a run whose others' gradient
+#: is, for their loss, at least as large as the anchor's for its own at the start -- the mean
+#: over the first ``SHARE_GROWTH_START`` steps of ``(||sum_j g_j|| / sum_j L_j) / (||g_anchor||
+#: / L_anchor)`` at least ``RELATIVE_START_PIVOT`` -- gives the others the share a fixed weight
+#: ``RELATIVE_START_WEIGHT`` gives them, with the norm ratio measured against its start (``a
+#: (rho / rho_0) / ((1 - a) + a rho / rho_0)``); once the anchor's or the others' loss exceeds
+#: ``RELATIVE_START_GUARD`` times its mean over those first steps (a run diverging), the
 #: agreement share for good. In the suite the ratio told the weak teachers (trained on few
 #: images: soft targets close to the student's first outputs) from the strong ones. Ratios of
 #: norms and of losses: no constant of a model's gradient scale or of a loss's units.
@@ -771,17 +771,17 @@ class MoKD(Method):
             the labels are fit keeps its say late in the run instead of losing it with the
             cosine. Scale-free: a ratio of ratios. Combined with :meth:`set_trust` as
             independent odds. Default ``False``.
-        relative_start: ``True`` (a probe after round 26; with an agreement rule, not with
-            ``share_growth``): after the first ``SHARE_GROWTH_START`` steps (nothing changes on
-            those), a run whose ratio of relative gradients there -- ``(||sum_j g_j|| / sum_j
-            L_j) / (||g_anchor|| / L_anchor)`` -- averaged at least ``RELATIVE_START_PIVOT``
-            gives the others, instead of the agreement share, a fixed weight's share
-            ``a (rho / rho_0) / ((1 - a) + a rho / rho_0)`` (``a = RELATIVE_START_WEIGHT``,
-            ``rho`` :func:`rest_norm_ratio`, ``rho_0`` its mean over those steps), until the
-            anchor's or the others' loss passes ``RELATIVE_START_GUARD`` times its mean there;
-            from then on the agreement share. In KD: a teacher whose softened outputs are
-            close to the student's first ones (in the suite, the weak teachers) gets about a
-            tenth of the update, growing as a = 0.1's does. Scale-free. Default ``False``.
+        relative_start: ``True`` (round 27 of the suite, not adopted; with an agreement rule, not
+            with ``share_growth``): after the first ``SHARE_GROWTH_START`` steps (nothing changes
+            on those), a run whose ratio of relative gradients there -- ``(||sum_j g_j|| / sum_j
+            L_j) / (||g_anchor|| / L_anchor)`` -- averaged at least ``RELATIVE_START_PIVOT`` gives
+            the others, instead of the agreement share, a fixed weight's share ``a (rho / rho_0) /
+            ((1 - a) + a rho / rho_0)`` (``a = RELATIVE_START_WEIGHT``, ``rho``
+            :func:`rest_norm_ratio`, ``rho_0`` its mean over those steps), until the anchor's or
+            the others' loss passes ``RELATIVE_START_GUARD`` times its mean there; from then on the
+            agreement share. In KD: a teacher whose softened outputs are close to the student's
+            first ones (in the suite, the weak teachers) gets about a tenth of the update, growing
+            as a = 0.1's does. Scale-free. Default ``False``.
         regularization, smoothing, step_bound: measured and off by default, see docs/mokd.md
             ("Other options measured").
         anchor: the objective (name or index) whose raw gradient norm the ``"anchor"`` rule
