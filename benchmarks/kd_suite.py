@@ -2378,6 +2378,11 @@ CONDITIONS: tuple[Condition, ...] = (
     # question for a later round to settle before its runs, not after this one.) Settled gains:
     # C180 +1.77, C184 +1.53, C179 +1.45, C160 +1.43, C109 +0.90, C193 +0.83; C62 -0.37, C161
     # -0.20, C133 -0.10.
+    # Confirmation (after the verdict; seeds 0-9 as declared): the unchanged default ce 8 / 8,
+    # no collapse in 80, the best fixed weight +4.39 on average but 4 / 8 (not met), loss scale
+    # -0.16 / -0.09 (met), 3x met, 0.3x not met (2.54 against 1.36), feature heads met (C202,
+    # C203, C206). H27a failed by one run (C208, a strong teacher with DKD: one seed of ten
+    # switched, -0.02); H27b held weakly (C205: five seeds switched, +0.14 +- 0.19); H27c held.
     *_recomputed_confirmation(
         27,
         (
