@@ -175,7 +175,8 @@ SCALES = (0.3, 1.0, 3.0)
 #: task or the distillation loss exceeds :data:`GUARD_RISE` times its own mean over the first
 #: steps (a run diverging, as low shares did at 3x), the run goes back to the default's step.
 #: On the stored selection runs ``r_0`` tells the suite's weak teachers (trained on few images
-#: for few epochs) from the strong ones (Spearman +0.82 over 93 conditions at 1x).
+#: for few epochs) from the strong ones (Spearman +0.81 over 93 conditions at 1x;
+#: ``--relative-table``). Round 27's candidate ``relative_start=True`` is this rule in the library.
 #: ``"relative-start-unguarded"``: the same without the guard.
 #: ``"unit"``: the update handed to the base optimizer at unit norm every step (its direction
 #: unchanged): for Adam-type optimizers, whose step is invariant to a constant gradient scale but

@@ -1094,8 +1094,8 @@ def test_a_relative_start_probe_takes_the_weights_course_only_past_the_pivot(
 ) -> None:
     # with the pivot out of reach the probe is the default itself; with the pivot at 0 every
     # run switches after the first steps, and its shares from then on are the fixed weight's at
-    # the run's starting norm ratio (the quick teacher, one epoch on few images, is past the
-    # real pivot too: the guard alone, at infinity, keeps that run on its course)
+    # the run's starting norm ratio (the guard is set out of reach, so the switched run keeps
+    # its course to the end)
     _, _, off = off_probe
     monkeypatch.setattr(step_signals, "GUARD_RISE", math.inf)
     monkeypatch.setattr(step_signals, "RELATIVE_PIVOT", math.inf)
@@ -1117,7 +1117,8 @@ def test_a_relative_start_probe_takes_the_weights_course_only_past_the_pivot(
 def test_the_recorded_relative_start_and_its_table(monkeypatch) -> None:
     # rho_0 L_task / L_rest from a record's first steps; the table over hand-written records of
     # three conditions at 1x, the baselines and verdicts stubbed: the weak teachers' larger
-    # ratio shows as a Spearman of +1 with "weak" and -1 with the best weight
+    # ratio shows as a Spearman of +0.87 with "weak" (the two weak ones tie) and -1 with the
+    # best weight
     record = {"norm_ratio_course": [2.0, []], "loss_courses": [[2.4], [1.0], [0.6]]}
     assert step_signals.recorded_relative_start(record) == pytest.approx(3.0)  # 2 * 2.4 / 1.6
     assert math.isnan(step_signals.recorded_relative_start({"norm_ratio_course": [2.0, []]}))
