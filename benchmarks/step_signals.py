@@ -877,24 +877,19 @@ def probe_run(
             with torch.no_grad():
                 _write_flat(update, params)
             update_norm = float(update.norm())
-        elif switch is not None:
-            if switched:  # the fixed weight's course from the run's start, at the default's length
-                update = weight_update(
-                    task_flat, rest_flat, task_loss, DIAGNOSTIC_WEIGHT, rho_start
-                )
-                with torch.no_grad():
-                    _write_flat(update, params)
-                update_norm = float(update.norm())
-                shares[-1] = fixed_weight_share(DIAGNOSTIC_WEIGHT, rhos[-1] / rho_start)
-        elif gate in ("weight-share", "start-weight-share"):
+        elif gate in ("weight-share", "start-weight-share") or switched:
+            # a = 0.1's share at the default's length; "relative-start*" once switched take the
+            # run's start as "start-weight-share" does (a switched run has rho_start > 0)
             start = 1.0
-            if gate == "start-weight-share" and rho_start > 0:  # else no distillation gradient yet
+            if gate != "weight-share" and rho_start > 0:  # else no distillation gradient yet
                 start = rho_start
             update = weight_update(task_flat, rest_flat, task_loss, DIAGNOSTIC_WEIGHT, start)
             with torch.no_grad():
                 _write_flat(update, params)
             update_norm = float(update.norm())
             shares[-1] = fixed_weight_share(DIAGNOSTIC_WEIGHT, rhos[-1] / start)
+        elif switch is not None:
+            pass  # "relative-start*" not switched: the default's own step
         elif gate == "weight-length":
             fixed = (1 - DIAGNOSTIC_WEIGHT) * task_flat + DIAGNOSTIC_WEIGHT * rest_flat
             factor = float(fixed.norm()) / update_norm if update_norm > 0 else 1.0
