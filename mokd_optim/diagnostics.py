@@ -69,6 +69,37 @@ def combined_norm(gram: PSDMatrix, weights: Tensor) -> Tensor:
     return torch.einsum("...i,...ij,...j->...", w, gram, w).clamp_min(0.0).sqrt()
 
 
+def rest_norm_ratio(gram: PSDMatrix, anchor: int = 0) -> Tensor:
+    """``rho = ||sum_{j != anchor} g_j|| / ||g_anchor||`` from the Gram matrix ``(..., K, K)``
+    of the raw gradients: how long the others' summed gradient is against the anchor's (what a
+    fixed weight ``a`` turns into the share ``a rho / ((1 - a) + a rho)`` of its update).
+    Shape ``(...)``; ``nan`` where the anchor's gradient is zero. Any positive scale of the gram
+    leaves it unchanged; scaling the others' losses by ``c`` scales it by ``c``."""
+    others = torch.ones(gram.shape[-1], dtype=torch.bool, device=gram.device)
+    others[anchor] = False
+    rest = gram[..., others, :][..., others].sum(dim=(-2, -1)).clamp_min(0.0).sqrt()
+    anchor_norm = gram[..., anchor, anchor].clamp_min(0.0).sqrt()
+    return torch.where(
+        anchor_norm > 0, rest / torch.where(anchor_norm > 0, anchor_norm, 1.0), torch.nan
+    )
+
+
+def relative_gradient_ratio(gram: PSDMatrix, losses: Tensor, anchor: int = 0) -> Tensor:
+    """``r = (||sum_{j != anchor} g_j|| / sum_{j != anchor} L_j) / (||g_anchor|| / L_anchor)``:
+    how large the other objectives' gradient is *for their loss* against the anchor's, from the
+    Gram matrix ``(..., K, K)`` of the raw gradients and the losses ``(K,)``. Unchanged when any
+    loss is rescaled (a ratio of relative gradients). Read over a run's first ten steps it is
+    the signal of ``mokd``'s ``relative_start=True``: at least 1 on the condition suite's weak
+    (soft, under-trained) teachers, below 0.45 on none of them (docs/mokd.md, "When the default
+    does not win"). Shape ``(...)``; ``nan`` where the anchor's gradient is zero or the others'
+    losses sum to 0 or less."""
+    rho = rest_norm_ratio(gram, anchor)
+    anchor_loss = losses[anchor]
+    rest_loss = losses.sum() - anchor_loss
+    ratio = rho * anchor_loss / torch.where(rest_loss > 0, rest_loss, 1.0)
+    return torch.where(rest_loss > 0, ratio, torch.nan)
+
+
 @dataclass(frozen=True)
 class StepStats:
     """What one :meth:`MultiObjectiveOptimizer.backward` call did.
@@ -119,16 +150,25 @@ class StepStats:
         """Norm of the balanced part of the update, before any ``max_norm`` clipping."""
         return None if self.gram is None else combined_norm(self.gram, self.weights)
 
+    @property
+    def relative_ratio(self) -> Optional[Tensor]:
+        """0-d (``(G,)`` per group): :func:`relative_gradient_ratio` with the first objective as
+        the anchor -- the others' gradient for their loss against the first's. ``None``
+        without a Gram matrix."""
+        return None if self.gram is None else relative_gradient_ratio(self.gram, self.losses)
+
     def to_dict(self) -> dict[str, float]:
         """Flat ``name -> float`` record for logging (synchronises with the host).
 
         Keys: ``loss/<name>``, ``weight/<name>``, ``grad_norm/<name>``, ``cosine/<a>|<b>``,
-        ``conflict``, ``dominance``, ``combined_norm`` and ``<info key>/<name>`` (``<info key>``
+        ``conflict``, ``dominance``, ``combined_norm``, ``relative_ratio`` (see
+        :attr:`relative_ratio`) and ``<info key>/<name>`` (``<info key>``
         alone for a per-step scalar such as ``solver_failed``); per-group statistics get a
         ``group<g>/`` prefix. Missing statistics are NaN.
         """
         record: dict[str, float] = {}
-        losses = self.losses.detach().double().cpu().tolist()
+        loss_tensor = self.losses.detach().double().cpu()
+        losses = loss_tensor.tolist()
         for name, value in zip(self.names, losses):
             record[f"loss/{name}"] = value
         grouped = self.weights.dim() == 2
@@ -165,6 +205,9 @@ class StepStats:
             record[f"{prefix}dominance"] = nan if gram is None else float(dominance_ratio(gram))
             record[f"{prefix}combined_norm"] = (
                 nan if gram is None else float(combined_norm(gram, w))
+            )
+            record[f"{prefix}relative_ratio"] = (
+                nan if gram is None else float(relative_gradient_ratio(gram, loss_tensor))
             )
         return record
 
@@ -600,7 +643,7 @@ def plot_log(
         tail = key.split("/", 1)[1] if key.startswith("group") and "/" in key else key
         if key == "step" or tail.startswith(known) or tail in ("conflict", "dominance", "lr"):
             continue
-        if tail == "combined_norm" or tail.startswith("train/"):
+        if tail in ("combined_norm", "relative_ratio") or tail.startswith("train/"):
             continue
         evaluation[key] = (steps, values)
     panels = ["losses", *(["evaluation"] if evaluation else []), "weights", "cosine", "dominance"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -895,6 +896,33 @@ def test_round_27_confirms_on_conditions_drawn_not_picked() -> None:
     assert kd_suite.method_options(kd_suite.CANDIDATES["default"])["relative_start"] is False
 
 
+def test_round_28_selects_on_its_own_weak_teacher_draw_and_confirms_on_a_fresh_one() -> None:
+    # round 28 (round 27's candidate again): its selection data are only S15-S30, drawn among
+    # weak teachers by draw_fresh_settings(280, ...) -- the x1 / x3 / x0.3 triple and 13 more --
+    # and its confirmation conditions C210-C217 are draw_fresh_settings(28, ...) over every
+    # earlier condition and those sixteen; all judged with recomputed statistics, on ten seeds
+    earlier = [c for c in kd_suite.CONDITIONS if c.round < 28]
+    selection = kd_suite.conditions_of_round(28, "selection")
+    assert [c.name.split()[0] for c in selection] == [f"S{n}" for n in range(15, 31)]
+    triple, others = kd_suite.draw_fresh_settings(280, earlier, others=13, teachers=("weak",))
+    assert [c.settings[:2] + c.settings[3:] for c in selection] == [triple] * 3 + others
+    assert [c.lr_scale for c in selection] == [1.0, 3.0, 0.3] + [1.0] * 13
+    assert {c.teacher for c in selection} == {"weak"} and not any(c.stress for c in selection)
+    assert all(c.evaluation == c.lr_evaluation == "recomputed" for c in selection)
+    confirmation = kd_suite.conditions_of_round(28, "confirmation")
+    assert [c.name.split()[0] for c in confirmation] == [f"C{n}" for n in range(210, 218)]
+    triple, others = kd_suite.draw_fresh_settings(28, [*earlier, *selection])
+    assert [c.settings[:2] + c.settings[3:] for c in confirmation] == [triple] * 3 + others
+    assert [c.stress for c in confirmation] == [(1e3, 1e-2)] + [()] * 7
+    assert kd_suite.VERDICT_SEEDS[28] == tuple(range(10))
+    # the rounds before it keep their selection data (S15-S30 are not theirs)
+    assert len(kd_suite.conditions_of_round(27, "selection")) == 124
+    with pytest.raises(ValueError, match="teachers must be some of"):
+        kd_suite.draw_fresh_settings(28, earlier, teachers=("tiny",))
+    with pytest.raises(ValueError, match="teachers must be some of"):
+        kd_suite.draw_fresh_settings(28, earlier, teachers=())
+
+
 def test_a_learning_rate_drop_is_written_as_a_loss_or_a_gain() -> None:
     # round 24's 0.3x condition ended above its 1x one: "lost -0.23 points" read as a loss
     assert kd_suite.drop_words(0.0047) == "lost 0.47 points"
@@ -1116,6 +1144,26 @@ def test_the_scorecard_marks_rounds_seen_before_the_choice_and_counts_only_fresh
     assert "on 0 of 2 conditions" in "\n".join(kd_suite.scorecard(default, store, False, 21))
     empty = kd_suite.Store(tmp_path / "empty.json")
     assert kd_suite.scorecard(default, empty, False) == []
+
+
+def test_the_scorecard_refuses_to_drop_rounds_whose_runs_are_not_in_the_store(
+    tmp_path, capsys
+) -> None:
+    # a new machine starts with an empty store: rewriting docs/results.md from it would drop
+    # every round's row, so the default page is refused (naming the rounds); --page writes
+    empty = str(tmp_path / "empty.json")
+    page = kd_suite.SCORECARD_PAGE
+    before = page.read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        kd_suite.main(["--scorecard", "--store", empty])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "would drop" in message and "22, 23, 24, 25, 26, 27" in message
+    assert page.read_text() == before
+    assert kd_suite.scorecard_rounds_missing(kd_suite.Store(Path(empty)), False)[:2] == [22, 23]
+    elsewhere = tmp_path / "results.md"
+    assert kd_suite.main(["--scorecard", "--store", empty, "--page", str(elsewhere)]) == 0
+    assert "No confirmation condition has the default's runs" in elsewhere.read_text()
 
 
 def test_a_scorecard_cell_joins_every_instance_and_is_met_only_when_all_are() -> None:

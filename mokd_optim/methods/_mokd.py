@@ -10,6 +10,7 @@ from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
 from mokd_optim._validation import OptionError, check_choice, check_flag, check_number
+from mokd_optim.diagnostics import relative_gradient_ratio, rest_norm_ratio
 from mokd_optim.methods._base import Method, as_work
 from mokd_optim.methods._registry import register
 from mokd_optim.solvers import BACKENDS, line_weights, min_norm
@@ -644,21 +645,6 @@ def _check_lengthen(step: str, lengthen: Union[bool, str]) -> None:
         )
 
 
-def rest_norm_ratio(gram: PSDMatrix, anchor: int) -> Tensor:
-    """``rho = ||sum_{j != anchor} g_j|| / ||g_anchor||`` from the Gram matrix ``(K, K)`` of the
-    raw gradients: how long the others' summed gradient is against the anchor's (what a fixed
-    weight ``a`` turns into the share ``a rho / ((1 - a) + a rho)`` of its update). 0-d; ``nan``
-    where the anchor's gradient is zero. Any positive scale of the gram leaves it unchanged;
-    scaling the others' losses by ``c`` scales it by ``c``."""
-    others = torch.ones(gram.shape[-1], dtype=torch.bool, device=gram.device)
-    others[anchor] = False
-    rest = gram[others][:, others].sum().clamp_min(0.0).sqrt()
-    anchor_norm = gram[anchor, anchor].clamp_min(0.0).sqrt()
-    return torch.where(
-        anchor_norm > 0, rest / torch.where(anchor_norm > 0, anchor_norm, 1.0), torch.nan
-    )
-
-
 def _moving_average(
     average: Optional[Tensor], count: int, value: Tensor, decay: float
 ) -> tuple[Tensor, int, Tensor]:
@@ -1217,7 +1203,7 @@ class MoKD(Method):
         rho = rest_norm_ratio(gram, anchor)
         anchor_loss = losses[anchor]
         rest_loss = losses.sum() - anchor_loss
-        relative = rho * anchor_loss / torch.where(rest_loss > 0, rest_loss, 1.0)
+        relative = relative_gradient_ratio(gram, losses, anchor)
         usable_rho = torch.isfinite(rho) & (rho > 0)
         usable = usable_rho & torch.isfinite(relative) & (rest_loss > 0)
         state = self._relative_average
