@@ -2469,6 +2469,16 @@ CONDITIONS: tuple[Condition, ...] = (
     # Hypotheses: H28a -- the candidate's clipped mean against the default over S15-S30 is
     # positive (round 27's selection, weak teachers by group: +0.10 to +0.50 clipped except DKD
     # with SGD, -0.29); H28b -- it collapses no more runs than the default.
+    # Selection verdict (written before any confirmation run; `--round 28 --split selection
+    # --candidates default,relative-start`, 62 min on this machine from an empty store): (1)
+    # -0.077 clipped over the 16 -- NOT met; H28a failed. NOT adopted; the default is unchanged.
+    # (2)-(4) on seeds 0-2: ties with the best fixed weight 9 against 9, behind ce 1 against 3,
+    # collapsed runs 0 against 0; statuses differed on S19 and S21 only, and with (1) failed
+    # their ten-seed settlement cannot change the verdict (not run). H28b held. Where it acted:
+    # S19 (Fashion ResNet, AdamW, DKD) +0.89 and S21 (Fashion CNN, one head) +0.37, S26 +0.20;
+    # S24 (Fashion MLP, SGD, DKD: the task's share of the update 0.84 against 0.67) -0.75, S30
+    # (MNIST CNN, constant rate, KD) -0.47, S16 (3x) -1.74 (clipped to -1); elsewhere within
+    # +-0.13.
     *_recomputed_conditions(
         28,
         (
@@ -5114,9 +5124,13 @@ def write_report(
         "",
         f"- {ROUNDS[round_number]}: {len(conditions)} conditions, declared in "
         "`benchmarks/kd_suite.py` before any of their runs: "
-        f"{len(selection)} *selection* conditions (looked at while designing the default; a "
-        "round's selection data include every earlier round's) and "
-        f"{len(confirmation)} *confirmation* conditions (run once, at the end of the round, with "
+        f"{len(selection)} *selection* conditions (looked at while designing the default; "
+        + (
+            "this round's own, fresh) and "
+            if round_number in OWN_SELECTION_ROUNDS
+            else "a round's selection data include every earlier round's) and "
+        )
+        + f"{len(confirmation)} *confirmation* conditions (run once, at the end of the round, with "
         "the chosen default; no decision was taken on them). A selection condition without "
         "stored runs for a candidate has an empty cell.",
         f"- Every condition: cross-entropy alone, fixed-weight KD `(1 - a) task + a distill` for "
