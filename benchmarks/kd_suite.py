@@ -4979,6 +4979,12 @@ def _scorecard_cell(points: Sequence[DonePoint]) -> tuple[str, Optional[bool]]:
     return f"{word}: {'; '.join(p.cell for p in points)}", met
 
 
+def scorecard_seeds(round_number: int, quick: bool) -> Optional[tuple[int, ...]]:
+    """The seeds the scorecard judges a round on: those its verdict was declared on
+    (:data:`VERDICT_SEEDS`), or None for the suite's (always in quick mode)."""
+    return None if quick else VERDICT_SEEDS.get(round_number)
+
+
 def scorecard(
     candidate: Config, store: Store, quick: bool, chosen_in: int = DEFAULT_CHOSEN_IN
 ) -> list[str]:
@@ -4992,7 +4998,7 @@ def scorecard(
     fresh: list[DoneRecord] = []
     met_rounds: dict[str, list[bool]] = {point: [] for point in header}
     for round_number in sorted(ROUNDS):
-        seeds = None if quick else VERDICT_SEEDS.get(round_number)
+        seeds = scorecard_seeds(round_number, quick)
         record = done_record(candidate, store, quick, round_number, seeds=seeds)
         if record is None:
             continue
@@ -5231,8 +5237,7 @@ def scorecard_rounds_missing(store: Store, quick: bool) -> list[int]:
         if r >= DEFAULT_CHOSEN_IN
         and r in DEFAULT_PAGES
         and DEFAULT_PAGES[r].exists()
-        and done_record(default, store, quick, r, seeds=None if quick else VERDICT_SEEDS.get(r))
-        is None
+        and done_record(default, store, quick, r, seeds=scorecard_seeds(r, quick)) is None
     ]
 
 
@@ -5409,8 +5414,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         candidates += [representation_variant(c) for c in candidates]
     if args.scorecard:
         target = args.page or (tmp / "results.md" if tmp else SCORECARD_PAGE)
-        missing = scorecard_rounds_missing(store, quick)
-        if target == SCORECARD_PAGE and missing:
+        missing = scorecard_rounds_missing(store, quick) if target == SCORECARD_PAGE else []
+        if missing:
             parser.error(
                 f"the store {store_path} has none of the default's confirmation runs of rounds "
                 f"{', '.join(map(str, missing))}: rewriting {SCORECARD_PAGE.name} would drop "

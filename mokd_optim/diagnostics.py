@@ -93,9 +93,16 @@ def relative_gradient_ratio(gram: PSDMatrix, losses: Tensor, anchor: int = 0) ->
     (soft, under-trained) teachers, below 0.45 on none of them (docs/mokd.md, "When the default
     does not win"). Shape ``(...)``; ``nan`` where the anchor's gradient is zero or the others'
     losses sum to 0 or less."""
-    rho = rest_norm_ratio(gram, anchor)
     anchor_loss = losses[anchor]
-    rest_loss = losses.sum() - anchor_loss
+    return _relative_ratio_of(
+        rest_norm_ratio(gram, anchor), anchor_loss, losses.sum() - anchor_loss
+    )
+
+
+def _relative_ratio_of(rho: Tensor, anchor_loss: Tensor, rest_loss: Tensor) -> Tensor:
+    """:func:`relative_gradient_ratio` from its parts: ``rho * L_anchor / L_rest`` with ``rho``
+    :func:`rest_norm_ratio` and ``L_rest`` the others' losses summed, ``nan`` where ``L_rest <=
+    0`` (for a caller that holds them already, such as ``relative_start``)."""
     ratio = rho * anchor_loss / torch.where(rest_loss > 0, rest_loss, 1.0)
     return torch.where(rest_loss > 0, ratio, torch.nan)
 

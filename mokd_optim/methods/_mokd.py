@@ -10,7 +10,7 @@ from torch import Tensor
 
 from mokd_optim._typing import PSDMatrix, Weights
 from mokd_optim._validation import OptionError, check_choice, check_flag, check_number
-from mokd_optim.diagnostics import relative_gradient_ratio, rest_norm_ratio
+from mokd_optim.diagnostics import _relative_ratio_of, rest_norm_ratio
 from mokd_optim.methods._base import Method, as_work
 from mokd_optim.methods._registry import register
 from mokd_optim.solvers import BACKENDS, line_weights, min_norm
@@ -1203,7 +1203,7 @@ class MoKD(Method):
         rho = rest_norm_ratio(gram, anchor)
         anchor_loss = losses[anchor]
         rest_loss = losses.sum() - anchor_loss
-        relative = relative_gradient_ratio(gram, losses, anchor)
+        relative = _relative_ratio_of(rho, anchor_loss, rest_loss)
         usable_rho = torch.isfinite(rho) & (rho > 0)
         usable = usable_rho & torch.isfinite(relative) & (rest_loss > 0)
         state = self._relative_average
