@@ -4985,24 +4985,101 @@ def scorecard_seeds(round_number: int, quick: bool) -> Optional[tuple[int, ...]]
     return None if quick else VERDICT_SEEDS.get(round_number)
 
 
+@dataclass(frozen=True)
+class CarriedRow:
+    """One round's scorecard row as an earlier page printed it, parsed back: the cells after
+    the round (seeds to points met, as printed), the counts the pooled record sums, and whether
+    each point was met (None: not measured or not declared). Lets a page be rewritten from a
+    store that lacks the round's runs (they are not committed) without dropping its row."""
+
+    cells: tuple[str, ...]
+    record: DoneRecord
+    met: dict[str, Optional[bool]]
+
+
+def _count_of(cell: str) -> int:
+    """The ``X`` of a cell's first ``"X of N"`` (``"met: 6 of 8, C167 -0.20"`` -> 6)."""
+    head = cell.split(":", 1)[-1].strip()
+    return int(head.split(" of ", 1)[0])
+
+
+def carried_scorecard_rows(text: str) -> dict[str, dict[int, CarriedRow]]:
+    """The rows of a scorecard page (:func:`write_scorecard`'s output), by table label
+    (``"mokd (library default)"``) and round. Rows that do not parse are left out."""
+    header = [point for point, _ in SCORECARD_POINTS]
+    tables: dict[str, dict[int, CarriedRow]] = {}
+    label: Optional[str] = None
+    for line in text.splitlines():
+        if line.startswith("**") and line.endswith("**") and len(line) > 4:
+            label = line[2:-2]
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if label is None or len(cells) != len(header) + 5 or not cells[0].split()[0].isdigit():
+            continue
+        points = dict(zip(header, cells[3:-2]))
+        try:
+            collapsed, runs = (int(n) for n in cells[-2].split(" of "))
+            record = DoneRecord(
+                conditions=int(cells[2]),
+                won_ce=_count_of(points["ce"]),
+                won_fixed=_count_of(points["fixed count"]),
+                collapsed=collapsed,
+                runs=runs,
+                points=(),
+            )
+        except ValueError:
+            continue
+        met = {
+            point: True
+            if cell.startswith("met")
+            else False
+            if cell.startswith("**not met**")
+            else None
+            for point, cell in points.items()
+        }
+        tables.setdefault(label, {})[int(cells[0].split()[0])] = CarriedRow(
+            tuple(cells[1:]), record, met
+        )
+    return tables
+
+
 def scorecard(
-    candidate: Config, store: Store, quick: bool, chosen_in: int = DEFAULT_CHOSEN_IN
+    candidate: Config,
+    store: Store,
+    quick: bool,
+    chosen_in: int = DEFAULT_CHOSEN_IN,
+    carried: Optional[dict[int, CarriedRow]] = None,
 ) -> list[str]:
     """Issue 13's done-points for ``candidate`` on every round's confirmation conditions that
     have its runs stored (each on the seeds the round declared its verdict on), one row per
     round, then the record over the rounds from ``chosen_in`` on -- the sets that were fresh
-    when the rule was judged on them -- pooled where a point counts conditions. Empty when
-    nothing is stored."""
+    when the rule was judged on them -- pooled where a point counts conditions. A round in
+    ``carried`` (rows of the page as written before, :func:`carried_scorecard_rows`) keeps that
+    row when the store has none of its runs or fewer of its conditions, and the page says so.
+    Empty when there is nothing to show."""
     header = [point for point, _ in SCORECARD_POINTS]
+    carried = carried or {}
     rows: list[str] = []
     fresh: list[DoneRecord] = []
+    kept: list[int] = []
     met_rounds: dict[str, list[bool]] = {point: [] for point in header}
-    for round_number in sorted(ROUNDS):
+    for round_number in sorted(set(ROUNDS) | set(carried)):
         seeds = scorecard_seeds(round_number, quick)
         record = done_record(candidate, store, quick, round_number, seeds=seeds)
+        carry = carried.get(round_number)
+        is_fresh = round_number >= chosen_in
+        mark = f"{round_number}{'' if is_fresh else ' (seen)'}"
+        if carry is not None and (record is None or record.conditions < carry.record.conditions):
+            kept.append(round_number)
+            for point, met in carry.met.items():
+                if is_fresh and met is not None:
+                    met_rounds[point].append(met)
+            if is_fresh:
+                fresh.append(carry.record)
+            rows.append(f"| {mark} | " + " | ".join(carry.cells) + " |")
+            continue
         if record is None:
             continue
-        is_fresh = round_number >= chosen_in
         cells, met_count, measured = [], 0, 0
         for point in header:
             cell, met = _scorecard_cell([p for p in record.points if p.point == point])
@@ -5015,7 +5092,7 @@ def scorecard(
         if is_fresh:
             fresh.append(record)
         rows.append(
-            f"| {round_number}{'' if is_fresh else ' (seen)'} | "
+            f"| {mark} | "
             f"{_span(seeds) if seeds else _span(SEEDS)} | {record.conditions} | "
             + " | ".join(cells)
             + f" | {record.collapsed} of {record.runs} | {met_count} of {measured} |"
@@ -5032,6 +5109,13 @@ def scorecard(
         *rows,
         "",
     ]
+    if kept:
+        which = f"round {kept[0]}" if len(kept) == 1 else f"rounds {_span(kept)}"
+        lines += [
+            f"Rows of {which} are carried from the page as written before: the store this "
+            "page was written from lacks their runs (they are not committed).",
+            "",
+        ]
     if fresh:
         won_ce = sum(r.won_ce for r in fresh)
         won_fixed = sum(r.won_fixed for r in fresh)
@@ -5226,29 +5310,17 @@ def write_report(
     page.write_text("\n".join(lines))
 
 
-def scorecard_rounds_missing(store: Store, quick: bool) -> list[int]:
-    """The rounds from :data:`DEFAULT_CHOSEN_IN` on that have a page but none of the default's
-    confirmation runs in ``store``: rewriting the scorecard from it would drop their rows (the
-    runs are not committed; a new machine starts with an empty store)."""
-    default = CANDIDATES["default"]
-    return [
-        r
-        for r in sorted(ROUNDS)
-        if r >= DEFAULT_CHOSEN_IN
-        and r in DEFAULT_PAGES
-        and DEFAULT_PAGES[r].exists()
-        and done_record(default, store, quick, r, seeds=scorecard_seeds(r, quick)) is None
-    ]
-
-
 def write_scorecard(store: Store, quick: bool, page: Path) -> None:
     """The scorecard page: :func:`scorecard` for the library's default and, on the same
     conditions, for the untuned constant a = 0.1 (the weight best on most selection
-    conditions), with links to the rounds' pages. Runs nothing."""
+    conditions), with links to the rounds' pages. Runs nothing. Rows of rounds whose runs
+    ``store`` lacks are carried from ``page`` as it was (:func:`carried_scorecard_rows`)."""
     from benchmarks.environment import as_text, describe
 
+    before = carried_scorecard_rows(page.read_text()) if page.exists() else {}
     constant = next(c for c in baseline_configs({None}) if c.label == "fixed a=0.1")
-    default = scorecard(CANDIDATES["default"], store, quick)
+    default_config = CANDIDATES["default"]
+    default = scorecard(default_config, store, quick, carried=before.get(default_config.label))
     rounds = [
         f"[{r}]({DEFAULT_PAGES[r].name})"
         for r in sorted(DEFAULT_PAGES)
@@ -5283,7 +5355,10 @@ def write_scorecard(store: Store, quick: bool, page: Path) -> None:
         "itself: an equal drop there reads *not met* (the point asks for a smaller one). Its "
         "loss-scale cells are what a constant does when the losses are rescaled.",
         "",
-        *(scorecard(constant, store, quick) or ["No runs of it stored."]),
+        *(
+            scorecard(constant, store, quick, carried=before.get(constant.label))
+            or ["No runs of it stored."]
+        ),
         "## Each round's page",
         "",
         "Protocol, every candidate, per-condition tables and the selection data: "
@@ -5414,15 +5489,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         candidates += [representation_variant(c) for c in candidates]
     if args.scorecard:
         target = args.page or (tmp / "results.md" if tmp else SCORECARD_PAGE)
-        missing = scorecard_rounds_missing(store, quick) if target == SCORECARD_PAGE else []
-        if missing:
-            parser.error(
-                f"the store {store_path} has none of the default's confirmation runs of rounds "
-                f"{', '.join(map(str, missing))}: rewriting {SCORECARD_PAGE.name} would drop "
-                "their rows. Rerun them first (`--round N --split confirmation --candidates "
-                "default --seeds 0-9`, with `--seeds` only where the round declared ten) or "
-                "write the page elsewhere with --page"
-            )
         write_scorecard(store, quick, target)
         print(f"scorecard written to {target}")
         return 0
