@@ -5065,7 +5065,11 @@ def scorecard(
     met_rounds: dict[str, list[bool]] = {point: [] for point in header}
     for round_number in sorted(set(ROUNDS) | set(carried)):
         seeds = scorecard_seeds(round_number, quick)
-        record = done_record(candidate, store, quick, round_number, seeds=seeds)
+        record = (
+            done_record(candidate, store, quick, round_number, seeds=seeds)
+            if round_number in ROUNDS
+            else None  # a row of a round no longer declared: kept as printed
+        )
         carry = carried.get(round_number)
         is_fresh = round_number >= chosen_in
         mark = f"{round_number}{'' if is_fresh else ' (seen)'}"

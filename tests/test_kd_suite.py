@@ -1221,6 +1221,12 @@ def test_a_carried_row_yields_to_the_store_only_when_the_store_has_as_many_condi
         "cross-entropy on 8 of 10 conditions, with the best fixed weight on 4 of 10; "
         "collapsed 0 of 44 runs. Each point met in: cross-entropy, every condition 1 of 2;"
     )
+    # a row of a round the suite no longer declares is kept as printed
+    undeclared = max(kd_suite.ROUNDS) + 1
+    far = dict(carried)
+    far[undeclared] = carried[22]
+    lines = kd_suite.scorecard(default, store, False, chosen_in=22, carried=far)
+    assert row_22.replace("| 22 |", f"| {undeclared} |") in lines
     # a page row with no more conditions than the store gives way to the store's row
     lines = kd_suite.scorecard(default, store, False, chosen_in=22, carried=page(1))
     rows = [line for line in lines if line.startswith("| 2")]
