@@ -52,6 +52,12 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per step")
     parser.add_argument("--method", default="mokd")
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument(
+        "--max-norm",
+        type=float,
+        default=None,
+        help="clip the balanced step to this norm (default: none, as the library's default)",
+    )
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--train-limit", type=int, default=10000)
@@ -95,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     set_seed(0)
     student = StudentCNN()
     base = torch.optim.SGD(student.parameters(), lr=args.lr, momentum=0.9)
-    opt = MultiObjectiveOptimizer(base, args.method, max_norm=5.0)
+    opt = MultiObjectiveOptimizer(base, args.method, max_norm=args.max_norm)
     steps = args.epochs * len(loader) // (args.accumulate * accelerator.num_processes)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
     student, opt, loader, scheduler = accelerator.prepare(student, opt, loader, scheduler)

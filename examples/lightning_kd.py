@@ -45,7 +45,12 @@ class DistilledStudent(pl.LightningModule):
     """Student trained on cross-entropy and Hinton KD, balanced by ``MultiObjectiveOptimizer``."""
 
     def __init__(
-        self, method: str = "mokd", lr: float = 0.05, accumulate: int = 1, temperature: float = 4.0
+        self,
+        method: str = "mokd",
+        lr: float = 0.05,
+        accumulate: int = 1,
+        temperature: float = 4.0,
+        max_norm: Optional[float] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -77,7 +82,7 @@ class DistilledStudent(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         base = torch.optim.SGD(self.student.parameters(), lr=self.hparams.lr, momentum=0.9)
-        opt = MultiObjectiveOptimizer(base, self.hparams.method, max_norm=5.0)
+        opt = MultiObjectiveOptimizer(base, self.hparams.method, max_norm=self.hparams.max_norm)
         steps = self.trainer.estimated_stepping_batches
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(steps)))
         return {"optimizer": opt, "lr_scheduler": scheduler}
@@ -94,6 +99,12 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument(
         "--precision", default="32-true", help="32-true, bf16-mixed or 16-mixed (fp16 on GPUs)"
+    )
+    parser.add_argument(
+        "--max-norm",
+        type=float,
+        default=None,
+        help="clip the balanced step to this norm (default: none, as the library's default)",
     )
     parser.add_argument("--devices", type=int, default=1, help="more than 1: strategy='ddp'")
     parser.add_argument("--train-limit", type=int, default=10000)
@@ -128,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
         generator=torch.Generator().manual_seed(0),
     )
     pl.seed_everything(0, verbose=False)
-    module = DistilledStudent(args.method, args.lr, args.accumulate)
+    module = DistilledStudent(args.method, args.lr, args.accumulate, max_norm=args.max_norm)
     trainer = pl.Trainer(
         max_epochs=args.epochs,
         devices=args.devices,
