@@ -4968,6 +4968,11 @@ SCORECARD_POINTS = (
 )
 
 
+# A scorecard cell's first word for a point met / missed / unmeasured; read back by
+# carried_scorecard_rows.
+_MET_WORDS: dict[Optional[bool], str] = {True: "met", False: "**not met**", None: "not measured"}
+
+
 def _scorecard_cell(points: Sequence[DonePoint]) -> tuple[str, Optional[bool]]:
     """One point of one round as a table cell: ``"met: ..."`` / ``"**not met**: ..."`` /
     ``"not measured"`` with each instance's short form; ``"--"`` where the round had none."""
@@ -4975,7 +4980,7 @@ def _scorecard_cell(points: Sequence[DonePoint]) -> tuple[str, Optional[bool]]:
         return "--", None
     measured = [p.met for p in points if p.met is not None]
     met = all(measured) if measured else None
-    word = {True: "met", False: "**not met**", None: "not measured"}[met]
+    word = _MET_WORDS[met]
     return f"{word}: {'; '.join(p.cell for p in points)}", met
 
 
@@ -5029,14 +5034,8 @@ def carried_scorecard_rows(text: str) -> dict[str, dict[int, CarriedRow]]:
             )
         except ValueError:
             continue
-        met = {
-            point: True
-            if cell.startswith("met")
-            else False
-            if cell.startswith("**not met**")
-            else None
-            for point, cell in points.items()
-        }
+        met_of_word = {word: met for met, word in _MET_WORDS.items()}
+        met = {point: met_of_word.get(cell.split(":", 1)[0]) for point, cell in points.items()}
         tables.setdefault(label, {})[int(cells[0].split()[0])] = CarriedRow(
             tuple(cells[1:]), record, met
         )

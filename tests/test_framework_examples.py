@@ -30,6 +30,18 @@ def _quiet() -> Any:
         yield
 
 
+def test_the_framework_examples_clip_only_when_asked() -> None:
+    # the library's default mokd as it is; --max-norm N clips the balanced step
+    assert accelerate_kd.parse([]).max_norm is None
+    assert accelerate_kd.parse(["--max-norm", "2.5"]).max_norm == 2.5
+    assert lightning_kd.parse([]).max_norm is None
+    assert lightning_kd.parse(["--max-norm", "2.5"]).max_norm == 2.5
+    for max_norm in (None, 2.5):
+        module = lightning_kd.DistilledStudent(max_norm=max_norm)
+        module.__dict__["_trainer"] = type("T", (), {"estimated_stepping_batches": 8})()
+        assert module.configure_optimizers()["optimizer"].max_norm == max_norm
+
+
 @pytest.mark.slow
 def test_lightning_example_trains_and_resumes(cache: Path, tmp_path: Path) -> None:
     common = ["--quick", "--cache-dir", str(cache), "--out", str(tmp_path)]
